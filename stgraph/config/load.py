@@ -1,0 +1,164 @@
+"""Load YAML configs into :class:`~stgraph.config.schema.Config`, with inheritance and dotted overrides.
+
+A YAML file may start with ``base: other.yaml`` (path relative to the file); its keys are merged over the
+base recursively. Command-line overrides are ``dotted.key=value`` strings whose value is parsed as YAML
+(``train.epochs=5``, ``model.hsic.enabled=false``, ``data.genes=null``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from .schema import CHOICES, Config
+
+__all__ = ["ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "save_config"]
+
+
+class ConfigError(ValueError):
+    """Raised for an invalid config: unknown key, wrong type, or a value outside its choices."""
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return deep_merge(_read_yaml((path.parent / base).resolve()), data)
+
+
+def deep_merge(base: Mapping, update: Mapping) -> dict:
+    """Recursively merge ``update`` into a copy of ``base`` (mappings merge, everything else replaces)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"a.b.c=value"`` into (``["a", "b", "c"]``, YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form dotted.key=value")
+    key, raw = text.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {text!r} has an empty key")
+    return keys, yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    """Apply dotted ``key=value`` overrides to a raw config mapping (validated later)."""
+    data = copy.deepcopy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {key!r} is not a section")
+        node[keys[-1]] = value
+    return data
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check/convert a YAML value against a dataclass field annotation."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a section (mapping), got {value!r}")
+        return _build(annotation, value, where)
+    if value is None:
+        raise ConfigError(f"{where}: may not be null")
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if annotation is list or origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return list(value)
+    return value
+
+
+def _build(cls: type, data: Mapping, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {where or 'config'}; valid keys: {names}"
+        )
+    kwargs = {}
+    for name in names:
+        if name in data:
+            path = f"{where}.{name}" if where else name
+            value = _coerce(data[name], hints[name], path)
+            if path in CHOICES and value not in CHOICES[path]:
+                raise ConfigError(f"{path}: {value!r} is not one of {list(CHOICES[path])}")
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Mapping) -> Config:
+    """Validate a raw mapping into a :class:`Config` (defaults fill what is missing)."""
+    return _build(Config, data, "")
+
+
+def config_to_dict(config: Config) -> dict:
+    """The config as plain Python data (for YAML/JSON)."""
+    return dataclasses.asdict(config)
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Read a YAML config (with ``base:`` inheritance), apply dotted overrides, validate.
+
+    Parameters
+    ----------
+    path
+        YAML file; ``None`` starts from the defaults.
+    overrides
+        ``"dotted.key=value"`` strings, e.g. ``["train.epochs=5", "model.hsic.enabled=false"]``.
+    """
+    data = _read_yaml(Path(path)) if path is not None else {}
+    try:
+        return config_from_dict(apply_overrides(data, overrides))
+    except ConfigError as err:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{err}") from None
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -1,0 +1,216 @@
+"""Typed configuration objects.
+
+A config is a tree of dataclasses. YAML files (``configs/*.yaml``) are validated into it by
+:func:`stgraph.config.load_config`; unknown keys and invalid choices fail with the list of valid ones.
+Every optional module (graph, DGI on either branch, HSIC, PCA, Harmony, augmentation) has an ``enabled``
+switch or a ``null``/``0`` value, so an ablation is one dotted override, e.g. ``model.hsic.enabled=false``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+__all__ = [
+    "GraphConfig",
+    "DataConfig",
+    "ImageEncoderConfig",
+    "SpotEncoderConfig",
+    "DGIConfig",
+    "HSICConfig",
+    "ModelConfig",
+    "LossConfig",
+    "TrainConfig",
+    "InferenceConfig",
+    "Config",
+    "CHOICES",
+]
+
+#: Valid values of the string options, checked at load time.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.image_encoder.freeze": ("none", "all", "all_but_last_stage"),
+    "model.spot_input": ("expression", "pca"),
+    "model.spot_encoder.name": ("identity", "mlp", "transformer"),
+    "loss.alignment": ("clip", "bleep", "heclip"),
+    "train.optimizer": ("adam", "adamw"),
+    "train.batching": ("spot", "slide"),
+    "inference.reference": ("spot", "image"),
+    "inference.similarity": ("cosine", "dot", "l2"),
+    "inference.aggregation": ("mean", "inverse_square", "softmax", "top1"),
+    "inference.backend": ("torch", "faiss"),
+}
+
+
+@dataclass
+class GraphConfig:
+    """Spot graph built per slide: ``A_ij = 1`` iff ``‖p_i − p_j‖ < R``.
+
+    ``R`` is ``radius`` pixels when given, else ``radius_factor`` × the median nearest-neighbour spacing.
+    ``knn`` adds each spot's k nearest neighbours; ``self_loops`` adds ``A_ii = 1``.
+    """
+
+    radius: Optional[float] = None
+    radius_factor: Optional[float] = 1.5
+    knn: Optional[int] = None
+    self_loops: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Preprocessing and patch extraction.
+
+    ``genes``: ``hvg_union`` (top ``n_top_hvg`` HVGs per training slide, union), ``shared`` (all genes shared
+    by the training slides), or a path to a gene list (``.npy`` or text, one gene per line).
+    """
+
+    genes: str = "hvg_union"
+    n_top_hvg: int = 1000
+    harmony: bool = False
+    harmony_pcs: int = 50
+    patch_size: int = 224
+    patch_um: Optional[float] = None
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    cache_dir: Optional[str] = ".cache/stgraph"
+
+
+@dataclass
+class ImageEncoderConfig:
+    """timm backbone with pooled features (``num_classes=0``).
+
+    ``weights``: local checkpoint file for offline use (timm ``pretrained_cfg_overlay=dict(file=...)``);
+    when ``pretrained`` and no file is given, timm downloads from the hub.
+    ``freeze``: ``none`` (all trained), ``all`` (frozen), ``all_but_last_stage``.
+    ``cache_features``: with ``freeze: all``, run the backbone once per slide and cache its features,
+    so training only updates the heads.
+    """
+
+    backbone: str = "resnet50"
+    pretrained: bool = True
+    weights: Optional[str] = None
+    freeze: str = "none"
+    cache_features: bool = False
+    input_size: int = 224
+
+
+@dataclass
+class SpotEncoderConfig:
+    """Spot (expression) encoder before the projection head.
+
+    ``identity`` (BLEEP), ``mlp`` (``hidden_dims``), ``transformer`` (mclSTExp: learnable x/y embeddings +
+    ``depth`` self-attention blocks over the spots of a batch).
+    """
+
+    name: str = "identity"
+    hidden_dims: list = field(default_factory=list)
+    depth: int = 2
+    heads: int = 8
+    dim_head: int = 64
+    mlp_dim: Optional[int] = None
+    dropout: float = 0.0
+    max_coord: int = 128
+
+
+@dataclass
+class DGIConfig:
+    """Deep Graph Infomax encoder over the slide's spot graph (one GCN layer + PReLU).
+
+    ``weight`` multiplies its loss in the total; ``pretrain_epochs`` trains it alone first.
+    """
+
+    enabled: bool = False
+    hidden_dim: int = 256
+    weight: float = 1.0
+    pretrain_epochs: int = 0
+
+
+@dataclass
+class HSICConfig:
+    """nHSIC bottleneck per branch: ``nHSIC(X_in, Z) − β·nHSIC(Z, P)``, Gaussian kernel width ``sigma``."""
+
+    enabled: bool = False
+    weight: float = 1.0
+    beta: float = 25.0
+    sigma: float = 10.0
+    branches: list = field(default_factory=lambda: ["spot", "image"])
+
+
+@dataclass
+class ModelConfig:
+    """Two-branch contrastive model.
+
+    image: backbone → [DGI] → ProjHead(→ ``embed_dim``); spot: expression or its PCA (``spot_input``,
+    ``pca_components``) → spot encoder → [DGI] → ProjHead(→ ``embed_dim``).
+    """
+
+    name: str = "bleep"
+    embed_dim: int = 256
+    image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    image_dgi: DGIConfig = field(default_factory=DGIConfig)
+    image_head_dropout: float = 0.1
+    spot_input: str = "expression"
+    pca_components: int = 256
+    spot_encoder: SpotEncoderConfig = field(default_factory=SpotEncoderConfig)
+    spot_dgi: DGIConfig = field(default_factory=DGIConfig)
+    spot_head_dropout: float = 0.1
+    hsic: HSICConfig = field(default_factory=HSICConfig)
+
+
+@dataclass
+class LossConfig:
+    """Alignment loss between the two projected branches (``clip``, ``bleep``, ``heclip``)."""
+
+    alignment: str = "bleep"
+    temperature: float = 1.0
+    weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation.
+
+    ``batching``: ``spot`` (mini-batches of spots; ``within_slide`` keeps each batch inside one slide, as
+    the transformer encoder attends across the spots of a batch) or ``slide`` (one slide's whole graph per
+    step; the loss is taken over random subsets of ``batch_size`` of its spots).
+    ``val_fraction`` of the training spots (or the whole ``val_slide``) are held out for checkpoint selection.
+    ``paired_augment`` shows every patch twice per epoch, each time with its own flip/rotation (HECLIP).
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    batch_size: int = 256
+    epochs: int = 150
+    batching: str = "spot"
+    within_slide: bool = False
+    val_fraction: float = 0.1
+    val_slide: Optional[str] = None
+    seed: int = 0
+    device: str = "auto"
+    augment: bool = True
+    paired_augment: bool = False
+    color_jitter: float = 0.0
+    grad_clip: Optional[float] = None
+    progress: bool = True
+
+
+@dataclass
+class InferenceConfig:
+    """Reference retrieval: which branch's embeddings form the reference and how neighbours are combined."""
+
+    reference: str = "spot"
+    similarity: str = "cosine"
+    k: int = 50
+    aggregation: str = "mean"
+    backend: str = "torch"
+    chunk_size: int = 4096
+
+
+@dataclass
+class Config:
+    """A full experiment: data → model → loss → training → inference."""
+
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)

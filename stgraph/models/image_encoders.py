@@ -1,0 +1,117 @@
+"""Image encoders: any timm CNN/ViT as a pooled-feature extractor.
+
+``TimmImageEncoder`` maps a patch batch (B, 3, H, W), ImageNet-normalised, to pooled features (B, F)
+(``num_classes=0``). Pretrained weights come from the hub (timm's normal download) or, offline, from a
+local checkpoint file via ``pretrained_cfg_overlay=dict(file=...)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+__all__ = ["TimmImageEncoder", "FREEZE_POLICIES", "trainable_groups"]
+
+FREEZE_POLICIES = ("none", "all", "all_but_last_stage")
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Raised when pretrained weights cannot be loaded (no file, corrupt file, no hub access)."""
+
+
+def _create_timm_model(backbone: str, pretrained: bool, weights: Optional[str]) -> nn.Module:
+    import timm
+
+    if backbone not in timm.list_models() and not timm.is_model(backbone):
+        raise ValueError(f"unknown timm backbone {backbone!r}; see timm.list_models()")
+    kwargs: dict = dict(num_classes=0)
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained weights file not found: {path}")
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+        pretrained = True
+    try:
+        return timm.create_model(backbone, pretrained=pretrained, **kwargs)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # hub unreachable, corrupt checkpoint, key mismatch
+        source = f"file {weights}" if weights else "the model hub"
+        raise PretrainedWeightsError(
+            f"could not load pretrained weights for {backbone!r} from {source}: {err}. "
+            "Offline, point model.image_encoder.weights at a local checkpoint, or set "
+            "model.image_encoder.pretrained=false."
+        ) from err
+
+
+def trainable_groups(model: nn.Module) -> list[list[str]]:
+    """Parameter names grouped by stage, stem first (timm's coarse ``group_matcher``)."""
+    from timm.models import group_parameters
+
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    return [list(names) for _, names in sorted(groups.items())]
+
+
+def _last_stage_names(model: nn.Module) -> list[str]:
+    """Names of the parameters of the last stage (plus the final norm that some models keep apart)."""
+    groups = trainable_groups(model)
+    names: list[str] = []
+    # DenseNet keeps its final BatchNorm (2 tensors) as its own group: take groups until one is a stage.
+    for group in reversed(groups):
+        names.extend(group)
+        if len(group) > 4:
+            break
+    return names
+
+
+class TimmImageEncoder(nn.Module):
+    """Pooled-feature image encoder over a timm backbone.
+
+    ``features = GlobalPool(backbone(x))``; input (B, 3, H, W) float ImageNet-normalised,
+    output (B, F) with ``F = backbone.num_features`` (2048 for resnet50, 1024 for densenet121,
+    1280 for mobilenetv2_100).
+
+    Parameters
+    ----------
+    backbone
+        timm model name.
+    pretrained
+        Load ImageNet weights (from ``weights`` when given, else the hub).
+    weights
+        Local checkpoint file (state dict) for offline use.
+    freeze
+        ``none`` (train all), ``all`` (no gradient; eval-mode BatchNorm), ``all_but_last_stage``.
+    """
+
+    def __init__(self, backbone: str = "resnet50", pretrained: bool = True, weights: Optional[str] = None,
+                 freeze: str = "none"):
+        super().__init__()
+        if freeze not in FREEZE_POLICIES:
+            raise ValueError(f"freeze={freeze!r} is not one of {list(FREEZE_POLICIES)}")
+        self.backbone_name = backbone
+        self.freeze = freeze
+        self.model = _create_timm_model(backbone, pretrained, weights)
+        self.num_features = int(self.model.num_features)
+        self._apply_freeze()
+
+    def _apply_freeze(self) -> None:
+        if self.freeze == "none":
+            return
+        trainable = set(_last_stage_names(self.model)) if self.freeze == "all_but_last_stage" else set()
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(name in trainable)
+
+    def train(self, mode: bool = True) -> "TimmImageEncoder":
+        # A fully frozen backbone keeps its BatchNorm statistics fixed.
+        super().train(mode and self.freeze != "all")
+        return self
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        return dict(getattr(self.model, "pretrained_cfg", {}) or {})
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) → (B, F)."""
+        return self.model(images)
