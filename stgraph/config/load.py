@@ -153,10 +153,34 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     """
     data = _read_yaml(Path(path)) if path is not None else {}
     try:
-        return config_from_dict(apply_overrides(data, overrides))
+        config = config_from_dict(apply_overrides(data, overrides))
     except ConfigError as err:
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{err}") from None
+    if path is not None:
+        resolve_relative_paths(config, Path(path).resolve().parent)
+    return config
+
+
+#: Config values that name files, as (section path, attribute).
+PATH_FIELDS = (("model.image_encoder", "weights"), ("data", "genes"))
+_GENE_SELECTION_KEYWORDS = ("hvg_union", "shared")
+
+
+def resolve_relative_paths(config: Config, config_dir: Path) -> None:
+    """Make relative file paths absolute: the working directory first, then the config file's folder."""
+    for section_path, attr in PATH_FIELDS:
+        section = config
+        for part in section_path.split("."):
+            section = getattr(section, part)
+        value = getattr(section, attr)
+        if value is None or value in _GENE_SELECTION_KEYWORDS or Path(value).is_absolute():
+            continue
+        for root in (Path.cwd(), config_dir):
+            candidate = (root / value).resolve()
+            if candidate.exists():
+                setattr(section, attr, str(candidate))
+                break
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -1,0 +1,1 @@
+"""The ``stgraph`` command-line app (installed as ``stgraph.cli``)."""

@@ -1,0 +1,182 @@
+"""``stgraph`` command line: train, predict, plot, evaluate.
+
+Examples
+--------
+::
+
+    stgraph train --config configs/cpu/stgchb.yaml --her2st ../shared/data/her2st \
+        --sections B4 C2 C3 C4 C5 --out runs/stgchb train.epochs=20
+    stgraph predict --model runs/stgchb --her2st ../shared/data/her2st --section C6 --out pred.h5ad
+    stgraph plot --pred pred.h5ad --genes ERBB2 GNAS --out maps.png
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("stgraph")
+
+
+def _add_slide_source(p: argparse.ArgumentParser, many: bool) -> None:
+    g = p.add_argument_group("slides")
+    if many:
+        g.add_argument("--data", nargs="+", default=[], metavar="PATH",
+                       help="slides: .h5ad files, Space Ranger folders, or legacy ST folders")
+        g.add_argument("--sections", nargs="+", default=None, metavar="ID",
+                       help="with --her2st: the sections to use (default: the six imaged ones)")
+    else:
+        g.add_argument("--slide", metavar="PATH", help="the query slide: .h5ad, Space Ranger or legacy ST folder")
+        g.add_argument("--image", metavar="IMG", help="an H&E image (with --spots) for a slide without expression")
+        g.add_argument("--spots", metavar="CSV", help="CSV of spot centres in image pixels (columns x,y)")
+        g.add_argument("--section", metavar="ID", help="with --her2st: the section to read")
+    g.add_argument("--her2st", metavar="ROOT", help="HER2+ data root (ST-cnts/, ST-spotfiles/, ST-imgs/)")
+
+
+def _read_many(args) -> list:
+    from stgraph.data import SlideCollection, read_slide
+    from stgraph.data.readers import HER2ST_IMAGED_SECTIONS, read_her2st
+
+    slides = [read_slide(p) for p in args.data]
+    if args.her2st:
+        sections = args.sections or list(HER2ST_IMAGED_SECTIONS)
+        slides += [read_her2st(args.her2st, s) for s in sections]
+    if not slides:
+        raise SystemExit("error: no slides given (use --data PATH... or --her2st ROOT)")
+    return list(SlideCollection(slides).slides) if hasattr(SlideCollection, "slides") else slides
+
+
+def _read_query(args):
+    from stgraph.data import read_slide
+    from stgraph.data.readers import read_her2st, read_spot_csv
+
+    if args.her2st and args.section:
+        return read_her2st(args.her2st, args.section)
+    if args.image or args.spots:
+        if not (args.image and args.spots):
+            raise SystemExit("error: --image and --spots go together")
+        return read_spot_csv(args.image, args.spots)
+    if args.slide:
+        return read_slide(args.slide)
+    raise SystemExit("error: give the query slide with --slide PATH, --image IMG --spots CSV, "
+                     "or --her2st ROOT --section ID")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stgraph", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model and store its reference in a run folder")
+    p.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
+    _add_slide_source(p, many=True)
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--force", action="store_true", help="replace an existing run folder")
+    p.add_argument("--resume", action="store_true", help="continue training from <out>/checkpoints/last.pt")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+    p = sub.add_parser("predict", help="predict a slide's expression from its image")
+    p.add_argument("--model", required=True, help="run folder written by `stgraph train`")
+    _add_slide_source(p, many=False)
+    p.add_argument("--out", required=True, help="output .h5ad")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--k", type=int, default=None, help="neighbours (default: the run's config)")
+    p.add_argument("--similarity", choices=["cosine", "dot", "l2"], default=None)
+    p.add_argument("--aggregation", choices=["mean", "inverse_square", "softmax", "top1"], default=None)
+    p.add_argument("--backend", choices=["torch", "faiss"], default=None)
+    p.add_argument("--plot", nargs="+", default=None, metavar="GENE",
+                   help="also draw these genes' predicted maps to <out>.png")
+
+    p = sub.add_parser("plot", help="draw predicted (and true) gene maps over the H&E image")
+    p.add_argument("--pred", required=True, help="prediction .h5ad")
+    p.add_argument("--true", default=None, help="a slide with the true expression (any readable slide)")
+    p.add_argument("--genes", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="output PNG")
+    p.add_argument("--force", action="store_true")
+    return parser
+
+
+def _cmd_train(args) -> int:
+    from stgraph.config import load_config
+    from stgraph.training import train_model
+
+    config = load_config(args.config, args.overrides)
+    slides = _read_many(args)
+    run = train_model(config, slides, out=args.out, force=args.force, resume=args.resume)
+    best = run.result.best_epoch if run.result else -1
+    print(f"trained {config.name} on {len(slides)} slide(s); best epoch {best}; run folder: {args.out}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from stgraph.inference import load_run, predict_slide, write_prediction
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise SystemExit(f"error: {out} already exists (use --force to replace it)")
+    loaded = load_run(args.model)
+    adata = _read_query(args)
+    pred = predict_slide(loaded, adata, k=args.k, similarity=args.similarity, aggregation=args.aggregation,
+                         backend=args.backend, progress=True)
+    write_prediction(pred, out, force=args.force)
+    print(f"wrote {out}: {pred.n_obs} spots × {pred.n_vars} genes")
+    if args.plot:
+        _plot(pred, None, args.plot, out.with_suffix(".png"), force=args.force)
+    return 0
+
+
+def _plot(pred, true, genes, path: Path, force: bool) -> None:
+    import matplotlib.pyplot as plt
+
+    from stgraph.pl.spatial import plot_genes
+
+    if path.exists() and not force:
+        raise SystemExit(f"error: {path} already exists (use --force to replace it)")
+    missing = [g for g in genes if g not in pred.var_names]
+    if missing:
+        raise SystemExit(f"error: gene(s) {missing} are not among the prediction's {pred.n_vars} genes")
+    if true is not None:
+        from stgraph.data import pp
+
+        true = pp.normalize_log1p(true, copy=True) if "counts" not in true.layers else true
+    fig = plot_genes(pred, genes, adata_true=true, path=path)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def _cmd_plot(args) -> int:
+    import anndata
+
+    from stgraph.data import read_slide
+
+    pred_path = Path(args.pred)
+    if not pred_path.is_file():
+        raise SystemExit(f"error: prediction file not found: {pred_path}")
+    pred = anndata.read_h5ad(pred_path)
+    true = read_slide(args.true) if args.true else None
+    _plot(pred, true, args.genes, Path(args.out), force=args.force)
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "predict": _cmd_predict, "plot": _cmd_plot}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
+        if args.verbose:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

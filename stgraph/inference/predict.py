@@ -1,0 +1,146 @@
+"""Predict a new slide's expression from its image: load a run folder, embed, retrieve, write AnnData."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from ..config import ConfigError, config_from_dict, load_config
+from ..models import create_model
+from ..training.prepare import Preprocessor, prepare_slide
+from ..training.run import RUN_FILES
+from ..training.trainer import CheckpointError, load_checkpoint
+from ..utils import atomic_path, resolve_device
+from .embed import embed_slide
+from .reference import ReferenceStore
+
+__all__ = ["LoadedModel", "load_run", "predict_slide", "write_prediction", "ModelFolderError"]
+
+
+class ModelFolderError(ValueError):
+    """A run folder is incomplete or one of its files is corrupt."""
+
+
+class LoadedModel:
+    """A trained model with everything prediction needs (from :func:`load_run`)."""
+
+    def __init__(self, model, config, preprocessor: Preprocessor, reference: ReferenceStore,
+                 run_dir: Optional[Path] = None):
+        self.model = model
+        self.config = config
+        self.preprocessor = preprocessor
+        self.reference = reference
+        self.run_dir = run_dir
+
+    @property
+    def genes(self) -> list[str]:
+        return list(self.reference.genes)
+
+
+def load_run(path: str | Path, device: str = "cpu") -> LoadedModel:
+    """Load a run folder written by :func:`stgraph.training.train_model`.
+
+    Raises :class:`ModelFolderError` naming the folder and the missing/corrupt file.
+    """
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"model folder not found: {run_dir}")
+    missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
+    if missing:
+        raise ModelFolderError(f"model folder {run_dir} is incomplete: missing {missing} "
+                               "(was training interrupted? resume it with `stgraph train --resume`)")
+    try:
+        state = load_checkpoint(run_dir / "model.pt")
+        config = config_from_dict(state["config"])
+    except (CheckpointError, ConfigError, KeyError) as err:
+        raise ModelFolderError(f"{run_dir / 'model.pt'}: {err}") from err
+    preprocessor = Preprocessor.load(run_dir)
+    model = create_model(config, int(state["spot_in_dim"]), pretrained=False)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise ModelFolderError(f"{run_dir / 'model.pt'}: weights do not match the config ({err})") from err
+    model.to(resolve_device(device)).eval()
+    reference = ReferenceStore.load(run_dir / "reference.h5")
+    if list(reference.genes) != list(preprocessor.genes):
+        raise ModelFolderError(f"{run_dir}: reference.h5 genes differ from genes.txt")
+    return LoadedModel(model, config, preprocessor, reference, run_dir)
+
+
+def predict_slide(loaded: LoadedModel, adata: AnnData, k: Optional[int] = None,
+                  similarity: Optional[str] = None, aggregation: Optional[str] = None,
+                  backend: Optional[str] = None, progress: bool = False) -> AnnData:
+    """Predict the expression of every spot of ``adata`` from its image alone.
+
+    Parameters
+    ----------
+    loaded
+        From :func:`load_run` (or a :class:`~stgraph.training.run.TrainedRun`, which has the same fields).
+    adata
+        The query slide: spot centres in ``obsm['spatial']`` and its image; expression, if any, is ignored.
+    k, similarity, aggregation, backend
+        Override the run's ``inference`` settings.
+
+    Returns
+    -------
+    AnnData
+        ``X`` (n_spots, G) predicted log-normalised expression over the reference genes, ``obsm['spatial']``,
+        ``obs`` (array coordinates, slide id), the input's ``uns['spatial']`` (so ``sc.pl.spatial`` draws it
+        over the H&E), and provenance in ``uns['stgraph']``.
+    """
+    config = loaded.config
+    icfg = config.inference
+    k = icfg.k if k is None else k
+    similarity = similarity or icfg.similarity
+    aggregation = aggregation or icfg.aggregation
+    backend = backend or icfg.backend
+    if loaded.reference.kind != "image" and config.inference.reference == "image":
+        raise ModelFolderError("the reference holds spot embeddings but the config asks for image retrieval")
+
+    device = str(next(loaded.model.parameters()).device)
+    query = prepare_slide(adata, config, preprocessor=None, image_encoder=loaded.model.image_encoder,
+                          device=device, progress=progress, with_graph=config.model.image_dgi.enabled)
+    query_emb = embed_slide(loaded.model, query, "image")
+    k_eff = min(k, loaded.reference.embeddings.shape[0])
+    pred = loaded.reference.predict(query_emb, k=k_eff, similarity=similarity, aggregation=aggregation,
+                                    backend=backend)
+    obs_cols = [c for c in ("array_row", "array_col", "slide_id", "in_tissue") if c in adata.obs]
+    out = AnnData(
+        X=np.asarray(pred, dtype=np.float32),
+        obs=adata.obs[obs_cols].copy() if obs_cols else pd.DataFrame(index=adata.obs_names.copy()),
+        var=pd.DataFrame(index=pd.Index(loaded.genes, dtype=str)),
+    )
+    out.obsm["spatial"] = np.asarray(adata.obsm["spatial"]).copy()
+    out.obsm["X_stgraph"] = query_emb
+    if "spatial" in adata.uns:
+        out.uns["spatial"] = adata.uns["spatial"]
+    out.uns["stgraph"] = {
+        "model": str(getattr(loaded, "run_dir", "") or ""),
+        "method": config.model.name,
+        "config_name": config.name,
+        "reference_kind": loaded.reference.kind,
+        "n_reference_spots": int(loaded.reference.embeddings.shape[0]),
+        "k": int(k_eff),
+        "similarity": similarity,
+        "aggregation": aggregation,
+        "backend": backend,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "values": "log1p(normalize_total) expression, retrieved from the reference",
+    }
+    return out
+
+
+def write_prediction(adata: AnnData, path: str | Path, force: bool = False) -> Path:
+    """Write ``adata`` to ``path`` (.h5ad) atomically; refuse to replace an existing file unless ``force``."""
+    path = Path(path)
+    if path.suffix != ".h5ad":
+        raise ValueError(f"output must be an .h5ad file, got {path}")
+    with atomic_path(path, overwrite=force) as tmp:
+        adata.write_h5ad(tmp)
+    return path

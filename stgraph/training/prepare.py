@@ -1,0 +1,313 @@
+"""From slides on disk to model-ready arrays: the fitted preprocessing and one ``PreparedSlide`` per slide.
+
+Everything that is *fitted* (gene selection, Harmony, PCA) is fitted on the training slides only and stored
+in a :class:`Preprocessor`, which is saved in the run folder and applied unchanged to query slides, so a
+held-out slide never leaks into its own preprocessing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+
+from ..data import pp
+from ..data.patches import extract_patches, imagenet_normalize
+from ..graph import spatial_graph, to_edge_index
+from ..utils import atomic_save_npy
+
+__all__ = [
+    "PreparedSlide",
+    "Preprocessor",
+    "fit_preprocessor",
+    "prepare_slide",
+    "grid_coordinates",
+    "compute_image_features",
+]
+
+
+@dataclass
+class PreparedSlide:
+    """One slide as arrays (rows = spots, in the slide's obs order).
+
+    Attributes
+    ----------
+    expr
+        (n, G) float32 log-normalised expression over the model's genes (training target and reference
+        profiles); ``None`` for a query slide without expression.
+    spot_input
+        (n, P) float32 spot-branch input (``expr`` or its PCA); ``None`` without expression.
+    coords
+        (n, 2) int64 integer grid coordinates ``[x, y]`` (``array_col``, ``array_row`` when present).
+    xy
+        (n, 2) float pixel coordinates.
+    patches
+        (n, S, S, 3) uint8, or ``None`` once features are cached.
+    features
+        (n, F) float32 frozen-backbone features, or ``None``.
+    edge_index
+        (2, E) long spot graph, or ``None`` when no module uses a graph.
+    """
+
+    slide_id: str
+    barcodes: list
+    coords: np.ndarray
+    xy: np.ndarray
+    expr: Optional[np.ndarray] = None
+    spot_input: Optional[np.ndarray] = None
+    patches: Optional[np.ndarray] = None
+    features: Optional[np.ndarray] = None
+    edge_index: Optional[torch.Tensor] = None
+
+    @property
+    def n_spots(self) -> int:
+        return len(self.barcodes)
+
+
+@dataclass
+class Preprocessor:
+    """Preprocessing fitted on the training slides.
+
+    ``genes``: the model's gene list (order = columns of ``expr``); ``pca_mean`` (G,) and
+    ``pca_components`` (P, G) project expression to the spot-branch input when the config asks for PCA:
+    ``spot_input = (expr − mean) @ componentsᵀ``.
+    """
+
+    genes: list
+    pca_mean: Optional[np.ndarray] = None
+    pca_components: Optional[np.ndarray] = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def spot_in_dim(self) -> int:
+        return len(self.genes) if self.pca_components is None else int(self.pca_components.shape[0])
+
+    def expression(self, adata: AnnData) -> np.ndarray:
+        """(n, G) log-normalised expression of ``adata`` over ``genes`` (missing genes → 0, with a warning)."""
+        if "counts" not in adata.layers:
+            adata = pp.normalize_log1p(adata, copy=True)
+        aligned = pp.align_genes(adata, self.genes)
+        x = aligned.X
+        return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+
+    def spot_input(self, expr: np.ndarray) -> np.ndarray:
+        if self.pca_components is None:
+            return expr.astype(np.float32)
+        return ((expr - self.pca_mean) @ self.pca_components.T).astype(np.float32)
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        (folder / "genes.txt").write_text("\n".join(self.genes) + "\n")
+        arrays = {}
+        if self.pca_components is not None:
+            arrays = dict(pca_mean=self.pca_mean, pca_components=self.pca_components)
+        np.savez(folder / "preprocess.npz", **arrays)
+        (folder / "preprocess.json").write_text(json.dumps(self.info, indent=2, default=str))
+
+    @classmethod
+    def load(cls, folder: Path) -> "Preprocessor":
+        folder = Path(folder)
+        genes_file = folder / "genes.txt"
+        if not genes_file.is_file():
+            raise FileNotFoundError(f"model folder {folder} has no genes.txt (incomplete run folder)")
+        genes = [g for g in genes_file.read_text().splitlines() if g]
+        mean = comps = None
+        npz = folder / "preprocess.npz"
+        if npz.is_file():
+            with np.load(npz) as data:
+                if "pca_components" in data:
+                    mean, comps = data["pca_mean"], data["pca_components"]
+        info_file = folder / "preprocess.json"
+        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        return cls(genes=genes, pca_mean=mean, pca_components=comps, info=info)
+
+
+def _select_genes(config, train_slides: Sequence[AnnData]) -> list[str]:
+    spec = config.data.genes
+    if spec == "hvg_union":
+        return pp.select_hvg_union(list(train_slides), n_top=config.data.n_top_hvg)
+    if spec == "shared":
+        shared = set(train_slides[0].var_names)
+        for ad in train_slides[1:]:
+            shared &= set(ad.var_names)
+        return [g for g in train_slides[0].var_names if g in shared]
+    return pp.load_gene_list(spec)
+
+
+def fit_preprocessor(config, train_slides: Sequence[AnnData]) -> tuple[Preprocessor, dict[str, np.ndarray]]:
+    """Fit gene selection, Harmony and PCA on the training slides.
+
+    Returns
+    -------
+    preprocessor
+        To apply to any other slide.
+    expr
+        slide_id → (n, G) training targets (Harmony-corrected when ``data.harmony``).
+    """
+    if not train_slides:
+        raise ValueError("no training slides given")
+    normed = [ad if "counts" in ad.layers else pp.normalize_log1p(ad, copy=True) for ad in train_slides]
+    genes = _select_genes(config, normed)
+    if not genes:
+        raise ValueError("gene selection returned no genes")
+    aligned = [pp.align_genes(ad, genes) for ad in normed]
+    expr = {
+        str(ad.obs["slide_id"].iloc[0]) if "slide_id" in ad.obs else f"slide{i}": np.asarray(
+            ad.X.toarray() if sp.issparse(ad.X) else ad.X, dtype=np.float32
+        )
+        for i, ad in enumerate(aligned)
+    }
+    info = {"n_genes": len(genes), "gene_selection": config.data.genes,
+            "train_slides": list(expr), "harmony": bool(config.data.harmony)}
+    if config.data.harmony and len(aligned) > 1:
+        corrected = pp.harmony_correct(aligned, n_pcs=min(config.data.harmony_pcs, len(genes) - 1))
+        expr = {sid: np.asarray(c, dtype=np.float32) for sid, c in zip(expr, corrected)}
+    prep = Preprocessor(genes=list(genes), info=info)
+    if config.model.spot_input == "pca":
+        stacked = np.concatenate(list(expr.values()))
+        n_comp = min(config.model.pca_components, stacked.shape[0] - 1, stacked.shape[1])
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=n_comp, random_state=config.train.seed).fit(stacked)
+        prep.pca_mean = pca.mean_.astype(np.float32)
+        prep.pca_components = pca.components_.astype(np.float32)
+        info["pca_components"] = int(n_comp)
+        info["pca_explained_variance"] = float(pca.explained_variance_ratio_.sum())
+    return prep, expr
+
+
+def grid_coordinates(adata: AnnData) -> np.ndarray:
+    """(n, 2) int64 ``[x, y]`` grid coordinates: ``array_col``/``array_row`` when present, else pixel
+    positions divided by the median spot spacing (rounded), shifted to start at 0."""
+    if {"array_row", "array_col"} <= set(adata.obs.columns):
+        grid = np.stack([adata.obs["array_col"].to_numpy(), adata.obs["array_row"].to_numpy()], 1)
+        grid = grid.astype(np.int64)
+    else:
+        from ..graph import median_spacing
+
+        xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+        step = median_spacing(xy) if len(xy) > 1 else 1.0
+        grid = np.rint((xy - xy.min(0)) / max(step, 1e-9)).astype(np.int64)
+    return grid - grid.min(0)
+
+
+def _hash_array(a: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=8).hexdigest()
+
+
+@torch.no_grad()
+def compute_image_features(encoder, patches: np.ndarray, batch_size: int = 64, device: str = "cpu",
+                           input_size: Optional[int] = None, progress: bool = False,
+                           desc: str = "features") -> np.ndarray:
+    """Run a (frozen) image encoder over uint8 patches.
+
+    Parameters
+    ----------
+    encoder
+        Module mapping (B, 3, H, W) ImageNet-normalised → (B, F).
+    patches
+        (n, S, S, 3) uint8.
+    input_size
+        Resize patches to this side before the encoder (``None``: as they are).
+
+    Returns
+    -------
+    (n, F) float32 features.
+    """
+    from tqdm.auto import tqdm
+
+    was_training = encoder.training
+    encoder.eval()
+    out = []
+    starts = range(0, len(patches), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        x = imagenet_normalize(patches[start : start + batch_size]).to(device)
+        if input_size is not None and x.shape[-1] != input_size:
+            x = torch.nn.functional.interpolate(x, size=(input_size, input_size), mode="bilinear",
+                                                align_corners=False, antialias=True)
+        out.append(encoder(x).float().cpu())
+    encoder.train(was_training)
+    if not out:
+        return np.zeros((0, getattr(encoder, "num_features", 0)), np.float32)
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def _cached_features(encoder, patches: np.ndarray, config, slide_id: str, device: str, progress: bool):
+    cfg = config.model.image_encoder
+    cache_dir = config.data.cache_dir
+    key = "_".join([
+        slide_id, cfg.backbone, Path(cfg.weights).stem if cfg.weights else ("imagenet" if cfg.pretrained else "random"),
+        str(cfg.input_size), _hash_array(patches),
+    ])
+    path = Path(cache_dir) / "features" / f"{key}.npy" if cache_dir else None
+    if path is not None and path.is_file():
+        feats = np.load(path)
+        if feats.shape[0] == len(patches):
+            return feats
+    feats = compute_image_features(encoder, patches, device=device, input_size=cfg.input_size,
+                                   progress=progress, desc=f"features {slide_id}")
+    if path is not None:
+        atomic_save_npy(path, feats)
+    return feats
+
+
+def prepare_slide(adata: AnnData, config, preprocessor: Optional[Preprocessor] = None,
+                  expr: Optional[np.ndarray] = None, image_encoder=None, device: str = "cpu",
+                  progress: bool = False, with_graph: Optional[bool] = None) -> PreparedSlide:
+    """Turn one slide into a :class:`PreparedSlide`.
+
+    Parameters
+    ----------
+    adata
+        A slide in the stgraph convention.
+    preprocessor
+        Fitted preprocessing; when given and ``expr`` is not, the slide's own expression (if it has any) is
+        aligned to its genes.
+    expr
+        Precomputed (n, G) targets (e.g. Harmony-corrected training expression).
+    image_encoder
+        Used to cache features when ``model.image_encoder.cache_features`` is set.
+    with_graph
+        Build the spot graph (default: when any DGI module is enabled).
+    """
+    slide_id = str(adata.obs["slide_id"].iloc[0]) if "slide_id" in adata.obs and adata.n_obs else "slide"
+    if adata.n_obs == 0:
+        raise ValueError(f"slide {slide_id!r} has no spots")
+    if expr is None and preprocessor is not None and adata.n_vars > 0:
+        expr = preprocessor.expression(adata)
+    spot_input = preprocessor.spot_input(expr) if (expr is not None and preprocessor is not None) else None
+
+    patches = extract_patches(adata, size=config.data.patch_size, patch_um=config.data.patch_um,
+                              cache_dir=config.data.cache_dir and str(Path(config.data.cache_dir) / "patches"),
+                              show_progress=progress)
+    features = None
+    if config.model.image_encoder.cache_features and image_encoder is not None:
+        features = _cached_features(image_encoder, patches, config, slide_id, device, progress)
+        patches = None
+
+    if with_graph is None:
+        with_graph = config.model.image_dgi.enabled or config.model.spot_dgi.enabled
+    edge_index = None
+    if with_graph:
+        g = config.data.graph
+        adj = spatial_graph(adata, radius=g.radius, radius_factor=g.radius_factor, knn=g.knn,
+                            self_loops=g.self_loops)
+        edge_index = to_edge_index(adj)
+
+    return PreparedSlide(
+        slide_id=slide_id,
+        barcodes=list(map(str, adata.obs_names)),
+        coords=grid_coordinates(adata),
+        xy=np.asarray(adata.obsm["spatial"], dtype=np.float32),
+        expr=expr,
+        spot_input=spot_input,
+        patches=patches,
+        features=features,
+        edge_index=edge_index,
+    )

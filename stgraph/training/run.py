@@ -1,0 +1,165 @@
+"""The training job: slides + config → a self-contained run folder that can predict new slides.
+
+Run folder layout::
+
+    <out>/config.yaml        resolved config
+    <out>/genes.txt          the model's genes (prediction columns)
+    <out>/preprocess.*       fitted preprocessing (PCA of the gene branch, provenance)
+    <out>/model.pt           best weights (backbone included) + what is needed to rebuild the model
+    <out>/reference.h5       the reference: embeddings + expression + genes + slide ids
+    <out>/checkpoints/       best.pt, last.pt (for resume)
+    <out>/log.csv            per-epoch losses, one column per term; loss_curve.png
+    <out>/run.json           provenance; written last, so its presence marks a complete run
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from ..config import config_to_dict, save_config
+from ..data.collection import SlideCollection
+from ..inference.embed import embed_slide
+from ..inference.reference import ReferenceStore
+from ..models import create_model
+from ..utils import atomic_path, atomic_write_text, resolve_device
+from .prepare import PreparedSlide, Preprocessor, fit_preprocessor, prepare_slide
+from .trainer import Trainer, TrainResult
+
+__all__ = ["train_model", "build_reference", "RUN_FILES", "TrainedRun"]
+
+#: Files a complete run folder holds.
+RUN_FILES = ("config.yaml", "genes.txt", "model.pt", "reference.h5", "run.json")
+
+
+class TrainedRun:
+    """What ``train_model`` returns: the model, its preprocessing, reference and training history."""
+
+    def __init__(self, model, config, preprocessor: Preprocessor, reference: ReferenceStore,
+                 result: Optional[TrainResult], run_dir: Optional[Path]):
+        self.model = model
+        self.config = config
+        self.preprocessor = preprocessor
+        self.reference = reference
+        self.result = result
+        self.run_dir = run_dir
+
+
+def _slides_of(slides) -> list[AnnData]:
+    if isinstance(slides, SlideCollection):
+        return [slides[i] for i in slides.ids]
+    return list(slides)
+
+
+def _slide_id(adata: AnnData, i: int) -> str:
+    return str(adata.obs["slide_id"].iloc[0]) if "slide_id" in adata.obs and adata.n_obs else f"slide{i}"
+
+
+def build_reference(model, config, slides: Sequence[PreparedSlide], genes: Sequence[str],
+                    meta: Optional[dict] = None) -> ReferenceStore:
+    """Embed the reference slides with the branch ``inference.reference`` names and pair them with their
+    expression (n_ref, G)."""
+    branch = config.inference.reference
+    emb = np.concatenate([embed_slide(model, s, branch) for s in slides])
+    expr = np.concatenate([s.expr for s in slides]).astype(np.float32)
+    return ReferenceStore(
+        embeddings=emb,
+        expression=expr,
+        genes=list(genes),
+        slide_ids=np.concatenate([[s.slide_id] * s.n_spots for s in slides]).astype(str),
+        spot_ids=np.concatenate([s.barcodes for s in slides]).astype(str),
+        kind=branch,
+        meta={"method": config.model.name, "similarity": config.inference.similarity, **(meta or {})},
+    )
+
+
+def _check_out_dir(out: Path, force: bool, resume: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not (force or resume):
+        raise FileExistsError(f"run folder {out} already exists and is not empty (use --force to replace it, "
+                              "or --resume to continue its training)")
+    if out.exists() and force and not resume:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _save_model(path: Path, model, config, spot_in_dim: int, best_epoch: int) -> None:
+    state = {"model": model.state_dict(), "config": config_to_dict(config), "spot_in_dim": spot_in_dim,
+             "best_epoch": best_epoch, "format": 1}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def train_model(config, slides, out: Optional[str | Path] = None, force: bool = False, resume: bool = False,
+                progress: Optional[bool] = None) -> TrainedRun:
+    """Fit preprocessing on ``slides``, train, build the reference, and (with ``out``) save a run folder.
+
+    Parameters
+    ----------
+    config
+        :class:`~stgraph.config.Config`.
+    slides
+        Training slides (a :class:`~stgraph.data.SlideCollection` or AnnData list, raw counts).
+    out
+        Run folder; must not exist or be empty unless ``force`` (replace) or ``resume`` (continue).
+    """
+    progress = config.train.progress if progress is None else progress
+    adatas = _slides_of(slides)
+    if not adatas:
+        raise ValueError("no training slides given")
+    run_dir = Path(out) if out is not None else None
+    if run_dir is not None:
+        _check_out_dir(run_dir, force, resume)
+        save_config(config, run_dir / "config.yaml")
+
+    device = resolve_device(config.train.device)
+    preprocessor, expr = fit_preprocessor(config, adatas)
+    model = create_model(config, preprocessor.spot_in_dim).to(device)
+    prepared = [
+        prepare_slide(ad, config, preprocessor, expr=expr.get(_slide_id(ad, i)), image_encoder=model.image_encoder,
+                      device=str(device), progress=progress)
+        for i, ad in enumerate(adatas)
+    ]
+    if run_dir is not None:
+        preprocessor.save(run_dir)
+
+    trainer = Trainer(model, config, prepared, run_dir=run_dir)
+    result = trainer.fit(resume=resume)
+    reference = build_reference(model, config, prepared, preprocessor.genes)
+
+    if run_dir is not None:
+        _save_model(run_dir / "model.pt", model, config, preprocessor.spot_in_dim, result.best_epoch)
+        reference.save(run_dir / "reference.h5", overwrite=True)
+        _plot_losses(run_dir)
+        provenance = {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "method": config.model.name,
+            "config_name": config.name,
+            "train_slides": [s.slide_id for s in prepared],
+            "n_reference_spots": int(reference.embeddings.shape[0]),
+            "n_genes": len(preprocessor.genes),
+            "best_epoch": result.best_epoch,
+            "best_val_loss": result.best_val_loss,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        }
+        atomic_write_text(run_dir / "run.json", json.dumps(provenance, indent=2, default=float))
+    return TrainedRun(model, config, preprocessor, reference, result, run_dir)
+
+
+def _plot_losses(run_dir: Path) -> None:
+    log = run_dir / "log.csv"
+    if not log.is_file():
+        return
+    from ..pl.training import plot_loss_curves
+
+    import matplotlib.pyplot as plt
+
+    fig = plot_loss_curves(str(log), path=run_dir / "loss_curve.png")
+    plt.close(fig)

@@ -1,0 +1,311 @@
+"""The training loop: spot mini-batches or whole-slide graph batches, validation, checkpoints, resume.
+
+Two batching schemes (``train.batching``):
+
+- ``spot``: shuffled mini-batches of ``batch_size`` spots (``within_slide`` keeps each batch inside one
+  slide, which the transformer spot encoder needs to attend across one slide's spots);
+- ``slide``: one slide's whole spot graph per step, so graph encoders see every neighbour and spots of
+  different slides never share a graph; the losses are taken over a random subset of ``batch_size`` of its
+  training spots, and the slide is visited until all its training spots have been used once per epoch.
+
+Validation: ``val_slide`` (a whole slide) or ``val_fraction`` of the training spots, held out of the loss.
+The validation loss is the weighted sum of the terms that exist in eval mode (alignment and HSIC; the DGI
+losses need corruption and are training-only). The checkpoint with the lowest validation loss is kept.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..config import config_to_dict
+from ..data.patches import IMAGENET_MEAN, IMAGENET_STD
+from ..utils import atomic_path, resolve_device, seed_everything
+from .prepare import PreparedSlide
+
+__all__ = ["Trainer", "TrainResult", "CheckpointError", "load_checkpoint"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated or does not match the model."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    history: pd.DataFrame
+    best_epoch: int
+    best_val_loss: float
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a checkpoint written by :class:`Trainer`, with a clear error for a missing or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: checkpoint has no 'model' state")
+    return state
+
+
+def _dihedral(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random flip + 90° rotation per sample of (B, C, H, W) (the 8 symmetries of the square)."""
+    out = torch.empty_like(x)
+    ops = torch.randint(0, 8, (x.shape[0],), generator=generator)
+    for i, op in enumerate(ops.tolist()):
+        xi = x[i]
+        if op & 4:
+            xi = torch.flip(xi, dims=(-1,))
+        out[i] = torch.rot90(xi, k=op & 3, dims=(-2, -1))
+    return out
+
+
+class _SlideTensors:
+    """A slide's arrays as tensors on the training device, with its train/val spot split."""
+
+    def __init__(self, slide: PreparedSlide, device: torch.device, val_mask: np.ndarray):
+        if slide.spot_input is None:
+            raise ValueError(f"training slide {slide.slide_id!r} has no expression")
+        self.slide_id = slide.slide_id
+        self.n = slide.n_spots
+        self.spot_input = torch.as_tensor(slide.spot_input, dtype=torch.float32, device=device)
+        self.coords = torch.as_tensor(slide.coords, dtype=torch.long, device=device)
+        self.features = (None if slide.features is None
+                         else torch.as_tensor(slide.features, dtype=torch.float32, device=device))
+        self.patches = None if slide.patches is None else torch.from_numpy(np.ascontiguousarray(slide.patches))
+        self.edge_index = None if slide.edge_index is None else slide.edge_index.to(device)
+        self.train_rows = np.flatnonzero(~val_mask)
+        self.val_rows = np.flatnonzero(val_mask)
+
+
+class Trainer:
+    """Train a :class:`~stgraph.models.ContrastiveSTModel` on prepared slides.
+
+    Parameters
+    ----------
+    model
+        The model (``create_model``).
+    config
+        The full :class:`~stgraph.config.Config`.
+    slides
+        Training slides (:class:`PreparedSlide` with ``spot_input``, and ``features`` or ``patches``).
+    run_dir
+        Folder for ``checkpoints/``, ``log.csv`` and the loss curve; ``None`` keeps everything in memory.
+    """
+
+    def __init__(self, model, config, slides: Sequence[PreparedSlide], run_dir: Optional[str | Path] = None):
+        self.config = config
+        self.tcfg = config.train
+        self.device = resolve_device(self.tcfg.device)
+        self.model = model.to(self.device)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        seed_everything(self.tcfg.seed)
+        self.generator = torch.Generator().manual_seed(self.tcfg.seed)
+        self.rng = np.random.default_rng(self.tcfg.seed)
+        self.slides = [_SlideTensors(s, self.device, self._val_mask(s)) for s in slides]
+        if not any(len(s.train_rows) for s in self.slides):
+            raise ValueError("no training spots left after the validation split")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt_cls = torch.optim.AdamW if self.tcfg.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(params, lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        self.history: list[dict] = []
+        self.start_epoch = 0
+        self.best_val = math.inf
+        self.best_epoch = -1
+
+    # ------------------------------------------------------------------------------------ data split
+    def _val_mask(self, slide: PreparedSlide) -> np.ndarray:
+        mask = np.zeros(slide.n_spots, dtype=bool)
+        if self.tcfg.val_slide is not None:
+            mask[:] = slide.slide_id == self.tcfg.val_slide
+        elif self.tcfg.val_fraction > 0 and slide.n_spots > 1:
+            n_val = int(round(self.tcfg.val_fraction * slide.n_spots))
+            mask[self.rng.choice(slide.n_spots, size=min(n_val, slide.n_spots - 1), replace=False)] = True
+        return mask
+
+    # --------------------------------------------------------------------------------------- batches
+    def _images(self, s: _SlideTensors, rows: np.ndarray, train: bool) -> dict:
+        if s.features is not None:
+            return {"features": s.features[rows]}
+        if s.patches is None:
+            raise ValueError(f"slide {s.slide_id!r} has neither features nor patches")
+        x = s.patches[torch.as_tensor(rows)].to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        size = self.config.model.image_encoder.input_size
+        if x.shape[-1] != size:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                                antialias=True)
+        if train and self.tcfg.augment:
+            x = _dihedral(x, self.generator)
+        if train and self.tcfg.color_jitter > 0:
+            from torchvision.transforms import ColorJitter
+
+            jitter = ColorJitter(self.tcfg.color_jitter, self.tcfg.color_jitter, self.tcfg.color_jitter)
+            x = torch.stack([jitter(xi) for xi in x])
+        return {"patch": (x - self.mean) / self.std}
+
+    def _spot_batch(self, parts: list[tuple[_SlideTensors, np.ndarray]], train: bool) -> dict:
+        pieces = []
+        for s, rows in parts:
+            idx = torch.as_tensor(rows, device=self.device)
+            piece = {"spot_input": s.spot_input[idx], "coords": s.coords[idx]}
+            piece.update(self._images(s, rows, train))
+            pieces.append(piece)
+        return {k: torch.cat([p[k] for p in pieces]) for k in pieces[0]}
+
+    def _slide_batch(self, s: _SlideTensors, loss_rows: np.ndarray, train: bool) -> dict:
+        batch = self._spot_batch([(s, np.arange(s.n))], train)
+        batch["edge_index"] = s.edge_index
+        batch["loss_index"] = torch.as_tensor(loss_rows, device=self.device)
+        return batch
+
+    def _chunks(self, rows: np.ndarray, shuffle: bool) -> list[np.ndarray]:
+        rows = self.rng.permutation(rows) if shuffle else rows
+        bs = self.tcfg.batch_size
+        return [rows[i : i + bs] for i in range(0, len(rows), bs) if len(rows[i : i + bs]) > 1]
+
+    def _batches(self, train: bool) -> Iterator[dict]:
+        split = "train_rows" if train else "val_rows"
+        repeats = 2 if (train and self.tcfg.paired_augment) else 1
+        if self.tcfg.batching == "slide":
+            order = self.rng.permutation(len(self.slides)) if train else range(len(self.slides))
+            for i in order:
+                s = self.slides[i]
+                for chunk in self._chunks(np.tile(getattr(s, split), repeats), shuffle=train):
+                    yield self._slide_batch(s, chunk, train)
+            return
+        if self.tcfg.within_slide or not train:
+            jobs = [(s, chunk) for s in self.slides
+                    for chunk in self._chunks(np.tile(getattr(s, split), repeats), shuffle=train)]
+            order = self.rng.permutation(len(jobs)) if train else range(len(jobs))
+            for j in order:
+                yield self._spot_batch([jobs[j]], train)
+            return
+        pairs = np.concatenate([np.stack([np.full(len(getattr(s, split)), i), getattr(s, split)], 1)
+                                for i, s in enumerate(self.slides)])
+        pairs = np.tile(pairs, (repeats, 1))
+        for chunk in self._chunks(np.arange(len(pairs)), shuffle=True):
+            sel = pairs[chunk]
+            parts = [(self.slides[i], sel[sel[:, 0] == i, 1]) for i in np.unique(sel[:, 0])]
+            yield self._spot_batch(parts, train)
+
+    # ------------------------------------------------------------------------------------- one epoch
+    def _weights(self, epoch: int) -> dict[str, float]:
+        weights = self.model.loss_weights()
+        m = self.config.model
+        pretrain = {"dgi_image": m.image_dgi.pretrain_epochs if m.image_dgi.enabled else 0,
+                    "dgi_spot": m.spot_dgi.pretrain_epochs if m.spot_dgi.enabled else 0}
+        if epoch < max(pretrain.values()):
+            # DGI pre-training phase: only the DGI terms still in their pre-training window.
+            return {k: w for k, w in weights.items() if pretrain.get(k, 0) > epoch}
+        return weights
+
+    def _run_epoch(self, epoch: int, train: bool) -> dict[str, float]:
+        self.model.train(train)
+        weights = self._weights(epoch) if train else self.model.loss_weights()
+        sums: dict[str, float] = {}
+        n_batches = 0
+        with torch.set_grad_enabled(train):
+            for batch in self._batches(train):
+                terms = self.model.loss_terms(batch)
+                total = sum(weights[k] * v for k, v in terms.items() if weights.get(k, 0) != 0)
+                if train:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    total.backward()
+                    if self.tcfg.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
+                    self.optimizer.step()
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                sums["total"] = sums.get("total", 0.0) + float(total.detach())
+                n_batches += 1
+        return {k: v / max(n_batches, 1) for k, v in sums.items()} if n_batches else {}
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    def _checkpoint_state(self, epoch: int) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch,
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "config": config_to_dict(self.config),
+            "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(),
+                    "generator": self.generator.get_state()},
+        }
+
+    def _save(self, name: str, state: dict) -> None:
+        if self.run_dir is None:
+            return
+        with atomic_path(self.run_dir / "checkpoints" / name) as tmp:
+            torch.save(state, tmp)
+
+    def _resume(self) -> None:
+        state = load_checkpoint(self.run_dir / "checkpoints" / "last.pt", map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.best_val, self.best_epoch = float(state["best_val"]), int(state["best_epoch"])
+        self.history = list(state["history"])
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["generator"])
+
+    def _write_log(self) -> None:
+        if self.run_dir is None or not self.history:
+            return
+        frame = pd.DataFrame(self.history)
+        with atomic_path(self.run_dir / "log.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+
+    # ------------------------------------------------------------------------------------------ fit
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train for ``train.epochs`` epochs (continuing from ``checkpoints/last.pt`` when ``resume``).
+
+        Returns the per-epoch history (one row per epoch and split, one column per loss term) and the
+        best epoch; the model is left holding the best weights.
+        """
+        if resume:
+            if self.run_dir is None:
+                raise ValueError("resume needs a run folder")
+            self._resume()
+        has_val = any(len(s.val_rows) for s in self.slides)
+        best_state = None
+        bar = tqdm(range(self.start_epoch, self.tcfg.epochs), desc="train", disable=not self.tcfg.progress,
+                   initial=self.start_epoch, total=self.tcfg.epochs)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            train_logs = self._run_epoch(epoch, train=True)
+            self.history.append({"epoch": epoch, "split": "train", **train_logs,
+                                 "seconds": time.perf_counter() - t0})
+            val_logs = self._run_epoch(epoch, train=False) if has_val else {}
+            if val_logs:
+                self.history.append({"epoch": epoch, "split": "val", **val_logs})
+            score = val_logs.get("total", train_logs.get("total", math.inf))
+            if score < self.best_val:
+                self.best_val, self.best_epoch = score, epoch
+                best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self._save("best.pt", {**self._checkpoint_state(epoch), "model": best_state})
+            self._save("last.pt", self._checkpoint_state(epoch))
+            self._write_log()
+            bar.set_postfix({k: f"{v:.3f}" for k, v in train_logs.items()} |
+                            ({"val": f"{val_logs['total']:.3f}"} if val_logs else {}))
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        elif resume and self.run_dir is not None and (self.run_dir / "checkpoints" / "best.pt").is_file():
+            self.model.load_state_dict(load_checkpoint(self.run_dir / "checkpoints" / "best.pt")["model"])
+        self.model.eval()
+        return TrainResult(pd.DataFrame(self.history), self.best_epoch, self.best_val)
