@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny configs over the published ones, synthetic slides, the shared data folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+SHARED = REPO.parent / "shared"
+HER2ST = SHARED / "data" / "her2st"
+MOBILENET = SHARED / "weights" / "mobilenetv2_100.imagenet.pth"
+
+METHOD_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml"))
+
+
+def tiny_overrides(cache_dir: Path, epochs: int = 2) -> list[str]:
+    """Overrides that keep a config's modules but shrink it to run in a second on a CPU."""
+    return [
+        "model.image_encoder.backbone=test_resnet",
+        "model.image_encoder.pretrained=false",
+        "model.image_encoder.weights=null",
+        "model.image_encoder.input_size=32",
+        "model.embed_dim=16",
+        "model.pca_components=8",
+        "model.image_dgi.hidden_dim=16",
+        "model.spot_dgi.hidden_dim=16",
+        "model.spot_encoder.heads=2",
+        "model.spot_encoder.dim_head=8",
+        "data.patch_size=32",
+        "data.n_top_hvg=20",
+        "data.harmony_pcs=5",
+        f"data.cache_dir={cache_dir}",
+        f"train.epochs={epochs}",
+        "train.batch_size=32",
+        "train.progress=false",
+        "train.device=cpu",
+        "inference.k=5",
+    ]
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """``tiny_config("bleep.yaml", "train.epochs=3")`` → a validated tiny Config."""
+    from stgraph.config import load_config
+
+    def make(name: str, *extra: str):
+        return load_config(CONFIGS / name, tiny_overrides(tmp_path / "cache") + list(extra))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def synthetic_slides():
+    """Three small synthetic slides sharing expression programmes (image → expression signal)."""
+    from stgraph.data.synthetic import make_synthetic_collection
+
+    return make_synthetic_collection(n_slides=3, n_rows=10, n_cols=10, n_genes=40, spacing=32)
+
+
+def require_shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path}")
+    return path

@@ -1,0 +1,77 @@
+import pytest
+
+from stgraph.config import ConfigError, config_to_dict, load_config
+from tests.conftest import CONFIGS, METHOD_CONFIGS
+
+
+def test_published_configs_follow_the_papers():
+    bleep = load_config(CONFIGS / "bleep.yaml")
+    assert (bleep.model.image_encoder.backbone, bleep.model.embed_dim, bleep.loss.alignment) == ("resnet50", 256, "bleep")
+    assert (bleep.inference.k, bleep.inference.reference, bleep.inference.aggregation) == (50, "spot", "mean")
+    heclip = load_config(CONFIGS / "heclip.yaml")
+    assert heclip.loss.alignment == "heclip" and heclip.inference.reference == "image"
+    assert heclip.train.paired_augment and heclip.model.image_encoder.backbone == "resnet50"  # inherited
+    mcl = load_config(CONFIGS / "mclstexp.yaml")
+    assert (mcl.model.image_encoder.backbone, mcl.model.spot_encoder.name, mcl.loss.alignment) == (
+        "densenet121", "transformer", "clip")
+    assert (mcl.train.optimizer, mcl.train.lr, mcl.train.batch_size, mcl.inference.k) == ("adam", 1e-4, 128, 200)
+    assert mcl.inference.aggregation == "inverse_square"
+    st = load_config(CONFIGS / "stgchb.yaml")
+    assert st.model.image_dgi.enabled and st.model.spot_dgi.enabled and st.model.hsic.enabled
+    assert (st.model.hsic.beta, st.model.hsic.sigma, st.model.embed_dim) == (25.0, 10.0, 128)
+    assert st.model.image_encoder.freeze == "all_but_last_stage" and st.model.spot_input == "pca"
+
+
+@pytest.mark.parametrize("name,field,value", [
+    ("ablations/stgchb_no_hsic.yaml", "hsic", False),
+    ("ablations/stgchb_no_image_dgi.yaml", "image_dgi", False),
+    ("ablations/stgchb_no_gene_dgi.yaml", "spot_dgi", False),
+])
+def test_ablation_files_switch_off_one_module(name, field, value):
+    cfg = load_config(CONFIGS / name)
+    assert getattr(cfg.model, field).enabled is value
+    base = config_to_dict(load_config(CONFIGS / "stgchb.yaml"))
+    diff = config_to_dict(cfg)
+    base["model"][field]["enabled"] = value
+    base["name"] = diff["name"]
+    assert diff == base  # nothing else changed
+
+
+def test_dotted_overrides_are_parsed_as_yaml():
+    cfg = load_config(CONFIGS / "stgchb.yaml", ["model.hsic.enabled=false", "train.epochs=5",
+                                                "data.graph.knn=null", "train.lr=3e-4"])
+    assert cfg.model.hsic.enabled is False and cfg.train.epochs == 5
+    assert cfg.data.graph.knn is None and cfg.train.lr == pytest.approx(3e-4)
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown key.*hsicc.*valid keys.*hsic"):
+        load_config(CONFIGS / "bleep.yaml", ["model.hsicc.enabled=false"])
+
+
+def test_invalid_choice_lists_choices():
+    with pytest.raises(ConfigError, match=r"loss.alignment.*'clipp'.*\['clip', 'bleep', 'heclip'\]"):
+        load_config(CONFIGS / "bleep.yaml", ["loss.alignment=clipp"])
+
+
+def test_wrong_type_is_rejected():
+    with pytest.raises(ConfigError, match="train.epochs: expected an integer"):
+        load_config(CONFIGS / "bleep.yaml", ["train.epochs=many"])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cpu_configs_resolve_the_offline_weights():
+    cfg = load_config(CONFIGS / "cpu" / "bleep.yaml")
+    assert cfg.model.image_encoder.backbone == "mobilenetv2_100"
+    assert cfg.model.image_encoder.freeze == "all" and cfg.model.image_encoder.cache_features
+    assert cfg.model.image_encoder.weights.endswith("mobilenetv2_100.imagenet.pth")
+
+
+def test_every_config_file_loads():
+    assert len(METHOD_CONFIGS) >= 12
+    for name in METHOD_CONFIGS:
+        load_config(CONFIGS / name)
