@@ -46,8 +46,8 @@ def _read_many(args) -> list:
         sections = args.sections or list(HER2ST_IMAGED_SECTIONS)
         slides += [read_her2st(args.her2st, s) for s in sections]
     if not slides:
-        raise SystemExit("error: no slides given (use --data PATH... or --her2st ROOT)")
-    return list(SlideCollection(slides).slides) if hasattr(SlideCollection, "slides") else slides
+        raise ValueError("no slides given (use --data PATH... or --her2st ROOT)")
+    return SlideCollection(slides).slides  # checks that slide ids are unique
 
 
 def _read_query(args):
@@ -58,11 +58,11 @@ def _read_query(args):
         return read_her2st(args.her2st, args.section)
     if args.image or args.spots:
         if not (args.image and args.spots):
-            raise SystemExit("error: --image and --spots go together")
+            raise ValueError("--image and --spots go together")
         return read_spot_csv(args.image, args.spots)
     if args.slide:
         return read_slide(args.slide)
-    raise SystemExit("error: give the query slide with --slide PATH, --image IMG --spots CSV, "
+    raise ValueError("give the query slide with --slide PATH, --image IMG --spots CSV, "
                      "or --her2st ROOT --section ID")
 
 
@@ -118,7 +118,7 @@ def _cmd_predict(args) -> int:
 
     out = Path(args.out)
     if out.exists() and not args.force:
-        raise SystemExit(f"error: {out} already exists (use --force to replace it)")
+        raise FileExistsError(f"{out} already exists (use --force to replace it)")
     loaded = load_run(args.model)
     adata = _read_query(args)
     pred = predict_slide(loaded, adata, k=args.k, similarity=args.similarity, aggregation=args.aggregation,
@@ -136,10 +136,10 @@ def _plot(pred, true, genes, path: Path, force: bool) -> None:
     from stgraph.pl.spatial import plot_genes
 
     if path.exists() and not force:
-        raise SystemExit(f"error: {path} already exists (use --force to replace it)")
+        raise FileExistsError(f"{path} already exists (use --force to replace it)")
     missing = [g for g in genes if g not in pred.var_names]
     if missing:
-        raise SystemExit(f"error: gene(s) {missing} are not among the prediction's {pred.n_vars} genes")
+        raise KeyError(f"gene(s) {missing} are not among the prediction's {pred.n_vars} genes")
     if true is not None:
         from stgraph.data import pp
 
@@ -156,7 +156,7 @@ def _cmd_plot(args) -> int:
 
     pred_path = Path(args.pred)
     if not pred_path.is_file():
-        raise SystemExit(f"error: prediction file not found: {pred_path}")
+        raise FileNotFoundError(f"prediction file not found: {pred_path}")
     pred = anndata.read_h5ad(pred_path)
     true = read_slide(args.true) if args.true else None
     _plot(pred, true, args.genes, Path(args.out), force=args.force)

@@ -1,0 +1,55 @@
+"""The command line end to end on small synthetic slides."""
+import subprocess
+import sys
+
+import anndata
+import pytest
+
+from cli.main import main
+from tests.conftest import CONFIGS, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def slide_files(tmp_path_factory, synthetic_slides):
+    d = tmp_path_factory.mktemp("slides")
+    paths = []
+    for ad in synthetic_slides:
+        p = d / f"{ad.obs['slide_id'].iloc[0]}.h5ad"
+        ad.write_h5ad(p)
+        paths.append(str(p))
+    return paths
+
+
+def test_train_predict_plot(tmp_path, slide_files, capsys):
+    run = tmp_path / "run"
+    overrides = tiny_overrides(tmp_path / "cache", epochs=2) + ["data.harmony=false"]
+    assert main(["train", "--config", str(CONFIGS / "stgchb.yaml"), "--data", *slide_files[:2],
+                 "--out", str(run), *overrides]) == 0
+    pred_path = tmp_path / "pred.h5ad"
+    assert main(["predict", "--model", str(run), "--slide", slide_files[2], "--out", str(pred_path),
+                 "--plot", "gene_0", "gene_1"]) == 0
+    pred = anndata.read_h5ad(pred_path)
+    assert pred.n_obs == 100 and "spatial" in pred.obsm and pred.uns["stgraph"]["method"] == "stgchb"
+    assert pred_path.with_suffix(".png").stat().st_size > 1000
+
+    # no silent overwrite
+    assert main(["predict", "--model", str(run), "--slide", slide_files[2], "--out", str(pred_path)]) != 0
+    assert "already exists" in capsys.readouterr().err
+
+    png = tmp_path / "maps.png"
+    assert main(["plot", "--pred", str(pred_path), "--true", slide_files[2], "--genes", "gene_3",
+                 "--out", str(png)]) == 0
+    assert png.stat().st_size > 1000
+
+
+def test_bad_override_and_missing_model(tmp_path, slide_files, capsys):
+    assert main(["train", "--config", str(CONFIGS / "bleep.yaml"), "--data", slide_files[0],
+                 "--out", str(tmp_path / "r"), "train.epochz=3"]) == 2
+    assert "epochz" in capsys.readouterr().err
+    assert main(["predict", "--model", str(tmp_path / "none"), "--slide", slide_files[0],
+                 "--out", str(tmp_path / "p.h5ad")]) == 2
+
+
+def test_console_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "cli.main", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout and "predict" in out.stdout

@@ -1,0 +1,77 @@
+"""Prediction: reference round trip, self-retrieval, bad model folders, outputs."""
+import anndata
+import numpy as np
+import pytest
+
+from stgraph.inference import (ModelFolderError, ReferenceStore, embed_slide, load_run, predict_slide,
+                               write_prediction)
+from stgraph.training import prepare_slide, train_model
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, synthetic_slides):
+    from stgraph.config import load_config
+    from tests.conftest import CONFIGS, tiny_overrides
+
+    tmp = tmp_path_factory.mktemp("heclip")
+    cfg = load_config(CONFIGS / "heclip.yaml", tiny_overrides(tmp / "cache", epochs=3) + ["data.harmony=false"])
+    return train_model(cfg, synthetic_slides[:2], out=tmp / "run")
+
+
+def test_reference_round_trip_gives_identical_predictions(run, synthetic_slides):
+    loaded = load_run(run.run_dir)
+    query = synthetic_slides[2]
+    a = predict_slide(run, query)
+    b = predict_slide(loaded, query)
+    np.testing.assert_array_equal(a.X, b.X)
+    assert list(b.var_names) == list(run.preprocessor.genes)
+
+
+def test_prediction_is_a_standard_spatial_anndata(run, synthetic_slides, tmp_path):
+    query = synthetic_slides[2]
+    pred = predict_slide(run, query)
+    assert pred.n_obs == query.n_obs and pred.X.dtype == np.float32
+    np.testing.assert_array_equal(pred.obsm["spatial"], query.obsm["spatial"])
+    assert "spatial" in pred.uns and pred.uns["stgraph"]["method"] == "heclip"
+    path = write_prediction(pred, tmp_path / "pred.h5ad")
+    back = anndata.read_h5ad(path)
+    np.testing.assert_array_equal(back.X, pred.X)
+    with pytest.raises(FileExistsError, match="pred.h5ad"):
+        write_prediction(pred, path)
+    write_prediction(pred, path, force=True)
+
+
+def test_own_reference_with_k1_returns_own_profiles(run, synthetic_slides):
+    """A slide embedded into its own reference and queried with k=1 gets its own profiles back."""
+    slide = synthetic_slides[0]
+    prepared = prepare_slide(slide, run.config, run.preprocessor, image_encoder=run.model.image_encoder)
+    for branch in ("spot", "image"):
+        emb = embed_slide(run.model, prepared, branch)
+        store = ReferenceStore(emb, prepared.expr, run.preprocessor.genes,
+                               np.array([prepared.slide_id] * prepared.n_spots), np.array(prepared.barcodes),
+                               kind=branch)
+        pred = store.predict(emb, k=1, similarity="cosine", aggregation="mean")
+        np.testing.assert_allclose(pred, prepared.expr, atol=1e-6)
+
+
+def test_query_without_expression_is_predicted(run, synthetic_slides):
+    query = synthetic_slides[2]
+    image_only = anndata.AnnData(X=np.zeros((query.n_obs, 0), np.float32), obs=query.obs[["slide_id"]].copy(),
+                                 obsm={"spatial": query.obsm["spatial"]}, uns={"spatial": query.uns["spatial"]})
+    np.testing.assert_allclose(predict_slide(run, image_only).X, predict_slide(run, query).X, atol=1e-5)
+
+
+def test_incomplete_and_corrupt_model_folders(run, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run.run_dir, broken)
+    (broken / "reference.h5").unlink()
+    with pytest.raises(ModelFolderError, match=r"incomplete.*reference.h5"):
+        load_run(broken)
+    shutil.copy(run.run_dir / "reference.h5", broken / "reference.h5")
+    (broken / "model.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(ModelFolderError, match="model.pt"):
+        load_run(broken)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_run(tmp_path / "nowhere")
