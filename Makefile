@@ -1,9 +1,11 @@
-# Two commands: `make setup` installs everything into .venv, `make test` runs the test suite.
+# `make setup` installs everything into .venv, `make test` runs the test suite, `make demo` runs the main job.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+HER2ST ?= ../shared/data/her2st
+RUN ?= runs/bleep_her2st
 
-.PHONY: setup test demo bench
+.PHONY: setup test demo
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -14,4 +16,8 @@ test:
 	$(PY) -m pytest -q
 
 demo:
-	$(PY) examples/her2st_demo.py
+	$(VENV)/bin/stgraph train --config configs/cpu/bleep.yaml --her2st $(HER2ST) \
+		--sections B4 C2 C3 C4 C5 --out $(RUN) --force \
+		data.genes=$(HER2ST)/her_hvg_cut_1000.npy
+	$(VENV)/bin/stgraph predict --model $(RUN) --her2st $(HER2ST) --section C6 \
+		--out $(RUN)/pred_C6.h5ad --force --plot ERBB2 GNAS
