@@ -1,0 +1,176 @@
+"""Cross-validated evaluation: for each fold, fit on the training slides, predict the held-out slide, score.
+
+Everything fitted (gene selection, Harmony, PCA, the model, the baselines) sees the training slides of the
+fold only. The held-out slide's truth is its own log-normalised expression over the fold's genes.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..data.collection import SlideCollection
+from ..inference.predict import predict_slide
+from ..metrics import evaluate_arrays, per_gene_table
+from ..metrics.report import summarize_folds, to_markdown_table, write_csv_atomic, write_json_atomic
+from ..models import create_image_encoder
+from ..training.prepare import fit_preprocessor, prepare_slide
+from ..training.run import train_model
+from .baselines import mean_profile, ridge_regression, untrained_retrieval
+from .folds import Fold
+
+__all__ = ["cross_validate", "evaluate_fold", "baseline_fold", "SUMMARY_METRICS"]
+
+SUMMARY_METRICS = ("pcc_acg", "pcc_heg50", "pcc_hvg50", "pcc_mg", "n_r_gt_0.3", "rmse", "mae", "ssim",
+                   "hit_at_10")
+
+
+def _score(method: str, fold: Fold, pred: np.ndarray, true: np.ndarray, genes: Sequence[str],
+           markers: Optional[Sequence[str]], extra: dict) -> dict:
+    metrics = evaluate_arrays(pred, true, list(genes), markers=markers)
+    return {"method": method, "fold": fold.name, "test_slide": ",".join(fold.test_ids), **extra, **metrics}
+
+
+def evaluate_fold(name: str, config, collection: SlideCollection, fold: Fold,
+                  markers: Optional[Sequence[str]] = None, run_dir: Optional[Path] = None,
+                  keep_predictions: bool = False) -> tuple[dict, Optional[tuple]]:
+    """Train ``config`` on the fold's training slides, predict its test slide, return the metric row."""
+    train = [collection[i] for i in fold.train_ids]
+    test = collection[fold.test_ids[0]]
+    t0 = time.perf_counter()
+    run = train_model(config, train, out=run_dir, force=True, progress=False)
+    t_train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = predict_slide(run, test).X
+    t_pred = time.perf_counter() - t0
+    true = run.preprocessor.expression(test)
+    row = _score(name, fold, pred, true, run.preprocessor.genes, markers,
+                 {"n_genes_model": len(run.preprocessor.genes), "train_seconds": round(t_train, 2),
+                  "predict_seconds": round(t_pred, 2), "best_epoch": run.result.best_epoch})
+    return row, ((pred, true, run.preprocessor.genes) if keep_predictions else None)
+
+
+def baseline_fold(config, collection: SlideCollection, fold: Fold, markers: Optional[Sequence[str]] = None,
+                  k: int = 50, keep_predictions: bool = False) -> tuple[list[dict], dict]:
+    """The three baselines on one fold, with ``config``'s genes and (frozen) backbone."""
+    train = [collection[i] for i in fold.train_ids]
+    test = collection[fold.test_ids[0]]
+    prep, expr = fit_preprocessor(config, train)
+    encoder = create_image_encoder(config)
+    encoder.eval()
+    feats = lambda ad, e=None: prepare_slide(ad, config, prep, expr=e, image_encoder=encoder,  # noqa: E731
+                                             with_graph=False).features
+    train_x = np.concatenate([feats(ad, expr[sid]) for ad, sid in zip(train, expr)])
+    train_y = np.concatenate(list(expr.values()))
+    test_x = feats(test)
+    true = prep.expression(test)
+    preds = {
+        "untrained_retrieval": untrained_retrieval(train_x, train_y, test_x, k=k),
+        "ridge": ridge_regression(train_x, train_y, test_x),
+        "mean_profile": mean_profile(train_y, len(true)),
+    }
+    rows = [_score(f"baseline:{name}", fold, p, true, prep.genes, markers, {"n_genes_model": len(prep.genes)})
+            for name, p in preds.items()]
+    kept = {name: (p, true, prep.genes) for name, p in preds.items()} if keep_predictions else {}
+    return rows, kept
+
+
+def cross_validate(configs: Mapping[str, object], collection: SlideCollection, folds: Sequence[Fold],
+                   out_dir: Optional[str | Path] = None, baselines: bool = True, baseline_config=None,
+                   markers: Optional[Sequence[str]] = None, keep_runs: bool = False,
+                   progress: bool = True) -> pd.DataFrame:
+    """Run every config (and the baselines) on every fold; write per-fold rows and a summary.
+
+    Parameters
+    ----------
+    configs
+        method name → :class:`~stgraph.config.Config`.
+    collection
+        All slides (raw counts).
+    folds
+        From :func:`~stgraph.evaluation.make_folds`.
+    out_dir
+        Writes ``results.csv``, ``results.json``, ``summary.md``, ``pcc_per_fold.png`` and, per method, the
+        maps of its best and worst genes on the first fold (``maps/``).
+    baseline_config
+        Genes and frozen backbone of the baselines (default: the first config).
+
+    Returns
+    -------
+    DataFrame with one row per (method, fold).
+    """
+    out = Path(out_dir) if out_dir is not None else None
+    rows: list[dict] = []
+    first_fold_predictions: dict = {}
+    jobs = [(f, name) for f in folds for name in configs]
+    bar = tqdm(total=len(jobs) + (len(folds) if baselines else 0), desc="evaluate", disable=not progress)
+    for fold in folds:
+        keep = fold is folds[0]
+        for name, config in configs.items():
+            bar.set_postfix_str(f"{name} / {fold.name}")
+            run_dir = out / "runs" / fold.name / name if (out is not None and keep_runs) else None
+            row, kept = evaluate_fold(name, config, collection, fold, markers, run_dir, keep_predictions=keep)
+            rows.append(row)
+            if kept is not None:
+                first_fold_predictions[name] = kept
+            bar.update()
+            if out is not None:
+                write_csv_atomic(pd.DataFrame(rows), out / "results.csv")
+        if baselines:
+            bar.set_postfix_str(f"baselines / {fold.name}")
+            base_rows, kept = baseline_fold(baseline_config or next(iter(configs.values())), collection, fold,
+                                            markers, keep_predictions=keep)
+            rows.extend(base_rows)
+            first_fold_predictions.update({f"baseline:{k}": v for k, v in kept.items()})
+            bar.update()
+    bar.close()
+    frame = pd.DataFrame(rows)
+    if out is not None:
+        write_report(frame, out, collection, folds[0], first_fold_predictions)
+    return frame
+
+
+def write_report(frame: pd.DataFrame, out: Path, collection: SlideCollection, fold: Fold,
+                 predictions: Mapping[str, tuple]) -> None:
+    """results.csv/json, summary.md (mean ± sd over folds), a per-fold PCC plot, best/worst gene maps."""
+    import matplotlib.pyplot as plt
+
+    from ..pl.benchmark import plot_fold_pcc
+    from ..pl.spatial import plot_genes
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv_atomic(frame, out / "results.csv")
+    write_json_atomic(frame.to_dict(orient="records"), out / "results.json")
+    summary = summarize_folds(frame)
+    metrics = [m for m in SUMMARY_METRICS if m in frame.columns]
+    text = ("Mean ± sd over folds. Pearson of the mean-profile baseline is undefined (constant prediction) "
+            "and shown as nan.\n\n" + to_markdown_table(summary, metrics) + "\n")
+    (out / "summary.md").write_text(text)
+    fig = plot_fold_pcc(frame, metric="pcc_acg", path=out / "pcc_per_fold.png")
+    plt.close(fig)
+
+    import anndata
+
+    test = collection[fold.test_ids[0]]
+    for method, (pred, true, genes) in predictions.items():
+        if method == "baseline:mean_profile":
+            continue
+        table = per_gene_table(pred, true, list(genes)).dropna(subset=["pearson"])
+        if table.empty:
+            continue
+        ranked = table.sort_values("pearson")
+        chosen = [ranked["gene"].iloc[-1], ranked["gene"].iloc[-2], ranked["gene"].iloc[0]]
+        pred_ad = anndata.AnnData(X=pred, obs=pd.DataFrame(index=test.obs_names.copy()),
+                                  var=pd.DataFrame(index=list(genes)))
+        true_ad = anndata.AnnData(X=true, obs=pd.DataFrame(index=test.obs_names.copy()),
+                                  var=pd.DataFrame(index=list(genes)))
+        for ad in (pred_ad, true_ad):
+            ad.obsm["spatial"] = np.asarray(test.obsm["spatial"])
+            ad.uns["spatial"] = test.uns.get("spatial", {})
+        safe = method.replace(":", "_")
+        fig = plot_genes(pred_ad, chosen, adata_true=true_ad, path=out / "maps" / f"{safe}_{fold.name}.png")
+        plt.close(fig)
