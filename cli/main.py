@@ -92,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", nargs="+", default=None, metavar="GENE",
                    help="also draw these genes' predicted maps to <out>.png")
 
+    for name, help_text in (("evaluate", "cross-validated evaluation of one or more configs with baselines"),
+                            ("benchmark", "alias of evaluate")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", nargs="+", required=True, help="one or more YAML configs")
+        _add_slide_source(p, many=True)
+        p.add_argument("--folds", choices=["loso", "patient"], default="loso",
+                       help="leave-one-section-out, or also drop the test section's patient from training")
+        p.add_argument("--only-folds", nargs="+", default=None, metavar="ID", help="run only these test slides")
+        p.add_argument("--markers", nargs="+", default=None, metavar="GENE", help="marker genes (MG)")
+        p.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+        p.add_argument("--keep-runs", action="store_true", help="keep each fold's run folder under <out>/runs")
+        p.add_argument("--out", required=True, help="results folder")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides applied to every config")
+
     p = sub.add_parser("plot", help="draw predicted (and true) gene maps over the H&E image")
     p.add_argument("--pred", required=True, help="prediction .h5ad")
     p.add_argument("--true", default=None, help="a slide with the true expression (any readable slide)")
@@ -163,7 +177,28 @@ def _cmd_plot(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "predict": _cmd_predict, "plot": _cmd_plot}
+def _cmd_evaluate(args) -> int:
+    from stgraph.config import load_config
+    from stgraph.data import SlideCollection
+    from stgraph.evaluation import cross_validate, make_folds
+
+    configs = {}
+    for path in args.config:
+        cfg = load_config(path, args.overrides)
+        configs[cfg.name] = cfg
+    collection = SlideCollection(_read_many(args))
+    folds = make_folds(collection.ids, scheme=args.folds)
+    if args.only_folds:
+        folds = [f for f in folds if f.name in set(args.only_folds)]
+    frame = cross_validate(configs, collection, folds, out_dir=args.out, baselines=not args.no_baselines,
+                           markers=args.markers, keep_runs=args.keep_runs)
+    print((Path(args.out) / "summary.md").read_text())
+    print(f"{len(frame)} rows written to {Path(args.out) / 'results.csv'}")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "predict": _cmd_predict, "plot": _cmd_plot, "evaluate": _cmd_evaluate,
+            "benchmark": _cmd_evaluate}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
