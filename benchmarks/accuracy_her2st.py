@@ -1,0 +1,75 @@
+"""Accuracy on the six imaged HER2+ sections, leave-one-section-out.
+
+All four methods (CPU configs: frozen ImageNet mobilenetv2_100 features), the ST-GCHB ablations and the
+baselines, on the 785-gene list of Hist2ST/mclSTExp and on a training-only HVG union. Prints the summary
+table and writes benchmarks/results/accuracy_her2st_<genes>/ (results.csv, summary.md, plots).
+
+    python benchmarks/accuracy_her2st.py [--genes list785|hvg|both] [--epochs N] [--folds loso|patient]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, SHARED, machine, write_results  # noqa: E402
+
+from stgraph.config import load_config  # noqa: E402
+from stgraph.data import SlideCollection  # noqa: E402
+from stgraph.data.readers import HER2ST_IMAGED_SECTIONS, read_her2st  # noqa: E402
+from stgraph.evaluation import cross_validate, make_folds  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = {
+    "bleep": ("cpu/bleep.yaml", []),
+    "heclip": ("cpu/heclip.yaml", []),
+    "mclstexp": ("cpu/mclstexp.yaml", []),
+    "stgchb": ("cpu/stgchb.yaml", []),
+    "stgchb-no_nHSIC": ("cpu/stgchb.yaml", ["model.hsic.enabled=false"]),
+    "stgchb-no_image_DGI": ("cpu/stgchb.yaml", ["model.image_dgi.enabled=false"]),
+    "stgchb-no_gene_DGI": ("cpu/stgchb.yaml", ["model.spot_dgi.enabled=false"]),
+    "stgchb-no_PCA": ("cpu/stgchb.yaml", ["model.spot_input=expression"]),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--genes", choices=["list785", "hvg", "both"], default="both")
+    ap.add_argument("--epochs", type=int, default=None, help="override train.epochs of every config")
+    ap.add_argument("--folds", choices=["loso", "patient"], default="loso")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+
+    root = SHARED / "data" / "her2st"
+    if not root.exists():
+        raise SystemExit(f"HER2+ data not found at {root}")
+    collection = SlideCollection([read_her2st(root, s) for s in HER2ST_IMAGED_SECTIONS])
+    folds = make_folds(collection.ids, scheme=args.folds)
+    gene_specs = {"list785": str(root / "her_hvg_cut_1000.npy"), "hvg": "hvg_union"}
+    chosen = list(gene_specs) if args.genes == "both" else [args.genes]
+    for genes in chosen:
+        extra = [f"data.genes={gene_specs[genes]}", "data.n_top_hvg=1000", "train.progress=false"]
+        if args.epochs is not None:
+            extra.append(f"train.epochs={args.epochs}")
+        configs = {}
+        for name in args.methods:
+            path, overrides = METHODS[name]
+            cfg = load_config(REPO / "configs" / path, overrides + extra + args.overrides)
+            cfg.name = name
+            configs[name] = cfg
+        out = RESULTS / (f"accuracy_her2st_{genes}" + ("" if args.folds == "loso" else f"_{args.folds}"))
+        t0 = time.perf_counter()
+        frame = cross_validate(configs, collection, folds, out_dir=out)
+        seconds = time.perf_counter() - t0
+        print(f"\n## HER2+ {args.folds}, genes = {genes} ({seconds / 60:.1f} min)\n")
+        print((out / "summary.md").read_text())
+        write_results(f"accuracy_her2st_{genes}", {"genes": genes, "folds": args.folds, "seconds": seconds,
+                                                    "methods": list(configs), "results_dir": str(out.name)})
+    print(machine())
+
+
+if __name__ == "__main__":
+    main()
