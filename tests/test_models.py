@@ -72,7 +72,7 @@ def test_freeze_policies(policy, expect_trainable):
     elif expect_trainable is None:
         assert trainable == total
     else:
-        assert trainable and all(n.startswith("stages.3") or n.startswith("head") for n in trainable)
+        assert trainable and all(n.startswith("layer4") for n in trainable)
         assert len(trainable) < len(total)
 
 

@@ -14,7 +14,7 @@ from anndata import AnnData
 from ..config import ConfigError, config_from_dict, load_config
 from ..models import create_model
 from ..training.prepare import Preprocessor, prepare_slide
-from ..training.run import RUN_FILES
+from ..training.layout import RUN_FILES
 from ..training.trainer import CheckpointError, load_checkpoint
 from ..utils import atomic_path, resolve_device
 from .embed import embed_slide

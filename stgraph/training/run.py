@@ -30,13 +30,12 @@ from ..inference.embed import embed_slide
 from ..inference.reference import ReferenceStore
 from ..models import create_model
 from ..utils import atomic_path, atomic_write_text, resolve_device
+from .layout import RUN_FILES
 from .prepare import PreparedSlide, Preprocessor, fit_preprocessor, prepare_slide
 from .trainer import Trainer, TrainResult
 
 __all__ = ["train_model", "build_reference", "RUN_FILES", "TrainedRun"]
 
-#: Files a complete run folder holds.
-RUN_FILES = ("config.yaml", "genes.txt", "model.pt", "reference.h5", "run.json")
 
 
 class TrainedRun:
