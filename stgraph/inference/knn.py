@@ -197,7 +197,8 @@ class TorchKNN(KNNBackend):
             idx = idx + start
             if best_val is not None:
                 # Merge the running top-k with this block's; both are small (c, k).
-                val, pos = torch.topk(torch.cat([best_val, val], 1), k, dim=1)
+                candidates = torch.cat([best_val, val], 1)
+                val, pos = torch.topk(candidates, min(k, candidates.shape[1]), dim=1)
                 idx = torch.gather(torch.cat([best_idx, idx], 1), 1, pos)
             best_val, best_idx = val, idx
         if self.similarity == "l2":

@@ -236,7 +236,7 @@ class ReferenceStore:
         if expr.ndim != 2 or expr.shape != (emb.shape[0], self.n_genes):
             raise ValueError(f"new expression must be ({emb.shape[0]}, {self.n_genes}), got shape {expr.shape}")
         new_slides = _as_str_array(slide_ids, emb.shape[0], "slide_ids")
-        already = sorted(set(new_slides) & set(self.slide_ids))
+        already = sorted(str(s) for s in set(new_slides) & set(self.slide_ids))
         if already:
             raise ValueError(f"slide(s) {already} are already in the reference store")
         if self.is_sparse:

@@ -1,0 +1,250 @@
+"""kNN backends and kNN imputation: planted structure, exactness, backend agreement, hand-computed weights."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from stgraph.inference.impute import aggregate, impute, neighbour_weights
+from stgraph.inference.knn import FaissKNN, KNNBackend, TorchKNN, create_knn_backend
+
+SIMILARITIES = ("cosine", "dot", "l2")
+AGGREGATIONS = ("mean", "inverse_square", "softmax", "top1")
+BACKENDS = ("torch", "faiss")
+
+pytest.importorskip("faiss", reason="faiss-cpu is not installed")
+
+
+def planted_clusters(n_clusters=5, per_cluster=30, dim=8, n_genes=6, noise=0.3, seed=0):
+    """Clusters around orthogonal centres 10·e_c (equal norms, so dot, cosine and l2 agree on the nearest
+    cluster), each with its own expression profile; returns embeddings, labels, expression, profiles."""
+    rng = np.random.default_rng(seed)
+    centres = 10.0 * np.eye(dim)[:n_clusters]
+    labels = np.repeat(np.arange(n_clusters), per_cluster)
+    emb = centres[labels] + noise * rng.standard_normal((len(labels), dim))
+    profiles = rng.uniform(0, 5, (n_clusters, n_genes)) + 10 * np.eye(n_clusters, n_genes)
+    expr = profiles[labels] + 0.01 * rng.standard_normal((len(labels), n_genes))
+    return emb.astype(np.float32), labels, expr.astype(np.float32), profiles, centres
+
+
+def unit_norm_embeddings(n=60, dim=16, scale=3.0, seed=1):
+    """Rows of equal norm: the only case where a vector's best dot-product match is itself."""
+    x = np.random.default_rng(seed).standard_normal((n, dim))
+    return (scale * x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_queries_near_a_cluster_retrieve_that_cluster_and_its_profile(similarity, backend):
+    emb, labels, expr, profiles, centres = planted_clusters()
+    rng = np.random.default_rng(5)
+    query_labels = np.tile(np.arange(5), 4)
+    queries = (centres[query_labels] + 0.3 * rng.standard_normal((len(query_labels), emb.shape[1]))).astype(
+        np.float32)
+    pred, idx = impute(queries, emb, expr, k=10, similarity=similarity, backend=backend, return_indices=True)
+    assert idx.shape == (len(queries), 10)
+    np.testing.assert_array_equal(labels[idx], np.repeat(query_labels[:, None], 10, axis=1))
+    np.testing.assert_allclose(pred, profiles[query_labels], atol=0.05)
+    # the nearest profile is the query's cluster's and no other
+    dist = np.linalg.norm(pred[:, None, :] - profiles[None], axis=2)
+    np.testing.assert_array_equal(dist.argmin(1), query_labels)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_k1_self_query_returns_own_profiles_exactly(similarity, aggregation, backend):
+    emb = unit_norm_embeddings()
+    expr = np.random.default_rng(2).uniform(0, 9, (len(emb), 7)).astype(np.float32)
+    pred, idx = impute(emb, emb, expr, k=1, similarity=similarity, aggregation=aggregation, backend=backend,
+                       return_indices=True)
+    np.testing.assert_array_equal(idx[:, 0], np.arange(len(emb)))
+    np.testing.assert_array_equal(pred, expr)
+
+
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_torch_and_faiss_flat_agree(similarity):
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal((300, 16)).astype(np.float32)
+    query = rng.standard_normal((40, 16)).astype(np.float32)
+    t_scores, t_idx = TorchKNN(similarity).fit(ref).search(query, 12)
+    f_scores, f_idx = FaissKNN(similarity, index="flat").fit(ref).search(query, 12)
+    assert t_idx.dtype == f_idx.dtype == torch.int64
+    torch.testing.assert_close(t_idx, f_idx, rtol=0, atol=0)
+    torch.testing.assert_close(t_scores, f_scores, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_scores_are_the_documented_quantity_in_the_documented_order(similarity):
+    rng = np.random.default_rng(4)
+    ref = rng.standard_normal((50, 5))
+    query = rng.standard_normal((3, 5))
+    scores, idx = TorchKNN(similarity).fit(ref).search(query, 50)
+    if similarity == "cosine":
+        full = (query / np.linalg.norm(query, axis=1, keepdims=True)) @ (
+            ref / np.linalg.norm(ref, axis=1, keepdims=True)).T
+    elif similarity == "dot":
+        full = query @ ref.T
+    else:
+        full = np.linalg.norm(query[:, None] - ref[None], axis=2)
+    np.testing.assert_allclose(scores.numpy(), np.take_along_axis(full, idx.numpy(), 1), atol=1e-5)
+    steps = np.diff(scores.numpy(), axis=1)
+    assert (steps >= 0).all() if similarity == "l2" else (steps <= 0).all()
+    expected_order = np.argsort(full if similarity == "l2" else -full, axis=1)
+    np.testing.assert_array_equal(idx.numpy(), expected_order)
+
+
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_chunking_does_not_change_results(similarity):
+    rng = np.random.default_rng(6)
+    ref = rng.standard_normal((100, 8)).astype(np.float32)
+    query = rng.standard_normal((30, 8)).astype(np.float32)
+    expr = rng.uniform(0, 3, (100, 4)).astype(np.float32)
+    small = TorchKNN(similarity, chunk_size=7).fit(ref)  # 5 query blocks × 15 reference blocks
+    large = TorchKNN(similarity, chunk_size=4096).fit(ref)
+    s_scores, s_idx = small.search(query, 9)
+    l_scores, l_idx = large.search(query, 9)
+    torch.testing.assert_close(s_idx, l_idx, rtol=0, atol=0)
+    torch.testing.assert_close(s_scores, l_scores, rtol=0, atol=1e-6)
+    for aggregation in AGGREGATIONS:
+        a = impute(query, ref, expr, k=9, similarity=similarity, aggregation=aggregation, chunk_size=7)
+        b = impute(query, ref, expr, k=9, similarity=similarity, aggregation=aggregation, chunk_size=4096)
+        # float32 products summed in another order differ in the last bits; softmax(s / 0.1) magnifies that
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_reference_chunk_smaller_than_k_still_finds_the_true_top_k():
+    rng = np.random.default_rng(7)
+    ref = rng.standard_normal((50, 4))
+    query = rng.standard_normal((6, 4))
+    _, idx = TorchKNN("l2", chunk_size=2, reference_chunk_size=3).fit(ref).search(query, 20)
+    expected = np.argsort(np.linalg.norm(query[:, None] - ref[None], axis=2), axis=1)[:, :20]
+    np.testing.assert_array_equal(idx.numpy(), expected)
+
+
+# -- aggregation, computed by hand ------------------------------------------------------------------------
+
+NEIGHBOURS = np.array([[[21.0, 0.0], [0.0, 21.0], [21.0, 21.0]]])  # (Q=1, k=3, G=2)
+
+
+def test_inverse_square_by_hand_l2():
+    # d = 1, 2, 4 → d^-2 = 1, 1/4, 1/16 → w = 16/21, 4/21, 1/21
+    out = aggregate(NEIGHBOURS, np.array([[1.0, 2.0, 4.0]]), "inverse_square", "l2")
+    np.testing.assert_allclose(out, [[16 + 1, 4 + 1]], rtol=1e-6)
+
+
+def test_inverse_square_by_hand_cosine():
+    # cos = 0.5, 0, -1 → d² = 2 − 2cos = 1, 2, 4 → w ∝ 1, 1/2, 1/4 = 4/7, 2/7, 1/7
+    w = neighbour_weights(np.array([[0.5, 0.0, -1.0]]), "inverse_square", "cosine")
+    np.testing.assert_allclose(w, [[4 / 7, 2 / 7, 1 / 7]], rtol=1e-9)
+    out = aggregate(NEIGHBOURS, np.array([[0.5, 0.0, -1.0]]), "inverse_square", "cosine")
+    np.testing.assert_allclose(out, [[21 * 5 / 7, 21 * 3 / 7]], rtol=1e-6)
+
+
+def test_inverse_square_by_hand_dot_through_impute():
+    # q = (2, 0); r = (1, 0), (2, 2), (0, 4): d² = 1, 4, 20; q·r = 2, 4, 0 so the dot ranking is r2, r1, r3
+    query = np.array([[2.0, 0.0]])
+    ref = np.array([[1.0, 0.0], [2.0, 2.0], [0.0, 4.0]])
+    expr = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    pred, idx = impute(query, ref, expr, k=3, similarity="dot", aggregation="inverse_square",
+                       return_indices=True)
+    np.testing.assert_array_equal(idx, [[1, 0, 2]])
+    w = np.array([1.0, 1 / 4, 1 / 20]) / (1 + 1 / 4 + 1 / 20)
+    np.testing.assert_allclose(pred, [w @ expr], rtol=1e-6)
+
+
+def test_inverse_square_exact_match_dominates_without_dividing_by_zero():
+    w = neighbour_weights(np.array([[0.0, 1.0, 2.0]]), "inverse_square", "l2")
+    assert np.isfinite(w).all() and w[0, 0] > 1 - 1e-9
+
+
+def test_softmax_by_hand():
+    # cosine scores 1, 0 with T = 1: w = e/(e+1), 1/(e+1)
+    w = neighbour_weights(np.array([[1.0, 0.0]]), "softmax", "cosine", temperature=1.0)
+    np.testing.assert_allclose(w, [[math.e / (math.e + 1), 1 / (math.e + 1)]], rtol=1e-9)
+    # l2 distances 0, ln 3 with T = 1: softmax(−d) ∝ 1, 1/3 → 3/4, 1/4
+    out = aggregate(np.array([[[4.0, 0.0], [0.0, 4.0]]]), np.array([[0.0, math.log(3)]]), "softmax", "l2",
+                    temperature=1.0)
+    np.testing.assert_allclose(out, [[3.0, 1.0]], rtol=1e-6)
+    # a lower temperature sharpens towards the best neighbour
+    sharp = neighbour_weights(np.array([[1.0, 0.0]]), "softmax", "dot", temperature=0.01)
+    assert sharp[0, 0] > 0.999
+
+
+def test_top1_and_mean_by_hand():
+    scores = np.array([[0.9, 0.8, 0.1]])
+    np.testing.assert_allclose(aggregate(NEIGHBOURS, scores, "top1"), [[21.0, 0.0]])
+    np.testing.assert_allclose(aggregate(NEIGHBOURS, scores, "mean"), [[14.0, 14.0]])
+
+
+def test_dot_inverse_square_without_norms_is_refused():
+    with pytest.raises(ValueError, match="dot"):
+        neighbour_weights(np.array([[1.0, 0.5]]), "inverse_square", "dot")
+
+
+# -- inputs, errors, approximate indexes -----------------------------------------------------------------
+
+def test_sparse_dense_and_tensor_expression_give_the_same_prediction():
+    emb, _, expr, _, _ = planted_clusters()
+    query = emb[::7] + 0.1
+    dense = impute(query, emb, expr, k=8, aggregation="inverse_square")
+    np.testing.assert_allclose(impute(query, emb, sp.csr_matrix(expr), k=8, aggregation="inverse_square"),
+                               dense, atol=1e-6)
+    np.testing.assert_allclose(impute(torch.from_numpy(query), torch.from_numpy(emb), torch.from_numpy(expr),
+                                      k=8, aggregation="inverse_square"), dense, atol=1e-6)
+    assert dense.dtype == np.float32 and dense.shape == (len(query), expr.shape[1])
+
+
+def test_k_larger_than_reference_is_clamped_with_a_warning():
+    emb = unit_norm_embeddings(n=5)
+    expr = np.arange(10, dtype=np.float32).reshape(5, 2)
+    with pytest.warns(UserWarning, match="k=50 is larger than the reference"):
+        pred, idx = impute(emb[:2], emb, expr, k=50, return_indices=True)
+    assert idx.shape == (2, 5)
+    np.testing.assert_allclose(pred, np.tile(expr.mean(0), (2, 1)), rtol=1e-6)
+
+
+def test_bad_inputs_raise_clear_errors():
+    emb = unit_norm_embeddings(n=10, dim=4)
+    expr = np.ones((10, 3), np.float32)
+    with pytest.raises(ValueError, match=r"unknown kNN backend 'annoy'.*'torch', 'faiss'"):
+        create_knn_backend("annoy")
+    with pytest.raises(ValueError, match="unknown similarity"):
+        TorchKNN("manhattan")
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        impute(emb, emb, expr, k=2, aggregation="median")
+    with pytest.raises(ValueError, match="dimension 3, the reference has 4"):
+        impute(emb[:, :3], emb, expr, k=2)
+    with pytest.raises(ValueError, match="9 rows but there are 10"):
+        impute(emb, emb, expr[:9], k=2)
+    with pytest.raises(ValueError, match="NaN"):
+        impute(np.full((1, 4), np.nan), emb, expr, k=2)
+    with pytest.raises(ValueError, match="differs from the backend's 'l2'"):
+        impute(emb, emb, expr, k=2, similarity="cosine", backend=TorchKNN("l2"))
+    with pytest.raises(RuntimeError, match="before fit"):
+        TorchKNN().search(emb, 1)
+    with pytest.raises(ValueError, match="unknown faiss index"):
+        FaissKNN(index="lsh")
+
+
+def test_a_fitted_backend_instance_is_reused():
+    emb, labels, expr, _, _ = planted_clusters()
+    knn = create_knn_backend("faiss", similarity="l2", index="ivf", nlist=4, nprobe=4).fit(emb)
+    assert isinstance(knn, KNNBackend) and knn.n_reference == len(emb)
+    a = impute(emb, emb, expr, k=1, backend=knn)  # similarity comes from the instance
+    np.testing.assert_array_equal(a, expr)
+    with pytest.raises(ValueError, match="fitted on a"):
+        impute(emb, emb[:10], expr[:10], k=1, backend=knn)
+
+
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_ivf_probing_every_cell_is_exact_and_hnsw_recalls_planted_clusters(similarity):
+    emb, labels, _, _, _ = planted_clusters(per_cluster=60)
+    _, exact = FaissKNN(similarity, index="flat").fit(emb).search(emb[:40], 5)
+    _, ivf = FaissKNN(similarity, index="ivf", nlist=4, nprobe=4).fit(emb).search(emb[:40], 5)
+    torch.testing.assert_close(ivf, exact, rtol=0, atol=0)
+    _, hnsw = FaissKNN(similarity, index="hnsw", M=8).fit(emb).search(emb, 5)
+    assert (labels[hnsw.numpy()] == labels[:, None]).all()

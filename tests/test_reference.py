@@ -1,0 +1,159 @@
+"""ReferenceStore: HDF5 round trip, refusal to overwrite, corrupt files, extension with new slides."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from stgraph.inference.reference import ReferenceStore, ReferenceStoreError
+
+GENES = ["EPCAM", "ERBB2", "CD3E", "MS4A1"]
+
+
+def make_store(n_per_slide=12, slides=("A1", "B1"), dim=6, sparse=False, seed=0) -> ReferenceStore:
+    rng = np.random.default_rng(seed)
+    n = n_per_slide * len(slides)
+    expr = rng.poisson(1.0, (n, len(GENES))).astype(np.float32)
+    return ReferenceStore(
+        embeddings=rng.standard_normal((n, dim)).astype(np.float32),
+        expression=sp.csr_matrix(expr) if sparse else expr,
+        genes=list(GENES),
+        slide_ids=np.repeat(slides, n_per_slide),
+        spot_ids=np.array([f"{x}x{y}" for x in range(len(slides)) for y in range(n_per_slide)]),
+        kind="image",
+        meta={"method": "bleep", "similarity": "cosine", "epochs": 3},
+    )
+
+
+def dense(x):
+    return x.toarray() if sp.issparse(x) else x
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_save_load_round_trip_keeps_arrays_and_predictions(tmp_path, sparse):
+    store = make_store(sparse=sparse)
+    path = store.save(tmp_path / "reference.h5")
+    assert [p.name for p in tmp_path.iterdir()] == ["reference.h5"]  # no temporary file left behind
+    loaded = ReferenceStore.load(path)
+    assert loaded.is_sparse == sparse
+    np.testing.assert_array_equal(loaded.embeddings, store.embeddings)
+    np.testing.assert_array_equal(dense(loaded.expression), dense(store.expression))
+    np.testing.assert_array_equal(loaded.slide_ids, store.slide_ids)
+    np.testing.assert_array_equal(loaded.spot_ids, store.spot_ids)
+    assert loaded.genes == GENES and loaded.kind == "image" and loaded.meta == store.meta
+    assert (loaded.n_spots, loaded.n_genes) == (24, 4)
+    query = np.random.default_rng(1).standard_normal((5, 6))
+    for aggregation in ("mean", "inverse_square"):
+        np.testing.assert_array_equal(loaded.predict(query, k=4, aggregation=aggregation),
+                                      store.predict(query, k=4, aggregation=aggregation))
+
+
+def test_predict_with_k1_on_own_embeddings_returns_own_profiles():
+    store = make_store()
+    np.testing.assert_array_equal(store.predict(store.embeddings, k=1), store.expression)
+
+
+def test_save_refuses_to_overwrite_unless_asked(tmp_path):
+    path = make_store(seed=0).save(tmp_path / "reference.h5")
+    other = make_store(seed=1)
+    with pytest.raises(FileExistsError, match="reference.h5"):
+        other.save(path)
+    np.testing.assert_array_equal(ReferenceStore.load(path).embeddings, make_store(seed=0).embeddings)
+    other.save(path, overwrite=True)
+    np.testing.assert_array_equal(ReferenceStore.load(path).embeddings, other.embeddings)
+
+
+def test_missing_file_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.h5"):
+        ReferenceStore.load(tmp_path / "nowhere.h5")
+
+
+def test_junk_bytes_raise_reference_store_error_naming_the_file(tmp_path):
+    path = tmp_path / "junk.h5"
+    path.write_bytes(b"this is not an HDF5 file" * 40)
+    with pytest.raises(ReferenceStoreError, match="junk.h5"):
+        ReferenceStore.load(path)
+
+
+def test_truncated_file_raises_reference_store_error_naming_the_file(tmp_path):
+    path = make_store(n_per_slide=200).save(tmp_path / "cut.h5")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ReferenceStoreError, match="cut.h5"):
+        ReferenceStore.load(path)
+
+
+def test_hdf5_that_is_not_a_store_or_is_inconsistent_is_refused(tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(ReferenceStoreError, match="other.h5.*not a stgraph reference store"):
+        ReferenceStore.load(other)
+
+    path = make_store().save(tmp_path / "nan.h5")
+    with h5py.File(path, "r+") as f:
+        f["embeddings"][0, 0] = np.nan
+    with pytest.raises(ReferenceStoreError, match="nan.h5.*NaN"):
+        ReferenceStore.load(path)
+
+    path = make_store().save(tmp_path / "short.h5")
+    with h5py.File(path, "r+") as f:
+        del f["spot_ids"]
+    with pytest.raises(ReferenceStoreError, match=r"short.h5.*lacks \['spot_ids'\]"):
+        ReferenceStore.load(path)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_extend_appends_a_new_slide(sparse):
+    store = make_store(sparse=sparse)
+    rng = np.random.default_rng(9)
+    new_emb = rng.standard_normal((5, 6)).astype(np.float32) + 20.0  # far from the old spots
+    new_expr = np.full((5, 4), 7.0, np.float32)
+    bigger = store.extend(new_emb, new_expr, "C1", [f"c{i}" for i in range(5)], genes=GENES)
+    assert bigger.n_spots == store.n_spots + 5 and store.n_spots == 24  # the original is untouched
+    assert bigger.is_sparse == sparse
+    np.testing.assert_array_equal(bigger.slide_ids[-5:], ["C1"] * 5)
+    np.testing.assert_array_equal(bigger.embeddings[:24], store.embeddings)
+    np.testing.assert_array_equal(dense(bigger.expression)[-5:], new_expr)
+    np.testing.assert_array_equal(bigger.predict(new_emb, k=1, similarity="l2"), new_expr)
+
+
+def test_extend_rejects_gene_mismatch_duplicate_slide_and_bad_shapes():
+    store = make_store()
+    emb, expr = np.zeros((2, 6), np.float32), np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match="position 1 is 'CD3E'.*'ERBB2'"):
+        store.extend(emb, expr, "C1", ["a", "b"], genes=["EPCAM", "CD3E", "ERBB2", "MS4A1"])
+    with pytest.raises(ValueError, match="3 given, the store has 4"):
+        store.extend(emb, expr, "C1", ["a", "b"], genes=GENES[:3])
+    with pytest.raises(ValueError, match=r"\['B1'\] are already in the reference store"):
+        store.extend(emb, expr, ["C1", "B1"], ["a", "b"])
+    with pytest.raises(ValueError, match=r"must be \(n, 6\)"):
+        store.extend(np.zeros((2, 5)), expr, "C1", ["a", "b"])
+    with pytest.raises(ValueError, match=r"must be \(2, 4\)"):
+        store.extend(emb, np.zeros((2, 3)), "C1", ["a", "b"])
+
+
+def test_constructor_validates_shapes_and_kind():
+    store = make_store()
+    fields = dict(embeddings=store.embeddings, expression=store.expression, genes=GENES,
+                  slide_ids=store.slide_ids, spot_ids=store.spot_ids)
+    with pytest.raises(ValueError, match="expression has 23 rows but embeddings have 24"):
+        ReferenceStore(**{**fields, "expression": store.expression[:23]})
+    with pytest.raises(ValueError, match="3 genes"):
+        ReferenceStore(**{**fields, "genes": GENES[:3]})
+    with pytest.raises(ValueError, match="spot_ids has 2 entries"):
+        ReferenceStore(**{**fields, "spot_ids": ["a", "b"]})
+    with pytest.raises(ValueError, match="kind must be one of"):
+        ReferenceStore(**fields, kind="gene")
+    with pytest.raises(ValueError, match="JSON"):
+        ReferenceStore(**fields, meta={"bad": object()})
+
+
+def test_to_anndata():
+    store = make_store()
+    adata = store.to_anndata()
+    assert adata.shape == (24, 4) and list(adata.var_names) == GENES
+    np.testing.assert_array_equal(adata.X, store.expression)
+    np.testing.assert_array_equal(adata.obsm["X_emb"], store.embeddings)
+    assert list(adata.obs["slide_id"].cat.categories) == ["A1", "B1"]
