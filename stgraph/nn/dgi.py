@@ -1,0 +1,106 @@
+"""Deep Graph Infomax over the spot graph (ST-GCHB's gene and image branches)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch_geometric.nn import DeepGraphInfomax, GCNConv
+
+__all__ = ["GraphInfomax", "GCNInfomax", "GCNEncoder", "mean_sigmoid_summary", "shuffle_node_features"]
+
+
+class GCNEncoder(nn.Module):
+    r"""One graph convolution followed by a PReLU (the DGI encoder of ST-GCHB).
+
+    .. math::
+        \mathbf{Z} = \mathrm{PReLU}\big(\hat{\mathbf{D}}^{-1/2}\hat{\mathbf{A}}\hat{\mathbf{D}}^{-1/2}
+        \mathbf{X}\mathbf{W}\big), \qquad \hat{\mathbf{A}} = \mathbf{A} + \mathbf{I}
+
+    Shapes
+    ------
+    ``x`` (N, in_dim), ``edge_index`` (2, E) → (N, hidden_dim).
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int):
+        super().__init__()
+        self.conv = GCNConv(in_dim, hidden_dim)
+        self.act = nn.PReLU(hidden_dim)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x, edge_index))
+
+
+def mean_sigmoid_summary(z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    r"""Graph summary :math:`\mathbf{s} = \sigma\big(\tfrac{1}{N}\sum_i \mathbf{z}_i\big)`; (N, H) → (H,)."""
+    return torch.sigmoid(z.mean(dim=0))
+
+
+def shuffle_node_features(x: torch.Tensor, edge_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DGI corruption: the rows of ``x`` permuted, on the same graph.
+
+    Uses the global torch RNG (``torch.randperm`` without a generator), so ``torch.manual_seed`` makes the
+    negatives reproducible.
+    """
+    perm = torch.randperm(x.size(0), device=x.device)
+    return x[perm], edge_index
+
+
+class GraphInfomax(DeepGraphInfomax):
+    r"""Deep Graph Infomax (Veličković et al., 2019) with a one-layer GCN encoder.
+
+    Encoder :math:`\mathbf{Z} = \mathrm{PReLU}(\mathrm{GCN}(\mathbf{X}, \mathbf{A}))`; corruption
+    :math:`\tilde{\mathbf{X}} = \mathbf{P}\mathbf{X}` (random row permutation, same graph) giving
+    :math:`\mathbf{Z}'`; summary :math:`\mathbf{s} = \sigma(\frac{1}{N}\sum_i \mathbf{z}_i)`; bilinear
+    discriminator :math:`D(\mathbf{z}, \mathbf{s}) = \sigma(\mathbf{z}^\top \mathbf{W} \mathbf{s})`; loss
+
+    .. math::
+        \mathcal{L}_{DGI} = -\frac{1}{N}\sum_i \log D(\mathbf{z}_i, \mathbf{s})
+                            -\frac{1}{N}\sum_i \log\big(1 - D(\mathbf{z}'_i, \mathbf{s})\big)
+
+    (the mean over nodes of the BCE of ``torch_geometric.nn.DeepGraphInfomax.loss``).
+
+    Parameters
+    ----------
+    in_dim
+        Node feature width.
+    hidden_dim
+        Embedding width H (256 in ST-GCHB).
+
+    Shapes
+    ------
+    ``forward(x (N, in_dim), edge_index (2, E)) -> (pos_z (N, H), neg_z (N, H), summary (H,))``;
+    ``embed(x, edge_index) -> (N, H)``; ``loss(pos_z, neg_z, summary) -> ()``.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 256):
+        if in_dim <= 0 or hidden_dim <= 0:
+            raise ValueError(f"GraphInfomax needs positive widths, got in_dim={in_dim}, hidden_dim={hidden_dim}")
+        super().__init__(hidden_channels=hidden_dim, encoder=GCNEncoder(in_dim, hidden_dim),
+                         summary=mean_sigmoid_summary, corruption=shuffle_node_features)
+        self.in_dim, self.hidden_dim = int(in_dim), int(hidden_dim)
+
+    @staticmethod
+    def _check_inputs(x: torch.Tensor, edge_index: torch.Tensor) -> None:
+        if x.dim() != 2:
+            raise ValueError(f"GraphInfomax expects node features of shape (N, F), got {tuple(x.shape)}")
+        if edge_index.dim() != 2 or edge_index.size(0) != 2:
+            raise ValueError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
+        if edge_index.numel() and int(edge_index.max()) >= x.size(0):
+            raise ValueError(f"edge_index refers to node {int(edge_index.max())} but there are only "
+                             f"{x.size(0)} nodes")
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor):
+        """Positive embeddings, corrupted (row-shuffled) embeddings and the summary vector."""
+        self._check_inputs(x, edge_index)
+        return super().forward(x, edge_index)
+
+    def embed(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """Node embeddings without corruption (inference): (N, in_dim) → (N, H)."""
+        self._check_inputs(x, edge_index)
+        return self.encoder(x, edge_index)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.in_dim} -> {self.hidden_dim})"
+
+
+#: Alternative name used in the module map.
+GCNInfomax = GraphInfomax
