@@ -1,0 +1,53 @@
+"""Data layer: readers (slides → AnnData), collections, preprocessing, patches and torch datasets."""
+from . import pp
+from .collection import SlideCollection, slide_id_of
+from .dataset import SlideGraphDataset, SpotDataset, array_coordinates, spot_collate
+from .errors import SlideFormatError
+from .patches import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RandomFlipRotate,
+    extract_patches,
+    imagenet_normalize,
+    load_fullres_image,
+    random_flip_rotate,
+)
+from .readers import (
+    HER2ST_IMAGED_SECTIONS,
+    read_h5ad,
+    read_her2st,
+    read_slide,
+    read_spot_csv,
+    read_st_legacy,
+    read_visium,
+    validate_slide,
+)
+from .synthetic import make_synthetic_collection, make_synthetic_slide
+
+__all__ = [
+    "pp",
+    "SlideCollection",
+    "slide_id_of",
+    "SpotDataset",
+    "SlideGraphDataset",
+    "array_coordinates",
+    "spot_collate",
+    "SlideFormatError",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RandomFlipRotate",
+    "extract_patches",
+    "imagenet_normalize",
+    "load_fullres_image",
+    "random_flip_rotate",
+    "HER2ST_IMAGED_SECTIONS",
+    "read_h5ad",
+    "read_her2st",
+    "read_slide",
+    "read_spot_csv",
+    "read_st_legacy",
+    "read_visium",
+    "validate_slide",
+    "make_synthetic_slide",
+    "make_synthetic_collection",
+]

@@ -1,0 +1,372 @@
+"""Image patches centred on spots, their on-disk cache, ImageNet normalisation and dihedral augmentation.
+
+The full-resolution image of a slide comes from ``uns['spatial'][lib]['images']['fullres']`` (small
+in-memory images, e.g. synthetic slides) or from ``uns['spatial'][lib]['metadata']['source_image_path']``
+(JPEG/PNG decoded once per call with PIL; TIFF opened lazily with :mod:`tifffile` as a memory map or a zarr
+store, so only the crops are read).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Optional, Protocol
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from .errors import SlideFormatError, require_file
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "FullResImage",
+    "ArrayImage",
+    "load_fullres_image",
+    "load_image_file",
+    "extract_patches",
+    "patch_cache_path",
+    "imagenet_normalize",
+    "random_flip_rotate",
+    "RandomFlipRotate",
+    "slide_library",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class FullResImage(Protocol):
+    """A full-resolution RGB image that can be cropped without holding more than it must."""
+
+    shape: tuple[int, int, int]
+
+    def crop(self, x0: int, y0: int, x1: int, y1: int, pad_value: int = 255) -> np.ndarray:
+        ...
+
+
+def _to_rgb(region: np.ndarray) -> np.ndarray:
+    """(h, w[, c]) any integer/float image → (h, w, 3) uint8 (grey replicated, alpha dropped)."""
+    if region.ndim == 2:
+        region = np.repeat(region[..., None], 3, axis=2)
+    elif region.shape[2] == 1:
+        region = np.repeat(region, 3, axis=2)
+    elif region.shape[2] > 3:
+        region = region[..., :3]
+    if region.dtype != np.uint8:
+        if np.issubdtype(region.dtype, np.floating) and region.size and region.max() <= 1.0:
+            region = region * 255.0  # float images in [0, 1] (e.g. PNGs read by matplotlib)
+        elif region.dtype == np.uint16:
+            region = region / 257.0
+        region = np.clip(np.rint(region), 0, 255).astype(np.uint8)
+    return region
+
+
+class ArrayImage:
+    """An (H, W[, C]) array-like (numpy array, memmap or zarr array) seen as an RGB image.
+
+    Attributes
+    ----------
+    shape
+        (H, W, 3).
+    """
+
+    def __init__(self, array, source: str = "array"):
+        if array.ndim not in (2, 3):
+            raise SlideFormatError(f"image {source} must be (H, W) or (H, W, C); got shape {array.shape}")
+        self.array = array
+        self.source = source
+        self.shape = (int(array.shape[0]), int(array.shape[1]), 3)
+
+    def crop(self, x0: int, y0: int, x1: int, y1: int, pad_value: int = 255) -> np.ndarray:
+        """Pixels ``[y0:y1, x0:x1]`` as (y1 − y0, x1 − x0, 3) uint8; the part outside the image is ``pad_value``."""
+        out = np.full((y1 - y0, x1 - x0, 3), pad_value, dtype=np.uint8)
+        height, width = self.shape[:2]
+        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+        if sx1 > sx0 and sy1 > sy0:
+            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = _to_rgb(np.asarray(self.array[sy0:sy1, sx0:sx1]))
+        return out
+
+    def thumbnail(self, max_side: int) -> np.ndarray:
+        """A strided downscale whose longest side is ≤ ``max_side`` (reads only the sampled pixels)."""
+        step = max(1, int(np.ceil(max(self.shape[:2]) / max_side)))
+        return _to_rgb(np.asarray(self.array[::step, ::step]))
+
+
+def _open_tiff(path: Path):
+    """A memmap of the TIFF's first (full-resolution) level when uncompressed, else a zarr array."""
+    import tifffile
+
+    try:
+        return tifffile.memmap(path, mode="r")
+    except Exception:  # compressed or tiled: fall through to the zarr store, which reads chunk by chunk
+        pass
+    try:
+        import zarr
+
+        store = tifffile.imread(path, aszarr=True, level=0)
+        return zarr.open(store, mode="r")
+    except Exception as err:
+        raise SlideFormatError(f"cannot read TIFF image {path}: {err}") from err
+
+
+def load_image_file(path: str | os.PathLike) -> ArrayImage:
+    """Open an image file for cropping.
+
+    TIFFs stay on disk (memmap/zarr); other formats are decoded once with PIL (RGB). Raises
+    :class:`FileNotFoundError` when missing and :class:`SlideFormatError` (naming the file) when the file
+    cannot be decoded.
+    """
+    from .readers import open_image, _no_pixel_limit
+
+    path = require_file(path, "full-resolution image")
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        array = _open_tiff(path)
+        if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):
+            raise SlideFormatError(f"TIFF image {path} is channel-first {array.shape}; expected (H, W, C)")
+        return ArrayImage(array, source=str(path))
+    img = open_image(path)
+    try:
+        with _no_pixel_limit():
+            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise SlideFormatError(f"cannot decode image {path}: {err}") from err
+    finally:
+        img.close()
+    return ArrayImage(array, source=str(path))
+
+
+def slide_library(adata: AnnData) -> tuple[str, dict]:
+    """(library id, ``uns['spatial'][library id]``) of a one-slide AnnData."""
+    spatial = adata.uns.get("spatial", {})
+    if len(spatial) == 1:
+        lib = next(iter(spatial))
+        return str(lib), spatial[lib]
+    if "slide_id" in adata.obs and adata.n_obs:
+        lib = str(adata.obs["slide_id"].iloc[0])
+        if lib in spatial:
+            return lib, spatial[lib]
+    raise SlideFormatError(f"cannot find the slide's image: uns['spatial'] has libraries {list(spatial)}; "
+                           "expected exactly one (one slide per AnnData)")
+
+
+def load_fullres_image(adata: AnnData) -> ArrayImage:
+    """The slide's full-resolution image as an :class:`ArrayImage` (``.shape`` (H, W, 3), ``.crop``).
+
+    Uses ``images['fullres']`` when present, else ``metadata['source_image_path']``.
+    """
+    lib, entry = slide_library(adata)
+    images = entry.get("images", {})
+    if "fullres" in images:
+        return ArrayImage(np.asarray(images["fullres"]), source=f"uns['spatial'][{lib!r}]['images']['fullres']")
+    source = entry.get("metadata", {}).get("source_image_path")
+    if not source:
+        raise SlideFormatError(
+            f"slide {lib!r} has no full-resolution image: neither images['fullres'] nor "
+            "metadata['source_image_path'] is set in uns['spatial'] (pass the image to the reader, e.g. "
+            "read_visium(..., fullres_image=PATH))"
+        )
+    return load_image_file(source)
+
+
+def _fullres_scale(entry: dict) -> float:
+    """Pixels of the crop source per full-resolution pixel (``tissue_fullres_scalef`` for in-memory images)."""
+    if "fullres" in entry.get("images", {}):
+        return float(entry.get("scalefactors", {}).get("tissue_fullres_scalef", 1.0))
+    return 1.0
+
+
+def _crop_side(size: int, patch_um: Optional[float], microns_per_pixel: Optional[float], entry: dict,
+               scale: float) -> int:
+    if patch_um is None:
+        return size
+    mpp = microns_per_pixel if microns_per_pixel is not None else entry.get("metadata", {}).get("microns_per_pixel")
+    if mpp is None:
+        raise ValueError(f"patch_um={patch_um} needs the pixel size: pass microns_per_pixel or set "
+                         "uns['spatial'][lib]['metadata']['microns_per_pixel']")
+    if mpp <= 0 or patch_um <= 0:
+        raise ValueError(f"patch_um ({patch_um}) and microns_per_pixel ({mpp}) must be positive")
+    return max(1, int(round(patch_um / float(mpp) * scale)))
+
+
+def _coords_hash(xy: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(xy, dtype=np.float64).tobytes(), digest_size=8).hexdigest()
+
+
+def patch_cache_path(cache_dir: str | os.PathLike, slide_id: str, size: int, patch_um: Optional[float] = None) -> Path:
+    """``cache_dir/<slide_id>_<size>[_<um>um].npy`` (slide id made file-name safe)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", slide_id)
+    um = f"_{patch_um:g}um" if patch_um is not None else ""
+    return Path(cache_dir) / f"{safe}_{size}{um}.npy"
+
+
+def _cache_key(adata: AnnData, entry: dict, xy: np.ndarray, size: int, side: int, pad_value: int) -> dict:
+    images = entry.get("images", {})
+    if "fullres" in images:
+        image_id = "inmemory:" + hashlib.blake2b(np.ascontiguousarray(images["fullres"]).tobytes(),
+                                                 digest_size=8).hexdigest()
+    else:
+        source = Path(entry["metadata"]["source_image_path"])
+        stat = source.stat()
+        image_id = f"{source.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+    return {"n_spots": int(adata.n_obs), "size": int(size), "crop_px": int(side), "pad_value": int(pad_value),
+            "coords_hash": _coords_hash(xy), "image": image_id}
+
+
+def _read_cache(path: Path, key: dict, n: int, size: int) -> Optional[np.ndarray]:
+    meta = path.with_suffix(".json")
+    if not (path.is_file() and meta.is_file()):
+        return None
+    try:
+        if json.loads(meta.read_text()) != key:
+            return None
+        patches = np.load(path)
+    except (OSError, ValueError, json.JSONDecodeError):
+        return None  # a damaged cache entry is recomputed, never trusted
+    return patches if patches.shape == (n, size, size, 3) and patches.dtype == np.uint8 else None
+
+
+def _write_cache(path: Path, key: dict, patches: np.ndarray) -> None:
+    from ..utils.io import atomic_save_npy, atomic_write_text
+
+    atomic_save_npy(path, patches)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(key, indent=1))
+
+
+def _resize(crop: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0))
+
+
+def extract_patches(
+    adata: AnnData,
+    size: int = 224,
+    patch_um: Optional[float] = None,
+    microns_per_pixel: Optional[float] = None,
+    pad_value: int = 255,
+    cache_dir: Optional[str | os.PathLike] = None,
+    show_progress: bool = False,
+) -> np.ndarray:
+    """Square RGB patches centred on the spots.
+
+    The patch of spot ``i`` covers full-resolution pixels ``[c − s//2, c − s//2 + s)`` on each axis with
+    ``c = floor(xy_i + 0.5)``, so the centre pixel lands at index ``(s//2, s//2)``; parts outside the image
+    are ``pad_value`` (white).
+
+    Parameters
+    ----------
+    adata
+        One slide (``obsm['spatial']`` + an image, see :func:`load_fullres_image`).
+    size
+        Output side in pixels.
+    patch_um
+        Physical side of a patch; the crop is ``s = patch_um / microns_per_pixel`` pixels, resized to
+        ``size``. ``None``: crop ``size`` pixels, no resizing.
+    microns_per_pixel
+        Default: ``metadata['microns_per_pixel']``.
+    cache_dir
+        Store the result as ``<cache_dir>/<slide_id>_<size>[_<um>um].npy`` (+ a ``.json`` key holding the
+        coordinate hash, crop size and image identity) and reuse it while the key matches.
+
+    Returns
+    -------
+    (n_spots, size, size, 3) uint8.
+    """
+    if size < 1:
+        raise ValueError(f"patch size must be ≥ 1, got {size}")
+    lib, entry = slide_library(adata)
+    if "spatial" not in adata.obsm:
+        raise SlideFormatError(f"slide {lib!r} has no obsm['spatial']")
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    if not np.isfinite(xy).all():
+        raise SlideFormatError(f"slide {lib!r}: obsm['spatial'] holds non-finite coordinates")
+    scale = _fullres_scale(entry)
+    side = _crop_side(size, patch_um, microns_per_pixel, entry, scale)
+
+    cache_path = key = None
+    if cache_dir is not None:
+        slide_id = str(adata.obs["slide_id"].iloc[0]) if "slide_id" in adata.obs and adata.n_obs else lib
+        cache_path = patch_cache_path(cache_dir, slide_id, size, patch_um)
+        key = _cache_key(adata, entry, xy, size, side, pad_value)
+        cached = _read_cache(cache_path, key, adata.n_obs, size)
+        if cached is not None:
+            return cached
+
+    image = load_fullres_image(adata)
+    centres = np.floor(xy * scale + 0.5).astype(np.int64)
+    half = side // 2
+    patches = np.empty((adata.n_obs, size, size, 3), dtype=np.uint8)
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(adata.n_obs), desc=f"patches {lib}", disable=not show_progress, leave=False):
+        x0, y0 = centres[i, 0] - half, centres[i, 1] - half
+        crop = image.crop(int(x0), int(y0), int(x0 + side), int(y0 + side), pad_value=pad_value)
+        patches[i] = crop if side == size else _resize(crop, size)
+    if cache_path is not None:
+        _write_cache(cache_path, key, patches)
+    return patches
+
+
+def imagenet_normalize(patches) -> torch.Tensor:
+    """uint8 RGB patches → ImageNet-normalised float tensor.
+
+    ``out = (patch / 255 − mean) / std`` per channel with :data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`.
+
+    Parameters
+    ----------
+    patches
+        (N, H, W, 3) or (H, W, 3) uint8, numpy array or tensor.
+
+    Returns
+    -------
+    (N, 3, H, W) float32 tensor ((3, H, W) for a single patch).
+    """
+    t = torch.as_tensor(np.asarray(patches) if not isinstance(patches, torch.Tensor) else patches)
+    if t.dtype != torch.uint8:
+        raise TypeError(f"imagenet_normalize expects uint8 patches, got {t.dtype}")
+    if t.ndim not in (3, 4) or t.shape[-1] != 3:
+        raise ValueError(f"patches must be (N, H, W, 3) or (H, W, 3); got shape {tuple(t.shape)}")
+    t = t.movedim(-1, -3).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (t - mean) / std
+
+
+def random_flip_rotate(tensor: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Random element of the dihedral group D4 (a flip or not, then 0/90/180/270° rotation).
+
+    Parameters
+    ----------
+    tensor
+        (C, H, W) one image, or (N, C, H, W) a batch (each image gets its own transform; needs H = W).
+    generator
+        Torch generator for reproducible draws.
+
+    Returns
+    -------
+    Tensor of the same shape.
+    """
+    if tensor.ndim == 3:
+        flip, k = torch.randint(0, 2, (1,), generator=generator).item(), torch.randint(0, 4, (1,), generator=generator).item()
+        out = tensor.flip(-1) if flip else tensor
+        return torch.rot90(out, int(k), dims=(-2, -1))
+    if tensor.ndim != 4:
+        raise ValueError(f"expected (C, H, W) or (N, C, H, W), got shape {tuple(tensor.shape)}")
+    if tensor.shape[-1] != tensor.shape[-2]:
+        raise ValueError(f"batched rotation needs square images, got {tuple(tensor.shape[-2:])}")
+    return torch.stack([random_flip_rotate(t, generator) for t in tensor])
+
+
+class RandomFlipRotate:
+    """Callable form of :func:`random_flip_rotate` (a ``transform`` for :class:`~stgraph.data.SpotDataset`)."""
+
+    def __init__(self, seed: Optional[int] = None):
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        return random_flip_rotate(tensor, self.generator)

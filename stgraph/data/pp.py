@@ -1,0 +1,328 @@
+"""Preprocessing verbs on slides (scanpy under the hood).
+
+Everything fitted — the gene list, PCA, Harmony — is fitted on the slides the caller passes; pass only the
+training slides, so a held-out slide never shapes its own preprocessing.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .errors import SlideFormatError, require_file
+
+__all__ = [
+    "normalize_log1p",
+    "select_hvg_union",
+    "shared_genes",
+    "load_gene_list",
+    "top_expressed_genes",
+    "align_genes",
+    "run_pca",
+    "harmony_correct",
+    "run_harmony",
+    "preprocess_collection",
+]
+
+
+def _dense(x) -> np.ndarray:
+    return np.asarray(x.toarray() if sp.issparse(x) else x)
+
+
+def _slide_name(adata: AnnData, i: int) -> str:
+    if "slide_id" in adata.obs and adata.n_obs:
+        return str(adata.obs["slide_id"].iloc[0])
+    return f"slide{i}"
+
+
+def normalize_log1p(adata: AnnData, target_sum: Optional[float] = None, copy: bool = False) -> AnnData:
+    """Library-size normalisation and log: ``X = log1p(counts / Σ_g counts × target_sum)``.
+
+    Raw counts are kept in ``layers['counts']``; when that layer already exists it is the input (so calling
+    twice gives the same result). ``target_sum=None`` uses the median library size (scanpy's default).
+
+    Returns
+    -------
+    The normalised AnnData (``adata`` itself unless ``copy``).
+    """
+    import scanpy as sc
+
+    if adata.n_vars == 0:
+        raise ValueError(f"slide {_slide_name(adata, 0)!r} has no genes to normalise")
+    adata = adata.copy() if copy else adata
+    if "counts" not in adata.layers:
+        adata.layers["counts"] = adata.X.copy()
+    counts = adata.layers["counts"]
+    adata.X = counts.astype(np.float32, copy=True) if sp.issparse(counts) else np.array(counts, dtype=np.float32)
+    sc.pp.normalize_total(adata, target_sum=target_sum)
+    sc.pp.log1p(adata)
+    adata.uns.pop("log1p", None)  # scanpy's marker confuses a later log1p call; our marker is layers['counts']
+    return adata
+
+
+def _log_normalised(adata: AnnData) -> AnnData:
+    """``adata`` when it is already log-normalised (has ``layers['counts']``), else a normalised copy."""
+    return adata if "counts" in adata.layers else normalize_log1p(adata, copy=True)
+
+
+def shared_genes(slides: Sequence[AnnData]) -> list[str]:
+    """Genes present in every slide, in the first slide's order."""
+    if not slides:
+        raise ValueError("no slides given")
+    common = set(slides[0].var_names)
+    for ad in slides[1:]:
+        common &= set(ad.var_names)
+    return [g for g in slides[0].var_names if g in common]
+
+
+def select_hvg_union(slides: Sequence[AnnData], n_top: int = 1000, flavor: str = "seurat") -> list[str]:
+    """Union of each slide's top highly variable genes.
+
+    Genes are first restricted to those present in every given slide; then
+    :func:`scanpy.pp.highly_variable_genes` picks ``n_top`` per slide on log-normalised data (``seurat``,
+    ``cell_ranger``) or on raw counts (``seurat_v3``); the union is returned in the first slide's gene
+    order (deterministic). Pass only training slides: a held-out slide must not choose genes.
+    """
+    import scanpy as sc
+
+    slides = list(slides)
+    genes = shared_genes(slides)
+    if not genes:
+        raise ValueError("the slides share no gene")
+    chosen: set[str] = set()
+    for i, ad in enumerate(slides):
+        ad = _log_normalised(ad)[:, genes].copy()
+        n = min(int(n_top), ad.n_vars)
+        kwargs = {"layer": "counts"} if flavor == "seurat_v3" else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # constant genes give NaN dispersions; they are simply not chosen
+            table = sc.pp.highly_variable_genes(ad, n_top_genes=n, flavor=flavor, inplace=False, **kwargs)
+        table.index = ad.var_names
+        chosen.update(table.index[table["highly_variable"].to_numpy()])
+    return [g for g in genes if g in chosen]
+
+
+def load_gene_list(path: Union[str, os.PathLike]) -> list[str]:
+    """Read a gene list: ``.npy`` array of names (e.g. ``her_hvg_cut_1000.npy``) or text, one gene per line.
+
+    Blank lines and lines starting with ``#`` are skipped; duplicates raise :class:`SlideFormatError`.
+    """
+    path = require_file(path, "gene list (.npy or text, one gene per line)")
+    if path.suffix == ".npy":
+        try:
+            genes = [str(g) for g in np.load(path, allow_pickle=False).ravel()]
+        except ValueError as err:
+            raise SlideFormatError(f"gene list {path} is not a plain .npy string array: {err}") from err
+    else:
+        genes = [line.strip() for line in path.read_text().splitlines()]
+        genes = [g for g in genes if g and not g.startswith("#")]
+    if not genes:
+        raise SlideFormatError(f"gene list {path} is empty")
+    dup = pd.Index(genes)[pd.Index(genes).duplicated()].unique().tolist()
+    if dup:
+        raise SlideFormatError(f"gene list {path} repeats gene(s) {dup[:10]}")
+    return genes
+
+
+def top_expressed_genes(adata: AnnData, n: int = 50, layer: Optional[str] = None) -> list[str]:
+    """The ``n`` genes with the highest mean expression (``X`` or ``layers[layer]``); ties keep gene order."""
+    x = adata.layers[layer] if layer is not None else adata.X
+    mean = np.asarray(x.mean(axis=0)).ravel()
+    order = np.argsort(-mean, kind="stable")[: int(n)]
+    return [str(g) for g in adata.var_names[order]]
+
+
+def _align_matrix(x, idx: np.ndarray, fill_value: float):
+    """Columns ``idx`` of ``x`` (−1 → ``fill_value``) as an (n, len(idx)) matrix of the same kind."""
+    present = idx >= 0
+    if sp.issparse(x) and fill_value == 0:
+        # A 0/1 selection matrix maps input columns to output columns; missing genes get empty columns.
+        select = sp.csr_matrix((np.ones(present.sum(), dtype=x.dtype), (idx[present], np.flatnonzero(present))),
+                               shape=(x.shape[1], len(idx)))
+        return sp.csr_matrix(x @ select)
+    dense = _dense(x)
+    out = np.full((dense.shape[0], len(idx)), fill_value, dtype=np.result_type(dense.dtype, np.float32))
+    out[:, present] = dense[:, idx[present]]
+    return out
+
+
+def align_genes(adata: AnnData, genes: Sequence[str], fill_value: float = 0.0) -> AnnData:
+    """A copy of ``adata`` whose genes are exactly ``genes``, in that order.
+
+    Genes absent from ``adata`` become ``fill_value`` columns (in ``X`` and every layer) and a
+    :class:`UserWarning` names them (the first 20 and the count).
+    """
+    genes = [str(g) for g in genes]
+    index = pd.Index(genes)
+    if index.has_duplicates:
+        raise ValueError(f"gene list repeats gene(s) {index[index.duplicated()].unique().tolist()[:10]}")
+    if not adata.var_names.is_unique:
+        raise SlideFormatError(f"slide {_slide_name(adata, 0)!r} has duplicate gene names; "
+                               "call var_names_make_unique() first")
+    idx = adata.var_names.get_indexer(index)
+    missing = index[idx < 0]
+    if len(missing):
+        shown = ", ".join(missing[:20])
+        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        warnings.warn(f"slide {_slide_name(adata, 0)!r} lacks {len(missing)} of {len(genes)} genes; "
+                      f"they are set to {fill_value}: {shown}{more}", UserWarning, stacklevel=2)
+    var = adata.var.reindex(index)
+    out = AnnData(
+        X=_align_matrix(adata.X, idx, fill_value),
+        obs=adata.obs.copy(),
+        var=var,
+        obsm={k: v.copy() for k, v in adata.obsm.items()},
+        obsp={k: v.copy() for k, v in adata.obsp.items()},
+        uns=adata.uns.copy(),
+        layers={k: _align_matrix(v, idx, fill_value) for k, v in adata.layers.items()},
+    )
+    return out
+
+
+def run_pca(adata_or_matrix, n_comps: int = 50, layer: Optional[str] = None, random_state: int = 0, **kwargs):
+    """Fit a PCA (:class:`sklearn.decomposition.PCA`) on training expression.
+
+    Parameters
+    ----------
+    adata_or_matrix
+        AnnData (uses ``X`` or ``layers[layer]``), a list of AnnData (stacked), or an (n, G) matrix.
+    n_comps
+        Number of components, clipped to ``min(n, G)`` with a warning.
+
+    Returns
+    -------
+    The fitted PCA: ``.transform(query)`` maps (m, G) → (m, n_comps); ``.components_`` (n_comps, G).
+    """
+    from sklearn.decomposition import PCA
+
+    if isinstance(adata_or_matrix, AnnData):
+        x = _dense(adata_or_matrix.layers[layer] if layer else adata_or_matrix.X)
+    elif isinstance(adata_or_matrix, (list, tuple)) and adata_or_matrix and isinstance(adata_or_matrix[0], AnnData):
+        x = np.concatenate([_dense(a.layers[layer] if layer else a.X) for a in adata_or_matrix])
+    else:
+        x = _dense(adata_or_matrix)
+    x = np.asarray(x, dtype=np.float32)
+    limit = min(x.shape)
+    if n_comps > limit:
+        warnings.warn(f"n_comps={n_comps} exceeds min(n_samples, n_features)={limit}; using {limit}",
+                      UserWarning, stacklevel=2)
+        n_comps = limit
+    return PCA(n_components=int(n_comps), random_state=random_state, **kwargs).fit(x)
+
+
+def _harmony_z(ho, n_cells: int, n_pcs: int) -> np.ndarray:
+    """Harmony's corrected embedding as (cells, PCs), whatever orientation this harmonypy returns."""
+    z = ho.Z_corr
+    z = z.detach().cpu().numpy() if hasattr(z, "detach") else np.asarray(z)
+    if z.shape == (n_cells, n_pcs):
+        return z
+    if z.shape == (n_pcs, n_cells):
+        return z.T
+    raise ValueError(f"harmonypy returned Z_corr of shape {z.shape}; expected ({n_cells}, {n_pcs}) or transposed")
+
+
+def harmony_correct(slides: Sequence[AnnData], key: str = "slide_id", n_pcs: int = 50, seed: int = 0,
+                    layer: Optional[str] = None, max_iter: int = 10, **harmony_kwargs) -> list[np.ndarray]:
+    """Harmony batch correction across slides, in PCA space and back in expression space.
+
+    1. Stack the slides' expression ``X`` (N, G) (aligned genes, log-normalised) and fit a PCA:
+       ``Z = (X − μ) Wᵀ`` with loadings ``W`` (k, G).
+    2. ``harmonypy.run_harmony(Z, batches)`` → ``Z_corr`` (N, k); batches = ``obs[key]`` (or the slide's
+       position in the list when absent).
+    3. Project the correction back: ``X_corr = X + (Z_corr − Z) W`` (only the part of ``X`` in the
+       PCA subspace moves; the residual is kept).
+
+    ``harmony_kwargs`` go to :func:`harmonypy.run_harmony` (``theta``, ``nclust``, ``sigma``…; by default
+    ``nclust = clip(round(N / 30), 2, 100)``). Harmony moves batches whose cell populations overlap; it
+    cannot align batches with no shared structure.
+
+    Each slide gets ``obsm['X_pca']`` (its rows of ``Z``) and ``obsm['X_pca_harmony']`` (its rows of
+    ``Z_corr``), written in place.
+
+    Returns
+    -------
+    list of (n_i, G) float32 corrected expression, one per slide in the given order (BLEEP-style targets).
+    """
+    import harmonypy
+
+    slides = list(slides)
+    if not slides:
+        raise ValueError("no slides given")
+    names = list(slides[0].var_names)
+    for i, ad in enumerate(slides[1:], 1):
+        if list(ad.var_names) != names:
+            raise ValueError(f"slide {_slide_name(ad, i)!r} has other genes than {_slide_name(slides[0], 0)!r}; "
+                             "align_genes every slide to one gene list first")
+    x = np.concatenate([_dense(ad.layers[layer] if layer else ad.X) for ad in slides]).astype(np.float32)
+    batches = np.concatenate([
+        ad.obs[key].astype(str).to_numpy() if key in ad.obs else np.full(ad.n_obs, f"slide{i}")
+        for i, ad in enumerate(slides)
+    ])
+    n_cells = x.shape[0]
+    pca = run_pca(x, n_comps=min(int(n_pcs), n_cells - 1, x.shape[1]), random_state=seed)
+    z = pca.transform(x)
+    k = z.shape[1]
+    if len(np.unique(batches)) < 2:
+        warnings.warn("harmony_correct: only one batch; returning the expression unchanged", UserWarning,
+                      stacklevel=2)
+        z_corr = z
+    else:
+        meta = pd.DataFrame({key: batches})
+        harmony_kwargs.setdefault("nclust", max(2, min(int(round(n_cells / 30.0)), 100)))
+        ho = harmonypy.run_harmony(z, meta, key, random_state=seed, max_iter_harmony=max_iter, verbose=False,
+                                   **harmony_kwargs)
+        z_corr = _harmony_z(ho, n_cells, k)
+    x_corr = (x + (z_corr - z) @ pca.components_).astype(np.float32)
+    out, start = [], 0
+    for ad in slides:
+        stop = start + ad.n_obs
+        ad.obsm["X_pca"] = z[start:stop].astype(np.float32)
+        ad.obsm["X_pca_harmony"] = z_corr[start:stop].astype(np.float32)
+        out.append(x_corr[start:stop])
+        start = stop
+    return out
+
+
+#: Name used in the architecture notes.
+run_harmony = harmony_correct
+
+
+def preprocess_collection(collection, genes: Union[None, str, os.PathLike, Sequence[str]] = None,
+                          n_top_hvg: int = 1000, train_ids: Optional[Sequence[str]] = None,
+                          flavor: str = "seurat", target_sum: Optional[float] = None):
+    """Normalise every slide, choose genes on the training slides, align every slide to them.
+
+    Parameters
+    ----------
+    collection
+        A :class:`~stgraph.data.collection.SlideCollection` (or anything it accepts) of raw-count slides.
+        The slides are copied; the input is not modified.
+    genes
+        A gene list or a path to one (:func:`load_gene_list`); ``None``: :func:`select_hvg_union` over
+        ``train_ids``.
+    train_ids
+        Slides allowed to choose genes; ``None`` means all of them (only right when no slide is held out).
+
+    Returns
+    -------
+    (SlideCollection of normalised, aligned slides, genes)
+    """
+    from .collection import SlideCollection
+
+    collection = collection if isinstance(collection, SlideCollection) else SlideCollection(collection)
+    normed = SlideCollection({sid: normalize_log1p(collection[sid], target_sum=target_sum, copy=True)
+                              for sid in collection.ids})
+    if genes is None:
+        train = normed.subset(train_ids) if train_ids is not None else normed
+        genes = select_hvg_union(train.slides, n_top=n_top_hvg, flavor=flavor)
+    elif isinstance(genes, (str, os.PathLike, Path)):
+        genes = load_gene_list(genes)
+    genes = [str(g) for g in genes]
+    aligned = SlideCollection({sid: align_genes(normed[sid], genes) for sid in normed.ids})
+    return aligned, genes

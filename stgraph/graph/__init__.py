@@ -1,0 +1,11 @@
+"""Spot graphs per slide (radius / k-NN / self loops) and their PyTorch Geometric form."""
+from .spatial import (
+    median_spacing,
+    radius_adjacency,
+    slide_to_pyg,
+    spatial_graph,
+    to_edge_index,
+    to_pyg_data,
+)
+
+__all__ = ["median_spacing", "radius_adjacency", "spatial_graph", "to_edge_index", "slide_to_pyg", "to_pyg_data"]
