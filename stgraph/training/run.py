@@ -50,6 +50,10 @@ class TrainedRun:
         self.result = result
         self.run_dir = run_dir
 
+    @property
+    def genes(self) -> list[str]:
+        return list(self.reference.genes)
+
 
 def _slides_of(slides) -> list[AnnData]:
     if isinstance(slides, SlideCollection):
