@@ -1,18 +1,20 @@
 """Embed prepared slides with a trained model (eval mode, no augmentation, no DGI corruption)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from ..data.patches import IMAGENET_MEAN, IMAGENET_STD
-from ..training.prepare import PreparedSlide
+
+if TYPE_CHECKING:  # the training package imports this module
+    from ..training.prepare import PreparedSlide
 
 __all__ = ["embed_slide", "embed_slides"]
 
 
-def _image_input(slide: PreparedSlide, rows: slice, input_size: int, device) -> dict:
+def _image_input(slide: "PreparedSlide", rows: slice, input_size: int, device) -> dict:
     if slide.features is not None:
         return {"features": torch.as_tensor(slide.features[rows], dtype=torch.float32, device=device)}
     if slide.patches is None:
@@ -27,7 +29,7 @@ def _image_input(slide: PreparedSlide, rows: slice, input_size: int, device) -> 
 
 
 @torch.no_grad()
-def embed_slide(model, slide: PreparedSlide, branch: str = "image", batch_size: int = 256) -> np.ndarray:
+def embed_slide(model, slide: "PreparedSlide", branch: str = "image", batch_size: int = 256) -> np.ndarray:
     """Joint-space embeddings (n, d) of one slide's spots from the ``image`` or ``spot`` branch.
 
     Branches with a graph encoder run over the whole slide graph at once (a slide has at most a few
@@ -58,6 +60,6 @@ def embed_slide(model, slide: PreparedSlide, branch: str = "image", batch_size: 
     return model.encode_image(batch).emb.cpu().numpy().astype(np.float32)
 
 
-def embed_slides(model, slides: Sequence[PreparedSlide], branch: str) -> np.ndarray:
+def embed_slides(model, slides: Sequence["PreparedSlide"], branch: str) -> np.ndarray:
     """Row-stacked embeddings of several slides (slide order preserved)."""
     return np.concatenate([embed_slide(model, s, branch) for s in slides]) if slides else np.zeros((0, 0))
