@@ -94,6 +94,24 @@ def test_collection_from_her2st_and_concat(her2st_slides):
         col["Z9"]
 
 
+def test_her2st_root_through_read_slide_and_collection():
+    root = _require(HER2ST)
+    assert read_slide(root, section="C6", hires_max_side=None).n_obs == 178
+    col = SlideCollection.from_her2st(root, sections=["C5"], hires_max_side=None)
+    assert col.ids == ["C5"] and col["C5"].n_obs == 181
+
+
+def test_legacy_bad_spot_table(tmp_path):
+    sel = pd.DataFrame({"x": [1, 2], "y": [1, 1], "pixel_x": [50.0, None], "pixel_y": [40.0, 40.0],
+                        "selected": [1, 1]})
+    paths = _write_legacy(tmp_path, selection=sel)
+    with pytest.raises(SlideFormatError, match="S1_selection.tsv has missing or non-finite pixel_x"):
+        read_st_legacy(*paths)
+    paths = _write_legacy(tmp_path, selection=sel.drop(columns="pixel_y"))
+    with pytest.raises(SlideFormatError, match="S1_selection.tsv lacks column\\(s\\) \\['pixel_y'\\]"):
+        read_st_legacy(*paths)
+
+
 def test_read_her2st_missing_section(tmp_path):
     with pytest.raises(FileNotFoundError, match="HER2\\+ data folder"):
         read_her2st(tmp_path / "nowhere", "B4")

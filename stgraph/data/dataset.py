@@ -5,7 +5,7 @@ Both take the slides (for coordinates) and per-slide arrays keyed by slide id: `
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 import torch

@@ -132,7 +132,8 @@ def load_image_file(path: str | os.PathLike) -> ArrayImage:
     img = open_image(path)
     try:
         with _no_pixel_limit():
-            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+            # convert() copies the whole image; skip it when the decoder already gives RGB
+            array = np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
     except (OSError, ValueError, SyntaxError) as err:
         raise SlideFormatError(f"cannot decode image {path}: {err}") from err
     finally:

@@ -13,7 +13,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -211,11 +211,14 @@ def _read_selection(path: Path) -> pd.DataFrame:
             f"(found {list(spots.columns)})"
         )
     spots = spots[spots["selected"] == 1].copy()
-    spots.index = [f"{int(x)}x{int(y)}" for x, y in zip(spots["x"], spots["y"])]
+    grid = spots[["x", "y"]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    if not np.isfinite(grid).all() or (grid != np.round(grid)).any():
+        raise SlideFormatError(f"spot file {path} has missing or non-integer x/y array coordinates")
+    spots.index = [f"{int(x)}x{int(y)}" for x, y in grid]
     dup = _duplicates(spots.index)
     if dup:
         raise SlideFormatError(f"spot file {path} lists duplicate selected spots (x×y): {dup[:10]}")
-    xy = spots[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    xy = spots[["pixel_x", "pixel_y"]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     if not np.isfinite(xy).all():
         raise SlideFormatError(f"spot file {path} has missing or non-finite pixel_x/pixel_y values")
     return spots
@@ -614,7 +617,10 @@ def read_spot_csv(
     obs = pd.DataFrame(index=index)
     for col in ("array_row", "array_col"):
         if col in table:
-            obs[col] = table[col].astype(int).to_numpy()
+            values = pd.to_numeric(table[col], errors="coerce").to_numpy(np.float64)
+            if not np.isfinite(values).all():
+                raise SlideFormatError(f"spot CSV {csv_path} has missing or non-numeric {col} values")
+            obs[col] = values.astype(int)
     adata = AnnData(X=sp.csr_matrix((len(index), 0), dtype=np.float32), obs=obs)
     adata.obsm["spatial"] = xy
     _finish_obs(adata, slide_id)
