@@ -78,8 +78,10 @@ def test_knn_union_and_self_loops():
     looped = spatial_graph(ad, knn=1, self_loops=True)
     np.testing.assert_array_equal(looped.diagonal(), 1.0)
     assert ad.obsp["spatial_distances"].diagonal().sum() == 0
-    with pytest.raises(ValueError, match="radius"):
-        spatial_graph(ad)
+    # no parameter: R = 1.5 × median spacing; nearest distances 1, 1, 9, 20 → median 5, R = 7.5 → only 0–1
+    default = spatial_graph(ad)
+    assert set(zip(*default.nonzero())) == {(0, 1), (1, 0)}
+    assert ad.uns["spatial_neighbors"]["params"]["radius_factor"] == 1.5
 
 
 def test_no_edge_crosses_slides():

@@ -14,6 +14,7 @@ from anndata import AnnData
 from scipy.spatial import cKDTree
 
 __all__ = [
+    "DEFAULT_RADIUS_FACTOR",
     "median_spacing",
     "radius_adjacency",
     "spatial_graph",
@@ -21,6 +22,9 @@ __all__ = [
     "slide_to_pyg",
     "to_pyg_data",
 ]
+
+#: ``R = 1.5 × spacing`` reaches the 8-neighbourhood of a square grid and the 6-neighbourhood of a hexagonal one.
+DEFAULT_RADIUS_FACTOR = 1.5
 
 
 def _as_xy(xy) -> np.ndarray:
@@ -135,7 +139,9 @@ def spatial_graph(
     radius
         ``R`` in pixels (takes precedence over ``radius_factor``).
     radius_factor
-        ``R = radius_factor × median_spacing`` computed per slide. On a perfect square grid 1.5
+        ``R = radius_factor × median_spacing`` computed per slide (default
+        :data:`DEFAULT_RADIUS_FACTOR` = 1.5 when none of ``radius``, ``radius_factor``, ``knn`` is given).
+        On a perfect square grid 1.5
         keeps the 8-neighbourhood (diagonal √2 ≈ 1.41 < 1.5); on Visium's hexagonal grid the 6 nearest
         (next ring at √3 ≈ 1.73). Real legacy-ST grids are jittered: their diagonals sit close to 1.5 × the
         median nearest-neighbour distance, so interior spots get 4–8 neighbours.
@@ -152,7 +158,7 @@ def spatial_graph(
     ``obsp['spatial_connectivities']``, ``obsp['spatial_distances']`` and ``uns['spatial_neighbors']``.
     """
     if radius is None and radius_factor is None and not knn:
-        raise ValueError("give radius (pixels), radius_factor (× median spot spacing) or knn")
+        radius_factor = DEFAULT_RADIUS_FACTOR
     if "spatial" not in adata.obsm:
         raise ValueError("adata has no obsm['spatial'] (spot centres in pixels)")
     xy = _as_xy(adata.obsm["spatial"])
@@ -219,7 +225,7 @@ def slide_to_pyg(adata: AnnData, x=None, radius: Optional[float] = None, radius_
         adjacency = adata.obsp["spatial_connectivities"]
     else:
         if not params_given:
-            radius_factor = 1.5
+            radius_factor = DEFAULT_RADIUS_FACTOR
         adjacency = spatial_graph(adata, radius=radius, radius_factor=radius_factor, knn=knn,
                                   self_loops=self_loops, copy=True)
     data = Data(edge_index=to_edge_index(adjacency),
