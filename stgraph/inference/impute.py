@@ -180,10 +180,14 @@ def _resolve_backend(backend, similarity: Optional[str], chunk_size: int, refere
 
 
 def _weight_matrix(weights: np.ndarray, indices: np.ndarray, n_reference: int) -> sp.csr_matrix:
-    """(c, R) sparse matrix holding each query's k weights at its neighbours' columns."""
+    """(c, R) float32 sparse matrix holding each query's k weights at its neighbours' columns.
+
+    float32 matters: a float64 matrix times the float32 expression makes scipy copy the whole (R, G)
+    expression to float64.
+    """
     n_q, k = indices.shape
     indptr = np.arange(0, n_q * k + 1, k)
-    return sp.csr_matrix((weights.ravel(), indices.ravel(), indptr), shape=(n_q, n_reference))
+    return sp.csr_matrix((weights.ravel().astype(np.float32), indices.ravel(), indptr), shape=(n_q, n_reference))
 
 
 def impute(query_emb: ArrayLike, reference_emb: ArrayLike, reference_expr, k: int = 50,

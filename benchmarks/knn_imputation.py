@@ -1,0 +1,176 @@
+"""Time and memory of kNN imputation (d=256, G=785, k=50) against references of 1e3 / 1e4 / 1e5 spots.
+
+Backends: TorchKNN (exact), FaissKNN flat (exact) and, for the 1e5 reference, FaissKNN ivf (approximate;
+its recall@k against the exact neighbours is reported). One more run puts 1e4 queries against the 1e5
+reference with torch.
+
+Embeddings are drawn around 200 cluster centres (as trained embeddings are), so approximate indexes are
+measured on data with structure rather than on uniform noise. Each case runs in a fresh subprocess so that
+its peak resident memory (``ru_maxrss`` after the data are built and a warm-up call has run, versus after
+the timed imputation) is its own. The index is built once; imputation is timed twice and the best is
+reported (both runs are kept in the JSON). Results are printed as a table and written to
+``benchmarks/results/knn_imputation.json`` with a description of the machine.
+
+Usage::
+
+    python benchmarks/knn_imputation.py            # all cases (about 1-2 minutes on 2 cores)
+    python benchmarks/knn_imputation.py --quick    # references up to 1e4 only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "knn_imputation.json"
+DIM, N_GENES, K, N_CLUSTERS = 256, 785, 50, 200
+REPEATS = 2  # the best of two: other processes share the cores
+
+
+def cases(quick: bool) -> list[dict]:
+    sizes = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
+    out = []
+    for n_ref in sizes:
+        out.append(dict(backend="torch", index="exact", n_ref=n_ref, n_query=1_000))
+        out.append(dict(backend="faiss", index="flat", n_ref=n_ref, n_query=1_000))
+    if not quick:
+        out.append(dict(backend="faiss", index="ivf", n_ref=100_000, n_query=1_000))
+        out.append(dict(backend="torch", index="exact", n_ref=100_000, n_query=10_000))
+    return out
+
+
+def clustered(n: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(n, d) float32 around random centres, built in blocks so no full-size temporary raises the peak."""
+    out = rng.standard_normal((n, centres.shape[1]), dtype=np.float32)
+    for start in range(0, n, 8192):
+        block = out[start:start + 8192]
+        block *= 0.5
+        block += centres[rng.integers(0, len(centres), len(block))]
+    return out
+
+
+def max_rss_mib() -> float:
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def run_case(case: dict) -> dict:
+    """One measurement, in this (fresh) process."""
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from stgraph.inference.impute import impute
+    from stgraph.inference.knn import create_knn_backend
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((N_CLUSTERS, DIM), dtype=np.float32)
+    reference = clustered(case["n_ref"], centres, rng)
+    expression = rng.random((case["n_ref"], N_GENES), dtype=np.float32)
+    query = clustered(case["n_query"], centres, rng)
+    kwargs = {"index": case["index"]} if case["backend"] == "faiss" else {}
+
+    # warm-up on a small problem: thread pools, BLAS buffers and imports are not the case's cost
+    small = create_knn_backend(case["backend"], similarity="cosine", **kwargs).fit(reference[:2000])
+    impute(query[:64], reference[:2000], expression[:2000], k=K, backend=small)
+    rss_before = max_rss_mib()
+
+    t0 = time.perf_counter()
+    knn = create_knn_backend(case["backend"], similarity="cosine", **kwargs).fit(reference)
+    build_s = time.perf_counter() - t0
+    runs = []
+    for _ in range(REPEATS):
+        t1 = time.perf_counter()
+        pred, idx = impute(query, reference, expression, k=K, backend=knn, return_indices=True)
+        runs.append(time.perf_counter() - t1)
+    best = min(runs)
+    result = dict(case, build_s=round(build_s, 3), impute_s=round(best, 3),
+                  impute_s_runs=[round(r, 3) for r in runs], queries_per_s=round(case["n_query"] / best, 1),
+                  peak_rss_delta_mib=round(max_rss_mib() - rss_before, 1),
+                  threads=torch.get_num_threads())
+    if case["index"] == "ivf":
+        _, exact = create_knn_backend("faiss", similarity="cosine", index="flat").fit(reference).search(query, K)
+        hits = [len(set(a) & set(b)) for a, b in zip(idx, exact.numpy())]
+        result["recall_at_k"] = round(float(np.mean(hits)) / K, 4)
+        result["nlist"], result["nprobe"] = int(knn.index.nlist), int(knn.index.nprobe)
+    assert pred.shape == (case["n_query"], N_GENES) and np.isfinite(pred).all()
+    return result
+
+
+def machine() -> dict:
+    import torch
+
+    try:
+        import faiss
+
+        faiss_version = faiss.__version__
+    except ImportError:
+        faiss_version = None
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").is_file():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "faiss": faiss_version, "numpy": np.__version__}
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'backend':<7} {'index':<6} {'n_ref':>7} {'n_query':>7} {'build s':>8} {'impute s':>9} " \
+           f"{'queries/s':>10} {'peak MiB':>9} {'recall':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        recall = f"{r['recall_at_k']:.3f}" if "recall_at_k" in r else "exact"
+        lines.append(f"{r['backend']:<7} {r['index']:<6} {r['n_ref']:>7} {r['n_query']:>7} {r['build_s']:>8.2f} "
+                     f"{r['impute_s']:>9.2f} {r['queries_per_s']:>10.0f} {r['peak_rss_delta_mib']:>9.1f} "
+                     f"{recall:>7}")
+    return "\n".join(lines)
+
+
+def write_json_atomically(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="references up to 1e4 spots only")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case and print it as JSON
+    args = parser.parse_args(argv)
+    if args.case:
+        print(json.dumps(run_case(json.loads(args.case))))
+        return 0
+    rows = []
+    for case in cases(args.quick):
+        proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True,
+                              text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"benchmark case {case} failed:\n{proc.stderr}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(format_table(rows))
+    payload = {"benchmark": "knn_imputation", "dim": DIM, "n_genes": N_GENES, "k": K, "similarity": "cosine",
+               "aggregation": "mean", "machine": machine(), "results": rows}
+    write_json_atomically(args.output, payload)
+    print(f"\nwritten to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
