@@ -111,8 +111,9 @@ def test_undecodable_or_missing_source_image(slide, tmp_path):
 
 def test_cache_is_reused_and_keyed_by_coordinates(slide, tmp_path, monkeypatch):
     first = extract_patches(slide, size=8, cache_dir=tmp_path)
-    cache_file = tmp_path / "syn_8.npy"
-    assert cache_file.is_file() and (tmp_path / "syn_8.json").is_file()
+    cache_file = P.patch_cache_path(tmp_path, "syn", 8, xy=slide.obsm["spatial"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [cache_file.with_suffix(".json").name, cache_file.name]
+    assert cache_file.name.startswith("syn_8_") and len(cache_file.stem) == len("syn_8_") + 16
     np.testing.assert_array_equal(np.load(cache_file), first)
 
     def no_image(adata):
@@ -128,9 +129,11 @@ def test_cache_is_reused_and_keyed_by_coordinates(slide, tmp_path, monkeypatch):
     monkeypatch.undo()
     again = extract_patches(moved, size=8, cache_dir=tmp_path)
     assert not np.array_equal(again, first)
-    assert (tmp_path / "syn_8_16um.npy").exists() is False
+    assert len(list(tmp_path.glob("syn_8_*.npy"))) == 2 and cache_file.is_file()  # one entry per coordinates
+    assert not list(tmp_path.glob("syn_8_16um_*.npy"))
     extract_patches(slide, size=8, patch_um=16, microns_per_pixel=1.0, cache_dir=tmp_path)
-    assert (tmp_path / "syn_8_16um.npy").is_file()
+    um_file = P.patch_cache_path(tmp_path, "syn", 8, patch_um=16, xy=slide.obsm["spatial"])
+    assert um_file.name.startswith("syn_8_16um_") and um_file.is_file()
 
 
 def test_imagenet_normalize_values():
@@ -177,3 +180,69 @@ def test_her2st_patches_real_image():
     assert patches.reshape(40, -1).mean(1).max() < 230
     centre = patches[:, 112 - 50 : 112 + 50, 112 - 50 : 112 + 50].reshape(40, -1).mean(1)
     assert (centre < 235).all()
+
+
+def test_zero_spot_slide_is_an_error(slide):
+    with pytest.raises(SlideFormatError, match="'syn' has no spots"):
+        extract_patches(slide[:0].copy(), size=8)
+
+
+def _hires_only(ad, factor: int):
+    """``ad`` with its in-memory full image replaced by a ``factor``× smaller ``hires`` copy (Visium-like)."""
+    out = ad.copy()
+    lib = out.uns["spatial"]["syn"]
+    full = lib["images"].pop("fullres")
+    h, w = full.shape[0] // factor, full.shape[1] // factor
+    small = full[: h * factor, : w * factor].reshape(h, factor, w, factor, 3).mean((1, 3)).astype(np.uint8)
+    lib["images"]["hires"] = small
+    lib["scalefactors"] = {"tissue_hires_scalef": 1.0 / factor, "spot_diameter_fullres": 10.0}
+    return out, small
+
+
+def test_hires_fallback_crops_in_fullres_units(slide):
+    """Without a full-resolution image the hires image is upsampled: same patch geometry, centred spots."""
+    hires, small = _hires_only(slide, factor=4)
+    # a marked 2 × 2 hires block; a spot centred on it in full-resolution pixels sees it at its patch centre
+    small[10:12, 10:12] = (0, 0, 255)
+    hires.obsm["spatial"][0] = [11 * 4, 11 * 4]  # hires pixel corner (11, 11) ↔ full-res 44
+    with pytest.warns(UserWarning, match="upsampled from images\['hires'\]"):
+        image = load_fullres_image(hires)
+    assert image.shape == (small.shape[0] * 4, small.shape[1] * 4, 3)
+    with pytest.warns(UserWarning):
+        patches = extract_patches(hires, size=16)
+    assert patches.shape == (slide.n_obs, 16, 16, 3)
+    np.testing.assert_array_equal(patches[0, 6:10, 6:10], np.broadcast_to([0, 0, 255], (4, 4, 3)))
+    assert (patches[0, 0, 0] != [0, 0, 255]).any()  # the block does not fill the patch
+    # elsewhere the upsampled patch matches the true full-resolution crop up to the lost detail
+    with pytest.warns(UserWarning):
+        approx = extract_patches(hires, size=16)[1:].astype(float)
+    exact = extract_patches(slide, size=16)[1:].astype(float)
+    box = exact.reshape(len(exact), 4, 4, 4, 4, 3).mean((2, 4))  # compare 4 × 4 block means
+    approx_box = approx.reshape(len(approx), 4, 4, 4, 4, 3).mean((2, 4))
+    assert np.abs(approx_box - box).mean() < 12
+
+
+def test_hires_fallback_on_visium_fixture():
+    folder = SHARED / "data" / "visium_tiny" / "1.0.0"
+    if not folder.exists():
+        pytest.skip(f"shared data not found at {folder}")
+    from stgraph.data.readers import read_visium
+
+    ad = read_visium(folder)
+    lib = ad.uns["spatial"]["1.0.0"]
+    # this fixture's hires PNG is blank (all black), so its patches are black
+    with pytest.warns(UserWarning, match="images\\['hires'\\]"):
+        assert (extract_patches(ad, size=8) == 0).all()
+    # its lowres PNG has content: without hires, lowres and tissue_lowres_scalef are used
+    del lib["images"]["hires"]
+    scale, lowres = lib["scalefactors"]["tissue_lowres_scalef"], lib["images"]["lowres"]
+    with pytest.warns(UserWarning, match="images\\['lowres'\\]"):
+        patches = extract_patches(ad, size=64)
+    assert patches.shape == (100, 64, 64, 3) and patches.std() > 10
+    # the patch centre shows the lowres pixels under the spot (lowres pixel = full-res pixel × scale)
+    centre = patches[:, 28:36, 28:36].reshape(100, -1, 3).mean(1)
+    hx, hy = np.floor(ad.obsm["spatial"] * scale).astype(int).T
+    under = np.stack([lowres[y, x] for x, y in zip(hx, hy)]).astype(float)
+    assert np.abs(centre - under).mean() < 8
+    shifted = np.stack([lowres[y + 3, x + 3] for x, y in zip(hx, hy)]).astype(float)
+    assert np.abs(centre - shifted).mean() > 2 * np.abs(centre - under).mean()

@@ -4,6 +4,12 @@ The full-resolution image of a slide comes from ``uns['spatial'][lib]['images'][
 in-memory images, e.g. synthetic slides) or from ``uns['spatial'][lib]['metadata']['source_image_path']``
 (JPEG/PNG decoded once per call with PIL; TIFF opened lazily with :mod:`tifffile` as a memory map or a zarr
 store, so only the crops are read).
+
+Visium slides read without their full-resolution image (Space Ranger ships only ``hires``/``lowres`` PNGs)
+fall back to ``images['hires']`` (else ``lowres``) and its ``tissue_hires_scalef`` (``tissue_lowres_scalef``):
+:class:`ScaledImage` maps each full-resolution crop box onto the smaller image and resamples it bilinearly
+back to full-resolution pixel units, so patches stay centred on ``obsm['spatial']`` and keep their physical
+size, with the detail of the smaller image (hires is ~2000 px across, about 4–7 µm per pixel).
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ __all__ = [
     "IMAGENET_STD",
     "FullResImage",
     "ArrayImage",
+    "ScaledImage",
     "load_fullres_image",
     "load_image_file",
     "extract_patches",
@@ -97,6 +104,49 @@ class ArrayImage:
         return _to_rgb(np.asarray(self.array[::step, ::step]))
 
 
+class ScaledImage:
+    """A smaller copy of the full-resolution image (e.g. Visium ``hires``), seen in full-resolution pixels.
+
+    Parameters
+    ----------
+    array
+        (h, w[, C]) image.
+    scale
+        Image pixels per full-resolution pixel (``tissue_hires_scalef``), in (0, ∞).
+
+    Attributes
+    ----------
+    shape
+        (round(h / scale), round(w / scale), 3): the full-resolution extent.
+    """
+
+    def __init__(self, array, scale: float, source: str = "array"):
+        if not (np.isfinite(scale) and scale > 0):
+            raise SlideFormatError(f"image {source}: scale factor must be positive, got {scale}")
+        self.image = ArrayImage(array, source=source)
+        self.scale = float(scale)
+        self.source = source
+        h, w = self.image.shape[:2]
+        self.shape = (int(round(h / self.scale)), int(round(w / self.scale)), 3)
+
+    def crop(self, x0: int, y0: int, x1: int, y1: int, pad_value: int = 255) -> np.ndarray:
+        """Full-resolution box ``[y0:y1, x0:x1]`` as (y1 − y0, x1 − x0, 3) uint8, resampled from the small image.
+
+        The box maps to ``[x0·scale, x1·scale)`` in the small image; a one-pixel margin is read around it
+        (padded with ``pad_value`` outside) so bilinear resampling (PIL, sub-pixel ``box``) has its neighbours.
+        """
+        from PIL import Image
+
+        s = self.scale
+        bx0, by0, bx1, by1 = x0 * s, y0 * s, x1 * s, y1 * s
+        ix0, iy0 = int(np.floor(bx0)) - 1, int(np.floor(by0)) - 1
+        ix1, iy1 = int(np.ceil(bx1)) + 1, int(np.ceil(by1)) + 1
+        region = self.image.crop(ix0, iy0, ix1, iy1, pad_value=pad_value)
+        box = (bx0 - ix0, by0 - iy0, bx1 - ix0, by1 - iy0)
+        out = Image.fromarray(region).resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR, box=box)
+        return np.asarray(out)
+
+
 def _open_tiff(path: Path):
     """A memmap of the TIFF's first (full-resolution) level when uncompressed, else a zarr array."""
     import tifffile
@@ -155,23 +205,52 @@ def slide_library(adata: AnnData) -> tuple[str, dict]:
                            "expected exactly one (one slide per AnnData)")
 
 
-def load_fullres_image(adata: AnnData) -> ArrayImage:
-    """The slide's full-resolution image as an :class:`ArrayImage` (``.shape`` (H, W, 3), ``.crop``).
+def _scaled_fallback(entry: dict) -> Optional[tuple[str, np.ndarray, float]]:
+    """(name, image, scale factor) of the largest stored downscaled image that has its scale factor."""
+    images, scalefactors = entry.get("images", {}), entry.get("scalefactors", {})
+    for name in ("hires", "lowres"):
+        if name in images and f"tissue_{name}_scalef" in scalefactors:
+            return name, np.asarray(images[name]), float(scalefactors[f"tissue_{name}_scalef"])
+    return None
 
-    Uses ``images['fullres']`` when present, else ``metadata['source_image_path']``.
+
+def load_fullres_image(adata: AnnData) -> ArrayImage | ScaledImage:
+    """The slide's full-resolution image: ``.shape`` (H, W, 3) and ``.crop(x0, y0, x1, y1, pad_value)``.
+
+    In order of preference:
+
+    1. ``images['fullres']`` (in memory, e.g. synthetic slides) → :class:`ArrayImage`;
+    2. ``metadata['source_image_path']`` (JPEG/PNG decoded once; TIFF memory-mapped) → :class:`ArrayImage`;
+    3. ``images['hires']`` with ``tissue_hires_scalef`` (else ``lowres``) → :class:`ScaledImage`, which
+       crops in full-resolution units by upsampling the smaller image (a :class:`UserWarning` says so).
+
+    Raises
+    ------
+    SlideFormatError
+        No image at all, or the image file cannot be decoded (the message names the file).
+    FileNotFoundError
+        ``source_image_path`` is set but the file is missing.
     """
+    import warnings
+
     lib, entry = slide_library(adata)
     images = entry.get("images", {})
     if "fullres" in images:
         return ArrayImage(np.asarray(images["fullres"]), source=f"uns['spatial'][{lib!r}]['images']['fullres']")
     source = entry.get("metadata", {}).get("source_image_path")
-    if not source:
+    if source:
+        return load_image_file(source)
+    fallback = _scaled_fallback(entry)
+    if fallback is None:
         raise SlideFormatError(
-            f"slide {lib!r} has no full-resolution image: neither images['fullres'] nor "
-            "metadata['source_image_path'] is set in uns['spatial'] (pass the image to the reader, e.g. "
-            "read_visium(..., fullres_image=PATH))"
+            f"slide {lib!r} has no full-resolution image: neither images['fullres'], "
+            "metadata['source_image_path'] nor images['hires'] with scalefactors['tissue_hires_scalef'] is set "
+            "in uns['spatial'] (pass the image to the reader, e.g. read_visium(..., fullres_image=PATH))"
         )
-    return load_image_file(source)
+    name, array, scale = fallback
+    warnings.warn(f"slide {lib!r} has no full-resolution image; patches are upsampled from images[{name!r}] "
+                  f"(scale factor {scale:g})", UserWarning, stacklevel=2)
+    return ScaledImage(array, scale, source=f"uns['spatial'][{lib!r}]['images'][{name!r}]")
 
 
 def _fullres_scale(entry: dict) -> float:
@@ -194,26 +273,41 @@ def _crop_side(size: int, patch_um: Optional[float], microns_per_pixel: Optional
     return max(1, int(round(patch_um / float(mpp) * scale)))
 
 
+def _array_hash(array) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=8).hexdigest()
+
+
 def _coords_hash(xy: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(xy, dtype=np.float64).tobytes(), digest_size=8).hexdigest()
 
 
-def patch_cache_path(cache_dir: str | os.PathLike, slide_id: str, size: int, patch_um: Optional[float] = None) -> Path:
-    """``cache_dir/<slide_id>_<size>[_<um>um].npy`` (slide id made file-name safe)."""
+def patch_cache_path(cache_dir: str | os.PathLike, slide_id: str, size: int, patch_um: Optional[float] = None,
+                     xy: Optional[np.ndarray] = None) -> Path:
+    """``cache_dir/<slide_id>_<size>[_<um>um][_<coords hash>].npy`` (slide id made file-name safe).
+
+    ``xy`` (n, 2) spot centres add a 16-hex-digit BLAKE2b hash of the coordinates, so subsets or moved
+    spots of one slide get their own entry.
+    """
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", slide_id)
     um = f"_{patch_um:g}um" if patch_um is not None else ""
-    return Path(cache_dir) / f"{safe}_{size}{um}.npy"
+    coords = f"_{_coords_hash(xy)}" if xy is not None else ""
+    return Path(cache_dir) / f"{safe}_{size}{um}{coords}.npy"
 
 
 def _cache_key(adata: AnnData, entry: dict, xy: np.ndarray, size: int, side: int, pad_value: int) -> dict:
     images = entry.get("images", {})
+    source = entry.get("metadata", {}).get("source_image_path")
+    fallback = _scaled_fallback(entry)
     if "fullres" in images:
-        image_id = "inmemory:" + hashlib.blake2b(np.ascontiguousarray(images["fullres"]).tobytes(),
-                                                 digest_size=8).hexdigest()
+        image_id = "inmemory:" + _array_hash(images["fullres"])
+    elif source:
+        source = Path(source)
+        stat = source.stat() if source.is_file() else None
+        image_id = f"{source.resolve()}:{stat.st_size}:{int(stat.st_mtime)}" if stat else f"{source}:missing"
+    elif fallback is not None:
+        image_id = f"{fallback[0]}:{fallback[2]!r}:" + _array_hash(fallback[1])
     else:
-        source = Path(entry["metadata"]["source_image_path"])
-        stat = source.stat()
-        image_id = f"{source.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+        image_id = "none"
     return {"n_spots": int(adata.n_obs), "size": int(size), "crop_px": int(side), "pad_value": int(pad_value),
             "coords_hash": _coords_hash(xy), "image": image_id}
 
@@ -271,8 +365,11 @@ def extract_patches(
     microns_per_pixel
         Default: ``metadata['microns_per_pixel']``.
     cache_dir
-        Store the result as ``<cache_dir>/<slide_id>_<size>[_<um>um].npy`` (+ a ``.json`` key holding the
-        coordinate hash, crop size and image identity) and reuse it while the key matches.
+        Store the result as ``<cache_dir>/<slide_id>_<size>[_<um>um]_<coords hash>.npy`` (written
+        atomically, + a ``.json`` key holding the crop size, pad value and image identity) and reuse it
+        while the key matches.
+    show_progress
+        Show a tqdm progress bar over the spots.
 
     Returns
     -------
@@ -284,6 +381,10 @@ def extract_patches(
     if "spatial" not in adata.obsm:
         raise SlideFormatError(f"slide {lib!r} has no obsm['spatial']")
     xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise SlideFormatError(f"slide {lib!r}: obsm['spatial'] must be (n_spots, 2); got shape {xy.shape}")
+    if len(xy) == 0:
+        raise SlideFormatError(f"slide {lib!r} has no spots: nothing to extract patches for")
     if not np.isfinite(xy).all():
         raise SlideFormatError(f"slide {lib!r}: obsm['spatial'] holds non-finite coordinates")
     scale = _fullres_scale(entry)
@@ -292,7 +393,7 @@ def extract_patches(
     cache_path = key = None
     if cache_dir is not None:
         slide_id = str(adata.obs["slide_id"].iloc[0]) if "slide_id" in adata.obs and adata.n_obs else lib
-        cache_path = patch_cache_path(cache_dir, slide_id, size, patch_um)
+        cache_path = patch_cache_path(cache_dir, slide_id, size, patch_um, xy=xy)
         key = _cache_key(adata, entry, xy, size, side, pad_value)
         cached = _read_cache(cache_path, key, adata.n_obs, size)
         if cached is not None:
