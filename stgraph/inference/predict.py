@@ -109,7 +109,7 @@ def predict_slide(loaded: LoadedModel, adata: AnnData, k: Optional[int] = None,
     query_emb = embed_slide(loaded.model, query, "image")
     k_eff = min(k, loaded.reference.embeddings.shape[0])
     pred = loaded.reference.predict(query_emb, k=k_eff, similarity=similarity, aggregation=aggregation,
-                                    backend=backend)
+                                    backend=backend, chunk_size=icfg.chunk_size)
     obs_cols = [c for c in ("array_row", "array_col", "slide_id", "in_tissue") if c in adata.obs]
     out = AnnData(
         X=np.asarray(pred, dtype=np.float32),
