@@ -31,8 +31,9 @@ def test_normalize_log1p_hand_computed():
     np.testing.assert_allclose(out.X.toarray(), np.log1p([[2.5, 7.5], [0, 10]]), rtol=1e-6)
     np.testing.assert_array_equal(out.layers["counts"].toarray(), [[1, 3], [0, 2]])
     np.testing.assert_array_equal(ad.X.toarray(), [[1, 3], [0, 2]])  # copy=True leaves the input alone
-    again = pp.normalize_log1p(out, target_sum=10)  # idempotent: re-normalises from layers['counts']
-    np.testing.assert_allclose(again.X.toarray(), np.log1p([[2.5, 7.5], [0, 10]]), rtol=1e-6)
+    assert pp.normalize_log1p(out, target_sum=10) is None  # in place, scanpy style
+    # idempotent: re-normalises from layers['counts']
+    np.testing.assert_allclose(out.X.toarray(), np.log1p([[2.5, 7.5], [0, 10]]), rtol=1e-6)
 
 
 def _hvg_slides():

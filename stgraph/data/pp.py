@@ -41,7 +41,7 @@ def _slide_name(adata: AnnData, i: int) -> str:
     return f"slide{i}"
 
 
-def normalize_log1p(adata: AnnData, target_sum: Optional[float] = None, copy: bool = False) -> AnnData:
+def normalize_log1p(adata: AnnData, target_sum: Optional[float] = None, copy: bool = False) -> Optional[AnnData]:
     """Library-size normalisation and log: ``X = log1p(counts / Σ_g counts × target_sum)``.
 
     Raw counts are kept in ``layers['counts']``; when that layer already exists it is the input (so calling
@@ -49,7 +49,7 @@ def normalize_log1p(adata: AnnData, target_sum: Optional[float] = None, copy: bo
 
     Returns
     -------
-    The normalised AnnData (``adata`` itself unless ``copy``).
+    The normalised copy when ``copy``; otherwise ``None`` and ``adata`` is normalised in place (scanpy style).
     """
     import scanpy as sc
 
@@ -63,7 +63,7 @@ def normalize_log1p(adata: AnnData, target_sum: Optional[float] = None, copy: bo
     sc.pp.normalize_total(adata, target_sum=target_sum)
     sc.pp.log1p(adata)
     adata.uns.pop("log1p", None)  # scanpy's marker confuses a later log1p call; our marker is layers['counts']
-    return adata
+    return adata if copy else None
 
 
 def _log_normalised(adata: AnnData) -> AnnData:
