@@ -31,6 +31,7 @@ __all__ = [
     "IMAGENET_STD",
     "FullResImage",
     "ArrayImage",
+    "PILImage",
     "ScaledImage",
     "load_fullres_image",
     "load_image_file",
@@ -104,6 +105,42 @@ class ArrayImage:
         return _to_rgb(np.asarray(self.array[::step, ::step]))
 
 
+class PILImage:
+    """A decoded PIL RGB image; crops are read from PIL's own buffer.
+
+    Converting a whole-slide image to a NumPy array would copy it (PIL's ``tobytes`` even holds it twice
+    while joining chunks); cropping from the PIL image keeps one copy in memory.
+
+    Attributes
+    ----------
+    shape
+        (H, W, 3).
+    """
+
+    def __init__(self, image, source: str = "image"):
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        self.pil = image
+        self.source = source
+        width, height = image.size
+        self.shape = (int(height), int(width), 3)
+
+    def crop(self, x0: int, y0: int, x1: int, y1: int, pad_value: int = 255) -> np.ndarray:
+        """Pixels ``[y0:y1, x0:x1]`` as (y1 − y0, x1 − x0, 3) uint8; the part outside the image is ``pad_value``."""
+        out = np.full((y1 - y0, x1 - x0, 3), pad_value, dtype=np.uint8)
+        height, width = self.shape[:2]
+        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+        if sx1 > sx0 and sy1 > sy0:
+            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = np.asarray(self.pil.crop((sx0, sy0, sx1, sy1)))
+        return out
+
+    def thumbnail(self, max_side: int) -> np.ndarray:
+        """A downscaled copy whose longest side is ≤ ``max_side``."""
+        thumb = self.pil.copy()
+        thumb.thumbnail((max_side, max_side))
+        return np.asarray(thumb, dtype=np.uint8)
+
+
 class ScaledImage:
     """A smaller copy of the full-resolution image (e.g. Visium ``hires``), seen in full-resolution pixels.
 
@@ -164,10 +201,11 @@ def _open_tiff(path: Path):
         raise SlideFormatError(f"cannot read TIFF image {path}: {err}") from err
 
 
-def load_image_file(path: str | os.PathLike) -> ArrayImage:
+def load_image_file(path: str | os.PathLike) -> ArrayImage | PILImage:
     """Open an image file for cropping.
 
-    TIFFs stay on disk (memmap/zarr); other formats are decoded once with PIL (RGB). Raises
+    TIFFs stay on disk (memmap/zarr, :class:`ArrayImage`); other formats are decoded once with PIL (RGB,
+    :class:`PILImage`). Raises
     :class:`FileNotFoundError` when missing and :class:`SlideFormatError` (naming the file) when the file
     cannot be decoded.
     """
@@ -182,13 +220,13 @@ def load_image_file(path: str | os.PathLike) -> ArrayImage:
     img = open_image(path)
     try:
         with _no_pixel_limit():
-            # convert() copies the whole image; skip it when the decoder already gives RGB
-            array = np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
+            img.load()  # decode once, now, so a corrupt file fails here with its name
+            if img.mode != "RGB":
+                img = img.convert("RGB")
     except (OSError, ValueError, SyntaxError) as err:
-        raise SlideFormatError(f"cannot decode image {path}: {err}") from err
-    finally:
         img.close()
-    return ArrayImage(array, source=str(path))
+        raise SlideFormatError(f"cannot decode image {path}: {err}") from err
+    return PILImage(img, source=str(path))
 
 
 def slide_library(adata: AnnData) -> tuple[str, dict]:
@@ -214,13 +252,14 @@ def _scaled_fallback(entry: dict) -> Optional[tuple[str, np.ndarray, float]]:
     return None
 
 
-def load_fullres_image(adata: AnnData) -> ArrayImage | ScaledImage:
+def load_fullres_image(adata: AnnData) -> ArrayImage | PILImage | ScaledImage:
     """The slide's full-resolution image: ``.shape`` (H, W, 3) and ``.crop(x0, y0, x1, y1, pad_value)``.
 
     In order of preference:
 
     1. ``images['fullres']`` (in memory, e.g. synthetic slides) → :class:`ArrayImage`;
-    2. ``metadata['source_image_path']`` (JPEG/PNG decoded once; TIFF memory-mapped) → :class:`ArrayImage`;
+    2. ``metadata['source_image_path']``: JPEG/PNG decoded once → :class:`PILImage`; TIFF memory-mapped
+       → :class:`ArrayImage`;
     3. ``images['hires']`` with ``tissue_hires_scalef`` (else ``lowres``) → :class:`ScaledImage`, which
        crops in full-resolution units by upsampling the smaller image (a :class:`UserWarning` says so).
 
