@@ -29,7 +29,7 @@ from ..data.collection import SlideCollection
 from ..inference.embed import embed_slide
 from ..inference.reference import ReferenceStore
 from ..models import create_model
-from ..utils import atomic_path, atomic_write_text, resolve_device
+from ..utils import atomic_path, atomic_write_text, resolve_device, seed_everything
 from .layout import RUN_FILES
 from .prepare import PreparedSlide, Preprocessor, fit_preprocessor, prepare_slide
 from .trainer import Trainer, TrainResult
@@ -122,6 +122,7 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
         save_config(config, run_dir / "config.yaml")
 
     device = resolve_device(config.train.device)
+    seed_everything(config.train.seed)  # before the model exists, so its initial weights are seeded too
     preprocessor, expr = fit_preprocessor(config, adatas)
     model = create_model(config, preprocessor.spot_in_dim).to(device)
     prepared = [
