@@ -1,0 +1,98 @@
+"""All metrics of one prediction at once, from arrays or AnnData."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .correlation import (gene_gene_correlation_preservation, gene_sets, mean_pearson, n_genes_above,
+                          pearson_per_gene, variance_ratio)
+from .errors import mae, mse, rmse, rmse_zscore
+from .ranking import hit_at_t
+from .ssim import mean_ssim
+
+__all__ = ["evaluate_arrays", "evaluate_prediction", "per_gene_table", "align_prediction"]
+
+
+def evaluate_arrays(pred, true, gene_names: Sequence[str], markers: Optional[Sequence[str]] = None,
+                    n_top: int = 50, hit_t: int = 10) -> dict:
+    """Every metric of the papers for one prediction (flat, JSON-serialisable).
+
+    Keys: ``pcc_acg``, ``pcc_heg50``, ``pcc_hvg50``, ``pcc_mg`` (mean Pearson over all genes / top-``n_top``
+    by mean / by variance of the truth / markers; NaN genes excluded), ``n_nan_genes`` (constant genes
+    excluded from the means), ``n_genes``, ``n_r_gt_0.3``, ``mse``, ``mae``, ``rmse``, ``rmse_z``, ``ssim``,
+    ``hit_at_{t}``, ``gg_corr`` (gene–gene correlation preservation), ``var_ratio_median``.
+    The Pearson keys are NaN for a prediction that is constant across spots (e.g. a mean-profile baseline).
+    """
+    pred = np.asarray(pred.toarray() if hasattr(pred, "toarray") else pred, dtype=np.float64)
+    true = np.asarray(true.toarray() if hasattr(true, "toarray") else true, dtype=np.float64)
+    names = list(map(str, gene_names))
+    r = pearson_per_gene(pred, true)
+    sets = gene_sets(true, names, n=n_top, markers=markers)
+    index = {g: i for i, g in enumerate(names)}
+
+    def mean_over(key: str) -> float:
+        if key not in sets or not sets[key]:
+            return float("nan")
+        return mean_pearson(r, [index[g] for g in sets[key]])[0]
+
+    return {
+        "pcc_acg": mean_pearson(r)[0],
+        f"pcc_heg{n_top}": mean_over("HEG"),
+        f"pcc_hvg{n_top}": mean_over("HVG"),
+        "pcc_mg": mean_over("MG"),
+        "n_nan_genes": int(np.isnan(r).sum()),
+        "n_genes": len(names),
+        "n_r_gt_0.3": n_genes_above(r, 0.3),
+        "mse": mse(pred, true),
+        "mae": mae(pred, true),
+        "rmse": rmse(pred, true),
+        "rmse_z": rmse_zscore(pred, true),
+        "ssim": mean_ssim(pred, true),
+        f"hit_at_{hit_t}": hit_at_t(pred, true, t=hit_t),
+        "gg_corr": gene_gene_correlation_preservation(pred, true),
+        "var_ratio_median": float(np.nanmedian(variance_ratio(pred, true))) if pred.std() > 0 else float("nan"),
+    }
+
+
+def align_prediction(pred_adata, true_adata) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(pred, true, genes) over the prediction's genes and the spots both share (by obs name).
+
+    Raises ``KeyError`` naming genes of the prediction that the truth lacks, ``ValueError`` when no spot is
+    shared.
+    """
+    genes = list(pred_adata.var_names)
+    missing = [g for g in genes if g not in set(true_adata.var_names)]
+    if missing:
+        raise KeyError(f"{len(missing)} predicted gene(s) are missing from the true slide: {missing[:20]}")
+    spots = [s for s in pred_adata.obs_names if s in set(true_adata.obs_names)]
+    if not spots:
+        raise ValueError("the prediction and the true slide share no spot (obs_names)")
+    p = pred_adata[spots, genes].X
+    t = true_adata[spots, genes].X
+    dense = lambda m: np.asarray(m.toarray() if hasattr(m, "toarray") else m)  # noqa: E731
+    return dense(p), dense(t), genes
+
+
+def evaluate_prediction(pred_adata, true_adata, markers: Optional[Sequence[str]] = None, n_top: int = 50,
+                        hit_t: int = 10) -> dict:
+    """:func:`evaluate_arrays` on two AnnData (``true_adata.X`` must already be on the prediction's scale,
+    e.g. log-normalised), aligned by gene and spot names."""
+    pred, true, genes = align_prediction(pred_adata, true_adata)
+    return evaluate_arrays(pred, true, genes, markers=markers, n_top=n_top, hit_t=hit_t)
+
+
+def per_gene_table(pred, true, gene_names: Sequence[str], n_top: int = 50) -> pd.DataFrame:
+    """One row per gene: ``gene``, ``pearson``, ``mean_true``, ``var_true``, ``in_heg``, ``in_hvg``."""
+    true_a = np.asarray(true, dtype=np.float64)
+    names = list(map(str, gene_names))
+    sets = gene_sets(true_a, names, n=n_top)
+    return pd.DataFrame({
+        "gene": names,
+        "pearson": pearson_per_gene(pred, true_a),
+        "mean_true": true_a.mean(0),
+        "var_true": true_a.var(0),
+        "in_heg": [g in set(sets["HEG"]) for g in names],
+        "in_hvg": [g in set(sets["HVG"]) for g in names],
+    })
