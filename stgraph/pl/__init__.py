@@ -1,0 +1,6 @@
+"""Plots: spatial gene maps over H&E, training curves, benchmark summaries."""
+from .benchmark import plot_fold_pcc
+from .spatial import plot_genes, slide_image
+from .training import plot_loss_curves, save_figure
+
+__all__ = ["plot_fold_pcc", "plot_genes", "plot_loss_curves", "save_figure", "slide_image"]
