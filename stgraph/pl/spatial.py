@@ -50,7 +50,7 @@ def _auto_spot_size(xy: np.ndarray, panel_points: float = 300.0) -> float:
         return 30.0
     spacing = float(np.median(cKDTree(xy).query(xy, k=2)[0][:, 1]))
     extent = float(max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1e-9))
-    diameter = 0.8 * panel_points * spacing / extent
+    diameter = 0.7 * panel_points * spacing / extent
     return float(np.clip(diameter ** 2, 2.0, 400.0))
 
 
@@ -105,7 +105,7 @@ def plot_genes(adata_pred, genes: Sequence[str], adata_true=None, image=None,
                 ax.imshow(img)
             sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=spot_size, cmap=cmap, vmin=vmin, vmax=vmax,
                             edgecolors="none", alpha=0.9)
-            title = f"{gene} {label}"
+            title = f"{gene} {label}" if true is not None else gene
             if label == "predicted" and true is not None:
                 title += f" (r = {_pearson(pv, tv):.2f})"
             ax.set_title(title, fontsize=10)
