@@ -8,11 +8,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from stgraph.inference.impute import aggregate, impute, neighbour_weights
+from stgraph.inference.impute import aggregate, impute, neighbour_distances, neighbour_weights
 from stgraph.inference.knn import FaissKNN, KNNBackend, TorchKNN, create_knn_backend
 
 SIMILARITIES = ("cosine", "dot", "l2")
-AGGREGATIONS = ("mean", "inverse_square", "softmax", "top1")
+AGGREGATIONS = ("mean", "inverse_square", "bleep_weighted", "softmax", "top1")
 BACKENDS = ("torch", "faiss")
 
 pytest.importorskip("faiss", reason="faiss-cpu is not installed")
@@ -180,9 +180,75 @@ def test_top1_and_mean_by_hand():
     np.testing.assert_allclose(aggregate(NEIGHBOURS, scores, "mean"), [[14.0, 14.0]])
 
 
-def test_dot_inverse_square_without_norms_is_refused():
-    with pytest.raises(ValueError, match="dot"):
-        neighbour_weights(np.array([[1.0, 0.5]]), "inverse_square", "dot")
+def test_dot_scores_without_distances_are_refused_for_distance_weights():
+    for aggregation in ("inverse_square", "bleep_weighted"):
+        with pytest.raises(ValueError, match="dot-product scores do not determine a distance"):
+            neighbour_weights(np.array([[1.0, 0.5]]), aggregation, "dot")
+
+
+def test_weighting_distance_is_measured_between_raw_embeddings():
+    # Neighbours are chosen by cosine, weighted by a distance between the un-normalised embeddings, as in
+    # the reference codes. q = (3, 0); r0 = (1, 0) [cos 1], r1 = (3, 1) [cos 0.949], r2 = (0, 2) [cos 0].
+    query = np.array([[3.0, 0.0]])
+    ref = np.array([[1.0, 0.0], [3.0, 1.0], [0.0, 2.0]])
+    expr = np.eye(3)  # the prediction is then the weight vector itself
+    expected = {
+        "euclidean": np.array([1 / 4, 1, 1 / 13]),  # d² = 4, 1, 13
+        "manhattan": np.array([1 / 4, 1, 1 / 25]),  # d = 2, 1, 5
+    }
+    for distance, inv in expected.items():
+        pred, idx = impute(query, ref, expr, k=3, similarity="cosine", aggregation="inverse_square",
+                           distance=distance, return_indices=True)
+        np.testing.assert_array_equal(idx, [[0, 1, 2]])
+        np.testing.assert_allclose(pred, [inv / inv.sum()], rtol=1e-6)
+    # between normalised vectors r0 coincides with q (d = 0), so it takes all the weight
+    pred = impute(query, ref, expr, k=3, aggregation="inverse_square", distance="normalized_euclidean")
+    np.testing.assert_allclose(pred, [[1.0, 0.0, 0.0]], atol=1e-9)
+    # BLEEP's weighted variant on the same neighbours: w ∝ exp(−(d² − d²_min + 1)), d² = 4, 1, 13
+    pred = impute(query, ref, expr, k=3, aggregation="bleep_weighted")
+    w = np.exp(-(np.array([4.0, 1.0, 13.0]) - 1.0 + 1.0))
+    np.testing.assert_allclose(pred, [w / w.sum()], rtol=1e-6)
+
+
+def test_neighbour_distances_match_numpy():
+    rng = np.random.default_rng(8)
+    query, ref = rng.standard_normal((7, 5)), 3 * rng.standard_normal((20, 5))
+    idx = rng.integers(0, 20, (7, 4))
+    diff = ref[idx] - query[:, None]
+    np.testing.assert_allclose(neighbour_distances(query, ref, idx, "euclidean"),
+                               np.linalg.norm(diff, axis=2), rtol=1e-6)
+    np.testing.assert_allclose(neighbour_distances(query, ref, idx, "manhattan"), np.abs(diff).sum(2), rtol=1e-6)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(neighbour_distances(query, ref, idx, "normalized_euclidean"),
+                               np.linalg.norm(unit(ref[idx]) - unit(query)[:, None], axis=2), rtol=1e-5)
+    assert (neighbour_distances(ref[:3], ref, np.array([[0], [1], [2]])) == 0).all()
+    with pytest.raises(ValueError, match="unknown distance 'cityblock'"):
+        neighbour_distances(query, ref, idx, "cityblock")
+
+
+def test_bleep_weighted_by_hand():
+    # l2 distances 1, √2, 2 → d² = 1, 2, 4 → w ∝ e^-1, e^-2, e^-4 (BLEEP's shift by d²_min − 1 cancels)
+    w = neighbour_weights(np.array([[1.0, math.sqrt(2), 2.0]]), "bleep_weighted", "l2")
+    e = np.exp([-1.0, -2.0, -4.0])
+    np.testing.assert_allclose(w, [e / e.sum()], rtol=1e-9)
+    # explicit distances override what the scores imply
+    w = neighbour_weights(np.array([[0.9, 0.1]]), "bleep_weighted", "dot", distances=np.array([[0.0, 1.0]]))
+    np.testing.assert_allclose(w, [[1 / (1 + math.exp(-1)), math.exp(-1) / (1 + math.exp(-1))]], rtol=1e-9)
+
+
+def test_aggregate_from_indices_and_reference_expression():
+    reference_expr = np.array([[0.0, 21.0], [5.0, 5.0], [21.0, 0.0], [21.0, 21.0]])
+    indices = np.array([[2, 0, 3]])  # the rows of NEIGHBOURS
+    scores = np.array([[1.0, 2.0, 4.0]])
+    by_rows = aggregate(NEIGHBOURS, scores, "inverse_square", "l2")
+    np.testing.assert_allclose(aggregate(None, scores, "inverse_square", "l2", indices=indices,
+                                         reference_expr=reference_expr), by_rows, rtol=1e-6)
+    np.testing.assert_allclose(aggregate(None, scores, similarity="l2", method="inverse_square", indices=indices,
+                                         reference_expr=sp.csr_matrix(reference_expr)), by_rows, rtol=1e-6)
+    with pytest.raises(ValueError, match="indices must lie in"):
+        aggregate(None, scores, indices=np.array([[2, 0, 4]]), reference_expr=reference_expr)
+    with pytest.raises(ValueError, match="needs neighbour_expr"):
+        aggregate(None, scores)
 
 
 # -- inputs, errors, approximate indexes -----------------------------------------------------------------

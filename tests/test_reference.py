@@ -110,7 +110,7 @@ def test_extend_appends_a_new_slide(sparse):
     rng = np.random.default_rng(9)
     new_emb = rng.standard_normal((5, 6)).astype(np.float32) + 20.0  # far from the old spots
     new_expr = np.full((5, 4), 7.0, np.float32)
-    bigger = store.extend(new_emb, new_expr, "C1", [f"c{i}" for i in range(5)], genes=GENES)
+    bigger = store.extend(new_emb, new_expr, GENES, "C1", [f"c{i}" for i in range(5)])
     assert bigger.n_spots == store.n_spots + 5 and store.n_spots == 24  # the original is untouched
     assert bigger.is_sparse == sparse
     np.testing.assert_array_equal(bigger.slide_ids[-5:], ["C1"] * 5)
@@ -123,15 +123,24 @@ def test_extend_rejects_gene_mismatch_duplicate_slide_and_bad_shapes():
     store = make_store()
     emb, expr = np.zeros((2, 6), np.float32), np.zeros((2, 4), np.float32)
     with pytest.raises(ValueError, match="position 1 is 'CD3E'.*'ERBB2'"):
-        store.extend(emb, expr, "C1", ["a", "b"], genes=["EPCAM", "CD3E", "ERBB2", "MS4A1"])
+        store.extend(emb, expr, ["EPCAM", "CD3E", "ERBB2", "MS4A1"], "C1", ["a", "b"])
     with pytest.raises(ValueError, match="3 given, the store has 4"):
-        store.extend(emb, expr, "C1", ["a", "b"], genes=GENES[:3])
+        store.extend(emb, expr[:, :3], GENES[:3], "C1", ["a", "b"])
     with pytest.raises(ValueError, match=r"\['B1'\] are already in the reference store"):
-        store.extend(emb, expr, ["C1", "B1"], ["a", "b"])
+        store.extend(emb, expr, GENES, ["C1", "B1"], ["a", "b"])
     with pytest.raises(ValueError, match=r"must be \(n, 6\)"):
-        store.extend(np.zeros((2, 5)), expr, "C1", ["a", "b"])
+        store.extend(np.zeros((2, 5)), expr, GENES, "C1", ["a", "b"])
     with pytest.raises(ValueError, match=r"must be \(2, 4\)"):
-        store.extend(emb, np.zeros((2, 3)), "C1", ["a", "b"])
+        store.extend(emb, np.zeros((2, 3)), GENES, "C1", ["a", "b"])
+
+
+def test_predict_defaults_to_the_similarity_recorded_in_meta():
+    # A query whose cosine and l2 nearest neighbours differ: r0 points the same way but is far away.
+    store = ReferenceStore(embeddings=np.array([[10.0, 0.0], [1.0, 1.0]]), expression=np.eye(2, 4),
+                           genes=GENES, slide_ids=["A1", "A1"], spot_ids=["a", "b"], meta={"similarity": "l2"})
+    query = np.array([[1.0, 0.0]])
+    np.testing.assert_array_equal(store.predict(query, k=1), np.eye(2, 4)[[1]])
+    np.testing.assert_array_equal(store.predict(query, k=1, similarity="cosine"), np.eye(2, 4)[[0]])
 
 
 def test_constructor_validates_shapes_and_kind():

@@ -46,10 +46,11 @@ def as_float32_matrix(x: ArrayLike, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must be a 2-D (n, d) matrix, got shape {tuple(t.shape)}")
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16, torch.int8)):
         raise ValueError(f"{name} must hold numbers, got dtype {t.dtype}")
-    t = t.to(torch.float32)
-    if not torch.isfinite(t).all():
+    t = t.to(torch.float32).contiguous()
+    # np.isfinite needs only a bool mask; torch.isfinite also builds a full-size abs() copy.
+    if not np.isfinite(t.numpy()).all():
         raise ValueError(f"{name} contains NaN or infinite values")
-    return t.contiguous()
+    return t
 
 
 class KNNBackend(abc.ABC):

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import torch
 
 from ..utils import atomic_path
-from .impute import DEFAULT_TEMPERATURE, impute
+from .impute import impute
 from .knn import KNNBackend
 
 __all__ = ["ReferenceStore", "ReferenceStoreError", "REFERENCE_KINDS"]
@@ -211,8 +211,7 @@ class ReferenceStore:
             raise ReferenceStoreError(f"{path}: inconsistent reference store: {err}") from err
 
     # -- growth -------------------------------------------------------------------------------------
-    def extend(self, embeddings, expression, slide_ids, spot_ids,
-               genes: Optional[Sequence[str]] = None) -> "ReferenceStore":
+    def extend(self, embeddings, expression, genes: Sequence[str], slide_ids, spot_ids) -> "ReferenceStore":
         """A new store with these rows appended (e.g. a new slide, with no retraining).
 
         Parameters
@@ -220,15 +219,17 @@ class ReferenceStore:
         embeddings
             (n, d) embeddings from the same model branch as the store's.
         expression
-            (n, G) expression over the store's genes, in the store's gene order.
+            (n, G) expression, dense or sparse.
+        genes
+            The G gene names of ``expression``'s columns; they must equal the store's genes, in the same
+            order.
         slide_ids, spot_ids
             (n,) ids; a single string for ``slide_ids`` applies to all rows. Slides already in the store
             are refused.
-        genes
-            The new rows' gene names; when given they must equal the store's genes exactly.
         """
-        if genes is not None and [str(g) for g in genes] != self.genes:
-            raise ValueError(_gene_mismatch_message(self.genes, [str(g) for g in genes]))
+        genes = [str(g) for g in genes]
+        if genes != self.genes:
+            raise ValueError(_gene_mismatch_message(self.genes, genes))
         emb = _as_embeddings(embeddings)
         if emb.ndim != 2 or emb.shape[1] != self.dim:
             raise ValueError(f"new embeddings must be (n, {self.dim}), got shape {emb.shape}")
@@ -259,10 +260,11 @@ class ReferenceStore:
         """(Q, G) float32 expression of the queries (Q, d) by kNN imputation over this store.
 
         Arguments are those of :func:`stgraph.inference.impute.impute` (``chunk_size``, ``show_progress``,
-        ``return_indices``, ``temperature`` via ``kwargs``). ``similarity=None`` means the backend
-        instance's similarity, or 'cosine' for a backend given by name.
+        ``return_indices``, ``temperature``, ``distance`` via ``kwargs``). ``similarity=None`` means the
+        backend instance's similarity when ``backend`` is one, else ``meta['similarity']``, else 'cosine'.
         """
-        kwargs.setdefault("temperature", DEFAULT_TEMPERATURE)
+        if similarity is None and not isinstance(backend, KNNBackend):
+            similarity = self.meta.get("similarity") or "cosine"
         return impute(query_emb, self.embeddings, self.expression, k=k, similarity=similarity,
                       aggregation=aggregation, backend=backend, **kwargs)
 
