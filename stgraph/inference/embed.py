@@ -6,8 +6,6 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from ..data.patches import IMAGENET_MEAN, IMAGENET_STD
-
 if TYPE_CHECKING:  # the training package imports this module
     from ..training.prepare import PreparedSlide
 
@@ -19,13 +17,9 @@ def _image_input(slide: "PreparedSlide", rows: slice, input_size: int, device) -
         return {"features": torch.as_tensor(slide.features[rows], dtype=torch.float32, device=device)}
     if slide.patches is None:
         raise ValueError(f"slide {slide.slide_id!r} has neither features nor patches")
-    x = torch.from_numpy(np.ascontiguousarray(slide.patches[rows])).to(device).permute(0, 3, 1, 2).float() / 255
-    if x.shape[-1] != input_size:
-        x = torch.nn.functional.interpolate(x, size=(input_size, input_size), mode="bilinear",
-                                            align_corners=False, antialias=True)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    return {"patch": (x - mean) / std}
+    from ..training.prepare import normalize_batch, patch_batch
+
+    return {"patch": normalize_batch(patch_batch(slide.patches[rows], input_size, device))}
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ import torch
 from anndata import AnnData
 
 from ..data import pp
-from ..data.patches import extract_patches, imagenet_normalize
+from ..data.patches import IMAGENET_MEAN, IMAGENET_STD, extract_patches
 from ..graph import spatial_graph, to_edge_index
 from ..utils import atomic_save_npy
 
@@ -29,6 +29,8 @@ __all__ = [
     "prepare_slide",
     "grid_coordinates",
     "compute_image_features",
+    "patch_batch",
+    "normalize_batch",
 ]
 
 
@@ -201,6 +203,24 @@ def _hash_array(a: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=8).hexdigest()
 
 
+def patch_batch(patches, input_size: Optional[int] = None, device="cpu") -> torch.Tensor:
+    """uint8 patches (N, S, S, 3) (numpy or tensor) → float (N, 3, s, s) in [0, 1] on ``device``, resized
+    (bilinear, antialiased) to ``s = input_size`` when it differs from S."""
+    t = patches if isinstance(patches, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(patches))
+    x = t.to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    if input_size is not None and x.shape[-1] != input_size:
+        x = torch.nn.functional.interpolate(x, size=(input_size, input_size), mode="bilinear",
+                                            align_corners=False, antialias=True)
+    return x
+
+
+def normalize_batch(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation of (N, 3, H, W) images in [0, 1]: ``(x − mean) / std`` per channel."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 @torch.no_grad()
 def compute_image_features(encoder, patches: np.ndarray, batch_size: int = 64, device: str = "cpu",
                            input_size: Optional[int] = None, progress: bool = False,
@@ -227,10 +247,7 @@ def compute_image_features(encoder, patches: np.ndarray, batch_size: int = 64, d
     out = []
     starts = range(0, len(patches), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        x = imagenet_normalize(patches[start : start + batch_size]).to(device)
-        if input_size is not None and x.shape[-1] != input_size:
-            x = torch.nn.functional.interpolate(x, size=(input_size, input_size), mode="bilinear",
-                                                align_corners=False, antialias=True)
+        x = normalize_batch(patch_batch(patches[start : start + batch_size], input_size, device))
         out.append(encoder(x).float().cpu())
     encoder.train(was_training)
     if not out:

@@ -27,9 +27,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import config_to_dict
-from ..data.patches import IMAGENET_MEAN, IMAGENET_STD
+from ..data.patches import random_flip_rotate
 from ..utils import atomic_path, resolve_device, seed_everything
-from .prepare import PreparedSlide
+from .prepare import PreparedSlide, normalize_batch, patch_batch
 
 __all__ = ["Trainer", "TrainResult", "CheckpointError", "load_checkpoint"]
 
@@ -57,18 +57,6 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: checkpoint has no 'model' state")
     return state
-
-
-def _dihedral(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random flip + 90° rotation per sample of (B, C, H, W) (the 8 symmetries of the square)."""
-    out = torch.empty_like(x)
-    ops = torch.randint(0, 8, (x.shape[0],), generator=generator)
-    for i, op in enumerate(ops.tolist()):
-        xi = x[i]
-        if op & 4:
-            xi = torch.flip(xi, dims=(-1,))
-        out[i] = torch.rot90(xi, k=op & 3, dims=(-2, -1))
-    return out
 
 
 class _SlideTensors:
@@ -119,8 +107,6 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt_cls = torch.optim.AdamW if self.tcfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(params, lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay)
-        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         self.history: list[dict] = []
         self.start_epoch = 0
         self.best_val = math.inf
@@ -142,19 +128,15 @@ class Trainer:
             return {"features": s.features[rows]}
         if s.patches is None:
             raise ValueError(f"slide {s.slide_id!r} has neither features nor patches")
-        x = s.patches[torch.as_tensor(rows)].to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-        size = self.config.model.image_encoder.input_size
-        if x.shape[-1] != size:
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                                                antialias=True)
+        x = patch_batch(s.patches[torch.as_tensor(rows)], self.config.model.image_encoder.input_size, self.device)
         if train and self.tcfg.augment:
-            x = _dihedral(x, self.generator)
+            x = random_flip_rotate(x, self.generator)
         if train and self.tcfg.color_jitter > 0:
             from torchvision.transforms import ColorJitter
 
             jitter = ColorJitter(self.tcfg.color_jitter, self.tcfg.color_jitter, self.tcfg.color_jitter)
             x = torch.stack([jitter(xi) for xi in x])
-        return {"patch": (x - self.mean) / self.std}
+        return {"patch": normalize_batch(x)}
 
     def _spot_batch(self, parts: list[tuple[_SlideTensors, np.ndarray]], train: bool) -> dict:
         pieces = []
