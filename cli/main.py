@@ -87,10 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--k", type=int, default=None, help="neighbours (default: the run's config)")
     p.add_argument("--similarity", choices=["cosine", "dot", "l2"], default=None)
-    p.add_argument("--aggregation", choices=["mean", "inverse_square", "softmax", "top1"], default=None)
+    p.add_argument("--aggregation", choices=["mean", "inverse_square", "bleep_weighted", "softmax", "top1"], default=None)
     p.add_argument("--backend", choices=["torch", "faiss"], default=None)
     p.add_argument("--plot", nargs="+", default=None, metavar="GENE",
                    help="also draw these genes' predicted maps to <out>.png")
+
+    p = sub.add_parser("extend", help="add slides (with expression) to a trained model's reference, no retraining")
+    p.add_argument("--model", required=True, help="run folder written by `stgraph train`")
+    _add_slide_source(p, many=True)
 
     for name, help_text in (("evaluate", "cross-validated evaluation of one or more configs with baselines"),
                             ("benchmark", "alias of evaluate")):
@@ -141,6 +145,17 @@ def _cmd_predict(args) -> int:
     print(f"wrote {out}: {pred.n_obs} spots × {pred.n_vars} genes")
     if args.plot:
         _plot(pred, None, args.plot, out.with_suffix(".png"), force=args.force)
+    return 0
+
+
+def _cmd_extend(args) -> int:
+    from stgraph.inference import extend_reference, load_run
+
+    loaded = load_run(args.model)
+    before = loaded.reference.n_spots
+    store = extend_reference(loaded, _read_many(args))
+    print(f"reference of {args.model}: {before} → {store.n_spots} spots "
+          f"(previous reference kept as reference.prev.h5)")
     return 0
 
 
@@ -197,7 +212,7 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "predict": _cmd_predict, "plot": _cmd_plot, "evaluate": _cmd_evaluate,
+COMMANDS = {"train": _cmd_train, "predict": _cmd_predict, "extend": _cmd_extend, "plot": _cmd_plot, "evaluate": _cmd_evaluate,
             "benchmark": _cmd_evaluate}
 
 

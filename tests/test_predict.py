@@ -75,3 +75,24 @@ def test_incomplete_and_corrupt_model_folders(run, tmp_path):
         load_run(broken)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_run(tmp_path / "nowhere")
+
+
+def test_extend_reference_without_retraining(run, synthetic_slides, tmp_path):
+    import shutil
+
+    from stgraph.inference import extend_reference
+
+    folder = tmp_path / "run"
+    shutil.copytree(run.run_dir, folder)
+    loaded = load_run(folder)
+    n0 = loaded.reference.n_spots
+    extend_reference(loaded, [synthetic_slides[2]])
+    again = load_run(folder)
+    assert again.reference.n_spots == n0 + synthetic_slides[2].n_obs
+    assert (folder / "reference.prev.h5").is_file()
+    # the added slide is now its own nearest neighbour for k=1 image retrieval (HECLIP reference)
+    pred = predict_slide(again, synthetic_slides[2], k=1)
+    own = again.reference.expression[n0:]
+    np.testing.assert_allclose(pred.X, own, atol=1e-5)
+    with pytest.raises(ValueError, match="slide2"):
+        extend_reference(again, [synthetic_slides[2]])

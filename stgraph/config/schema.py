@@ -35,7 +35,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.batching": ("spot", "slide"),
     "inference.reference": ("spot", "image"),
     "inference.similarity": ("cosine", "dot", "l2"),
-    "inference.aggregation": ("mean", "inverse_square", "softmax", "top1"),
+    "inference.aggregation": ("mean", "inverse_square", "bleep_weighted", "softmax", "top1"),
+    "inference.distance": ("euclidean", "manhattan", "normalized_euclidean"),
     "inference.backend": ("torch", "faiss"),
 }
 
@@ -194,12 +195,17 @@ class TrainConfig:
 
 @dataclass
 class InferenceConfig:
-    """Reference retrieval: which branch's embeddings form the reference and how neighbours are combined."""
+    """Reference retrieval: which branch's embeddings form the reference and how neighbours are combined.
+
+    Neighbours are chosen by ``similarity``; distance-weighted aggregations (``inverse_square``,
+    ``bleep_weighted``) weight them by ``distance`` between the raw embeddings (mclSTExp's code: L1).
+    """
 
     reference: str = "spot"
     similarity: str = "cosine"
     k: int = 50
     aggregation: str = "mean"
+    distance: str = "euclidean"
     backend: str = "torch"
     chunk_size: int = 4096
 

@@ -2,7 +2,7 @@
 from .embed import embed_slide, embed_slides
 from .impute import aggregate, impute
 from .knn import FaissKNN, KNNBackend, TorchKNN, create_knn_backend
-from .predict import LoadedModel, ModelFolderError, load_run, predict_slide, write_prediction
+from .predict import LoadedModel, ModelFolderError, extend_reference, load_run, predict_slide, write_prediction
 from .reference import ReferenceStore, ReferenceStoreError
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "create_knn_backend",
     "embed_slide",
     "embed_slides",
+    "extend_reference",
     "impute",
     "load_run",
     "predict_slide",

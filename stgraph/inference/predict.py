@@ -20,7 +20,7 @@ from ..utils import atomic_path, resolve_device
 from .embed import embed_slide
 from .reference import ReferenceStore
 
-__all__ = ["LoadedModel", "load_run", "predict_slide", "write_prediction", "ModelFolderError"]
+__all__ = ["LoadedModel", "load_run", "predict_slide", "write_prediction", "ModelFolderError", "extend_reference"]
 
 
 class ModelFolderError(ValueError):
@@ -109,7 +109,8 @@ def predict_slide(loaded: LoadedModel, adata: AnnData, k: Optional[int] = None,
     query_emb = embed_slide(loaded.model, query, "image")
     k_eff = min(k, loaded.reference.embeddings.shape[0])
     pred = loaded.reference.predict(query_emb, k=k_eff, similarity=similarity, aggregation=aggregation,
-                                    backend=backend, chunk_size=icfg.chunk_size)
+                                    backend=backend, chunk_size=icfg.chunk_size,
+                                    distance=icfg.distance)
     obs_cols = [c for c in ("array_row", "array_col", "slide_id", "in_tissue") if c in adata.obs]
     out = AnnData(
         X=np.asarray(pred, dtype=np.float32),
@@ -129,6 +130,7 @@ def predict_slide(loaded: LoadedModel, adata: AnnData, k: Optional[int] = None,
         "k": int(k_eff),
         "similarity": similarity,
         "aggregation": aggregation,
+        "distance": icfg.distance,
         "backend": backend,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "values": "log1p(normalize_total) expression, retrieved from the reference",
@@ -144,3 +146,32 @@ def write_prediction(adata: AnnData, path: str | Path, force: bool = False) -> P
     with atomic_path(path, overwrite=force) as tmp:
         adata.write_h5ad(tmp)
     return path
+
+
+def extend_reference(loaded: LoadedModel, slides, save: bool = True) -> ReferenceStore:
+    """Embed new slides (with expression) with the trained model and append them to its reference.
+
+    No retraining: each slide is preprocessed with the run's fitted preprocessing, embedded with the branch
+    the reference holds, and its spots are appended. With ``save`` (and a run folder), the new reference
+    replaces ``reference.h5`` atomically and the previous one is kept as ``reference.prev.h5``.
+
+    Returns the extended store (also set on ``loaded``).
+    """
+    store = loaded.reference
+    device = str(next(loaded.model.parameters()).device)
+    for adata in slides:
+        if adata.n_vars == 0:
+            raise ValueError("a slide added to the reference needs its expression")
+        prepared = prepare_slide(adata, loaded.config, loaded.preprocessor, image_encoder=loaded.model.image_encoder,
+                                 device=device, with_graph=loaded.model.uses_graph)
+        emb = embed_slide(loaded.model, prepared, store.kind)
+        store = store.extend(emb, prepared.expr, list(store.genes), np.array([prepared.slide_id] * prepared.n_spots),
+                             np.array(prepared.barcodes))
+    loaded.reference = store
+    if save and loaded.run_dir is not None:
+        import shutil
+
+        current = Path(loaded.run_dir) / "reference.h5"
+        shutil.copy2(current, current.with_name("reference.prev.h5"))
+        store.save(current, overwrite=True)
+    return store

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..config import config_to_dict
 from ..data.patches import random_flip_rotate
+from ..losses import CompositeLoss
 from ..utils import atomic_path, resolve_device, seed_everything
 from .prepare import PreparedSlide, normalize_batch, patch_batch
 
@@ -196,24 +197,22 @@ class Trainer:
 
     def _run_epoch(self, epoch: int, train: bool) -> dict[str, float]:
         self.model.train(train)
-        weights = self._weights(epoch) if train else self.model.loss_weights()
+        objective = CompositeLoss(self._weights(epoch) if train else self.model.loss_weights())
         sums: dict[str, float] = {}
         n_batches = 0
         with torch.set_grad_enabled(train):
             for batch in self._batches(train):
-                terms = self.model.loss_terms(batch)
-                total = sum(weights[k] * v for k, v in terms.items() if weights.get(k, 0) != 0)
+                total, logs = objective(self.model.loss_terms(batch))
                 if train:
                     self.optimizer.zero_grad(set_to_none=True)
                     total.backward()
                     if self.tcfg.grad_clip:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
                     self.optimizer.step()
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                sums["total"] = sums.get("total", 0.0) + float(total.detach())
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + v
                 n_batches += 1
-        return {k: v / max(n_batches, 1) for k, v in sums.items()} if n_batches else {}
+        return {k: v / n_batches for k, v in sums.items()} if n_batches else {}
 
     # ---------------------------------------------------------------------------------- checkpoints
     def _checkpoint_state(self, epoch: int) -> dict:
