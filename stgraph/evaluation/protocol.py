@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..config import config_from_dict, config_to_dict
 from ..data.collection import SlideCollection
 from ..inference.predict import predict_slide
 from ..metrics import evaluate_arrays, per_gene_table
@@ -54,15 +55,23 @@ def evaluate_fold(name: str, config, collection: SlideCollection, fold: Fold,
     return row, ((pred, true, run.preprocessor.genes) if keep_predictions else None)
 
 
+def frozen_backbone_config(config):
+    """A copy of ``config`` whose backbone is frozen with cached features (what the baselines use)."""
+    frozen = config_from_dict(config_to_dict(config))
+    frozen.model.image_encoder.freeze = "all"
+    frozen.model.image_encoder.cache_features = True
+    return frozen
+
+
 def baseline_fold(config, collection: SlideCollection, fold: Fold, markers: Optional[Sequence[str]] = None,
                   k: int = 50, keep_predictions: bool = False) -> tuple[list[dict], dict]:
     """The three baselines on one fold, with ``config``'s genes and (frozen) backbone."""
     train = [collection[i] for i in fold.train_ids]
     test = collection[fold.test_ids[0]]
-    prep, expr = fit_preprocessor(config, train)
-    encoder = create_image_encoder(config)
-    encoder.eval()
-    feats = lambda ad, e=None: prepare_slide(ad, config, prep, expr=e, image_encoder=encoder,  # noqa: E731
+    frozen = frozen_backbone_config(config)
+    prep, expr = fit_preprocessor(frozen, train)
+    encoder = create_image_encoder(frozen)
+    feats = lambda ad, e=None: prepare_slide(ad, frozen, prep, expr=e, image_encoder=encoder,  # noqa: E731
                                              with_graph=False).features
     train_x = np.concatenate([feats(ad, expr[sid]) for ad, sid in zip(train, expr)])
     train_y = np.concatenate(list(expr.values()))
