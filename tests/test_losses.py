@@ -110,6 +110,42 @@ def test_bleep_swap_transposes_its_targets():
     assert float(bleep_loss(img, spot)) == pytest.approx(float(forward), abs=1e-10)
 
 
+def test_bleep_swap_changes_value_unless_targets_are_symmetric():
+    img, spot = _t(I_NP), _t(S_NP)
+    # Generic embeddings: the row-softmax targets are not a symmetric matrix, so the swap changes the value.
+    assert abs(float(bleep_loss(img, spot)) - float(bleep_loss(spot, img))) > 1e-3
+    # Unit vectors at the angles of a regular polygon (spots rotated by a fixed angle): both Gram matrices
+    # are circulant, every softmax row has the same normaliser, the targets are symmetric and so is the loss.
+    angles = torch.arange(5, dtype=torch.float64) * 2 * math.pi / 5
+    ring_img = torch.stack([torch.cos(angles), torch.sin(angles)], 1) * 2
+    ring_spot = torch.stack([torch.cos(angles + 0.4), torch.sin(angles + 0.4)], 1) * 2
+    targets = torch.softmax((ring_img @ ring_img.T + ring_spot @ ring_spot.T) / 2, -1)
+    assert torch.allclose(targets, targets.T, atol=1e-12)
+    assert float(bleep_loss(ring_img, ring_spot)) == pytest.approx(float(bleep_loss(ring_spot, ring_img)),
+                                                                   abs=1e-10)
+    # CLIP has no targets to transpose: symmetric on the generic pair too.
+    assert float(clip_loss(img, spot)) == pytest.approx(float(clip_loss(spot, img)), abs=1e-10)
+
+
+@pytest.mark.parametrize("fn", [clip_loss, bleep_loss, heclip_loss])
+def test_gradient_reaches_both_branches(fn):
+    img, spot = _t(I_NP).requires_grad_(True), _t(S_NP).requires_grad_(True)
+    fn(img, spot).backward()
+    assert img.grad.abs().sum() > 1e-3 and spot.grad.abs().sum() > 1e-3
+
+
+def test_detached_heclip_targets_leave_only_the_logit_path():
+    """With constant targets the image gradient is that of CE(L^T, T^T) through the logits alone."""
+    img, spot = _t(I_NP).requires_grad_(True), _t(S_NP)
+    grad = torch.autograd.grad(heclip_loss(img, spot, detach_targets=True), img)[0]
+    targets = torch.softmax(_t(I_NP) @ _t(I_NP).T, -1)
+    # d/dI of mean_i CE(I_i S^T, T^T_i) = (c ⊙ softmax(I S^T) − T^T) S / B, with c_i = Σ_j T_ji the
+    # column sums of T (the rows of T^T need not sum to 1).
+    column_sums = targets.sum(0, keepdim=True).T
+    expected = (column_sums * torch.softmax(_t(I_NP) @ spot.T, -1) - targets.T) @ spot / 3
+    assert torch.allclose(grad, expected, atol=1e-10)
+
+
 def test_heclip_is_one_directional():
     img = _t(I_NP).requires_grad_(True)
     spot = _t(S_NP).requires_grad_(True)

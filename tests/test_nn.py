@@ -100,6 +100,24 @@ def test_spot_transformer_batched_and_padding_mask():
     assert not torch.allclose(unmasked[0, :5], single, atol=1e-4)
 
 
+def test_spot_transformer_batch_equals_separate_sequences():
+    model = _transformer()
+    a, ca = _spots(6, seed=4)
+    b, cb = _spots(6, seed=5)
+    out = model(torch.stack([a, b]), torch.stack([ca, cb]))
+    assert out.shape == (2, 6, 12)
+    assert torch.allclose(out[0], model(a, ca), atol=1e-5) and torch.allclose(out[1], model(b, cb), atol=1e-5)
+
+
+def test_spot_transformer_dropout_only_in_training():
+    model = _transformer(dropout=0.5)
+    expr, coords = _spots()
+    evaluated = model(expr, coords)
+    assert torch.allclose(model(expr, coords), evaluated)      # eval mode is deterministic
+    torch.manual_seed(0)
+    assert not torch.allclose(model.train()(expr, coords), evaluated, atol=1e-4)
+
+
 def test_spot_transformer_out_of_range_coordinates():
     expr, coords = _spots()
     far = coords.clone()

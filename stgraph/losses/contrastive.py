@@ -68,8 +68,11 @@ def bleep_loss(image_emb: torch.Tensor, spot_emb: torch.Tensor, temperature: flo
         T = \mathrm{softmax}\Big(\frac{I I^\top + S S^\top}{2\tau}\Big), \quad
         \mathcal{L} = \frac{1}{B}\sum_i \tfrac12\big[\mathrm{CE}(L, T)_i + \mathrm{CE}(L^\top, T^\top)_i\big]
 
-    Symmetric in its two arguments. Targets are differentiated through unless ``detach_targets``.
-    Shapes: (B, d), (B, d) → ().
+    Swapping the arguments leaves :math:`T` unchanged (its similarity matrix is symmetric in ``I`` and
+    ``S``) but transposes :math:`L`, so ``bleep_loss(S, I)`` pairs :math:`L` with :math:`T^\top`: the value
+    is the same only when :math:`T` is a symmetric matrix (e.g. when every row of the similarity matrix has
+    the same softmax normaliser); in general the two differ slightly. Targets are differentiated through
+    unless ``detach_targets``. Shapes: (B, d), (B, d) → ().
     """
     _check_pair(image_emb, spot_emb, temperature)
     logits = spot_emb @ image_emb.T / temperature

@@ -15,7 +15,8 @@ class SpotAttention(nn.Module):
 
     .. math::
         [\mathbf{Q}, \mathbf{K}, \mathbf{V}] = \mathbf{X}\mathbf{W}_{qkv}, \qquad
-        \mathrm{head}_h = \mathrm{softmax}\!\big(\mathbf{Q}_h\mathbf{K}_h^\top / \sqrt{d_h}\big)\mathbf{V}_h,
+        \mathrm{head}_h = \mathrm{Dropout}\big(\mathrm{softmax}(\mathbf{Q}_h\mathbf{K}_h^\top / \sqrt{d_h})\big)
+        \mathbf{V}_h,
         \qquad \mathbf{Y} = \mathrm{Dropout}\big([\mathrm{head}_1 \| \dots \| \mathrm{head}_H]\mathbf{W}_o
         + \mathbf{b}_o\big)
 
@@ -31,6 +32,7 @@ class SpotAttention(nn.Module):
         super().__init__()
         inner = heads * dim_head
         self.heads, self.dim_head = heads, dim_head
+        self.attn_dropout = float(dropout)
         self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
         if heads == 1 and dim_head == dim:
             self.to_out: nn.Module = nn.Identity()
@@ -44,7 +46,8 @@ class SpotAttention(nn.Module):
         if key_padding_mask is not None:
             # SDPA's boolean mask marks the keys that *take part*; broadcast over heads and queries.
             attn_mask = (~key_padding_mask)[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                             dropout_p=self.attn_dropout if self.training else 0.0)
         return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
 
 
