@@ -1,32 +1,115 @@
-"""Plots write real PNGs with the expected panels."""
+"""Plots write real PNGs with the expected panels, over the right image at the right scale."""
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import pytest
+from scipy import stats
 
 from stgraph.data.synthetic import make_synthetic_slide
 from stgraph.pl import plot_fold_pcc, plot_genes, plot_loss_curves, slide_image
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-def test_gene_maps_over_the_image(tmp_path):
-    slide = make_synthetic_slide(n_rows=6, n_cols=6, n_genes=5)
+
+def _is_png(path) -> bool:
+    data = path.read_bytes()
+    return len(data) > 1000 and data[:8] == PNG_SIGNATURE
+
+
+def _map_axes(fig):
+    return [ax for ax in fig.axes if ax.collections and ax.get_title()]
+
+
+@pytest.fixture(scope="module")
+def slide():
+    return make_synthetic_slide(n_rows=5, n_cols=5, n_genes=4)
+
+
+def _noisy_prediction(slide):
+    pred = slide.copy()
+    counts = np.asarray(slide.X.toarray(), dtype=np.float32)
+    pred.X = counts + np.random.default_rng(0).normal(0, 2.0, size=counts.shape).astype(np.float32)
+    return pred, counts
+
+
+def test_slide_image_follows_the_convention(slide):
     img, scale = slide_image(slide)
     assert img.shape[2] == 3 and scale == 1.0
+    np.testing.assert_array_equal(img, slide.uns["spatial"]["synthetic"]["images"]["fullres"])
+    hires = slide.copy()
+    entry = hires.uns["spatial"]["synthetic"]
+    entry["images"]["hires"] = entry["images"]["fullres"][::2, ::2]
+    entry["scalefactors"]["tissue_hires_scalef"] = 0.5
+    img, scale = slide_image(hires)
+    assert scale == 0.5 and img.shape[0] == entry["images"]["fullres"][::2].shape[0]
+    with pytest.raises(KeyError, match="nope"):
+        slide_image(slide, library_id="nope")
+
+
+def test_gene_maps_over_the_image(slide, tmp_path):
+    pred, counts = _noisy_prediction(slide)
     path = tmp_path / "maps.png"
-    fig = plot_genes(slide, ["gene_0", "gene_1"], adata_true=slide, path=path)
-    assert path.stat().st_size > 5000
-    image_axes = [ax for ax in fig.axes if ax.get_images()]
-    assert len(image_axes) == 4  # 2 genes × (predicted, true)
-    assert "r = 1.00" in image_axes[0].get_title()
+    fig = plot_genes(pred, ["gene_0", "gene_1"], adata_true=slide, path=path)
+    assert _is_png(path)
+    maps = _map_axes(fig)
+    assert len(maps) == 4  # 2 genes × (predicted, true)
+    assert all(ax.get_images() for ax in maps)  # each over the H&E
+    r = stats.pearsonr(np.asarray(pred.X)[:, 1], counts[:, 1])[0]
+    assert maps[2].get_title() == f"gene_1 predicted (r = {r:.2f})"
+    assert maps[3].get_title() == "gene_1 true"
+    np.testing.assert_allclose(maps[0].collections[0].get_offsets(), slide.obsm["spatial"])
+    np.testing.assert_allclose(maps[0].collections[0].get_array(), np.asarray(pred.X)[:, 0])
     plt.close(fig)
 
 
-def test_loss_curves_and_fold_plot(tmp_path):
+def test_gene_maps_scale_spots_to_the_hires_image(slide):
+    hires = slide.copy()
+    entry = hires.uns["spatial"]["synthetic"]
+    entry["images"]["hires"] = entry["images"]["fullres"][::4, ::4]
+    entry["scalefactors"]["tissue_hires_scalef"] = 0.25
+    fig = plot_genes(hires, ["gene_2"])
+    (ax,) = _map_axes(fig)
+    assert ax.get_images()[0].get_array().shape[:2] == entry["images"]["hires"].shape[:2]
+    np.testing.assert_allclose(ax.collections[0].get_offsets(), 0.25 * slide.obsm["spatial"])
+    assert ax.get_title() == "gene_2 predicted"
+    plt.close(fig)
+
+
+def test_gene_maps_reject_unknown_genes_and_unshared_spots(slide):
+    with pytest.raises(KeyError, match="NOPE"):
+        plot_genes(slide, ["gene_0", "NOPE"])
+    other = slide.copy()
+    other.obs_names = [f"x{i}" for i in range(other.n_obs)]
+    with pytest.raises(ValueError, match="share no spot"):
+        plot_genes(slide, ["gene_0"], adata_true=other)
+
+
+def test_loss_curves_from_csv(tmp_path):
     log = pd.DataFrame({"epoch": [0, 0, 1, 1], "split": ["train", "val"] * 2, "total": [3, 2.5, 2, 2.2],
-                        "align": [3, 2.5, 2, 2.2], "dgi_spot": [0.7, np.nan, 0.6, np.nan]})
-    fig = plot_loss_curves(log, path=tmp_path / "loss.png")
-    assert len(fig.axes) == 3 and fig.axes[0].get_title() == "total"
+                        "align": [3, 2.5, 2, 2.2], "dgi_spot": [0.7, np.nan, 0.6, np.nan],
+                        "seconds": [1.0, np.nan, 1.0, np.nan]})
+    log.to_csv(tmp_path / "log.csv", index=False)
+    fig = plot_loss_curves(tmp_path / "log.csv", path=tmp_path / "loss.png")
+    assert _is_png(tmp_path / "loss.png")
+    assert [ax.get_title() for ax in fig.axes] == ["total", "align", "dgi_spot"]
+    assert len(fig.axes[0].get_lines()) == 2 and len(fig.axes[2].get_lines()) == 1  # dgi_spot: train only
+    np.testing.assert_allclose(fig.axes[0].get_lines()[1].get_ydata(), [2.5, 2.2])  # val curve
     plt.close(fig)
-    df = pd.DataFrame({"method": ["a", "a", "b", "b"], "fold": [1, 2, 1, 2], "pcc_acg": [0.1, 0.2, np.nan, np.nan]})
+    with pytest.raises(ValueError, match="split"):
+        plot_loss_curves(log.drop(columns="split"))
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        plot_loss_curves(tmp_path / "missing.csv")
+
+
+def test_fold_plot(tmp_path):
+    df = pd.DataFrame({"method": ["a", "a", "b", "b", "c"], "fold": [1, 2, 1, 2, 1],
+                       "pcc_acg": [0.1, 0.2, np.nan, np.nan, 0.3]})
     fig = plot_fold_pcc(df, path=tmp_path / "pcc.png")
-    assert (tmp_path / "pcc.png").stat().st_size > 2000
+    assert _is_png(tmp_path / "pcc.png")
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    dots = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections])
+    np.testing.assert_allclose(np.sort(dots), [0.1, 0.2, 0.3])  # every defined fold is drawn once
     plt.close(fig)
+    with pytest.raises(KeyError, match="ssim"):
+        plot_fold_pcc(df, metric="ssim")

@@ -2,81 +2,164 @@
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 import pandas as pd
 
+from ..utils.io import atomic_path
+
 __all__ = ["summarize_folds", "to_markdown_table", "write_json_atomic", "write_csv_atomic"]
+
+_ID_COLUMNS = ("method", "fold")
+
+
+def _metric_columns(frame: pd.DataFrame) -> list[str]:
+    """Numeric, non-boolean columns other than ``method``/``fold``; object columns holding only numbers and
+    ``None`` (rows read back from JSON, where NaN was written as null) count as numeric."""
+    out = []
+    for col in frame.columns:
+        if col in _ID_COLUMNS or pd.api.types.is_bool_dtype(frame[col]):
+            continue
+        if pd.api.types.is_numeric_dtype(frame[col]):
+            out.append(col)
+        elif frame[col].dtype == object:
+            values = frame[col].dropna()
+            if len(values) == 0 or all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                                       for v in values):
+                out.append(col)
+    return out
 
 
 def summarize_folds(rows: Union[pd.DataFrame, Sequence[dict]]) -> pd.DataFrame:
-    """Mean and sd over folds of every numeric metric, per method.
+    """Mean and sample sd (``ddof=1``) over folds of every numeric metric, per method.
 
-    Returns a DataFrame indexed by method with columns ``(metric, 'mean')``, ``(metric, 'sd')`` and
-    ``n_folds``; methods keep their first-appearance order.
+    Parameters
+    ----------
+    rows
+        One row per (method, fold): a DataFrame or a list of dicts with a ``method`` column (``fold`` is
+        optional and never summarised). NaN values (undefined metrics) are skipped.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by method (first-appearance order), columns ``(metric, 'mean')``, ``(metric, 'sd')`` for each
+        metric in column order, and ``('n_folds', '')``. ``sd`` is NaN for a single fold.
     """
-    frame = pd.DataFrame(rows)
-    if "method" not in frame:
-        raise ValueError("rows need a 'method' column")
-    numeric = [c for c in frame.columns if c not in ("method", "fold") and pd.api.types.is_numeric_dtype(frame[c])]
-    grouped = frame.groupby("method", sort=False)[numeric]
+    frame = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows)
+    if "method" not in frame.columns:
+        raise ValueError(f"fold rows need a 'method' column; got columns {list(frame.columns)}")
+    metrics = _metric_columns(frame)
+    values = frame[metrics].apply(pd.to_numeric, errors="coerce").astype(float)
+    grouped = values.groupby(frame["method"], sort=False)
     summary = pd.concat({"mean": grouped.mean(), "sd": grouped.std(ddof=1)}, axis=1).swaplevel(axis=1)
-    summary = summary.sort_index(axis=1, level=0, sort_remaining=False)
-    summary["n_folds"] = frame.groupby("method", sort=False).size()
+    summary = summary.reindex(columns=pd.MultiIndex.from_product([metrics, ["mean", "sd"]]))
+    summary[("n_folds", "")] = frame.groupby("method", sort=False).size()
+    summary.index.name = "method"
     return summary
 
 
-def to_markdown_table(summary: pd.DataFrame, metrics: Sequence[str], floatfmt: str = ".3f") -> str:
-    """A Markdown table, one row per method, cells ``mean ± sd`` (``nan`` where undefined)."""
-    def cell(mean: float, sd: float) -> str:
-        if mean is None or not np.isfinite(mean):
-            return "nan"
-        text = format(mean, floatfmt)
-        return f"{text} ± {format(sd, floatfmt)}" if sd is not None and np.isfinite(sd) else text
+def _format_number(value, floatfmt: str) -> str:
+    if value is None or (isinstance(value, (float, np.floating)) and not math.isfinite(value)):
+        return "nan"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    try:
+        return format(float(value), floatfmt)
+    except (TypeError, ValueError):
+        return str(value)
 
-    head = "| method | " + " | ".join(metrics) + " |"
-    rule = "| --- |" + " --- |" * len(metrics)
-    lines = [head, rule]
-    for method in summary.index:
-        cells = [cell(summary.loc[method, (m, "mean")], summary.loc[method, (m, "sd")]) for m in metrics]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+
+def _escape(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown_table(df: pd.DataFrame, metrics: Sequence[str], floatfmt: str = ".3f") -> str:
+    """A GitHub Markdown table, one row per index entry (method), one column per metric.
+
+    Parameters
+    ----------
+    df
+        Either the output of :func:`summarize_folds` (cells become ``mean ± sd``, just ``mean`` when the sd is
+        undefined, ``nan`` when the mean is) or a flat DataFrame (cells are its values).
+    metrics
+        Metric names, in column order.
+    floatfmt
+        ``format`` spec for the numbers.
+
+    Returns
+    -------
+    str
+        Header ``| method | m1 | … |``, rule ``| --- | --- | … |``, then one line per row; no trailing newline.
+    """
+    metrics = list(metrics)
+    nested = isinstance(df.columns, pd.MultiIndex)
+    available = set(df.columns.get_level_values(0)) if nested else set(df.columns)
+    missing = [m for m in metrics if m not in available]
+    if missing:
+        raise KeyError(f"metric(s) {missing} are not in the table (columns: {sorted(map(str, available))})")
+
+    def cell(row, metric: str) -> str:
+        if not nested:
+            return _format_number(df.loc[row, metric], floatfmt)
+        mean = df.loc[row, (metric, "mean")]
+        sd = df.loc[row, (metric, "sd")] if (metric, "sd") in df.columns else None
+        text = _format_number(mean, floatfmt)
+        if text == "nan" or _format_number(sd, floatfmt) == "nan":
+            return text
+        return f"{text} ± {_format_number(sd, floatfmt)}"
+
+    label = df.index.name or "method"
+    lines = ["| " + " | ".join(_escape(c) for c in [label, *metrics]) + " |",
+             "|" + " --- |" * (len(metrics) + 1)]
+    for row in df.index:
+        lines.append("| " + " | ".join([_escape(row), *(_escape(cell(row, m)) for m in metrics)]) + " |")
     return "\n".join(lines)
 
 
-def _atomic_write(path: Union[str, os.PathLike], write) -> Path:
+def _json_ready(obj):
+    """Plain-Python copy of ``obj``: numpy scalars/arrays → numbers/lists, non-finite floats → ``None``,
+    paths → strings."""
+    if isinstance(obj, dict):
+        return {str(k): _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_ready(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _json_ready(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def _make_readable(tmp: Path) -> None:
+    # mkstemp creates 0600 files; results are meant to be shared like any other output.
+    os.chmod(tmp, 0o644)
+
+
+def write_json_atomic(obj, path: Union[str, os.PathLike]) -> Path:
+    """Write ``obj`` as indented, strictly valid JSON (NaN/inf → ``null``) to ``path`` atomically.
+
+    Returns the path. ``TypeError`` names the offending type for objects JSON cannot hold.
+    """
+    text = json.dumps(_json_ready(obj), indent=2, allow_nan=False) + "\n"
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+        _make_readable(tmp)
     return path
 
 
-def write_json_atomic(obj, path) -> Path:
-    """JSON (NaN written as null) to ``path`` atomically."""
-    def clean(o):
-        if isinstance(o, float) and not np.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {k: clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        if isinstance(o, np.generic):
-            return clean(o.item())
-        return o
-
-    return _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(clean(obj), indent=2)))
-
-
-def write_csv_atomic(frame: pd.DataFrame, path) -> Path:
-    """CSV to ``path`` atomically."""
-    return _atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+def write_csv_atomic(df: pd.DataFrame, path: Union[str, os.PathLike], index: bool = False) -> Path:
+    """Write ``df`` as CSV to ``path`` atomically (without the index unless ``index=True``); returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=index)
+        _make_readable(tmp)
+    return path

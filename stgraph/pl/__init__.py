@@ -1,4 +1,7 @@
-"""Plots: spatial gene maps over H&E, training curves, benchmark summaries."""
+"""Plots (matplotlib, Agg backend): spatial gene maps over H&E, training loss curves, per-fold benchmark values.
+
+Every function returns the Figure and, given ``path=``, writes it atomically.
+"""
 from .benchmark import plot_fold_pcc
 from .spatial import plot_genes, slide_image
 from .training import plot_loss_curves, save_figure

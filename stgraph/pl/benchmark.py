@@ -17,12 +17,30 @@ __all__ = ["plot_fold_pcc"]
 
 
 def plot_fold_pcc(df: pd.DataFrame, metric: str = "pcc_acg", path: Optional[Union[str, os.PathLike]] = None):
-    """Box plot of a per-fold metric per method, with each fold as a dot (methods in first-appearance
-    order; methods whose metric is undefined on every fold are shown empty and labelled ``n/a``)."""
-    if metric not in df:
-        raise KeyError(f"no column {metric!r} in the results")
+    """Box plot of a per-fold metric per method, with each fold as a dot.
+
+    Parameters
+    ----------
+    df
+        One row per (method, fold): columns ``method`` and ``metric`` (NaN = undefined on that fold).
+    metric
+        Column to plot.
+    path
+        Write the figure there (PNG unless the suffix says otherwise), atomically.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes; methods in first-appearance order; a method whose metric is undefined on every fold is
+        shown empty and labelled ``n/a``.
+    """
+    missing = [c for c in ("method", metric) if c not in df.columns]
+    if missing:
+        raise KeyError(f"the results have no column(s) {missing}; columns: {list(df.columns)}")
+    if df.empty:
+        raise ValueError("no result rows to plot")
     methods = list(dict.fromkeys(df["method"]))
-    data = [df.loc[df["method"] == m, metric].dropna().to_numpy() for m in methods]
+    data = [pd.to_numeric(df.loc[df["method"] == m, metric], errors="coerce").dropna().to_numpy() for m in methods]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(methods) + 1.5), 3.6))
     positions = np.arange(1, len(methods) + 1)
     shown = [i for i, d in enumerate(data) if len(d)]

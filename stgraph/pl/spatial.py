@@ -10,110 +10,176 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..metrics.correlation import pearson_per_gene  # noqa: E402
 from .training import save_figure  # noqa: E402
 
 __all__ = ["plot_genes", "slide_image"]
 
 
-def slide_image(adata) -> tuple[Optional[np.ndarray], float]:
-    """(image, scale) from ``uns['spatial']``: ``hires`` with ``tissue_hires_scalef``, else ``lowres``, else
-    ``fullres`` (scale 1). ``(None, 1.0)`` without an image. ``obsm['spatial'] * scale`` are image pixels."""
+def _library_id(adata, library_id: Optional[str]) -> Optional[str]:
+    """The ``uns['spatial']`` entry to use: the given one, else the slide's own ``obs['slide_id']`` when it has
+    a single one, else the first entry."""
     spatial = adata.uns.get("spatial", {}) if hasattr(adata, "uns") else {}
-    for entry in spatial.values():
-        images, sf = entry.get("images", {}), entry.get("scalefactors", {})
-        for name in ("hires", "lowres"):
-            if name in images and f"tissue_{name}_scalef" in sf:
-                return np.asarray(images[name]), float(sf[f"tissue_{name}_scalef"])
-        if "fullres" in images:
-            return np.asarray(images["fullres"]), float(sf.get("tissue_fullres_scalef", 1.0))
+    if not spatial:
+        if library_id is not None:
+            raise KeyError(f"library {library_id!r} requested but the data has no uns['spatial']")
+        return None
+    if library_id is not None:
+        if library_id not in spatial:
+            raise KeyError(f"library {library_id!r} not in uns['spatial'] (has {list(spatial)})")
+        return library_id
+    if "slide_id" in getattr(adata, "obs", {}):
+        ids = list(dict.fromkeys(map(str, adata.obs["slide_id"])))
+        if len(ids) == 1 and ids[0] in spatial:
+            return ids[0]
+    return next(iter(spatial))
+
+
+def slide_image(adata, library_id: Optional[str] = None) -> tuple[Optional[np.ndarray], float]:
+    """The background image of a slide and the factor from full-resolution pixels to its pixels.
+
+    Follows the AnnData slide convention: ``uns['spatial'][library_id]['images']`` — ``hires`` with
+    ``scalefactors['tissue_hires_scalef']``, else ``lowres`` with ``tissue_lowres_scalef``, else ``fullres``
+    with ``tissue_fullres_scalef`` (1 when absent). ``obsm['spatial'] * scale`` are pixel positions in the
+    returned image.
+
+    Returns
+    -------
+    (image, scale)
+        ``image`` (H, W, 3 or 4) or ``(None, 1.0)`` when the slide has no image in memory.
+    """
+    lib = _library_id(adata, library_id)
+    if lib is None:
+        return None, 1.0
+    entry = adata.uns["spatial"][lib]
+    images, factors = entry.get("images", {}) or {}, entry.get("scalefactors", {}) or {}
+    for name in ("hires", "lowres"):
+        if name in images and f"tissue_{name}_scalef" in factors:
+            return np.asarray(images[name]), float(factors[f"tissue_{name}_scalef"])
+    if "fullres" in images:
+        return np.asarray(images["fullres"]), float(factors.get("tissue_fullres_scalef", 1.0))
     return None, 1.0
 
 
 def _values(adata, gene: str) -> np.ndarray:
-    if gene not in adata.var_names:
-        raise KeyError(f"gene {gene!r} is not in the data ({adata.n_vars} genes)")
     col = adata[:, gene].X
-    return np.asarray(col.toarray() if hasattr(col, "toarray") else col).ravel()
+    return np.asarray(col.toarray() if hasattr(col, "toarray") else col, dtype=np.float64).ravel()
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    if a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
+    return float(pearson_per_gene(a[:, None], b[:, None])[0])
 
 
-def _auto_spot_size(xy: np.ndarray, panel_points: float = 300.0) -> float:
-    """Marker area (points²) so that neighbouring spots nearly touch in a ~4 inch panel."""
+def _median_spacing(xy: np.ndarray) -> float:
     from scipy.spatial import cKDTree
 
     if len(xy) < 2:
+        return 1.0
+    return float(np.median(cKDTree(xy).query(xy, k=2)[0][:, 1])) or 1.0
+
+
+def _auto_spot_size(xy: np.ndarray, panel_points: float = 300.0) -> float:
+    """Marker area (points²) so that neighbouring spots nearly touch in a ~4 inch panel spanning the spots."""
+    if len(xy) < 2:
         return 30.0
-    spacing = float(np.median(cKDTree(xy).query(xy, k=2)[0][:, 1]))
     extent = float(max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1e-9))
-    diameter = 0.7 * panel_points * spacing / extent
+    diameter = 0.8 * panel_points * _median_spacing(xy) / extent
     return float(np.clip(diameter ** 2, 2.0, 400.0))
+
+
+def _matched(adata_pred, adata_true):
+    """Both AnnData restricted to their shared spots, in the prediction's order."""
+    known = set(adata_true.obs_names)
+    common = [s for s in adata_pred.obs_names if s in known]
+    if not common:
+        raise ValueError("the prediction and the true slide share no spot (obs_names differ)")
+    return adata_pred[common], adata_true[common]
 
 
 def plot_genes(adata_pred, genes: Sequence[str], adata_true=None, image=None,
                path: Optional[Union[str, os.PathLike]] = None, spot_size: Optional[float] = None,
-               cmap: str = "viridis"):
+               cmap: str = "viridis", shared_scale: bool = False, library_id: Optional[str] = None):
     """One row per gene: predicted values (and the truth, when given) as coloured spots over the H&E.
 
     Parameters
     ----------
     adata_pred
-        Prediction AnnData (``obsm['spatial']`` in full-resolution pixels; image in ``uns['spatial']``).
+        Prediction AnnData: ``X`` (n_spots, G), ``obsm['spatial']`` spot centres in full-resolution pixels,
+        the image in ``uns['spatial']`` (see :func:`slide_image`).
     genes
-        Genes to draw.
+        Genes to draw (rows of the figure).
     adata_true
-        Optional AnnData with the true values to plot as they are, matched to the prediction by spot name.
+        Optional AnnData with the true values (drawn as they are, so give them on the prediction's scale),
+        matched to the prediction by spot name; its image is used when the prediction has none.
     image
-        Override the background image (drawn at scale 1).
+        Background image overriding ``uns['spatial']``, in full-resolution pixel coordinates (scale 1).
     path
-        Write a PNG there (atomically).
+        Write the figure there (PNG unless the suffix says otherwise), atomically.
+    spot_size
+        Marker area in points²; by default spots nearly touch.
+    cmap
+        Matplotlib colour map.
+    shared_scale
+        One colour range for the predicted and true panels of a gene. Off by default: kNN predictions are
+        smoother than the truth, and per-panel ranges show whether the spatial *pattern* is right (what
+        Pearson r measures).
+    library_id
+        ``uns['spatial']`` entry to take the image from (default: the slide's own, else the first).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``len(genes) × (1 or 2)`` map axes (one colour bar each). The predicted panel's title reads
+        ``"<gene> predicted (r = 0.42)"`` when the truth is given.
     """
-    genes = list(genes)
-    img, scale = (image, 1.0) if image is not None else slide_image(adata_pred)
-    if img is None and adata_true is not None:
-        img, scale = slide_image(adata_true)
-    xy = np.asarray(adata_pred.obsm["spatial"], dtype=float) * scale
-    true = None
-    if adata_true is not None:
-        common = [s for s in adata_pred.obs_names if s in set(adata_true.obs_names)]
-        if not common:
-            raise ValueError("the prediction and the true slide share no spot (obs_names)")
-        true = adata_true[common]
-        pred = adata_pred[common]
-        xy = np.asarray(pred.obsm["spatial"], dtype=float) * scale
+    genes = [str(g) for g in genes]
+    if not genes:
+        raise ValueError("no gene to plot")
+    for name, ad in (("prediction", adata_pred), ("truth", adata_true)):
+        if ad is None:
+            continue
+        missing = [g for g in genes if g not in ad.var_names]
+        if missing:
+            raise KeyError(f"gene(s) {missing} are not in the {name} ({ad.n_vars} genes)")
+    if "spatial" not in adata_pred.obsm:
+        raise KeyError("the prediction has no obsm['spatial'] spot coordinates")
+
+    if image is not None:
+        img, scale = np.asarray(image), 1.0
     else:
-        pred = adata_pred
-    ncols = 2 if true is not None else 1
-    fig, axes = plt.subplots(len(genes), ncols, figsize=(4.2 * ncols, 4.0 * len(genes)), squeeze=False)
+        img, scale = slide_image(adata_pred, library_id)
+        if img is None and adata_true is not None:
+            img, scale = slide_image(adata_true, library_id)
+    pred, true = (adata_pred, None) if adata_true is None else _matched(adata_pred, adata_true)
+    xy = np.asarray(pred.obsm["spatial"], dtype=np.float64) * scale
     if spot_size is None:
         spot_size = _auto_spot_size(xy)
+    margin = _median_spacing(xy)
+
+    ncols = 1 if true is None else 2
+    fig, axes = plt.subplots(len(genes), ncols, figsize=(4.2 * ncols, 4.0 * len(genes)), squeeze=False)
     for row, gene in enumerate(genes):
-        pv = _values(pred, gene)
-        panels = [("predicted", pv)]
+        panels = [("predicted", _values(pred, gene))]
         if true is not None:
-            tv = _values(true, gene)
-            panels.append(("true", tv))
-        vmin = min(p[1].min() for p in panels)
-        vmax = max(p[1].max() for p in panels)
+            panels.append(("true", _values(true, gene)))
+        lo = min(v.min() for _, v in panels) if shared_scale else None
+        hi = max(v.max() for _, v in panels) if shared_scale else None
         for col, (label, values) in enumerate(panels):
             ax = axes[row][col]
             if img is not None:
                 ax.imshow(img)
-            sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=spot_size, cmap=cmap, vmin=vmin, vmax=vmax,
-                            edgecolors="none", alpha=0.9)
-            title = f"{gene} {label}" if true is not None else gene
+            dots = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=spot_size, cmap=cmap, vmin=lo, vmax=hi,
+                              edgecolors="none", alpha=0.9)
+            # Show the tissue under the spots, not the whole slide; y grows downwards as in the image.
+            ax.set_xlim(xy[:, 0].min() - margin, xy[:, 0].max() + margin)
+            ax.set_ylim(xy[:, 1].max() + margin, xy[:, 1].min() - margin)
+            ax.set_aspect("equal")
+            title = f"{gene} {label}"
             if label == "predicted" and true is not None:
-                title += f" (r = {_pearson(pv, tv):.2f})"
+                title += f" (r = {_pearson(panels[0][1], panels[1][1]):.2f})"
             ax.set_title(title, fontsize=10)
             ax.set_axis_off()
-            if img is None:
-                ax.invert_yaxis()
-                ax.set_aspect("equal")
-            fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
+            fig.colorbar(dots, ax=ax, fraction=0.046, pad=0.02)
     fig.tight_layout()
     if path is not None:
         save_figure(fig, path)
