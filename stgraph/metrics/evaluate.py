@@ -6,8 +6,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .correlation import (gene_gene_correlation_preservation, gene_sets, mean_pearson, n_genes_above,
-                          pearson_per_gene, variance_ratio)
+from .correlation import (gene_gene_correlation_preservation, gene_sets, mean_pearson, median_variance_ratio,
+                          n_genes_above, pearson_per_gene)
 from .errors import mae, mse, rmse, rmse_zscore
 from .ranking import hit_at_t
 from .ssim import mean_ssim
@@ -52,7 +52,7 @@ def evaluate_arrays(pred, true, gene_names: Sequence[str], markers: Optional[Seq
         "ssim": mean_ssim(pred, true),
         f"hit_at_{hit_t}": hit_at_t(pred, true, t=hit_t),
         "gg_corr": gene_gene_correlation_preservation(pred, true),
-        "var_ratio_median": float(np.nanmedian(variance_ratio(pred, true))) if pred.std() > 0 else float("nan"),
+        "var_ratio_median": median_variance_ratio(pred, true),
     }
 
 
