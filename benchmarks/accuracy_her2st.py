@@ -62,7 +62,7 @@ def main() -> None:
             configs[name] = cfg
         out = RESULTS / (f"accuracy_her2st_{genes}" + ("" if args.folds == "loso" else f"_{args.folds}"))
         t0 = time.perf_counter()
-        frame = cross_validate(configs, collection, folds, out_dir=out)
+        cross_validate(configs, collection, folds, out_dir=out)
         seconds = time.perf_counter() - t0
         print(f"\n## HER2+ {args.folds}, genes = {genes} ({seconds / 60:.1f} min)\n")
         print((out / "summary.md").read_text())

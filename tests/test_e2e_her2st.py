@@ -16,7 +16,6 @@ def her2st_slides():
 
 def test_train_two_sections_predict_a_third(her2st_slides, tmp_path):
     from stgraph.config import load_config
-    from stgraph.evaluation import untrained_retrieval
     from stgraph.inference import load_run, predict_slide
     from stgraph.metrics import evaluate_arrays
     from stgraph.training import train_model

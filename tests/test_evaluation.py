@@ -1,6 +1,5 @@
 """Cross-validation protocol, baselines and reports on synthetic slides."""
 import json
-import math
 
 import numpy as np
 import pandas as pd

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pandas as pd
-import torch
 from anndata import AnnData
 
-from ..config import ConfigError, config_from_dict, load_config
+from ..config import ConfigError, config_from_dict
 from ..models import create_model
 from ..training.prepare import Preprocessor, prepare_slide
 from ..training.layout import RUN_FILES

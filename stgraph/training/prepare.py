@@ -185,18 +185,16 @@ def fit_preprocessor(config, train_slides: Sequence[AnnData]) -> tuple[Preproces
 
 
 def grid_coordinates(adata: AnnData) -> np.ndarray:
-    """(n, 2) int64 ``[x, y]`` grid coordinates: ``array_col``/``array_row`` when present, else pixel
-    positions divided by the median spot spacing (rounded), shifted to start at 0."""
-    if {"array_row", "array_col"} <= set(adata.obs.columns):
-        grid = np.stack([adata.obs["array_col"].to_numpy(), adata.obs["array_row"].to_numpy()], 1)
-        grid = grid.astype(np.int64)
-    else:
-        from ..graph import median_spacing
+    """(n, 2) int64 ``[x, y]`` grid coordinates (``array_col``, ``array_row``), shifted to start at 0.
 
-        xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
-        step = median_spacing(xy) if len(xy) > 1 else 1.0
-        grid = np.rint((xy - xy.min(0)) / max(step, 1e-9)).astype(np.int64)
-    return grid - grid.min(0)
+    The data layer's :func:`~stgraph.data.dataset.array_coordinates` gives ``(row, col)`` (binning pixel
+    positions by the spot spacing when the format has no array coordinates); the spot encoders index
+    ``[x, y]``.
+    """
+    from ..data.dataset import array_coordinates
+
+    grid = array_coordinates(adata)[:, ::-1]
+    return np.ascontiguousarray(grid - grid.min(0))
 
 
 def _hash_array(a: np.ndarray) -> str:

@@ -15,7 +15,6 @@ losses need corruption and are training-only). The checkpoint with the lowest va
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
