@@ -99,3 +99,65 @@ def test_bad_graph_raises():
         model(torch.randn(3, 4), torch.tensor([[0, 1], [1, 3]]))
     with pytest.raises(ValueError, match=r"\(2, E\)"):
         model.embed(torch.randn(3, 4), torch.tensor([0, 1, 2]))
+
+
+def test_loss_from_logits_stays_finite_with_a_gradient_at_large_logits():
+    """Logits of ±60 (where float32 σ rounds to 0/1): the loss is the exact softplus value, not 34.54."""
+    model = GraphInfomax(4, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+    summary = torch.tensor([1.0, 0.0])
+    # Positives scored −60 and negatives +60: the worst discriminator possible.
+    pos = torch.tensor([[-60.0, 0.0], [-60.0, 1.0]], requires_grad=True)
+    neg = torch.tensor([[60.0, 0.0], [60.0, 2.0]], requires_grad=True)
+    loss = model.loss(pos, neg, summary)
+    # −log σ(−60) − log(1 − σ(60)) = 2·log(1 + e^60) ≈ 120 (hand-computed: log(1+e^60) = 60 + log(1+e^-60)).
+    assert float(loss) == pytest.approx(120.0, rel=1e-6)
+    loss.backward()
+    # d/dℓ softplus(−ℓ) = −σ(−ℓ) ≈ −1 per positive row (mean over 2 rows → −0.5 on the summary direction).
+    assert pos.grad[:, 0].tolist() == pytest.approx([-0.5, -0.5], rel=1e-6)
+    assert neg.grad[:, 0].tolist() == pytest.approx([0.5, 0.5], rel=1e-6)
+
+
+def test_input_layernorm_makes_the_encoder_scale_invariant():
+    x, edge_index, _ = _two_community_graph()
+    model = GraphInfomax(16, 8)
+    with torch.no_grad():
+        assert torch.allclose(model.embed(x, edge_index), model.embed(40.0 * x + 3.0, edge_index), atol=1e-4)
+    plain = GraphInfomax(16, 8, normalize=False)
+    with torch.no_grad():
+        assert not torch.allclose(plain.embed(x, edge_index), plain.embed(40.0 * x, edge_index), atol=1e-2)
+
+
+def _real_magnitude_features(seed: int = 0):
+    """400 spots on a 20 × 20 grid with features of the scale of pooled mobilenetv2 features of HER2+
+    patches (non-negative, mean ≈ 0.4, max ≈ 15, L2 norm ≈ 25 per spot); the right half of the grid has a
+    3× stronger response on 200 of the 1280 channels."""
+    from sklearn.neighbors import radius_neighbors_graph
+
+    rng = np.random.default_rng(seed)
+    xy = np.stack(np.meshgrid(np.arange(20), np.arange(20)), -1).reshape(-1, 2)
+    adj = radius_neighbors_graph(xy, 1.5).tocoo()
+    edge_index = torch.tensor(np.stack([adj.row, adj.col]), dtype=torch.long)
+    feats = rng.gamma(0.6, 0.6, size=(400, 1280))
+    feats[:, :200] *= 1 + 2 * (xy[:, :1] >= 10)
+    return torch.tensor(feats, dtype=torch.float32), edge_index
+
+
+def test_dgi_learns_on_real_magnitude_features(single_thread):
+    x, edge_index = _real_magnitude_features()
+    assert 0.3 < float(x.mean()) < 0.6 and float(x.norm(dim=1).mean()) > 20
+    torch.manual_seed(0)
+    model = GraphInfomax(1280, 256)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-3)  # the configs' optimiser
+    losses = []
+    for _ in range(40):
+        loss = model.loss(*model(x, edge_index))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all()
+    assert len(set(np.round(losses, 6))) > 30          # it moves from step to step
+    assert np.mean(losses[-5:]) < 2 * np.log(2)        # better than chance (2 ln 2)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5

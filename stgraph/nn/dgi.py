@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import DeepGraphInfomax, GCNConv
 
@@ -9,24 +10,32 @@ __all__ = ["GraphInfomax", "GCNInfomax", "GCNEncoder", "mean_sigmoid_summary", "
 
 
 class GCNEncoder(nn.Module):
-    r"""One graph convolution followed by a PReLU (the DGI encoder of ST-GCHB).
+    r"""Input LayerNorm, one graph convolution, PReLU (the DGI encoder of ST-GCHB).
 
     .. math::
         \mathbf{Z} = \mathrm{PReLU}\big(\hat{\mathbf{D}}^{-1/2}\hat{\mathbf{A}}\hat{\mathbf{D}}^{-1/2}
-        \mathbf{X}\mathbf{W}\big), \qquad \hat{\mathbf{A}} = \mathbf{A} + \mathbf{I}
+        \,\mathrm{LN}(\mathbf{X})\,\mathbf{W}\big), \qquad \hat{\mathbf{A}} = \mathbf{A} + \mathbf{I},
+        \qquad \mathrm{LN}(\mathbf{x}) = \boldsymbol{\gamma}\odot\frac{\mathbf{x}-\mu(\mathbf{x})}
+        {\sqrt{\sigma^2(\mathbf{x})+\epsilon}} + \boldsymbol{\beta}
+
+    The LayerNorm standardises each spot's feature vector before the convolution. Backbone features
+    (pooled CNN activations up to tens) and PCA scores (first components in the tens) otherwise give
+    embeddings whose discriminator logits are in the hundreds, where the DGI loss is flat.
+    ``normalize=False`` gives the plain encoder of the paper.
 
     Shapes
     ------
     ``x`` (N, in_dim), ``edge_index`` (2, E) → (N, hidden_dim).
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int):
+    def __init__(self, in_dim: int, hidden_dim: int, normalize: bool = True):
         super().__init__()
+        self.norm = nn.LayerNorm(in_dim) if normalize else nn.Identity()
         self.conv = GCNConv(in_dim, hidden_dim)
         self.act = nn.PReLU(hidden_dim)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv(x, edge_index))
+        return self.act(self.conv(self.norm(x), edge_index))
 
 
 def mean_sigmoid_summary(z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -47,16 +56,22 @@ def shuffle_node_features(x: torch.Tensor, edge_index: torch.Tensor) -> tuple[to
 class GraphInfomax(DeepGraphInfomax):
     r"""Deep Graph Infomax (Veličković et al., 2019) with a one-layer GCN encoder.
 
-    Encoder :math:`\mathbf{Z} = \mathrm{PReLU}(\mathrm{GCN}(\mathbf{X}, \mathbf{A}))`; corruption
+    Encoder :math:`\mathbf{Z} = \mathrm{PReLU}(\mathrm{GCN}(\mathrm{LN}(\mathbf{X}), \mathbf{A}))` (see
+    :class:`GCNEncoder`; the input LayerNorm is on unless ``normalize=False``); corruption
     :math:`\tilde{\mathbf{X}} = \mathbf{P}\mathbf{X}` (random row permutation, same graph) giving
     :math:`\mathbf{Z}'`; summary :math:`\mathbf{s} = \sigma(\frac{1}{N}\sum_i \mathbf{z}_i)`; bilinear
-    discriminator :math:`D(\mathbf{z}, \mathbf{s}) = \sigma(\mathbf{z}^\top \mathbf{W} \mathbf{s})`; loss
+    discriminator :math:`D(\mathbf{z}, \mathbf{s}) = \sigma(\ell)`, :math:`\ell = \mathbf{z}^\top \mathbf{W}
+    \mathbf{s}`; loss
 
     .. math::
         \mathcal{L}_{DGI} = -\frac{1}{N}\sum_i \log D(\mathbf{z}_i, \mathbf{s})
                             -\frac{1}{N}\sum_i \log\big(1 - D(\mathbf{z}'_i, \mathbf{s})\big)
+                          = -\frac{1}{N}\sum_i \log\sigma(\ell_i) - \frac{1}{N}\sum_i \log\sigma(-\ell'_i)
 
-    (the mean over nodes of the BCE of ``torch_geometric.nn.DeepGraphInfomax.loss``).
+    computed from the logits with ``logsigmoid``. ``torch_geometric.nn.DeepGraphInfomax.loss`` takes
+    :math:`\log(\sigma(\ell) + 10^{-15})` instead: once :math:`|\ell|` passes ~37 float32 rounds
+    :math:`\sigma` to exactly 0 or 1, the term sticks at :math:`-\ln 10^{-15} = 34.54` and its gradient is
+    zero. Chance level (a discriminator that cannot tell the graphs apart) is :math:`2\ln 2 \approx 1.386`.
 
     Parameters
     ----------
@@ -64,6 +79,8 @@ class GraphInfomax(DeepGraphInfomax):
         Node feature width.
     hidden_dim
         Embedding width H (256 in ST-GCHB).
+    normalize
+        Standardise node features with a LayerNorm before the GCN (default on).
 
     Shapes
     ------
@@ -71,10 +88,10 @@ class GraphInfomax(DeepGraphInfomax):
     ``embed(x, edge_index) -> (N, H)``; ``loss(pos_z, neg_z, summary) -> ()``.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int = 256):
+    def __init__(self, in_dim: int, hidden_dim: int = 256, normalize: bool = True):
         if in_dim <= 0 or hidden_dim <= 0:
             raise ValueError(f"GraphInfomax needs positive widths, got in_dim={in_dim}, hidden_dim={hidden_dim}")
-        super().__init__(hidden_channels=hidden_dim, encoder=GCNEncoder(in_dim, hidden_dim),
+        super().__init__(hidden_channels=hidden_dim, encoder=GCNEncoder(in_dim, hidden_dim, normalize),
                          summary=mean_sigmoid_summary, corruption=shuffle_node_features)
         self.in_dim, self.hidden_dim = int(in_dim), int(hidden_dim)
 
@@ -92,6 +109,16 @@ class GraphInfomax(DeepGraphInfomax):
         """Positive embeddings, corrupted (row-shuffled) embeddings and the summary vector."""
         self._check_inputs(x, edge_index)
         return super().forward(x, edge_index)
+
+    def logits(self, z: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        r"""Discriminator logits :math:`\ell_i = \mathbf{z}_i^\top \mathbf{W}\mathbf{s}`: (N, H), (H,) → (N,)."""
+        return z @ (self.weight @ summary)
+
+    def loss(self, pos_z: torch.Tensor, neg_z: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        r"""DGI binary cross-entropy from the logits (finite, never saturates): (N, H), (N, H), (H,) → ()."""
+        pos = F.logsigmoid(self.logits(pos_z, summary)).mean()
+        neg = F.logsigmoid(-self.logits(neg_z, summary)).mean()
+        return -(pos + neg)
 
     def embed(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """Node embeddings without corruption (inference): (N, in_dim) → (N, H)."""

@@ -29,6 +29,7 @@ from ..config import config_to_dict
 from ..data.patches import random_flip_rotate
 from ..losses import CompositeLoss
 from ..utils import atomic_path, resolve_device, seed_everything
+from .monitor import TermMonitor
 from .prepare import PreparedSlide, normalize_batch, patch_batch
 
 __all__ = ["Trainer", "TrainResult", "CheckpointError", "load_checkpoint"]
@@ -111,6 +112,7 @@ class Trainer:
         self.start_epoch = 0
         self.best_val = math.inf
         self.best_epoch = -1
+        self.monitor = TermMonitor()
 
     # ------------------------------------------------------------------------------------ data split
     def _val_mask(self, slide: PreparedSlide) -> np.ndarray:
@@ -269,6 +271,7 @@ class Trainer:
         for epoch in bar:
             t0 = time.perf_counter()
             train_logs = self._run_epoch(epoch, train=True)
+            self.monitor.update(epoch, train_logs)
             self.history.append({"epoch": epoch, "split": "train", **train_logs,
                                  "seconds": time.perf_counter() - t0})
             val_logs = self._run_epoch(epoch, train=False) if has_val else {}
