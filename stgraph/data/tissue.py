@@ -73,7 +73,7 @@ def tissue_mask(thumbnail_rgb: np.ndarray, mpp: Optional[float] = None, min_area
     """
     from scipy import ndimage
     from skimage.filters import threshold_otsu
-    from skimage.morphology import binary_closing, disk, remove_small_objects
+    from skimage.morphology import disk, remove_small_objects
 
     if on_empty not in ("raise", "warn"):
         raise ValueError(f"on_empty must be 'raise' or 'warn', got {on_empty!r}")
@@ -86,7 +86,11 @@ def tissue_mask(thumbnail_rgb: np.ndarray, mpp: Optional[float] = None, min_area
         threshold = max(float(threshold_otsu(sat)), float(min_saturation))
     mask = sat > threshold
     if close_radius > 0:
-        mask = binary_closing(mask, disk(int(close_radius)))
+        # Pad first: closing's erosion treats outside the image as background and would eat tissue
+        # touching the border.
+        r = int(close_radius)
+        padded = np.pad(mask, r)
+        mask = ndimage.binary_closing(padded, structure=disk(r).astype(bool))[r:-r, r:-r]
     if fill_holes:
         mask = ndimage.binary_fill_holes(mask)
     if mpp is not None:
