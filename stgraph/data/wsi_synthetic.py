@@ -92,7 +92,8 @@ def pink_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray
 
 def write_synthetic_wsi(path: str | os.PathLike, size: int = 40_000, mpp: float = 0.5, levels: Optional[int] = None,
                         tile: int = 512, blobs: Sequence[tuple[float, float, float]] = DEFAULT_BLOBS,
-                        compression: str = "zlib", seed: int = 0) -> Path:
+                        compression: str = "zlib", compression_level: Optional[int] = None,
+                        seed: int = 0) -> Path:
     """Stream a ``size`` × ``size`` px pyramidal TIFF of pink tissue discs on white glass, tile by tile.
 
     Parameters
@@ -107,6 +108,8 @@ def write_synthetic_wsi(path: str | os.PathLike, size: int = 40_000, mpp: float 
         Tile side, px.
     blobs
         Discs (cx, cy, r) as fractions of ``size``; a pixel is tissue when it lies in any disc.
+    compression, compression_level
+        tifffile codec name and its level (e.g. ``"zlib"``, 1: fastest; ``None``: the codec's default).
 
     Notes
     -----
@@ -156,6 +159,8 @@ def write_synthetic_wsi(path: str | os.PathLike, size: int = 40_000, mpp: float 
 
     per_cm = 1e4 / mpp
     common = {"tile": (tile, tile), "photometric": "rgb", "compression": compression, "dtype": np.uint8}
+    if compression_level is not None:
+        common["compressionargs"] = {"level": compression_level}
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         tif.write(tiles(0), shape=(size, size, 3), subifds=levels - 1, resolution=(per_cm, per_cm),
                   resolutionunit="CENTIMETER", metadata=None, **common)
