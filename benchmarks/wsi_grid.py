@@ -54,7 +54,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     name = "wsi_grid" if args.size == 40_000 else f"wsi_grid_{args.size}"
 
-    timings, rss = {}, {}
+    # Importing stgraph (torch, scanpy, …) alone accounts for most of the peak; record it to tell apart.
+    timings, rss = {}, {"after_imports_mib": peak_rss_mb()}
     folder = Path(tempfile.mkdtemp(prefix="wsi_grid_", dir=args.workdir))
     path = folder / f"synthetic_{args.size}.tif"
     try:
