@@ -71,22 +71,29 @@ def test_read_region_at_mpp_uses_the_right_level(pyramid):
         assert out.shape == (40, 60, 3)
         ref = block_mean(img[30:150, 60:240], 3).astype(float)
         assert np.abs(out.astype(float) - ref)[2:-2, 2:-2].mean() < 6.0
+        # Finer than level 0: level 0 upsampled ×2.
+        up = read_region_at_mpp(wsi, 100, 100, 20, 10, target_mpp=0.25)
+        assert up.shape == (20, 40, 3)
+        np.testing.assert_allclose(up[1:-1:2, 1:-1:2].astype(int), img[100:110, 100:120][:-1, :-1], atol=40)
+        assert np.abs(up[::2, ::2].astype(int) - img[100:110, 100:120]).mean() < 6
         # Exact output size wins.
         assert read_region_at_mpp(wsi, 0, 0, 100, 100, 0.5, out_size=(33, 21)).shape == (21, 33, 3)
 
 
-def test_iter_patches_matches_single_reads(pyramid):
+@pytest.mark.parametrize("target_mpp", [1.0, 1.5])
+def test_iter_patches_matches_single_reads(pyramid, target_mpp):
     path, img = pyramid
     rng = np.random.default_rng(1)
     xy = rng.uniform(20, 360, size=(23, 2)) * [1, 0.66]
+    side = int(round(30.0 / target_mpp))
     with open_wsi(path) as wsi:
         seen = np.zeros(len(xy), int)
-        for idx, patches in iter_patches_at_mpp(wsi, xy, patch_um=32.0, target_mpp=1.0, batch_size=5,
+        for idx, patches in iter_patches_at_mpp(wsi, xy, patch_um=30.0, target_mpp=target_mpp, batch_size=5,
                                                 max_read_pixels=2000):
-            assert patches.shape == (len(idx), 32, 32, 3)
+            assert patches.shape == (len(idx), side, side, 3)
             for i, p in zip(idx, patches):
                 seen[i] += 1
-                ref = read_region_at_mpp(wsi, xy[i, 0] - 32, xy[i, 1] - 32, 64, 64, 1.0)
+                ref = read_region_at_mpp(wsi, xy[i, 0] - 30, xy[i, 1] - 30, 60, 60, target_mpp)
                 np.testing.assert_allclose(p.astype(int), ref.astype(int), atol=1)
         assert (seen == 1).all()
 
@@ -97,6 +104,9 @@ def test_thumbnail(pyramid):
         thumb = wsi.thumbnail(96)
         assert thumb.shape == (64, 96, 3)
         np.testing.assert_array_equal(thumb, block_mean(img, 4))  # read straight from level 2
+        # Reading in strips (bounded memory) gives the same pixels as one read.
+        np.testing.assert_allclose(wsi.read_level_resized(0, 100, 67, max_strip_pixels=384 * 20).astype(int),
+                                   wsi.read_level_resized(0, 100, 67).astype(int), atol=1)
         thumb = wsi.thumbnail(128)  # from level 1 (192 px) shrunk by 1.5
         assert thumb.shape == (85, 128, 3)
         assert np.abs(thumb.astype(float) - block_mean(img[:255], 3)[:85]).mean() < 6.0

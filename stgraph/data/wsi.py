@@ -415,7 +415,8 @@ class WSIImage:
         for r0 in range(0, out_height, rows_per_strip):
             r1 = min(out_height, r0 + rows_per_strip)
             ly0, ly1 = r0 * sy, r1 * sy
-            iy0, iy1 = max(0, int(math.floor(ly0)) - 2), min(lh, int(math.ceil(ly1)) + 2)
+            m = _margin(sy)
+            iy0, iy1 = max(0, int(math.floor(ly0)) - m), min(lh, int(math.ceil(ly1)) + m)
             strip = Image.fromarray(self.read_level_region(level, 0, iy0, lw, iy1 - iy0))
             resized = strip.resize((out_width, r1 - r0), Image.Resampling.BILINEAR,
                                    box=(0.0, ly0 - iy0, float(lw), ly1 - iy0))
@@ -463,6 +464,12 @@ def _require_mpp(image: WSIImage) -> float:
     return float(image.mpp)
 
 
+def _margin(shrink: float) -> int:
+    """Source pixels needed beyond a box so resampling it by ``shrink`` (source px per output px) sees every
+    neighbour: PIL's bilinear kernel spans ±1 output pixel, i.e. ±max(1, shrink) source pixels."""
+    return int(math.ceil(max(1.0, shrink))) + 1
+
+
 def _resample(region: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
     """``region``'s fractional ``box`` (x0, y0, x1, y1) resampled to ``size`` = (width, height)."""
     from PIL import Image
@@ -499,8 +506,8 @@ def read_region_at_mpp(image: WSIImage, x: float, y: float, w: float, h: float, 
     -----
     The downsample needed is d = target_mpp / mpp. The level read is the one with the largest downsample
     ≤ d (:meth:`WSIImage.best_level_for_downsample`), so the output is never upsampled from a coarser level
-    than necessary; the region maps to ``[x / ds_l, (x + w) / ds_l)`` there, a 2-pixel margin is read
-    around it (so bilinear resampling has its neighbours) and it is resampled to the exact output size.
+    than necessary; the region maps to ``[x / ds_l, (x + w) / ds_l)`` there, a margin of
+    ⌈max(1, d / ds_l)⌉ + 1 pixels is read around it (so bilinear resampling has all its neighbours) and it is resampled to the exact output size.
     """
     mpp = _require_mpp(image)
     if not (target_mpp > 0):
@@ -510,7 +517,7 @@ def read_region_at_mpp(image: WSIImage, x: float, y: float, w: float, h: float, 
     level = image.best_level_for_downsample(target_mpp / mpp)
     ds = image.level_downsamples[level]
     bx0, by0, bx1, by1 = x / ds, y / ds, (x + w) / ds, (y + h) / ds
-    margin = 2
+    margin = _margin(target_mpp / mpp / ds)
     ix0, iy0 = int(math.floor(bx0)) - margin, int(math.floor(by0)) - margin
     ix1, iy1 = int(math.ceil(bx1)) + margin, int(math.ceil(by1)) + margin
     region = image.read_level_region(level, ix0, iy0, ix1 - ix0, iy1 - iy0, pad_value)
@@ -554,12 +561,13 @@ def iter_patches_at_mpp(image: WSIImage, centers_xy: np.ndarray, patch_um: float
     half0 = patch_um / mpp / 2.0  # half the patch side in level-0 px
     level = image.best_level_for_downsample(target_mpp / mpp)
     ds = image.level_downsamples[level]
+    margin = _margin(target_mpp / mpp / ds)
     order = np.lexsort((xy[:, 0], xy[:, 1]))
 
     def batches(idx: np.ndarray) -> Iterator[np.ndarray]:
         x0, y0 = (xy[idx].min(axis=0) - half0) / ds
         x1, y1 = (xy[idx].max(axis=0) + half0) / ds
-        if len(idx) > 1 and (x1 - x0 + 6) * (y1 - y0 + 6) > max_read_pixels:
+        if len(idx) > 1 and (x1 - x0 + 2 * margin) * (y1 - y0 + 2 * margin) > max_read_pixels:
             mid = len(idx) // 2
             yield from batches(idx[:mid])
             yield from batches(idx[mid:])
@@ -571,14 +579,15 @@ def iter_patches_at_mpp(image: WSIImage, centers_xy: np.ndarray, patch_um: float
             bx0 = (xy[idx, 0] - half0) / ds  # patch boxes in level pixels
             by0 = (xy[idx, 1] - half0) / ds
             extent = 2 * half0 / ds
-            ox, oy = int(math.floor(bx0.min())) - 2, int(math.floor(by0.min())) - 2
-            ex, ey = int(math.ceil(bx0.max() + extent)) + 2, int(math.ceil(by0.max() + extent)) + 2
+            ox, oy = int(math.floor(bx0.min())) - margin, int(math.floor(by0.min())) - margin
+            ex, ey = int(math.ceil(bx0.max() + extent)) + margin, int(math.ceil(by0.max() + extent)) + margin
             band = image.read_level_region(level, ox, oy, ex - ox, ey - oy, pad_value)
             out = np.empty((len(idx), side, side, 3), dtype=np.uint8)
             for k in range(len(idx)):
                 # Crop a small window first: PIL resampling of the whole band per patch would copy it.
-                cx0, cy0 = int(math.floor(bx0[k] - ox)) - 2, int(math.floor(by0[k] - oy)) - 2
-                cx1, cy1 = int(math.ceil(bx0[k] - ox + extent)) + 2, int(math.ceil(by0[k] - oy + extent)) + 2
+                cx0, cy0 = int(math.floor(bx0[k] - ox)) - margin, int(math.floor(by0[k] - oy)) - margin
+                cx1 = int(math.ceil(bx0[k] - ox + extent)) + margin
+                cy1 = int(math.ceil(by0[k] - oy + extent)) + margin
                 window = band[cy0:cy1, cx0:cx1]
                 bx, by = bx0[k] - ox - cx0, by0[k] - oy - cy0
                 out[k] = _resample(window, (bx, by, bx + extent, by + extent), (side, side))
