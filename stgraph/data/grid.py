@@ -179,7 +179,8 @@ def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
         return np.ascontiguousarray(image[..., :3], dtype=np.uint8)
     f = max_side / max(h, w)
     size = (max(1, int(round(w * f))), max(1, int(round(h * f))))
-    return np.asarray(Image.fromarray(np.asarray(image[..., :3], dtype=np.uint8)).resize(size, Image.Resampling.BILINEAR))
+    pil = Image.fromarray(np.asarray(image[..., :3], dtype=np.uint8))
+    return np.asarray(pil.resize(size, Image.Resampling.BILINEAR))
 
 
 def grid_to_anndata(grid: SpotGrid, slide_id: str, thumbnail: Optional[np.ndarray] = None,

@@ -62,7 +62,8 @@ def read_hd_positions(spatial_dir: Path) -> pd.DataFrame:
         except ImportError as err:
             if not csv.is_file():
                 raise SlideFormatError(
-                    f"cannot read {parquet}: pandas has no parquet engine ({str(err).splitlines()[0]}); install one with "
+                    f"cannot read {parquet}: pandas has no parquet engine ({str(err).splitlines()[0]}); "
+                    "install one with "
                     "`pip install pyarrow`, or convert the file to tissue_positions.csv") from err
             pos, path = None, csv
         except Exception as err:  # pyarrow raises ArrowInvalid etc. on a corrupt file

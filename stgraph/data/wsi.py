@@ -507,7 +507,8 @@ def read_region_at_mpp(image: WSIImage, x: float, y: float, w: float, h: float, 
     The downsample needed is d = target_mpp / mpp. The level read is the one with the largest downsample
     ≤ d (:meth:`WSIImage.best_level_for_downsample`), so the output is never upsampled from a coarser level
     than necessary; the region maps to ``[x / ds_l, (x + w) / ds_l)`` there, a margin of
-    ⌈max(1, d / ds_l)⌉ + 1 pixels is read around it (so bilinear resampling has all its neighbours) and it is resampled to the exact output size.
+    ⌈max(1, d / ds_l)⌉ + 1 pixels is read around it (so bilinear resampling has all its neighbours) and
+    it is resampled to the exact output size.
     """
     mpp = _require_mpp(image)
     if not (target_mpp > 0):

@@ -56,8 +56,11 @@ def write_pyramidal_tiff(path: str | os.PathLike, image: np.ndarray, levels: int
 
     Level k (0 ≤ k < ``levels``) is :func:`block_mean` (image, 2ᵏ). Generic and OME flavours store the
     reduced levels as SubIFDs of level 0; the SVS flavour as successive pages (as Aperio does), each with an
-    Aperio description and a stripped thumbnail page after level 0. ``flavour``: ``"resolution"`` (XResolution/YResolution in ``resolution_unit``
-    ``"CENTIMETER"``/``"INCH"``), ``"svs"`` (``MPP = …``), ``"ome"`` (PhysicalSizeX in µm) or ``"none"``.
+    Aperio description, and a stripped thumbnail page after level 0.
+
+    ``flavour``: ``"resolution"`` (XResolution/YResolution in ``resolution_unit`` ``"CENTIMETER"`` or
+    ``"INCH"``), ``"svs"`` (``MPP = …`` in the description), ``"ome"`` (OME-XML PhysicalSizeX in µm) or
+    ``"none"`` (no pixel size at all).
     """
     import tifffile
 
