@@ -213,7 +213,7 @@ class _TiffBackend:
         return _as_rgb(np.transpose(region, order))
 
     def mpp(self) -> tuple[Optional[float], str]:
-        page = self.tif.pages.first
+        page = self.tif.pages[0]
         found = mpp_from_aperio_description(page.description)
         if found:
             return found, "Aperio ImageDescription MPP"
