@@ -62,6 +62,12 @@ def synthetic_slides():
     return make_synthetic_collection(n_slides=3, n_rows=10, n_cols=10, n_genes=40, spacing=32)
 
 
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """One patch/feature cache for every test that reads the real HER2+ sections (keys are content hashes)."""
+    return tmp_path_factory.mktemp("her2st_cache")
+
+
 def require_shared(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not found at {path}")
