@@ -31,6 +31,13 @@ METHODS = {
     "stgchb-no_image_DGI": ("cpu/stgchb.yaml", ["model.image_dgi.enabled=false"]),
     "stgchb-no_gene_DGI": ("cpu/stgchb.yaml", ["model.spot_dgi.enabled=false"]),
     "stgchb-no_PCA": ("cpu/stgchb.yaml", ["model.spot_input=expression"]),
+    "stgchb+smoothing": ("cpu/stgchb.yaml", ["inference.smoothing=0.25"]),
+    "stgraph": ("stgraph.yaml", []),
+    "stgraph-no_context_crop": ("stgraph.yaml", ["model.image_encoder.context_scale=null"]),
+    "stgraph-no_neighbours": ("stgraph.yaml", ["model.image_encoder.neighbour_context=false"]),
+    "stgraph-no_centering": ("stgraph.yaml", ["model.ridge.center_targets=false"]),
+    "stgraph-alpha_1e3": ("stgraph.yaml", ["model.ridge.alpha=1000"]),
+    "stgraph+smoothing": ("stgraph.yaml", ["inference.smoothing=0.25"]),
 }
 
 

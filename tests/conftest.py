@@ -16,6 +16,9 @@ HER2ST = SHARED / "data" / "her2st"
 MOBILENET = SHARED / "weights" / "mobilenetv2_100.imagenet.pth"
 
 METHOD_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml"))
+#: Configs whose model is fitted in closed form (no epochs, no loss terms).
+CLOSED_FORM_CONFIGS = ["stgraph.yaml"]
+TRAINED_CONFIGS = [c for c in METHOD_CONFIGS if c not in CLOSED_FORM_CONFIGS]
 
 
 def tiny_overrides(cache_dir: Path, epochs: int = 2) -> list[str]:

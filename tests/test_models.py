@@ -6,7 +6,7 @@ import torch
 from stgraph.models import SPOT_ENCODERS, TimmImageEncoder, create_model, create_spot_encoder
 from stgraph.config import SpotEncoderConfig
 from stgraph.training import Trainer, fit_preprocessor, prepare_slide
-from tests.conftest import MOBILENET, METHOD_CONFIGS, require_shared
+from tests.conftest import MOBILENET, TRAINED_CONFIGS, require_shared
 
 
 def _prepared(config, slides):
@@ -17,7 +17,7 @@ def _prepared(config, slides):
     return model, prepared
 
 
-@pytest.mark.parametrize("name", METHOD_CONFIGS)
+@pytest.mark.parametrize("name", TRAINED_CONFIGS)
 def test_every_config_builds_and_takes_a_training_step(name, tiny_config, synthetic_slides):
     config = tiny_config(name, "train.epochs=1", "train.val_fraction=0")
     model, prepared = _prepared(config, synthetic_slides[:2])

@@ -48,3 +48,39 @@ def test_errors():
     model = RidgeRegressor(n_components=2).fit(np.random.rand(10, 3), np.random.rand(10, 2))
     with pytest.raises(ValueError, match="fitted on 3 features"):
         model(torch.zeros(2, 4))
+
+
+def test_stgraph_config_trains_saves_and_predicts(tiny_config, synthetic_slides, tmp_path):
+    """The recommended config end to end on synthetic slides: context views widen the features, the run
+    folder round-trips, predictions beat the mean profile, and smoothing runs on the query graph."""
+    from stgraph.inference import extend_reference, load_run, predict_slide
+    from stgraph.training import train_model
+
+    config = tiny_config("stgraph.yaml", "model.ridge.alpha=10", "model.ridge.n_components=16")
+    train, test = list(synthetic_slides[:2]), synthetic_slides[2]
+    run = train_model(config, train, out=tmp_path / "run")
+    assert run.result.history.empty
+    n_feat = run.model.head.x_mean.numel()
+    backbone = run.model.image_encoder.num_features
+    assert n_feat == 4 * backbone  # [patch ‖ 2× crop] and the neighbour mean of both
+    loaded = load_run(tmp_path / "run")
+    pred = predict_slide(loaded, test)
+    np.testing.assert_allclose(pred.X, predict_slide(run, test).X, rtol=1e-5, atol=1e-6)
+    true = run.preprocessor.expression(test)
+    r = [np.corrcoef(pred.X[:, g], true[:, g])[0, 1] for g in range(true.shape[1]) if true[:, g].std() > 0]
+    assert np.nanmean(r) > 0.3, np.nanmean(r)
+    assert (pred.X >= 0).all()
+    loaded.config.inference.smoothing = 0.5
+    smoothed = predict_slide(loaded, test)
+    assert not np.allclose(smoothed.X, pred.X)
+    with pytest.raises(ValueError, match="retrain"):
+        extend_reference(loaded, [test], save=False)
+
+
+def test_context_views_need_cached_features(tiny_config):
+    from stgraph.models import create_model
+
+    config = tiny_config("stgraph.yaml", "model.image_encoder.cache_features=false",
+                         "model.image_encoder.freeze=none")
+    with pytest.raises(ValueError, match="cached features"):
+        create_model(config, 8)

@@ -17,6 +17,7 @@ __all__ = [
     "SpotEncoderConfig",
     "DGIConfig",
     "HSICConfig",
+    "RidgeConfig",
     "ModelConfig",
     "LossConfig",
     "TrainConfig",
@@ -82,6 +83,10 @@ class ImageEncoderConfig:
     ``freeze``: ``none`` (all trained), ``all`` (frozen), ``all_but_last_stage``.
     ``cache_features``: with ``freeze: all``, run the backbone once per slide and cache its features,
     so training only updates the heads.
+    ``context_scale``: also encode a crop ``context_scale`` × larger around each spot (resized to the
+    patch size) and concatenate its features, ``[f ‖ f_ctx]`` (multi-scale view; needs cached features).
+    ``neighbour_context``: concatenate the mean feature of each spot's graph neighbours,
+    ``[f ‖ mean_{j∈N(i)} f_j]`` (TRIPLEX's neighbour view, parameter-free; needs cached features).
     """
 
     backbone: str = "resnet50"
@@ -90,6 +95,8 @@ class ImageEncoderConfig:
     freeze: str = "none"
     cache_features: bool = False
     input_size: int = 224
+    context_scale: Optional[float] = None
+    neighbour_context: bool = False
 
 
 @dataclass
@@ -135,6 +142,16 @@ class HSICConfig:
 
 
 @dataclass
+class RidgeConfig:
+    """Closed-form ridge head (``model.name: ridge``): standardise → PCA(``n_components``) → ridge(``alpha``),
+    on targets centred per training slide when ``center_targets``."""
+
+    alpha: float = 3e4
+    n_components: int = 256
+    center_targets: bool = True
+
+
+@dataclass
 class ModelConfig:
     """Two-branch contrastive model.
 
@@ -153,6 +170,7 @@ class ModelConfig:
     spot_dgi: DGIConfig = field(default_factory=DGIConfig)
     spot_head_dropout: float = 0.1
     hsic: HSICConfig = field(default_factory=HSICConfig)
+    ridge: RidgeConfig = field(default_factory=RidgeConfig)
 
 
 @dataclass
@@ -199,6 +217,8 @@ class InferenceConfig:
 
     Neighbours are chosen by ``similarity``; distance-weighted aggregations (``inverse_square``,
     ``bleep_weighted``) weight them by ``distance`` between the raw embeddings (mclSTExp's code: L1).
+    ``smoothing`` = α > 0 blends each predicted spot with the mean of its graph neighbours,
+    ``P ← (1−α)P + α·D⁻¹AP``, ``smoothing_steps`` times (:func:`stgraph.inference.smoothing.smooth_on_graph`).
     """
 
     reference: str = "spot"
@@ -208,6 +228,8 @@ class InferenceConfig:
     distance: str = "euclidean"
     backend: str = "torch"
     chunk_size: int = 4096
+    smoothing: float = 0.0
+    smoothing_steps: int = 1
 
 
 @dataclass

@@ -60,6 +60,9 @@ def frozen_backbone_config(config):
     frozen = config_from_dict(config_to_dict(config))
     frozen.model.image_encoder.freeze = "all"
     frozen.model.image_encoder.cache_features = True
+    # Baselines see the raw backbone features of the spot's own patch, whatever views the method adds.
+    frozen.model.image_encoder.context_scale = None
+    frozen.model.image_encoder.neighbour_context = False
     return frozen
 
 

@@ -11,12 +11,13 @@ from anndata import AnnData
 
 from ..config import ConfigError, config_from_dict
 from ..models import create_model
-from ..training.prepare import Preprocessor, prepare_slide
+from ..training.prepare import Preprocessor, needs_graph, prepare_slide
 from ..training.layout import RUN_FILES
 from ..training.trainer import CheckpointError, load_checkpoint
 from ..utils import atomic_path, resolve_device
 from .embed import embed_slide
 from .reference import ReferenceStore
+from .smoothing import smooth_on_graph
 
 __all__ = ["LoadedModel", "load_run", "predict_slide", "write_prediction", "ModelFolderError", "extend_reference"]
 
@@ -103,12 +104,17 @@ def predict_slide(loaded: LoadedModel, adata: AnnData, k: Optional[int] = None,
 
     device = str(next(loaded.model.parameters()).device)
     query = prepare_slide(adata, config, preprocessor=None, image_encoder=loaded.model.image_encoder,
-                          device=device, progress=progress, with_graph=config.model.image_dgi.enabled)
+                          device=device, progress=progress, with_graph=needs_graph(config, query=True))
     query_emb = embed_slide(loaded.model, query, "image")
     k_eff = min(k, loaded.reference.embeddings.shape[0])
-    pred = loaded.reference.predict(query_emb, k=k_eff, similarity=similarity, aggregation=aggregation,
-                                    backend=backend, chunk_size=icfg.chunk_size,
-                                    distance=icfg.distance)
+    if getattr(loaded.model, "predicts_expression", False):
+        pred = loaded.model.predict_features(query.features)
+    else:
+        pred = loaded.reference.predict(query_emb, k=k_eff, similarity=similarity, aggregation=aggregation,
+                                        backend=backend, chunk_size=icfg.chunk_size,
+                                        distance=icfg.distance)
+    if icfg.smoothing > 0:
+        pred = smooth_on_graph(pred, _adjacency(query), alpha=icfg.smoothing, steps=icfg.smoothing_steps)
     obs_cols = [c for c in ("array_row", "array_col", "slide_id", "in_tissue") if c in adata.obs]
     out = AnnData(
         X=np.asarray(pred, dtype=np.float32),
@@ -136,6 +142,14 @@ def predict_slide(loaded: LoadedModel, adata: AnnData, k: Optional[int] = None,
     return out
 
 
+def _adjacency(slide):
+    """The prepared slide's spot graph as a sparse (n, n) adjacency."""
+    import scipy.sparse as sp
+
+    ei = slide.edge_index.cpu().numpy()
+    return sp.csr_matrix((np.ones(ei.shape[1], dtype=np.float32), (ei[0], ei[1])), shape=(slide.n_spots,) * 2)
+
+
 def write_prediction(adata: AnnData, path: str | Path, force: bool = False) -> Path:
     """Write ``adata`` to ``path`` (.h5ad) atomically; refuse to replace an existing file unless ``force``."""
     path = Path(path)
@@ -156,6 +170,10 @@ def extend_reference(loaded: LoadedModel, slides, save: bool = True) -> Referenc
     Returns the extended store (also set on ``loaded``).
     """
     store = loaded.reference
+    if getattr(loaded.model, "predicts_expression", False):
+        raise ValueError(f"the run {loaded.run_dir} ({loaded.config.model.name}) predicts from fitted weights, not "
+                         "from its reference: extending the reference would not change its predictions; "
+                         "retrain with the new slides instead")
     device = str(next(loaded.model.parameters()).device)
     for adata in slides:
         if adata.n_vars == 0:

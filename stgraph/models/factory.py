@@ -27,6 +27,20 @@ def validate_model_config(config) -> None:
         raise ValueError("DGI encoders run over a whole slide graph: set train.batching=slide")
     if m.image_encoder.cache_features and m.image_encoder.freeze != "all":
         raise ValueError("model.image_encoder.cache_features needs model.image_encoder.freeze=all")
+    ctx = m.image_encoder.context_scale is not None or m.image_encoder.neighbour_context
+    if ctx and not m.image_encoder.cache_features:
+        raise ValueError("model.image_encoder.context_scale / neighbour_context work on cached features: "
+                         "set model.image_encoder.cache_features=true (and freeze=all)")
+    if m.image_encoder.context_scale is not None and not m.image_encoder.context_scale > 0:
+        raise ValueError(f"model.image_encoder.context_scale must be > 0, got {m.image_encoder.context_scale}")
+    if m.name == "ridge":
+        if not m.image_encoder.cache_features:
+            raise ValueError("model.name=ridge fits on cached backbone features: set "
+                             "model.image_encoder.cache_features=true and freeze=all")
+        if config.inference.reference != "image":
+            raise ValueError("model.name=ridge has no spot branch: set inference.reference=image")
+    if not 0.0 <= config.inference.smoothing <= 1.0:
+        raise ValueError(f"inference.smoothing must be in [0, 1], got {config.inference.smoothing}")
 
 
 def create_model(config, spot_in_dim: int, pretrained: bool | None = None) -> ContrastiveSTModel:
@@ -42,4 +56,8 @@ def create_model(config, spot_in_dim: int, pretrained: bool | None = None) -> Co
         Override ``model.image_encoder.pretrained`` (``False`` when weights come from a checkpoint).
     """
     validate_model_config(config)
+    if config.model.name == "ridge":
+        from .ridge import RidgeSTModel
+
+        return RidgeSTModel(config, create_image_encoder(config, pretrained))
     return ContrastiveSTModel(config, spot_in_dim, create_image_encoder(config, pretrained))

@@ -121,3 +121,61 @@ class RidgeRegressor(nn.Module):
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha:g}, n_components={self.n_components}, center_targets={self.center_targets}"
+
+
+class _Embedding:
+    """What ``encode_image`` returns: ``emb`` (N, q), the ridge's PCA scores of the features."""
+
+    def __init__(self, emb: torch.Tensor):
+        self.emb = emb
+
+
+class RidgeSTModel(nn.Module):
+    """stgraph's regression method: cached (context) backbone features → :class:`RidgeRegressor` → expression.
+
+    It predicts expression directly (``predicts_expression``), so prediction needs no kNN; its reference
+    stores the PCA scores of the training features (``encode_image``) for inspection and retrieval.
+
+    Parameters
+    ----------
+    config
+        :class:`~stgraph.config.Config` (``model.ridge``, ``model.image_encoder``).
+    image_encoder
+        The frozen backbone whose cached features feed the ridge.
+    """
+
+    predicts_expression = True
+    uses_graph = False
+
+    def __init__(self, config, image_encoder):
+        super().__init__()
+        self.config = config
+        self.image_encoder = image_encoder
+        r = config.model.ridge
+        self.head = RidgeRegressor(alpha=r.alpha, n_components=r.n_components, center_targets=r.center_targets)
+        # A parameter so that `next(model.parameters())` finds the device even when the backbone is tiny.
+        self.device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    def fit(self, slides) -> "RidgeSTModel":
+        """Fit on prepared training slides (``features`` (n, F) and ``expr`` (n, G) each)."""
+        for s in slides:
+            if s.features is None or s.expr is None:
+                raise ValueError(f"ridge needs cached features and expression for slide {s.slide_id!r}")
+        x = np.concatenate([s.features for s in slides])
+        y = np.concatenate([s.expr for s in slides])
+        ids = np.concatenate([[s.slide_id] * s.n_spots for s in slides])
+        self.head.fit(x, y, ids)
+        return self
+
+    def _features(self, batch: dict) -> torch.Tensor:
+        return batch["features"] if "features" in batch else self.image_encoder(batch["patch"])
+
+    def encode_image(self, batch: dict) -> _Embedding:
+        h = self.head
+        return _Embedding(((self._features(batch) - h.x_mean) / h.x_scale) @ h.components)
+
+    @torch.no_grad()
+    def predict_features(self, features) -> np.ndarray:
+        """(N, F) features → (N, G) predicted log1p(normalised) expression, ≥ 0."""
+        x = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.head.weight.device)
+        return self.head(x).cpu().numpy()

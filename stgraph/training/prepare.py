@@ -253,6 +253,36 @@ def compute_image_features(encoder, patches: np.ndarray, batch_size: int = 64, d
     return torch.cat(out).numpy().astype(np.float32)
 
 
+def needs_graph(config, query: bool = False) -> bool:
+    """Whether a slide needs its spot graph: DGI (the spot branch only in training), neighbour context of
+    features, or smoothing of predictions (query slides)."""
+    m = config.model
+    return bool(m.image_dgi.enabled or (m.spot_dgi.enabled and not query) or m.image_encoder.neighbour_context
+                or (query and config.inference.smoothing > 0))
+
+
+def _context_features(adata: AnnData, features: np.ndarray, config, encoder, slide_id: str, device: str,
+                      progress: bool, edge_index) -> np.ndarray:
+    """Append the configured context views to (n, F) features: a larger crop, then the neighbour mean."""
+    cfg = config.model.image_encoder
+    if cfg.context_scale is not None:
+        # Same centre, context_scale × the side (in µm when data.patch_um is set, else in pixels), resized
+        # to data.patch_size, so the backbone sees the spot's surroundings at a coarser resolution.
+        patch_um = config.data.patch_um
+        side = cfg.context_scale * (patch_um if patch_um is not None else config.data.patch_size)
+        ctx = extract_patches(adata, size=config.data.patch_size, patch_um=side,
+                              microns_per_pixel=None if patch_um is not None else 1.0,
+                              cache_dir=config.data.cache_dir and str(Path(config.data.cache_dir) / "patches"),
+                              show_progress=progress)
+        features = np.concatenate([features, _cached_features(encoder, ctx, config, slide_id, device, progress)], 1)
+    if cfg.neighbour_context:
+        from ..nn.context import neighbour_mean
+
+        x = torch.as_tensor(features)
+        features = np.concatenate([features, neighbour_mean(x, edge_index).numpy()], 1)
+    return features.astype(np.float32, copy=False)
+
+
 def _cached_features(encoder, patches: np.ndarray, config, slide_id: str, device: str, progress: bool):
     cfg = config.model.image_encoder
     cache_dir = config.data.cache_dir
@@ -307,13 +337,16 @@ def prepare_slide(adata: AnnData, config, preprocessor: Optional[Preprocessor] =
         patches = None
 
     if with_graph is None:
-        with_graph = config.model.image_dgi.enabled or config.model.spot_dgi.enabled
+        with_graph = needs_graph(config)
     edge_index = None
     if with_graph:
         g = config.data.graph
         adj = spatial_graph(adata, radius=g.radius, radius_factor=g.radius_factor, knn=g.knn,
                             self_loops=g.self_loops)
         edge_index = to_edge_index(adj)
+    if features is not None:
+        features = _context_features(adata, features, config, image_encoder, slide_id, device, progress,
+                                     edge_index)
 
     return PreparedSlide(
         slide_id=slide_id,

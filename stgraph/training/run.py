@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 
@@ -133,8 +134,13 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
     if run_dir is not None:
         preprocessor.save(run_dir)
 
-    trainer = Trainer(model, config, prepared, run_dir=run_dir)
-    result = trainer.fit(resume=resume)
+    if getattr(model, "predicts_expression", False):
+        # Closed-form models have no epochs: fit once, nothing to resume or log.
+        model.fit(prepared)
+        result = TrainResult(pd.DataFrame(), 0, float("nan"))
+    else:
+        trainer = Trainer(model, config, prepared, run_dir=run_dir)
+        result = trainer.fit(resume=resume)
     reference = build_reference(model, config, prepared, preprocessor.genes)
 
     if run_dir is not None:
