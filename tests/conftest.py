@@ -16,8 +16,16 @@ HER2ST = SHARED / "data" / "her2st"
 MOBILENET = SHARED / "weights" / "mobilenetv2_100.imagenet.pth"
 
 METHOD_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml"))
-#: Configs whose model is fitted in closed form (no epochs, no loss terms).
-CLOSED_FORM_CONFIGS = ["stgraph.yaml"]
+
+
+def _closed_form(name: str) -> bool:
+    from stgraph.config import load_config
+
+    return load_config(CONFIGS / name).model.name == "ridge"
+
+
+#: Configs whose model is fitted in closed form (no epochs, no loss terms), and the trained ones.
+CLOSED_FORM_CONFIGS = [c for c in METHOD_CONFIGS if _closed_form(c)]
 TRAINED_CONFIGS = [c for c in METHOD_CONFIGS if c not in CLOSED_FORM_CONFIGS]
 
 
@@ -28,6 +36,7 @@ def tiny_overrides(cache_dir: Path, epochs: int = 2) -> list[str]:
         "model.image_encoder.pretrained=false",
         "model.image_encoder.weights=null",
         "model.image_encoder.input_size=32",
+        "model.image_encoder.model_kwargs={}",
         "model.embed_dim=16",
         "model.pca_components=8",
         "model.image_dgi.hidden_dim=16",

@@ -85,6 +85,8 @@ class ImageEncoderConfig:
     so training only updates the heads.
     ``context_scale``: also encode a crop ``context_scale`` × larger around each spot (resized to the
     patch size) and concatenate its features, ``[f ‖ f_ctx]`` (multi-scale view; needs cached features).
+    ``architecture``: the timm architecture of a hub-id ``backbone`` (``hf-hub:org/name``), needed to load
+    its ``weights`` from a local file; ``model_kwargs``: extra ``timm.create_model`` arguments.
     ``neighbour_context``: concatenate the mean feature of each spot's graph neighbours,
     ``[f ‖ mean_{j∈N(i)} f_j]`` (TRIPLEX's neighbour view, parameter-free; needs cached features).
     """
@@ -97,6 +99,8 @@ class ImageEncoderConfig:
     input_size: int = 224
     context_scale: Optional[float] = None
     neighbour_context: bool = False
+    architecture: Optional[str] = None
+    model_kwargs: dict = field(default_factory=dict)
 
 
 @dataclass

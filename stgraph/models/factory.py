@@ -16,6 +16,8 @@ def create_image_encoder(config, pretrained: bool | None = None) -> TimmImageEnc
         pretrained=use_pretrained,
         weights=cfg.weights if use_pretrained else None,
         freeze=cfg.freeze,
+        architecture=cfg.architecture,
+        model_kwargs=dict(cfg.model_kwargs or {}),
     )
 
 

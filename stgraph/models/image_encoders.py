@@ -21,12 +21,25 @@ class PretrainedWeightsError(RuntimeError):
     """Raised when pretrained weights cannot be loaded (no file, corrupt file, no hub access)."""
 
 
-def _create_timm_model(backbone: str, pretrained: bool, weights: Optional[str]) -> nn.Module:
+HUB_PREFIX = "hf-hub:"
+
+
+def _create_timm_model(backbone: str, pretrained: bool, weights: Optional[str],
+                       architecture: Optional[str] = None, model_kwargs: Optional[dict] = None) -> nn.Module:
+    """A timm model with pooled features. ``backbone`` is a timm name or a hub id (``hf-hub:org/name``,
+    e.g. a pathology foundation model); with a local ``weights`` file a hub id needs the timm
+    ``architecture`` it was built on (e.g. ``vit_large_patch16_224`` for UNI), since nothing is downloaded."""
     import timm
 
-    if backbone not in timm.list_models() and not timm.is_model(backbone):
-        raise ValueError(f"unknown timm backbone {backbone!r}; see timm.list_models()")
-    kwargs: dict = dict(num_classes=0)
+    name = backbone
+    if backbone.startswith(HUB_PREFIX) and (weights is not None or not pretrained):
+        if architecture is None:
+            raise ValueError(f"{backbone!r} is a hub id: offline (a local weights file, or pretrained=false) set "
+                             "model.image_encoder.architecture to its timm architecture, e.g. vit_large_patch16_224")
+        name = architecture
+    if not name.startswith(HUB_PREFIX) and not timm.is_model(name):
+        raise ValueError(f"unknown timm backbone {name!r}; see timm.list_models()")
+    kwargs: dict = dict(model_kwargs or {}, num_classes=0)
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -34,7 +47,7 @@ def _create_timm_model(backbone: str, pretrained: bool, weights: Optional[str]) 
         kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
         pretrained = True
     try:
-        return timm.create_model(backbone, pretrained=pretrained, **kwargs)
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
     except FileNotFoundError:
         raise
     except Exception as err:  # hub unreachable, corrupt checkpoint, key mismatch
@@ -82,17 +95,22 @@ class TimmImageEncoder(nn.Module):
     weights
         Local checkpoint file (state dict) for offline use.
     freeze
-        ``none`` (train all), ``all`` (no gradient; eval-mode BatchNorm), ``all_but_last_stage``.
+        ``none`` (train all), ``all`` (no gradient; eval-mode BatchNorm), ``all_but_last_stage``
+        (for a ViT: the last transformer block and the final norm).
+    architecture
+        timm architecture of a hub-id ``backbone``, used when loading ``weights`` from a local file.
+    model_kwargs
+        Extra ``timm.create_model`` arguments (e.g. ``init_values=1e-5, dynamic_img_size=True`` for UNI).
     """
 
     def __init__(self, backbone: str = "resnet50", pretrained: bool = True, weights: Optional[str] = None,
-                 freeze: str = "none"):
+                 freeze: str = "none", architecture: Optional[str] = None, model_kwargs: Optional[dict] = None):
         super().__init__()
         if freeze not in FREEZE_POLICIES:
             raise ValueError(f"freeze={freeze!r} is not one of {list(FREEZE_POLICIES)}")
         self.backbone_name = backbone
         self.freeze = freeze
-        self.model = _create_timm_model(backbone, pretrained, weights)
+        self.model = _create_timm_model(backbone, pretrained, weights, architecture, model_kwargs)
         self.num_features = int(self.model.num_features)
         self._apply_freeze()
 
