@@ -13,7 +13,6 @@ size, with the detail of the smaller image (hires is ~2000 px across, about 4–
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,8 @@ import torch
 from anndata import AnnData
 
 from .errors import SlideFormatError, require_file
+from .transforms import (IMAGENET_MEAN, IMAGENET_STD, RandomFlipRotate, hash_array,  # noqa: F401 (re-exported)
+                         imagenet_normalize, random_flip_rotate)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -43,8 +44,6 @@ __all__ = [
     "slide_library",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _TIFF_SUFFIXES = (".tif", ".tiff")
 
 
@@ -312,14 +311,6 @@ def _crop_side(size: int, patch_um: Optional[float], microns_per_pixel: Optional
     return max(1, int(round(patch_um / float(mpp) * scale)))
 
 
-def _array_hash(array) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=8).hexdigest()
-
-
-def _coords_hash(xy: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(xy, dtype=np.float64).tobytes(), digest_size=8).hexdigest()
-
-
 def patch_cache_path(cache_dir: str | os.PathLike, slide_id: str, size: int, patch_um: Optional[float] = None,
                      xy: Optional[np.ndarray] = None) -> Path:
     """``cache_dir/<slide_id>_<size>[_<um>um][_<coords hash>].npy`` (slide id made file-name safe).
@@ -329,7 +320,7 @@ def patch_cache_path(cache_dir: str | os.PathLike, slide_id: str, size: int, pat
     """
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", slide_id)
     um = f"_{patch_um:g}um" if patch_um is not None else ""
-    coords = f"_{_coords_hash(xy)}" if xy is not None else ""
+    coords = f"_{hash_array(np.asarray(xy, dtype=np.float64))}" if xy is not None else ""
     return Path(cache_dir) / f"{safe}_{size}{um}{coords}.npy"
 
 
@@ -338,17 +329,17 @@ def _cache_key(adata: AnnData, entry: dict, xy: np.ndarray, size: int, side: int
     source = entry.get("metadata", {}).get("source_image_path")
     fallback = _scaled_fallback(entry)
     if "fullres" in images:
-        image_id = "inmemory:" + _array_hash(images["fullres"])
+        image_id = "inmemory:" + hash_array(images["fullres"])
     elif source:
         source = Path(source)
         stat = source.stat() if source.is_file() else None
         image_id = f"{source.resolve()}:{stat.st_size}:{int(stat.st_mtime)}" if stat else f"{source}:missing"
     elif fallback is not None:
-        image_id = f"{fallback[0]}:{fallback[2]!r}:" + _array_hash(fallback[1])
+        image_id = f"{fallback[0]}:{fallback[2]!r}:" + hash_array(fallback[1])
     else:
         image_id = "none"
     return {"n_spots": int(adata.n_obs), "size": int(size), "crop_px": int(side), "pad_value": int(pad_value),
-            "coords_hash": _coords_hash(xy), "image": image_id}
+            "coords_hash": hash_array(np.asarray(xy, dtype=np.float64)), "image": image_id}
 
 
 def _read_cache(path: Path, key: dict, n: int, size: int) -> Optional[np.ndarray]:
@@ -451,63 +442,3 @@ def extract_patches(
     if cache_path is not None:
         _write_cache(cache_path, key, patches)
     return patches
-
-
-def imagenet_normalize(patches) -> torch.Tensor:
-    """uint8 RGB patches → ImageNet-normalised float tensor.
-
-    ``out = (patch / 255 − mean) / std`` per channel with :data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`.
-
-    Parameters
-    ----------
-    patches
-        (N, H, W, 3) or (H, W, 3) uint8, numpy array or tensor.
-
-    Returns
-    -------
-    (N, 3, H, W) float32 tensor ((3, H, W) for a single patch).
-    """
-    t = torch.as_tensor(np.asarray(patches) if not isinstance(patches, torch.Tensor) else patches)
-    if t.dtype != torch.uint8:
-        raise TypeError(f"imagenet_normalize expects uint8 patches, got {t.dtype}")
-    if t.ndim not in (3, 4) or t.shape[-1] != 3:
-        raise ValueError(f"patches must be (N, H, W, 3) or (H, W, 3); got shape {tuple(t.shape)}")
-    t = t.movedim(-1, -3).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (t - mean) / std
-
-
-def random_flip_rotate(tensor: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Random element of the dihedral group D4 (a flip or not, then 0/90/180/270° rotation).
-
-    Parameters
-    ----------
-    tensor
-        (C, H, W) one image, or (N, C, H, W) a batch (each image gets its own transform; needs H = W).
-    generator
-        Torch generator for reproducible draws.
-
-    Returns
-    -------
-    Tensor of the same shape.
-    """
-    if tensor.ndim == 3:
-        flip, k = torch.randint(0, 2, (1,), generator=generator).item(), torch.randint(0, 4, (1,), generator=generator).item()
-        out = tensor.flip(-1) if flip else tensor
-        return torch.rot90(out, int(k), dims=(-2, -1))
-    if tensor.ndim != 4:
-        raise ValueError(f"expected (C, H, W) or (N, C, H, W), got shape {tuple(tensor.shape)}")
-    if tensor.shape[-1] != tensor.shape[-2]:
-        raise ValueError(f"batched rotation needs square images, got {tuple(tensor.shape[-2:])}")
-    return torch.stack([random_flip_rotate(t, generator) for t in tensor])
-
-
-class RandomFlipRotate:
-    """Callable form of :func:`random_flip_rotate` (a ``transform`` for :class:`~stgraph.data.SpotDataset`)."""
-
-    def __init__(self, seed: Optional[int] = None):
-        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
-
-    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
-        return random_flip_rotate(tensor, self.generator)

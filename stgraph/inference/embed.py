@@ -17,7 +17,7 @@ def _image_input(slide: "PreparedSlide", rows: slice, input_size: int, device) -
         return {"features": torch.as_tensor(slide.features[rows], dtype=torch.float32, device=device)}
     if slide.patches is None:
         raise ValueError(f"slide {slide.slide_id!r} has neither features nor patches")
-    from ..training.prepare import normalize_batch, patch_batch
+    from ..data.transforms import normalize_batch, patch_batch
 
     return {"patch": normalize_batch(patch_batch(slide.patches[rows], input_size, device))}
 

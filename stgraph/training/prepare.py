@@ -6,7 +6,6 @@ held-out slide never leaks into its own preprocessing.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,8 @@ import torch
 from anndata import AnnData
 
 from ..data import pp
-from ..data.patches import IMAGENET_MEAN, IMAGENET_STD, extract_patches
+from ..data.patches import extract_patches
+from ..data.transforms import grid_coordinates, hash_array, normalize_batch, patch_batch  # noqa: F401
 from ..graph import spatial_graph, to_edge_index
 from ..utils import atomic_save_npy
 
@@ -135,10 +135,7 @@ def _select_genes(config, train_slides: Sequence[AnnData]) -> list[str]:
     if spec == "hvg_union":
         return pp.select_hvg_union(list(train_slides), n_top=config.data.n_top_hvg)
     if spec == "shared":
-        shared = set(train_slides[0].var_names)
-        for ad in train_slides[1:]:
-            shared &= set(ad.var_names)
-        return [g for g in train_slides[0].var_names if g in shared]
+        return pp.shared_genes(list(train_slides))
     return pp.load_gene_list(spec)
 
 
@@ -184,41 +181,6 @@ def fit_preprocessor(config, train_slides: Sequence[AnnData]) -> tuple[Preproces
     return prep, expr
 
 
-def grid_coordinates(adata: AnnData) -> np.ndarray:
-    """(n, 2) int64 ``[x, y]`` grid coordinates (``array_col``, ``array_row``), shifted to start at 0.
-
-    The data layer's :func:`~stgraph.data.dataset.array_coordinates` gives ``(row, col)`` (binning pixel
-    positions by the spot spacing when the format has no array coordinates); the spot encoders index
-    ``[x, y]``.
-    """
-    from ..data.dataset import array_coordinates
-
-    grid = array_coordinates(adata)[:, ::-1]
-    return np.ascontiguousarray(grid - grid.min(0))
-
-
-def _hash_array(a: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=8).hexdigest()
-
-
-def patch_batch(patches, input_size: Optional[int] = None, device="cpu") -> torch.Tensor:
-    """uint8 patches (N, S, S, 3) (numpy or tensor) → float (N, 3, s, s) in [0, 1] on ``device``, resized
-    (bilinear, antialiased) to ``s = input_size`` when it differs from S."""
-    t = patches if isinstance(patches, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(patches))
-    x = t.to(device).permute(0, 3, 1, 2).float().div_(255.0)
-    if input_size is not None and x.shape[-1] != input_size:
-        x = torch.nn.functional.interpolate(x, size=(input_size, input_size), mode="bilinear",
-                                            align_corners=False, antialias=True)
-    return x
-
-
-def normalize_batch(x: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation of (N, 3, H, W) images in [0, 1]: ``(x − mean) / std`` per channel."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 @torch.no_grad()
 def compute_image_features(encoder, patches: np.ndarray, batch_size: int = 64, device: str = "cpu",
                            input_size: Optional[int] = None, progress: bool = False,
@@ -258,7 +220,7 @@ def _cached_features(encoder, patches: np.ndarray, config, slide_id: str, device
     cache_dir = config.data.cache_dir
     key = "_".join([
         slide_id, cfg.backbone, Path(cfg.weights).stem if cfg.weights else ("imagenet" if cfg.pretrained else "random"),
-        str(cfg.input_size), _hash_array(patches),
+        str(cfg.input_size), hash_array(patches),
     ])
     path = Path(cache_dir) / "features" / f"{key}.npy" if cache_dir else None
     if path is not None and path.is_file():

@@ -26,11 +26,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import config_to_dict
-from ..data.patches import random_flip_rotate
+from ..data.transforms import random_flip_rotate
 from ..losses import CompositeLoss
 from ..utils import atomic_path, resolve_device, seed_everything
 from .monitor import TermMonitor
-from .prepare import PreparedSlide, normalize_batch, patch_batch
+from ..data.transforms import normalize_batch, patch_batch
+from .prepare import PreparedSlide
 
 __all__ = ["Trainer", "TrainResult", "CheckpointError", "load_checkpoint"]
 
