@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from stgraph.errors import StgraphError
+
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("stgraph")
@@ -218,10 +220,13 @@ COMMANDS = {"train": _cmd_train, "predict": _cmd_predict, "extend": _cmd_extend,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # the CLI only writes figures to files; the library leaves the backend to the user
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return COMMANDS[args.command](args)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
+    except (StgraphError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
         if args.verbose:
             raise
         print(f"error: {err}", file=sys.stderr)

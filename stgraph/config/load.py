@@ -14,12 +14,13 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from ..errors import StgraphError
 from .schema import CHOICES, Config
 
 __all__ = ["ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "save_config"]
 
 
-class ConfigError(ValueError):
+class ConfigError(StgraphError, ValueError):
     """Raised for an invalid config: unknown key, wrong type, or a value outside its choices."""
 
 

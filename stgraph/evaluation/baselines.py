@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..inference.impute import impute
+from ..retrieval.impute import impute
 
 __all__ = ["BASELINES", "untrained_retrieval", "ridge_regression", "mean_profile"]
 

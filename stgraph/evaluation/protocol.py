@@ -19,7 +19,7 @@ from ..inference.predict import predict_slide
 from ..metrics import evaluate_arrays, per_gene_table
 from ..metrics.report import summarize_folds, to_markdown_table, write_csv_atomic, write_json_atomic
 from ..models import create_image_encoder
-from ..training.prepare import fit_preprocessor, prepare_slide
+from ..run.prepare import fit_preprocessor, prepare_slide
 from ..training.run import train_model
 from .baselines import mean_profile, ridge_regression, untrained_retrieval
 from .folds import Fold

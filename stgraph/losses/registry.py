@@ -5,6 +5,7 @@ from typing import Callable, Dict, Type
 
 from torch import nn
 
+from ..errors import StgraphError
 from .contrastive import BLEEPLoss, CLIPLoss, HECLIPLoss
 
 __all__ = ["LOSSES", "UnknownLossError", "register_loss", "create_loss", "loss_names"]
@@ -12,7 +13,7 @@ __all__ = ["LOSSES", "UnknownLossError", "register_loss", "create_loss", "loss_n
 LOSSES: Dict[str, Type[nn.Module]] = {"clip": CLIPLoss, "bleep": BLEEPLoss, "heclip": HECLIPLoss}
 
 
-class UnknownLossError(KeyError, ValueError):
+class UnknownLossError(StgraphError, KeyError, ValueError):
     """No loss is registered under the requested name (a :class:`KeyError` and a :class:`ValueError`)."""
 
     def __str__(self) -> str:  # KeyError would wrap the message in quotes

@@ -12,12 +12,14 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import StgraphError
+
 __all__ = ["TimmImageEncoder", "FREEZE_POLICIES", "trainable_groups"]
 
 FREEZE_POLICIES = ("none", "all", "all_but_last_stage")
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(StgraphError, RuntimeError):
     """Raised when pretrained weights cannot be loaded (no file, corrupt file, no hub access)."""
 
 

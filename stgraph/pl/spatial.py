@@ -4,14 +4,11 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence, Union
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..metrics.correlation import pearson_per_gene  # noqa: E402
-from .training import save_figure  # noqa: E402
+from ..metrics.correlation import pearson_per_gene
+from .training import save_figure
 
 __all__ = ["plot_genes", "slide_image"]
 

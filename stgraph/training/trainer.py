@@ -31,13 +31,10 @@ from ..losses import CompositeLoss
 from ..utils import atomic_path, resolve_device, seed_everything
 from .monitor import TermMonitor
 from ..data.transforms import normalize_batch, patch_batch
-from .prepare import PreparedSlide
+from ..run.folder import CheckpointError, load_checkpoint  # noqa: F401 (re-exported)
+from ..run.prepare import PreparedSlide
 
 __all__ = ["Trainer", "TrainResult", "CheckpointError", "load_checkpoint"]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated or does not match the model."""
 
 
 @dataclasses.dataclass
@@ -45,20 +42,6 @@ class TrainResult:
     history: pd.DataFrame
     best_epoch: int
     best_val_loss: float
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a checkpoint written by :class:`Trainer`, with a clear error for a missing or corrupt file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path}: checkpoint has no 'model' state")
-    return state
 
 
 class _SlideTensors:
