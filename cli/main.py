@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from stgraph.config.schema import choices
 from stgraph.errors import StgraphError
 
 __all__ = ["main", "build_parser"]
@@ -88,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .h5ad")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--k", type=int, default=None, help="neighbours (default: the run's config)")
-    p.add_argument("--similarity", choices=["cosine", "dot", "l2"], default=None)
-    p.add_argument("--aggregation", choices=["mean", "inverse_square", "bleep_weighted", "softmax", "top1"], default=None)
-    p.add_argument("--backend", choices=["torch", "faiss"], default=None)
+    p.add_argument("--similarity", choices=choices("inference.similarity"), default=None)
+    p.add_argument("--aggregation", choices=choices("inference.aggregation"), default=None)
+    p.add_argument("--backend", choices=choices("inference.backend"), default=None)
     p.add_argument("--plot", nargs="+", default=None, metavar="GENE",
                    help="also draw these genes' predicted maps to <out>.png")
 

@@ -236,7 +236,7 @@ def test_register_loss_decorator():
         with pytest.raises(ValueError, match="already registered"):
             register_loss("test_zero")(CLIPLoss)
     finally:
-        LOSSES.pop("test_zero")
+        LOSSES.unregister("test_zero")
 
 
 # ---------------------------------------------------------------------------------------------- composite

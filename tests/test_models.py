@@ -48,9 +48,9 @@ def test_dgi_without_slide_batching_is_rejected(tiny_config):
 
 
 def test_unknown_spot_encoder_lists_choices():
-    with pytest.raises(KeyError, match=r"valid choices: \['identity', 'mlp', 'transformer'\]"):
+    with pytest.raises(KeyError, match=r"valid choices: \[.*'identity'"):
         create_spot_encoder(10, SpotEncoderConfig(name="gru"))
-    assert SPOT_ENCODERS.names() == ["identity", "mlp", "transformer"]
+    assert {"identity", "mlp", "transformer"} <= set(SPOT_ENCODERS.names())
 
 
 def test_transformer_encoder_uses_coordinates():

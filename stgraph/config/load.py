@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from ..errors import StgraphError
-from .schema import CHOICES, Config
+from .schema import Config, choices
 
 __all__ = ["ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "save_config"]
 
@@ -131,8 +131,9 @@ def _build(cls: type, data: Mapping, where: str) -> Any:
         if name in data:
             path = f"{where}.{name}" if where else name
             value = _coerce(data[name], hints[name], path)
-            if path in CHOICES and value not in CHOICES[path]:
-                raise ConfigError(f"{path}: {value!r} is not one of {list(CHOICES[path])}")
+            valid = choices(path)
+            if valid is not None and value not in valid:
+                raise ConfigError(f"{path}: {value!r} is not one of {list(valid)}")
             kwargs[name] = value
     return cls(**kwargs)
 

@@ -38,13 +38,19 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from ..registry import Registry
 from .knn import KNNBackend, as_float32_matrix, check_similarity, create_knn_backend
 
 __all__ = ["AGGREGATIONS", "WEIGHT_DISTANCES", "neighbour_distances", "neighbour_weights", "aggregate", "impute"]
 
-AGGREGATIONS = ("mean", "inverse_square", "bleep_weighted", "softmax", "top1")
+#: name → weight function ``(scores, similarity, temperature, distances, eps) -> (Q, k)`` rows summing to 1;
+#: a new aggregation is one decorated function (``@AGGREGATIONS.register("name")``).
+AGGREGATIONS: Registry = Registry("aggregation")
 DISTANCE_AGGREGATIONS = ("inverse_square", "bleep_weighted")
-WEIGHT_DISTANCES = ("euclidean", "manhattan", "normalized_euclidean")
+#: Distances the distance-weighted aggregations use between raw embeddings.
+WEIGHT_DISTANCES: Registry[str] = Registry("distance")
+for _name in ("euclidean", "manhattan", "normalized_euclidean"):
+    WEIGHT_DISTANCES.register(_name, _name)
 DEFAULT_TEMPERATURE = 0.1  # cosine scores lie in [-1, 1]; T = 1 would make softmax almost a plain mean
 DEFAULT_EPS = 1e-12
 GATHER_BUDGET = 1 << 22  # floats in one (b, k, d) block of gathered neighbour embeddings (16 MiB)
@@ -53,15 +59,11 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
 def check_aggregation(aggregation: str) -> str:
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {list(AGGREGATIONS)}")
-    return aggregation
+    return AGGREGATIONS.check(aggregation)
 
 
 def check_distance(distance: str) -> str:
-    if distance not in WEIGHT_DISTANCES:
-        raise ValueError(f"unknown distance {distance!r}; choose one of {list(WEIGHT_DISTANCES)}")
-    return distance
+    return WEIGHT_DISTANCES.check(distance)
 
 
 def _to_numpy(x, dtype=np.float64) -> np.ndarray:
@@ -155,24 +157,43 @@ def neighbour_weights(scores: ArrayLike, aggregation: str = "mean", similarity: 
     s = _to_numpy(scores)
     if s.ndim != 2 or s.shape[1] == 0:
         raise ValueError(f"scores must be (Q, k) with k >= 1, got shape {s.shape}")
+    d = None
+    if aggregation in DISTANCE_AGGREGATIONS:
+        d = distances_from_scores(s, similarity) if distances is None else _to_numpy(distances)
+        if d.shape != s.shape:
+            raise ValueError(f"distances {d.shape} do not match scores {s.shape}")
+    return AGGREGATIONS.get(aggregation)(s, similarity=similarity, temperature=temperature, distances=d, eps=eps)
+
+
+@AGGREGATIONS.register("mean")
+def _mean_weights(s: np.ndarray, **_) -> np.ndarray:
     n_q, k = s.shape
-    if aggregation == "mean":
-        return np.full((n_q, k), 1.0 / k)
-    if aggregation == "top1":
-        w = np.zeros((n_q, k))
-        w[:, 0] = 1.0
-        return w
-    if aggregation == "softmax":
-        if not temperature > 0:
-            raise ValueError(f"softmax temperature must be > 0, got {temperature}")
-        return _softmax_rows((-s if similarity == "l2" else s) / temperature)
-    d = distances_from_scores(s, similarity) if distances is None else _to_numpy(distances)
-    if d.shape != s.shape:
-        raise ValueError(f"distances {d.shape} do not match scores {s.shape}")
-    if aggregation == "bleep_weighted":
-        # exp(−(d² − d²_min + 1)) normalised: the shift and the +1 cancel, leaving softmax(−d²).
-        return _softmax_rows(-(d ** 2))
-    inv = 1.0 / (d ** 2 + eps)
+    return np.full((n_q, k), 1.0 / k)
+
+
+@AGGREGATIONS.register("top1")
+def _top1_weights(s: np.ndarray, **_) -> np.ndarray:
+    w = np.zeros(s.shape)
+    w[:, 0] = 1.0
+    return w
+
+
+@AGGREGATIONS.register("softmax")
+def _softmax_weights(s: np.ndarray, similarity: str, temperature: float, **_) -> np.ndarray:
+    if not temperature > 0:
+        raise ValueError(f"softmax temperature must be > 0, got {temperature}")
+    return _softmax_rows((-s if similarity == "l2" else s) / temperature)
+
+
+@AGGREGATIONS.register("bleep_weighted")
+def _bleep_weights(s: np.ndarray, distances: np.ndarray, **_) -> np.ndarray:
+    # exp(−(d² − d²_min + 1)) normalised: the shift and the +1 cancel, leaving softmax(−d²).
+    return _softmax_rows(-(distances ** 2))
+
+
+@AGGREGATIONS.register("inverse_square")
+def _inverse_square_weights(s: np.ndarray, distances: np.ndarray, eps: float, **_) -> np.ndarray:
+    inv = 1.0 / (distances ** 2 + eps)
     return inv / inv.sum(axis=1, keepdims=True)
 
 

@@ -25,18 +25,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..registry import Registry
+
 __all__ = ["SIMILARITIES", "KNN_BACKENDS", "KNNBackend", "TorchKNN", "FaissKNN", "create_knn_backend"]
 
-SIMILARITIES = ("cosine", "dot", "l2")
-KNN_BACKENDS = ("torch", "faiss")
+#: Neighbour scores: ``cosine`` and ``dot`` (higher is nearer), ``l2`` (lower is nearer).
+SIMILARITIES: Registry[str] = Registry("similarity")
+for _name in ("cosine", "dot", "l2"):
+    SIMILARITIES.register(_name, _name)
+#: name → :class:`KNNBackend` subclass (``torch``, ``faiss``).
+KNN_BACKENDS: Registry["KNNBackend"] = Registry("kNN backend")
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
 def check_similarity(similarity: str) -> str:
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"unknown similarity {similarity!r}; choose one of {list(SIMILARITIES)}")
-    return similarity
+    return SIMILARITIES.check(similarity)
 
 
 def as_float32_matrix(x: ArrayLike, name: str) -> torch.Tensor:
@@ -138,6 +142,7 @@ class KNNBackend(abc.ABC):
         return f"{type(self).__name__}(similarity={self.similarity!r}, n_reference={self._n_reference})"
 
 
+@KNN_BACKENDS.register("torch")
 class TorchKNN(KNNBackend):
     """Exact search with dense matrix products and ``torch.topk``.
 
@@ -230,6 +235,7 @@ def import_faiss():
 FAISS_INDEXES = ("flat", "ivf", "hnsw")
 
 
+@KNN_BACKENDS.register("faiss")
 class FaissKNN(KNNBackend):
     """Search with a faiss-cpu index.
 
@@ -314,9 +320,6 @@ class FaissKNN(KNNBackend):
 
 
 def create_knn_backend(name: str = "torch", similarity: str = "cosine", **kwargs) -> KNNBackend:
-    """A backend by name: 'torch' → :class:`TorchKNN`, 'faiss' → :class:`FaissKNN`; ``kwargs`` go to it."""
-    if name == "torch":
-        return TorchKNN(similarity=similarity, **kwargs)
-    if name == "faiss":
-        return FaissKNN(similarity=similarity, **kwargs)
-    raise ValueError(f"unknown kNN backend {name!r}; choose one of {list(KNN_BACKENDS)}")
+    """A backend by name from :data:`KNN_BACKENDS` ('torch' → :class:`TorchKNN`, 'faiss' → :class:`FaissKNN`);
+    ``kwargs`` go to it."""
+    return KNN_BACKENDS.create(name, similarity=similarity, **kwargs)
