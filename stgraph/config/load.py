@@ -138,9 +138,19 @@ def _build(cls: type, data: Mapping, where: str) -> Any:
     return cls(**kwargs)
 
 
+def validate_config(config: Config) -> Config:
+    """Cross-field checks the dataclass types cannot express (at load time, before any data is read)."""
+    m, t = config.model, config.train
+    if (m.image_dgi.enabled or m.spot_dgi.enabled) and t.batching != "slide":
+        raise ConfigError("DGI encoders run over a whole slide graph: set train.batching=slide")
+    if m.image_encoder.cache_features and m.image_encoder.freeze != "all":
+        raise ConfigError("model.image_encoder.cache_features needs model.image_encoder.freeze=all")
+    return config
+
+
 def config_from_dict(data: Mapping) -> Config:
-    """Validate a raw mapping into a :class:`Config` (defaults fill what is missing)."""
-    return _build(Config, data, "")
+    """Validate a raw mapping into a :class:`Config` (defaults fill what is missing; cross-field checks)."""
+    return validate_config(_build(Config, data, ""))
 
 
 def config_to_dict(config: Config) -> dict:

@@ -1,8 +1,13 @@
 """``create_model``: build the configured model (the single entry point, like timm's)."""
 from __future__ import annotations
 
+from functools import partial
+
+from ..config.load import validate_config as validate_model_config  # noqa: F401 (cross-field checks)
+
 from .contrastive import ContrastiveSTModel
 from .image_encoders import TimmImageEncoder
+from .spot_encoders import create_spot_encoder
 
 __all__ = ["create_model", "create_image_encoder"]
 
@@ -16,21 +21,12 @@ def create_image_encoder(config, pretrained: bool | None = None) -> TimmImageEnc
         pretrained=use_pretrained,
         weights=cfg.weights if use_pretrained else None,
         freeze=cfg.freeze,
+        input_size=cfg.input_size,
     )
 
 
-def validate_model_config(config) -> None:
-    """Cross-field checks that the dataclass types cannot express."""
-    m, t = config.model, config.train
-    graph = m.image_dgi.enabled or m.spot_dgi.enabled
-    if graph and t.batching != "slide":
-        raise ValueError("DGI encoders run over a whole slide graph: set train.batching=slide")
-    if m.image_encoder.cache_features and m.image_encoder.freeze != "all":
-        raise ValueError("model.image_encoder.cache_features needs model.image_encoder.freeze=all")
-
-
 def create_model(config, spot_in_dim: int, pretrained: bool | None = None) -> ContrastiveSTModel:
-    """Build :class:`ContrastiveSTModel` from a :class:`~stgraph.config.Config`.
+    """Build :class:`ContrastiveSTModel` from a :class:`~stgraph.config.Config` (its ``model`` section).
 
     Parameters
     ----------
@@ -41,5 +37,14 @@ def create_model(config, spot_in_dim: int, pretrained: bool | None = None) -> Co
     pretrained
         Override ``model.image_encoder.pretrained`` (``False`` when weights come from a checkpoint).
     """
-    validate_model_config(config)
-    return ContrastiveSTModel(config, spot_in_dim, create_image_encoder(config, pretrained))
+    m = config.model
+    return ContrastiveSTModel(
+        spot_in_dim,
+        create_image_encoder(config, pretrained),
+        spot_encoder=partial(create_spot_encoder, cfg=m.spot_encoder),
+        embed_dim=m.embed_dim,
+        image_dgi_dim=m.image_dgi.hidden_dim if m.image_dgi.enabled else None,
+        spot_dgi_dim=m.spot_dgi.hidden_dim if m.spot_dgi.enabled else None,
+        image_head_dropout=m.image_head_dropout,
+        spot_head_dropout=m.spot_head_dropout,
+    )

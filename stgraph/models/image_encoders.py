@@ -85,15 +85,18 @@ class TimmImageEncoder(nn.Module):
         Local checkpoint file (state dict) for offline use.
     freeze
         ``none`` (train all), ``all`` (no gradient; eval-mode BatchNorm), ``all_but_last_stage``.
+    input_size
+        Side patches are resized to before the backbone (``None``: as extracted).
     """
 
     def __init__(self, backbone: str = "resnet50", pretrained: bool = True, weights: Optional[str] = None,
-                 freeze: str = "none"):
+                 freeze: str = "none", input_size: Optional[int] = None):
         super().__init__()
         if freeze not in FREEZE_POLICIES:
             raise ValueError(f"freeze={freeze!r} is not one of {list(FREEZE_POLICIES)}")
         self.backbone_name = backbone
         self.freeze = freeze
+        self.input_size = input_size
         self.model = _create_timm_model(backbone, pretrained, weights)
         self.num_features = int(self.model.num_features)
         self._apply_freeze()

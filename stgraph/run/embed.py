@@ -41,7 +41,7 @@ def embed_slide(model, slide: "PreparedSlide", branch: str = "image", batch_size
             batch["edge_index"] = slide.edge_index.to(device)
         return model.encode_spot(batch).emb.cpu().numpy().astype(np.float32)
 
-    input_size = model.config.model.image_encoder.input_size
+    input_size = getattr(model.image_encoder, "input_size", None)
     feats = []
     for start in range(0, slide.n_spots, batch_size):
         inp = _image_input(slide, slice(start, start + batch_size), input_size, device)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..config import config_to_dict
 from ..data.transforms import random_flip_rotate
-from ..losses import CompositeLoss
+from ..losses import CompositeLoss, Objective
 from ..utils import atomic_path, resolve_device, seed_everything
 from .monitor import TermMonitor
 from ..data.transforms import normalize_batch, patch_batch
@@ -75,10 +75,14 @@ class Trainer:
         Training slides (:class:`PreparedSlide` with ``spot_input``, and ``features`` or ``patches``).
     run_dir
         Folder for ``checkpoints/``, ``log.csv`` and the loss curve; ``None`` keeps everything in memory.
+    objective
+        The loss terms, weights and DGI pre-training schedule (default :meth:`Objective.from_config`).
     """
 
-    def __init__(self, model, config, slides: Sequence[PreparedSlide], run_dir: Optional[str | Path] = None):
+    def __init__(self, model, config, slides: Sequence[PreparedSlide], run_dir: Optional[str | Path] = None,
+                 objective: Optional[Objective] = None):
         self.config = config
+        self.objective = objective if objective is not None else Objective.from_config(config)
         self.tcfg = config.train
         self.device = resolve_device(self.tcfg.device)
         self.model = model.to(self.device)
@@ -170,24 +174,14 @@ class Trainer:
             yield self._spot_batch(parts, train)
 
     # ------------------------------------------------------------------------------------- one epoch
-    def _weights(self, epoch: int) -> dict[str, float]:
-        weights = self.model.loss_weights()
-        m = self.config.model
-        pretrain = {"dgi_image": m.image_dgi.pretrain_epochs if m.image_dgi.enabled else 0,
-                    "dgi_spot": m.spot_dgi.pretrain_epochs if m.spot_dgi.enabled else 0}
-        if epoch < max(pretrain.values()):
-            # DGI pre-training phase: only the DGI terms still in their pre-training window.
-            return {k: w for k, w in weights.items() if pretrain.get(k, 0) > epoch}
-        return weights
-
     def _run_epoch(self, epoch: int, train: bool) -> dict[str, float]:
         self.model.train(train)
-        objective = CompositeLoss(self._weights(epoch) if train else self.model.loss_weights())
+        weighted = CompositeLoss(self.objective.weights(epoch if train else None))
         sums: dict[str, float] = {}
         n_batches = 0
         with torch.set_grad_enabled(train):
             for batch in self._batches(train):
-                total, logs = objective(self.model.loss_terms(batch))
+                total, logs = weighted(self.objective.terms(self.model, batch))
                 if train:
                     self.optimizer.zero_grad(set_to_none=True)
                     total.backward()
