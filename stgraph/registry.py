@@ -101,6 +101,10 @@ class Registry(Generic[T]):
         """Registered names, sorted."""
         return sorted(self._table)
 
+    def items(self) -> list[tuple[str, Callable[..., T]]]:
+        """``(name, entry)`` pairs in registration order (e.g. the order formats are auto-detected in)."""
+        return list(self._table.items())
+
     def __contains__(self, name: object) -> bool:
         return name in self._table
 

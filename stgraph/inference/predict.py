@@ -11,7 +11,7 @@ from anndata import AnnData
 
 from ..retrieval.reference import ReferenceStore
 from ..run.embed import embed_slide
-from ..run.folder import ModelFolderError, Run, load_run
+from ..run.folder import ModelFolderError, Run, load_run  # noqa: F401 (re-exported)
 from ..run.prepare import prepare_slide
 from ..utils import atomic_path
 

@@ -17,7 +17,7 @@ from ..data.collection import SlideCollection
 from ..models import create_model
 from ..retrieval.reference import ReferenceStore
 from ..run.embed import embed_slide
-from ..run.folder import RUN_FILES, Run, save_model
+from ..run.folder import RUN_FILES, Run, save_model  # noqa: F401 (RUN_FILES re-exported)
 from ..run.prepare import PreparedSlide, fit_preprocessor, prepare_slide
 from ..utils import atomic_write_text, resolve_device, seed_everything
 from .trainer import Trainer, TrainResult
