@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 from stgraph.config.schema import choices
 from stgraph.errors import StgraphError
+from stgraph.keys import Key
 
 __all__ = ["main", "build_parser"]
 
@@ -175,7 +176,7 @@ def _plot(pred, true, genes, path: Path, force: bool) -> None:
     if true is not None:
         from stgraph.data import pp
 
-        true = pp.normalize_log1p(true, copy=True) if "counts" not in true.layers else true
+        true = pp.normalize_log1p(true, copy=True) if Key.layers.counts not in true.layers else true
     fig = plot_genes(pred, genes, adata_true=true, path=path)
     plt.close(fig)
     print(f"wrote {path}")

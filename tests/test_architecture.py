@@ -112,3 +112,32 @@ def test_subpackages_form_no_import_circle():
     """Counting imports inside functions too: the layers of docs/architecture.md form a DAG."""
     cycle = _find_cycle(_subpackage_graph(top_level_only=False))
     assert cycle is None, " → ".join(cycle)
+
+
+def test_anndata_keys_come_from_the_keys_module():
+    """No ``adata.obsm["..."]``-style literal outside stgraph/keys.py: every key is a ``Key`` constant."""
+    import re
+
+    pattern = re.compile(r'\.(obs|obsm|obsp|layers|uns|var)(\.get\(|\[)\s*["\']')
+    offenders = [f"{p.relative_to(REPO)}:{i}" for p in list(PKG.rglob("*.py")) + list((REPO / "cli").rglob("*.py"))
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if pattern.search(line) and not line.lstrip().startswith(("#", '"', "'", "f\"", "raise"))
+                 and "f\"" not in line and "f'" not in line]
+    assert not offenders, offenders
+
+
+def test_one_slide_id_rule():
+    import anndata
+    import numpy as np
+    import pandas as pd
+
+    from stgraph.data.slide_id import set_slide_id, slide_id_of
+
+    ad = anndata.AnnData(np.zeros((3, 1), dtype=np.float32))
+    assert slide_id_of(ad, default="q") == "q"
+    with pytest.raises(ValueError, match="cannot tell the slide id"):
+        slide_id_of(ad)
+    ad.uns["spatial"] = {"LIB": {}}
+    assert slide_id_of(ad) == "LIB"
+    set_slide_id(ad, "S1")
+    assert slide_id_of(ad) == "S1" and isinstance(ad.obs["slide_id"].dtype, pd.CategoricalDtype)

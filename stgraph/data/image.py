@@ -14,6 +14,7 @@ import numpy as np
 from anndata import AnnData
 
 from .errors import SlideFormatError, require_file
+from ..keys import Key
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -281,12 +282,12 @@ def load_image_file(path: str | os.PathLike) -> ArrayImage | PILImage:
 
 def slide_library(adata: AnnData) -> tuple[str, dict]:
     """(library id, ``uns['spatial'][library id]``) of a one-slide AnnData."""
-    spatial = adata.uns.get("spatial", {})
+    spatial = adata.uns.get(Key.uns.spatial, {})
     if len(spatial) == 1:
         lib = next(iter(spatial))
         return str(lib), spatial[lib]
-    if "slide_id" in adata.obs and adata.n_obs:
-        lib = str(adata.obs["slide_id"].iloc[0])
+    if Key.obs.slide_id in adata.obs and adata.n_obs:
+        lib = str(adata.obs[Key.obs.slide_id].iloc[0])
         if lib in spatial:
             return lib, spatial[lib]
     raise SlideFormatError(f"cannot find the slide's image: uns['spatial'] has libraries {list(spatial)}; "
@@ -295,7 +296,7 @@ def slide_library(adata: AnnData) -> tuple[str, dict]:
 
 def _scaled_fallback(entry: dict) -> Optional[tuple[str, np.ndarray, float]]:
     """(name, image, scale factor) of the largest stored downscaled image that has its scale factor."""
-    images, scalefactors = entry.get("images", {}), entry.get("scalefactors", {})
+    images, scalefactors = entry.get(Key.uns.images, {}), entry.get(Key.uns.scalefactors, {})
     for name in ("hires", "lowres"):
         if name in images and f"tissue_{name}_scalef" in scalefactors:
             return name, np.asarray(images[name]), float(scalefactors[f"tissue_{name}_scalef"])
@@ -323,10 +324,10 @@ def load_fullres_image(adata: AnnData) -> ArrayImage | PILImage | ScaledImage:
     import warnings
 
     lib, entry = slide_library(adata)
-    images = entry.get("images", {})
+    images = entry.get(Key.uns.images, {})
     if "fullres" in images:
-        return ArrayImage(np.asarray(images["fullres"]), source=f"uns['spatial'][{lib!r}]['images']['fullres']")
-    source = entry.get("metadata", {}).get("source_image_path")
+        return ArrayImage(np.asarray(images[Key.image.fullres]), source=f"uns['spatial'][{lib!r}]['images']['fullres']")
+    source = entry.get(Key.uns.metadata, {}).get(Key.metadata.source_image_path)
     if source:
         return load_image_file(source)
     fallback = _scaled_fallback(entry)

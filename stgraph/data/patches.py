@@ -23,10 +23,12 @@ import numpy as np
 from anndata import AnnData
 
 from .errors import SlideFormatError
+from .slide_id import slide_id_of
 from .image import (ArrayImage, FullResImage, PILImage, ScaledImage, load_fullres_image,  # noqa: F401
                     load_image_file, slide_library, _scaled_fallback)
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, RandomFlipRotate, hash_array,  # noqa: F401 (re-exported)
                          imagenet_normalize, random_flip_rotate)
+from ..keys import Key
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -48,8 +50,8 @@ __all__ = [
 
 def _fullres_scale(entry: dict) -> float:
     """Pixels of the crop source per full-resolution pixel (``tissue_fullres_scalef`` for in-memory images)."""
-    if "fullres" in entry.get("images", {}):
-        return float(entry.get("scalefactors", {}).get("tissue_fullres_scalef", 1.0))
+    if "fullres" in entry.get(Key.uns.images, {}):
+        return float(entry.get(Key.uns.scalefactors, {}).get(Key.scalefactor.fullres, 1.0))
     return 1.0
 
 
@@ -57,7 +59,7 @@ def _crop_side(size: int, patch_um: Optional[float], microns_per_pixel: Optional
                scale: float) -> int:
     if patch_um is None:
         return size
-    mpp = microns_per_pixel if microns_per_pixel is not None else entry.get("metadata", {}).get("microns_per_pixel")
+    mpp = microns_per_pixel if microns_per_pixel is not None else entry.get(Key.uns.metadata, {}).get(Key.metadata.microns_per_pixel)
     if mpp is None:
         raise ValueError(f"patch_um={patch_um} needs the pixel size: pass microns_per_pixel or set "
                          "uns['spatial'][lib]['metadata']['microns_per_pixel']")
@@ -80,11 +82,11 @@ def patch_cache_path(cache_dir: str | os.PathLike, slide_id: str, size: int, pat
 
 
 def _cache_key(adata: AnnData, entry: dict, xy: np.ndarray, size: int, side: int, pad_value: int) -> dict:
-    images = entry.get("images", {})
-    source = entry.get("metadata", {}).get("source_image_path")
+    images = entry.get(Key.uns.images, {})
+    source = entry.get(Key.uns.metadata, {}).get(Key.metadata.source_image_path)
     fallback = _scaled_fallback(entry)
     if "fullres" in images:
-        image_id = "inmemory:" + hash_array(images["fullres"])
+        image_id = "inmemory:" + hash_array(images[Key.image.fullres])
     elif source:
         source = Path(source)
         stat = source.stat() if source.is_file() else None
@@ -163,9 +165,9 @@ def extract_patches(
     if size < 1:
         raise ValueError(f"patch size must be ≥ 1, got {size}")
     lib, entry = slide_library(adata)
-    if "spatial" not in adata.obsm:
+    if Key.obsm.spatial not in adata.obsm:
         raise SlideFormatError(f"slide {lib!r} has no obsm['spatial']")
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    xy = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] != 2:
         raise SlideFormatError(f"slide {lib!r}: obsm['spatial'] must be (n_spots, 2); got shape {xy.shape}")
     if len(xy) == 0:
@@ -177,7 +179,7 @@ def extract_patches(
 
     cache_path = key = None
     if cache_dir is not None:
-        slide_id = str(adata.obs["slide_id"].iloc[0]) if "slide_id" in adata.obs and adata.n_obs else lib
+        slide_id = slide_id_of(adata, default=lib)
         cache_path = patch_cache_path(cache_dir, slide_id, size, patch_um, xy=xy)
         key = _cache_key(adata, entry, xy, size, side, pad_value)
         cached = _read_cache(cache_path, key, adata.n_obs, size)

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 from anndata import AnnData
+from ..keys import Key
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -122,8 +123,8 @@ def array_coordinates(adata: AnnData) -> np.ndarray:
     embedding indices.
     """
     if {"array_row", "array_col"} <= set(adata.obs.columns):
-        return np.stack([adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()], 1).astype(np.int64)
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+        return np.stack([adata.obs[Key.obs.array_row].to_numpy(), adata.obs[Key.obs.array_col].to_numpy()], 1).astype(np.int64)
+    xy = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)
     if len(xy) < 2:
         return np.zeros((len(xy), 2), dtype=np.int64)
     from ..graph import median_spacing

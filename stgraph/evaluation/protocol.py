@@ -23,6 +23,7 @@ from ..run.prepare import fit_preprocessor, prepare_slide
 from ..training.run import train_model
 from .baselines import BASELINES
 from .folds import Fold
+from ..keys import Key
 
 __all__ = ["cross_validate", "evaluate_fold", "baseline_fold", "SUMMARY_METRICS"]
 
@@ -174,8 +175,8 @@ def write_report(frame: pd.DataFrame, out: Path, collection: SlideCollection, fo
         true_ad = anndata.AnnData(X=true, obs=pd.DataFrame(index=test.obs_names.copy()),
                                   var=pd.DataFrame(index=list(genes)))
         for ad in (pred_ad, true_ad):
-            ad.obsm["spatial"] = np.asarray(test.obsm["spatial"])
-            ad.uns["spatial"] = test.uns.get("spatial", {})
+            ad.obsm[Key.obsm.spatial] = np.asarray(test.obsm[Key.obsm.spatial])
+            ad.uns[Key.uns.spatial] = test.uns.get(Key.uns.spatial, {})
         safe = method.replace(":", "_")
         fig = plot_genes(pred_ad, chosen, adata_true=true_ad, path=out / "maps" / f"{safe}_{fold.name}.png")
         plt.close(fig)

@@ -14,6 +14,7 @@ from ..run.embed import embed_slide
 from ..run.folder import ModelFolderError, Run, load_run  # noqa: F401 (re-exported)
 from ..run.prepare import prepare_slide
 from ..utils import atomic_path
+from ..keys import Key
 
 __all__ = ["LoadedModel", "load_run", "predict_slide", "write_prediction", "ModelFolderError", "extend_reference"]
 
@@ -66,11 +67,11 @@ def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
         obs=adata.obs[obs_cols].copy() if obs_cols else pd.DataFrame(index=adata.obs_names.copy()),
         var=pd.DataFrame(index=pd.Index(loaded.genes, dtype=str)),
     )
-    out.obsm["spatial"] = np.asarray(adata.obsm["spatial"]).copy()
-    out.obsm["X_stgraph"] = query_emb
-    if "spatial" in adata.uns:
-        out.uns["spatial"] = adata.uns["spatial"]
-    out.uns["stgraph"] = {
+    out.obsm[Key.obsm.spatial] = np.asarray(adata.obsm[Key.obsm.spatial]).copy()
+    out.obsm[Key.obsm.embedding] = query_emb
+    if Key.uns.spatial in adata.uns:
+        out.uns[Key.uns.spatial] = adata.uns[Key.uns.spatial]
+    out.uns[Key.uns.stgraph] = {
         "model": str(getattr(loaded, "run_dir", "") or ""),
         "method": config.model.name,
         "config_name": config.name,

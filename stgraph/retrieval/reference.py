@@ -22,6 +22,7 @@ import scipy.sparse as sp
 import torch
 
 from ..errors import StgraphError
+from ..keys import Key
 from ..utils import atomic_path
 from .impute import impute
 from .knn import KNNBackend
@@ -279,8 +280,8 @@ class ReferenceStore:
         obs = pd.DataFrame({"slide_id": pd.Categorical(self.slide_ids), "spot_id": self.spot_ids},
                            index=pd.Index(index, dtype=str))
         adata = anndata.AnnData(X=self.expression.copy(), obs=obs, var=pd.DataFrame(index=pd.Index(self.genes)))
-        adata.obsm["X_emb"] = self.embeddings.copy()
-        adata.uns["reference"] = {"kind": self.kind, "meta": json.dumps(self.meta)}
+        adata.obsm[Key.obsm.reference_embedding] = self.embeddings.copy()
+        adata.uns[Key.uns.reference] = {"kind": self.kind, "meta": json.dumps(self.meta)}
         return adata
 
 

@@ -18,9 +18,11 @@ from anndata import AnnData
 
 from ..data import pp
 from ..data.patches import extract_patches
+from ..data.slide_id import slide_id_of
 from ..data.transforms import grid_coordinates, hash_array, normalize_batch, patch_batch  # noqa: F401
 from ..graph import spatial_graph, to_edge_index
 from ..utils import atomic_save_npy
+from ..keys import Key
 
 __all__ = [
     "PreparedSlide",
@@ -92,7 +94,7 @@ class Preprocessor:
 
     def expression(self, adata: AnnData) -> np.ndarray:
         """(n, G) log-normalised expression of ``adata`` over ``genes`` (missing genes → 0, with a warning)."""
-        if "counts" not in adata.layers:
+        if Key.layers.counts not in adata.layers:
             adata = pp.normalize_log1p(adata, copy=True)
         aligned = pp.align_genes(adata, self.genes)
         x = aligned.X
@@ -151,13 +153,13 @@ def fit_preprocessor(config, train_slides: Sequence[AnnData]) -> tuple[Preproces
     """
     if not train_slides:
         raise ValueError("no training slides given")
-    normed = [ad if "counts" in ad.layers else pp.normalize_log1p(ad, copy=True) for ad in train_slides]
+    normed = [ad if Key.layers.counts in ad.layers else pp.normalize_log1p(ad, copy=True) for ad in train_slides]
     genes = _select_genes(config, normed)
     if not genes:
         raise ValueError("gene selection returned no genes")
     aligned = [pp.align_genes(ad, genes) for ad in normed]
     expr = {
-        str(ad.obs["slide_id"].iloc[0]) if "slide_id" in ad.obs else f"slide{i}": np.asarray(
+        slide_id_of(ad, default=f"slide{i}"): np.asarray(
             ad.X.toarray() if sp.issparse(ad.X) else ad.X, dtype=np.float32
         )
         for i, ad in enumerate(aligned)
@@ -253,7 +255,7 @@ def prepare_slide(adata: AnnData, config, preprocessor: Optional[Preprocessor] =
     with_graph
         Build the spot graph (default: when any DGI module is enabled).
     """
-    slide_id = str(adata.obs["slide_id"].iloc[0]) if "slide_id" in adata.obs and adata.n_obs else "slide"
+    slide_id = slide_id_of(adata, default="slide")
     if adata.n_obs == 0:
         raise ValueError(f"slide {slide_id!r} has no spots")
     if expr is None and preprocessor is not None and adata.n_vars > 0:
@@ -281,7 +283,7 @@ def prepare_slide(adata: AnnData, config, preprocessor: Optional[Preprocessor] =
         slide_id=slide_id,
         barcodes=list(map(str, adata.obs_names)),
         coords=grid_coordinates(adata),
-        xy=np.asarray(adata.obsm["spatial"], dtype=np.float32),
+        xy=np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float32),
         expr=expr,
         spot_input=spot_input,
         patches=patches,

@@ -14,6 +14,7 @@ from anndata import AnnData
 
 from ..config import save_config
 from ..data.collection import SlideCollection
+from ..data.slide_id import slide_id_of
 from ..models import create_model
 from ..retrieval.reference import ReferenceStore
 from ..run.embed import embed_slide
@@ -34,10 +35,6 @@ def _slides_of(slides) -> list[AnnData]:
     if isinstance(slides, SlideCollection):
         return [slides[i] for i in slides.ids]
     return list(slides)
-
-
-def _slide_id(adata: AnnData, i: int) -> str:
-    return str(adata.obs["slide_id"].iloc[0]) if "slide_id" in adata.obs and adata.n_obs else f"slide{i}"
 
 
 def build_reference(model, config, slides: Sequence[PreparedSlide], genes: Sequence[str],
@@ -94,7 +91,7 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
     preprocessor, expr = fit_preprocessor(config, adatas)
     model = create_model(config, preprocessor.spot_in_dim).to(device)
     prepared = [
-        prepare_slide(ad, config, preprocessor, expr=expr.get(_slide_id(ad, i)), image_encoder=model.image_encoder,
+        prepare_slide(ad, config, preprocessor, expr=expr.get(slide_id_of(ad, default=f"slide{i}")), image_encoder=model.image_encoder,
                       device=str(device), progress=progress)
         for i, ad in enumerate(adatas)
     ]

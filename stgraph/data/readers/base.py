@@ -21,6 +21,8 @@ from anndata import AnnData
 from ...registry import Registry
 from ..errors import SlideFormatError, require_file
 from ..image import image_size, thumbnail
+from ..slide_id import set_slide_id
+from ...keys import Key
 
 __all__ = ["READERS", "register_reader", "validate_slide"]
 
@@ -56,20 +58,21 @@ def _attach_image(adata: AnnData, slide_id: str, image_path: Optional[Path], spo
     """Fill ``uns['spatial'][slide_id]``; validate spot positions against the image and store a thumbnail."""
     images, scalefactors, metadata = {}, {}, {}
     if spot_diameter is not None:
-        scalefactors["spot_diameter_fullres"] = float(spot_diameter)
+        scalefactors[Key.scalefactor.spot_diameter] = float(spot_diameter)
     if microns_per_pixel is not None:
-        metadata["microns_per_pixel"] = float(microns_per_pixel)
+        metadata[Key.metadata.microns_per_pixel] = float(microns_per_pixel)
     if image_path is not None:
         image_path = require_file(image_path, "image file").resolve()
         size = image_size(image_path)
-        _check_inside(np.asarray(adata.obsm["spatial"]), size, image_path, what)
-        metadata["source_image_path"] = str(image_path)
-        metadata["fullres_shape"] = [size[1], size[0]]
+        _check_inside(np.asarray(adata.obsm[Key.obsm.spatial]), size, image_path, what)
+        metadata[Key.metadata.source_image_path] = str(image_path)
+        metadata[Key.metadata.fullres_shape] = [size[1], size[0]]
         if hires_max_side:
             thumb = thumbnail(image_path, hires_max_side)
-            images["hires"] = thumb
-            scalefactors["tissue_hires_scalef"] = thumb.shape[1] / size[0]
-    adata.uns["spatial"] = {slide_id: {"images": images, "scalefactors": scalefactors, "metadata": metadata}}
+            images[Key.image.hires] = thumb
+            scalefactors[Key.scalefactor.hires] = thumb.shape[1] / size[0]
+    adata.uns[Key.uns.spatial] = {slide_id: {Key.uns.images: images, Key.uns.scalefactors: scalefactors,
+                                             Key.uns.metadata: metadata}}
 
 
 def _strip_suffixes(path: Path) -> str:
@@ -102,8 +105,7 @@ def _duplicates(index: pd.Index) -> list:
 
 
 def _finish_obs(adata: AnnData, slide_id: str) -> AnnData:
-    adata.obs["slide_id"] = pd.Categorical([slide_id] * adata.n_obs, categories=[slide_id])
-    return adata
+    return set_slide_id(adata, slide_id)
 
 
 def validate_slide(adata: AnnData, source: str = "slide") -> AnnData:
@@ -114,9 +116,9 @@ def validate_slide(adata: AnnData, source: str = "slide") -> AnnData:
     """
     if adata.n_obs == 0:
         raise SlideFormatError(f"{source} has no spots")
-    if "spatial" not in adata.obsm:
+    if Key.obsm.spatial not in adata.obsm:
         raise SlideFormatError(f"{source} has no obsm['spatial'] (spot centres in full-resolution pixels)")
-    xy = np.asarray(adata.obsm["spatial"])
+    xy = np.asarray(adata.obsm[Key.obsm.spatial])
     if xy.ndim != 2 or xy.shape[1] != 2:
         raise SlideFormatError(f"{source}: obsm['spatial'] must be (n_spots, 2) x, y; got shape {xy.shape}")
     if not np.issubdtype(xy.dtype, np.number) or not np.isfinite(xy).all():
@@ -128,15 +130,15 @@ def validate_slide(adata: AnnData, source: str = "slide") -> AnnData:
         data = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
         if not np.isfinite(data).all():
             raise SlideFormatError(f"{source}: X holds NaN or infinite values")
-    if "slide_id" not in adata.obs:
-        libs = list(adata.uns.get("spatial", {}))
+    if Key.obs.slide_id not in adata.obs:
+        libs = list(adata.uns.get(Key.uns.spatial, {}))
         if len(libs) != 1:
             raise SlideFormatError(f"{source} has no obs['slide_id'] and {len(libs)} libraries in uns['spatial']; "
                                    "cannot tell its slide id")
         _finish_obs(adata, str(libs[0]))
-    ids = adata.obs["slide_id"].astype(str).unique()
+    ids = adata.obs[Key.obs.slide_id].astype(str).unique()
     if len(ids) != 1:
         raise SlideFormatError(f"{source} mixes {len(ids)} slide ids {list(ids)[:5]}; one slide per AnnData")
-    if not isinstance(adata.obs["slide_id"].dtype, pd.CategoricalDtype):
+    if not isinstance(adata.obs[Key.obs.slide_id].dtype, pd.CategoricalDtype):
         _finish_obs(adata, str(ids[0]))
     return adata

@@ -1,4 +1,4 @@
-"""Legacy ST readers (count matrix .tsv(.gz) + spot selection .tsv + H&E) and the HER2+ data set: slides on disk → one :class:`~anndata.AnnData` per slide in the stgraph convention.
+"""Legacy ST readers (counts .tsv(.gz) + spot selection .tsv + H&E) and the HER2+ data set.
 
 Every reader returns ``X`` (raw counts, CSR float32), ``obsm['spatial']`` (n, 2) spot centres as x, y in
 full-resolution image pixels, ``obs['slide_id']`` (categorical) and ``uns['spatial'][slide_id]`` with
@@ -19,6 +19,7 @@ from anndata import AnnData
 from ..errors import SlideFormatError, missing_file, require_file
 from ..image import IMAGE_SUFFIXES
 from .base import _attach_image, _counts_to_csr, _duplicates, _finish_obs, _strip_suffixes, register_reader
+from ...keys import Key
 
 __all__ = ["HER2ST_IMAGED_SECTIONS", "HER2ST_SPOT_DIAMETER_PX", "read_st_legacy", "read_her2st",
            "read_st_legacy_folder"]
@@ -142,7 +143,7 @@ def read_st_legacy(
     obs["array_row"] = obs["y"].to_numpy()
     obs["array_col"] = obs["x"].to_numpy()
     adata = AnnData(X=_counts_to_csr(counts, counts_path), obs=obs, var=pd.DataFrame(index=counts.columns.astype(str)))
-    adata.obsm["spatial"] = spots[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    adata.obsm[Key.obsm.spatial] = spots[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
     _finish_obs(adata, slide_id)
     _attach_image(adata, slide_id, Path(image_path) if image_path is not None else None, spot_diameter_fullres,
                   hires_max_side, microns_per_pixel, what=f"spot file {spots_path}")

@@ -11,6 +11,7 @@ from anndata import AnnData
 
 from ..errors import SlideFormatError, require_file
 from .base import _attach_image, _duplicates, _finish_obs, register_reader
+from ...keys import Key
 
 __all__ = ["read_spot_csv"]
 
@@ -72,7 +73,7 @@ def read_spot_csv(
                 raise SlideFormatError(f"spot CSV {csv_path} has missing or non-numeric {col} values")
             obs[col] = values.astype(int)
     adata = AnnData(X=sp.csr_matrix((len(index), 0), dtype=np.float32), obs=obs)
-    adata.obsm["spatial"] = xy
+    adata.obsm[Key.obsm.spatial] = xy
     _finish_obs(adata, slide_id)
     _attach_image(adata, slide_id, image_path, spot_diameter_fullres, hires_max_side, microns_per_pixel,
                   what=f"spot CSV {csv_path}")

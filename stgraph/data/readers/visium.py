@@ -15,6 +15,7 @@ from anndata import AnnData
 from ..errors import SlideFormatError, missing_file, require_file
 from ..image import image_size, open_image
 from .base import _check_inside, _duplicates, _finish_obs, register_reader
+from ...keys import Key
 
 __all__ = ["read_visium"]
 
@@ -45,8 +46,8 @@ def _read_10x_matrix(path: Path) -> AnnData:
         raise SlideFormatError(f"cannot read 10x matrix {path}: {err}") from err
     if "filtered_barcodes" in adata.obs:
         # Probe-based raw matrices flag the barcodes Space Ranger called as tissue; keep those.
-        adata = adata[adata.obs["filtered_barcodes"].astype(bool).to_numpy()].copy()
-        del adata.obs["filtered_barcodes"]
+        adata = adata[adata.obs[Key.obs.filtered_barcodes].astype(bool).to_numpy()].copy()
+        del adata.obs[Key.obs.filtered_barcodes]
     if "filtered_probes" in adata.var and "gene_ids" in adata.var:
         adata = _probes_to_genes(adata)
     adata.var_names_make_unique()
@@ -55,8 +56,8 @@ def _read_10x_matrix(path: Path) -> AnnData:
 
 def _probes_to_genes(adata: AnnData) -> AnnData:
     """Sum the filtered probes of each gene (what Space Ranger writes to the filtered matrix)."""
-    probes = adata[:, adata.var["filtered_probes"].astype(bool).to_numpy()]
-    gene_ids = probes.var["gene_ids"].astype(str).to_numpy()
+    probes = adata[:, adata.var[Key.var.filtered_probes].astype(bool).to_numpy()]
+    gene_ids = probes.var[Key.var.gene_ids].astype(str).to_numpy()
     genes, inverse = np.unique(gene_ids, return_inverse=True)
     first = pd.Series(np.arange(len(gene_ids))).groupby(inverse).first().to_numpy()
     indicator = sp.csr_matrix((np.ones(len(gene_ids), np.float32), (np.arange(len(gene_ids)), inverse)),
@@ -159,8 +160,8 @@ def read_visium(
         warnings.warn(f"no spot positions ({looked}); returning expression without obsm['spatial']",
                       UserWarning, stacklevel=2)
         adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
-        adata.uns["spatial"] = {library_id: {"images": {}, "scalefactors": {},
-                                             "metadata": {"source_matrix": str(matrix_path.resolve())}}}
+        adata.uns[Key.uns.spatial] = {library_id: {Key.uns.images: {}, Key.uns.scalefactors: {},
+                                             Key.uns.metadata: {"source_matrix": str(matrix_path.resolve())}}}
         return _finish_obs(adata, library_id)
 
     positions = _read_positions(positions_path)
@@ -176,7 +177,7 @@ def read_visium(
         raise SlideFormatError(f"no spot of {matrix_path} is marked in_tissue in {positions_path}")
     for col in ("in_tissue", "array_row", "array_col"):
         adata.obs[col] = pos[col].astype(int).to_numpy()
-    adata.obsm["spatial"] = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    adata.obsm[Key.obsm.spatial] = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
     _finish_obs(adata, library_id)
 
@@ -193,14 +194,14 @@ def read_visium(
                 images[res] = img
     metadata = {"source_matrix": str(matrix_path.resolve())}
     if microns_per_pixel is not None:
-        metadata["microns_per_pixel"] = float(microns_per_pixel)
+        metadata[Key.metadata.microns_per_pixel] = float(microns_per_pixel)
     if fullres_image is not None:
         fullres_image = require_file(fullres_image, "full-resolution image").resolve()
         size = image_size(fullres_image)
-        _check_inside(adata.obsm["spatial"], size, fullres_image, what=f"{positions_path}")
-        metadata["source_image_path"] = str(fullres_image)
-        metadata["fullres_shape"] = [size[1], size[0]]
-    adata.uns["spatial"] = {library_id: {"images": images, "scalefactors": scalefactors, "metadata": metadata}}
+        _check_inside(adata.obsm[Key.obsm.spatial], size, fullres_image, what=f"{positions_path}")
+        metadata[Key.metadata.source_image_path] = str(fullres_image)
+        metadata[Key.metadata.fullres_shape] = [size[1], size[0]]
+    adata.uns[Key.uns.spatial] = {library_id: {Key.uns.images: images, Key.uns.scalefactors: scalefactors, Key.uns.metadata: metadata}}
     return adata
 
 
