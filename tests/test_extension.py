@@ -66,3 +66,26 @@ def test_unknown_names_fail_with_the_valid_choices(tmp_path):
 
     with pytest.raises(ConfigError, match="valid|not one of"):
         load_config(CONFIGS / "bleep.yaml", ["model.spot_encoder.name=toy_linear"])
+
+
+def test_toy_metric_is_a_report_column():
+    import numpy as np
+
+    from stgraph.metrics import METRICS, evaluate_arrays
+
+    METRICS.register("toy_max_abs", lambda pred, true, ctx: {"toy_max_abs": float(np.abs(pred - true).max())})
+    try:
+        rng = np.random.default_rng(0)
+        scores = evaluate_arrays(rng.random((20, 4)), rng.random((20, 4)), list("abcd"))
+        assert 0 < scores["toy_max_abs"] < 1 and "pcc_acg" in scores
+    finally:
+        METRICS.unregister("toy_max_abs")
+
+
+def test_cli_prints_one_line_for_a_stgraph_error(tmp_path, capsys):
+    from stgraph.cli.main import main
+
+    code = main(["train", "--config", str(CONFIGS / "bleep.yaml"), "--data", str(tmp_path), "--out",
+                 str(tmp_path / "run"), "loss.alignment=nope"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and "\n" not in err and "not one of" in err
