@@ -6,6 +6,7 @@ held-out slide never leaks into its own preprocessing.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,8 @@ __all__ = [
 
 @dataclass
 class PreparedSlide:
-    """One slide as arrays (rows = spots, in the slide's obs order).
+    """One slide as arrays (rows = spots, in the slide's obs order): the one "slide as arrays" container of
+    training, reference building and prediction (:meth:`to_tensors` for the training device).
 
     Attributes
     ----------
@@ -72,6 +74,22 @@ class PreparedSlide:
     @property
     def n_spots(self) -> int:
         return len(self.barcodes)
+
+    def to_tensors(self, device) -> "PreparedSlide":
+        """The same slide with its arrays as tensors for training: ``spot_input``/``features`` float32 and
+        ``coords`` long on ``device``, ``patches`` uint8 on the CPU (moved per batch), ``edge_index`` on
+        ``device``; ``xy`` and ``expr`` stay numpy."""
+        def on(x, dtype):
+            return None if x is None else torch.as_tensor(x, dtype=dtype, device=device)
+
+        return dataclasses.replace(
+            self,
+            spot_input=on(self.spot_input, torch.float32),
+            coords=on(self.coords, torch.long),
+            features=on(self.features, torch.float32),
+            patches=None if self.patches is None else torch.from_numpy(np.ascontiguousarray(self.patches)),
+            edge_index=None if self.edge_index is None else self.edge_index.to(device),
+        )
 
 
 @dataclass
