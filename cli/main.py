@@ -17,6 +17,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from stgraph.config.schema import choices
+from stgraph.errors import StgraphError
+from stgraph.keys import Key
+
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("stgraph")
@@ -86,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .h5ad")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--k", type=int, default=None, help="neighbours (default: the run's config)")
-    p.add_argument("--similarity", choices=["cosine", "dot", "l2"], default=None)
-    p.add_argument("--aggregation", choices=["mean", "inverse_square", "bleep_weighted", "softmax", "top1"], default=None)
-    p.add_argument("--backend", choices=["torch", "faiss"], default=None)
+    p.add_argument("--similarity", choices=choices("inference.similarity"), default=None)
+    p.add_argument("--aggregation", choices=choices("inference.aggregation"), default=None)
+    p.add_argument("--backend", choices=choices("inference.backend"), default=None)
     p.add_argument("--plot", nargs="+", default=None, metavar="GENE",
                    help="also draw these genes' predicted maps to <out>.png")
 
@@ -172,7 +176,7 @@ def _plot(pred, true, genes, path: Path, force: bool) -> None:
     if true is not None:
         from stgraph.data import pp
 
-        true = pp.normalize_log1p(true, copy=True) if "counts" not in true.layers else true
+        true = pp.normalize_log1p(true, copy=True) if Key.layers.counts not in true.layers else true
     fig = plot_genes(pred, genes, adata_true=true, path=path)
     plt.close(fig)
     print(f"wrote {path}")
@@ -218,10 +222,13 @@ COMMANDS = {"train": _cmd_train, "predict": _cmd_predict, "extend": _cmd_extend,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # the CLI only writes figures to files; the library leaves the backend to the user
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return COMMANDS[args.command](args)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
+    except (StgraphError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
         if args.verbose:
             raise
         print(f"error: {err}", file=sys.stderr)

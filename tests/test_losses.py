@@ -236,7 +236,7 @@ def test_register_loss_decorator():
         with pytest.raises(ValueError, match="already registered"):
             register_loss("test_zero")(CLIPLoss)
     finally:
-        LOSSES.pop("test_zero")
+        LOSSES.unregister("test_zero")
 
 
 # ---------------------------------------------------------------------------------------------- composite
@@ -268,3 +268,25 @@ def test_composite_rejects_bad_input():
         CompositeLoss({"align": 1.0})({"align": torch.ones(3)})
     with pytest.raises(ValueError, match="no loss terms"):
         CompositeLoss({"align": 1.0})({})
+
+
+# ---------------------------------------------------------------------------------------------- objective
+def test_objective_weights_and_dgi_pretraining_schedule(tiny_config):
+    from stgraph.losses import Objective
+
+    cfg = tiny_config("stgchb.yaml", "model.spot_dgi.pretrain_epochs=2", "model.image_dgi.pretrain_epochs=1",
+                      "model.spot_dgi.weight=0.5")
+    objective = Objective.from_config(cfg)
+    assert objective.weights(0) == {"dgi_image": 1.0, "dgi_spot": 0.5}
+    assert objective.weights(1) == {"dgi_spot": 0.5}
+    assert objective.weights(2) == objective.weights(None) == objective.all_weights()
+    assert set(objective.all_weights()) == {"align", "dgi_image", "dgi_spot", "hsic_spot", "hsic_image"}
+
+
+def test_cross_field_config_errors_at_load_time(tiny_config):
+    from stgraph.config import ConfigError
+
+    with pytest.raises(ConfigError, match="batching=slide"):
+        tiny_config("stgchb.yaml", "train.batching=spot")
+    with pytest.raises(ConfigError, match="freeze=all"):
+        tiny_config("bleep.yaml", "model.image_encoder.cache_features=true")

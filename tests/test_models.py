@@ -5,6 +5,7 @@ import torch
 
 from stgraph.models import SPOT_ENCODERS, TimmImageEncoder, create_model, create_spot_encoder
 from stgraph.config import SpotEncoderConfig
+from stgraph.losses import Objective
 from stgraph.training import Trainer, fit_preprocessor, prepare_slide
 from tests.conftest import MOBILENET, TRAINED_CONFIGS, require_shared
 
@@ -26,7 +27,7 @@ def test_every_config_builds_and_takes_a_training_step(name, tiny_config, synthe
     history = result.history
     assert np.isfinite(history["total"]).all()
     # every enabled module contributes a logged term
-    expected = set(model.loss_weights())
+    expected = set(Objective.from_config(config).all_weights())
     assert expected <= set(history.columns)
     changed = [k for k, v in model.state_dict().items() if k in before and not torch.equal(v, before[k])]
     assert any(k.startswith("spot_head") for k in changed) and any(k.startswith("image_head") for k in changed)
@@ -35,11 +36,13 @@ def test_every_config_builds_and_takes_a_training_step(name, tiny_config, synthe
 def test_stgchb_terms_follow_the_switches(tiny_config, synthetic_slides):
     full = tiny_config("stgchb.yaml")
     model, _ = _prepared(full, synthetic_slides[:1])
-    assert set(model.loss_weights()) == {"align", "dgi_image", "dgi_spot", "hsic_spot", "hsic_image"}
+    assert set(Objective.from_config(full).all_weights()) == {"align", "dgi_image", "dgi_spot", "hsic_spot",
+                                                              "hsic_image"}
     ablated = tiny_config("stgchb.yaml", "model.hsic.enabled=false", "model.image_dgi.enabled=false")
     model, _ = _prepared(ablated, synthetic_slides[:1])
-    assert set(model.loss_weights()) == {"align", "dgi_spot"}
-    assert model.image_dgi is None and model.hsic is None
+    objective = Objective.from_config(ablated)
+    assert set(objective.all_weights()) == {"align", "dgi_spot"}
+    assert model.image_dgi is None and objective.hsic is None
 
 
 def test_dgi_without_slide_batching_is_rejected(tiny_config):
@@ -48,9 +51,9 @@ def test_dgi_without_slide_batching_is_rejected(tiny_config):
 
 
 def test_unknown_spot_encoder_lists_choices():
-    with pytest.raises(KeyError, match=r"valid choices: \['identity', 'mlp', 'transformer'\]"):
+    with pytest.raises(KeyError, match=r"valid choices: \[.*'identity'"):
         create_spot_encoder(10, SpotEncoderConfig(name="gru"))
-    assert SPOT_ENCODERS.names() == ["identity", "mlp", "transformer"]
+    assert {"identity", "mlp", "transformer"} <= set(SPOT_ENCODERS.names())
 
 
 def test_transformer_encoder_uses_coordinates():

@@ -329,3 +329,11 @@ def test_read_slide_unknown_layout(tmp_path):
         read_slide(tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         read_slide(tmp_path / "nowhere")
+
+
+def test_read_slide_asks_the_reader_registry(tmp_path):
+    from stgraph.data.readers import READERS
+
+    assert {"h5ad", "visium", "her2st", "legacy_st", "spot_csv"} <= set(READERS.names())
+    with pytest.raises(ValueError, match="unknown slide format 'nope'; valid choices"):
+        read_slide(tmp_path, format="nope")

@@ -14,12 +14,13 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from .schema import CHOICES, Config
+from ..errors import StgraphError
+from .schema import Config, choices
 
 __all__ = ["ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "save_config"]
 
 
-class ConfigError(ValueError):
+class ConfigError(StgraphError, ValueError):
     """Raised for an invalid config: unknown key, wrong type, or a value outside its choices."""
 
 
@@ -134,15 +135,40 @@ def _build(cls: type, data: Mapping, where: str) -> Any:
         if name in data:
             path = f"{where}.{name}" if where else name
             value = _coerce(data[name], hints[name], path)
-            if path in CHOICES and value not in CHOICES[path]:
-                raise ConfigError(f"{path}: {value!r} is not one of {list(CHOICES[path])}")
+            valid = choices(path)
+            if valid is not None and value not in valid:
+                raise ConfigError(f"{path}: {value!r} is not one of {list(valid)}")
             kwargs[name] = value
     return cls(**kwargs)
 
 
+def validate_config(config: Config) -> Config:
+    """Cross-field checks the dataclass types cannot express (at load time, before any data is read)."""
+    m, t = config.model, config.train
+    if (m.image_dgi.enabled or m.spot_dgi.enabled) and t.batching != "slide":
+        raise ConfigError("DGI encoders run over a whole slide graph: set train.batching=slide")
+    if m.image_encoder.cache_features and m.image_encoder.freeze != "all":
+        raise ConfigError("model.image_encoder.cache_features needs model.image_encoder.freeze=all")
+    enc = m.image_encoder
+    if (enc.context_scale is not None or enc.neighbour_context) and not enc.cache_features:
+        raise ConfigError("model.image_encoder.context_scale / neighbour_context work on cached features: "
+                          "set model.image_encoder.cache_features=true (and freeze=all)")
+    if enc.context_scale is not None and not enc.context_scale > 0:
+        raise ConfigError(f"model.image_encoder.context_scale must be > 0, got {enc.context_scale}")
+    if m.name == "ridge":
+        if not enc.cache_features:
+            raise ConfigError("model.name=ridge fits on cached backbone features: set "
+                              "model.image_encoder.cache_features=true and freeze=all")
+        if config.inference.reference != "image":
+            raise ConfigError("model.name=ridge has no spot branch: set inference.reference=image")
+    if not 0.0 <= config.inference.smoothing <= 1.0:
+        raise ConfigError(f"inference.smoothing must be in [0, 1], got {config.inference.smoothing}")
+    return config
+
+
 def config_from_dict(data: Mapping) -> Config:
-    """Validate a raw mapping into a :class:`Config` (defaults fill what is missing)."""
-    return _build(Config, data, "")
+    """Validate a raw mapping into a :class:`Config` (defaults fill what is missing; cross-field checks)."""
+    return validate_config(_build(Config, data, ""))
 
 
 def config_to_dict(config: Config) -> dict:

@@ -24,22 +24,48 @@ __all__ = [
     "InferenceConfig",
     "Config",
     "CHOICES",
+    "REGISTRY_OPTIONS",
+    "choices",
 ]
 
-#: Valid values of the string options, checked at load time.
+#: Valid values of the fixed string options, checked at load time; pluggable options ask their registry
+#: (:data:`REGISTRY_OPTIONS`, :func:`choices`).
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.image_encoder.freeze": ("none", "all", "all_but_last_stage"),
     "model.spot_input": ("expression", "pca"),
-    "model.spot_encoder.name": ("identity", "mlp", "transformer"),
-    "loss.alignment": ("clip", "bleep", "heclip"),
     "train.optimizer": ("adam", "adamw"),
     "train.batching": ("spot", "slide"),
     "inference.reference": ("spot", "image"),
-    "inference.similarity": ("cosine", "dot", "l2"),
-    "inference.aggregation": ("mean", "inverse_square", "bleep_weighted", "softmax", "top1"),
-    "inference.distance": ("euclidean", "manhattan", "normalized_euclidean"),
-    "inference.backend": ("torch", "faiss"),
 }
+
+
+#: Options whose valid values are the names in a registry: config path → (module, registry attribute).
+REGISTRY_OPTIONS: dict[str, tuple[str, str]] = {
+    "model.spot_encoder.name": ("stgraph.models.spot_encoders", "SPOT_ENCODERS"),
+    "loss.alignment": ("stgraph.losses.registry", "LOSSES"),
+    "inference.similarity": ("stgraph.retrieval.knn", "SIMILARITIES"),
+    "inference.aggregation": ("stgraph.retrieval.impute", "AGGREGATIONS"),
+    "inference.distance": ("stgraph.retrieval.impute", "WEIGHT_DISTANCES"),
+    "inference.backend": ("stgraph.retrieval.knn", "KNN_BACKENDS"),
+}
+
+
+def choices(path: str) -> tuple[str, ...] | None:
+    """Valid values of the option at dotted ``path`` (``None`` when it is free-form).
+
+    Registry-backed options are read from the registry when asked, so a name registered at run time (a
+    test's toy loss, a user's encoder) is valid without editing this file.
+    """
+    if path in CHOICES:
+        return CHOICES[path]
+    if path in REGISTRY_OPTIONS:
+        import importlib
+
+        module, attr = REGISTRY_OPTIONS[path]
+        if module == "stgraph.losses.registry":
+            module = "stgraph.losses"  # importing the package registers the built-in losses
+        return tuple(getattr(importlib.import_module(module), attr).names())
+    return None
 
 
 @dataclass

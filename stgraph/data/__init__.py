@@ -1,15 +1,15 @@
-"""Data layer: readers (slides → AnnData), collections, preprocessing, patches and torch datasets."""
+"""Data layer: readers (slides → AnnData), collections, preprocessing, patches and array transforms."""
 from . import pp
 from .collection import SlideCollection, slide_id_of
-from .dataset import SlideGraphDataset, SpotDataset, array_coordinates, spot_collate
 from .errors import SlideFormatError
-from .patches import (
+from .patches import extract_patches, load_fullres_image
+from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     RandomFlipRotate,
-    extract_patches,
+    array_coordinates,
+    hash_array,
     imagenet_normalize,
-    load_fullres_image,
     random_flip_rotate,
 )
 from .readers import (
@@ -28,10 +28,8 @@ __all__ = [
     "pp",
     "SlideCollection",
     "slide_id_of",
-    "SpotDataset",
-    "SlideGraphDataset",
     "array_coordinates",
-    "spot_collate",
+    "hash_array",
     "SlideFormatError",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

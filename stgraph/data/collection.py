@@ -8,25 +8,13 @@ import pandas as pd
 from anndata import AnnData
 
 from .readers import HER2ST_IMAGED_SECTIONS, read_her2st, read_slide
+from .slide_id import set_slide_id, slide_id_of
+from ..keys import Key
 
 __all__ = ["SlideCollection", "slide_id_of"]
 
 
-def slide_id_of(adata: AnnData) -> str:
-    """The slide id of a one-slide AnnData: ``obs['slide_id']`` (one value), else its single library id."""
-    if "slide_id" in adata.obs and adata.n_obs:
-        ids = adata.obs["slide_id"].astype(str).unique()
-        if len(ids) != 1:
-            raise ValueError(f"an AnnData of the collection holds {len(ids)} slides {list(ids)[:5]}; one per entry")
-        return str(ids[0])
-    libs = list(adata.uns.get("spatial", {}))
-    if len(libs) == 1:
-        return str(libs[0])
-    raise ValueError("cannot tell the slide id: no obs['slide_id'] and not exactly one library in uns['spatial']")
-
-
-def _set_slide_id(adata: AnnData, slide_id: str) -> None:
-    adata.obs["slide_id"] = pd.Categorical([slide_id] * adata.n_obs, categories=[slide_id])
+_set_slide_id = set_slide_id
 
 
 class SlideCollection(Mapping[str, AnnData]):
@@ -54,7 +42,7 @@ class SlideCollection(Mapping[str, AnnData]):
                 sid = slide_id_of(adata)
             else:
                 sid = str(key)
-                if "slide_id" not in adata.obs:
+                if Key.obs.slide_id not in adata.obs:
                     _set_slide_id(adata, sid)
                 elif slide_id_of(adata) != sid:
                     raise ValueError(f"slide keyed {sid!r} has obs['slide_id'] = {slide_id_of(adata)!r}")
@@ -116,8 +104,8 @@ class SlideCollection(Mapping[str, AnnData]):
             raise ValueError("cannot concatenate an empty collection")
         out = anndata.concat(self._slides, join=join, label="slide_id", index_unique="-", fill_value=0,
                              merge="same")
-        out.obs["slide_id"] = pd.Categorical(out.obs["slide_id"].astype(str), categories=self.ids)
-        out.uns["spatial"] = {lib: entry for ad in self.slides for lib, entry in ad.uns.get("spatial", {}).items()}
+        out.obs[Key.obs.slide_id] = pd.Categorical(out.obs[Key.obs.slide_id].astype(str), categories=self.ids)
+        out.uns[Key.uns.spatial] = {lib: entry for ad in self.slides for lib, entry in ad.uns.get(Key.uns.spatial, {}).items()}
         return out
 
     # constructors -----------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import StgraphError
+
 __all__ = ["SlideFormatError", "missing_file", "require_file"]
 
 
-class SlideFormatError(ValueError):
+class SlideFormatError(StgraphError, ValueError):
     """A slide file exists but its content does not follow the expected format."""
 
 

@@ -13,18 +13,22 @@ size, with the detail of the smaller image (hires is ~2000 px across, about 4–
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Optional
 
 import numpy as np
-import torch
 from anndata import AnnData
 
-from .errors import SlideFormatError, require_file
+from .errors import SlideFormatError
+from .slide_id import slide_id_of
+from .image import (ArrayImage, FullResImage, PILImage, ScaledImage, load_fullres_image,  # noqa: F401
+                    load_image_file, slide_library, _scaled_fallback)
+from .transforms import (IMAGENET_MEAN, IMAGENET_STD, RandomFlipRotate, hash_array,  # noqa: F401 (re-exported)
+                         imagenet_normalize, random_flip_rotate)
+from ..keys import Key
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -43,259 +47,11 @@ __all__ = [
     "slide_library",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_TIFF_SUFFIXES = (".tif", ".tiff")
-
-
-class FullResImage(Protocol):
-    """A full-resolution RGB image that can be cropped without holding more than it must."""
-
-    shape: tuple[int, int, int]
-
-    def crop(self, x0: int, y0: int, x1: int, y1: int, pad_value: int = 255) -> np.ndarray:
-        ...
-
-
-def _to_rgb(region: np.ndarray) -> np.ndarray:
-    """(h, w[, c]) any integer/float image → (h, w, 3) uint8 (grey replicated, alpha dropped)."""
-    if region.ndim == 2:
-        region = np.repeat(region[..., None], 3, axis=2)
-    elif region.shape[2] == 1:
-        region = np.repeat(region, 3, axis=2)
-    elif region.shape[2] > 3:
-        region = region[..., :3]
-    if region.dtype != np.uint8:
-        if np.issubdtype(region.dtype, np.floating) and region.size and region.max() <= 1.0:
-            region = region * 255.0  # float images in [0, 1] (e.g. PNGs read by matplotlib)
-        elif region.dtype == np.uint16:
-            region = region / 257.0
-        region = np.clip(np.rint(region), 0, 255).astype(np.uint8)
-    return region
-
-
-class ArrayImage:
-    """An (H, W[, C]) array-like (numpy array, memmap or zarr array) seen as an RGB image.
-
-    Attributes
-    ----------
-    shape
-        (H, W, 3).
-    """
-
-    def __init__(self, array, source: str = "array"):
-        if array.ndim not in (2, 3):
-            raise SlideFormatError(f"image {source} must be (H, W) or (H, W, C); got shape {array.shape}")
-        self.array = array
-        self.source = source
-        self.shape = (int(array.shape[0]), int(array.shape[1]), 3)
-
-    def crop(self, x0: int, y0: int, x1: int, y1: int, pad_value: int = 255) -> np.ndarray:
-        """Pixels ``[y0:y1, x0:x1]`` as (y1 − y0, x1 − x0, 3) uint8; the part outside the image is ``pad_value``."""
-        out = np.full((y1 - y0, x1 - x0, 3), pad_value, dtype=np.uint8)
-        height, width = self.shape[:2]
-        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-        if sx1 > sx0 and sy1 > sy0:
-            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = _to_rgb(np.asarray(self.array[sy0:sy1, sx0:sx1]))
-        return out
-
-    def thumbnail(self, max_side: int) -> np.ndarray:
-        """A strided downscale whose longest side is ≤ ``max_side`` (reads only the sampled pixels)."""
-        step = max(1, int(np.ceil(max(self.shape[:2]) / max_side)))
-        return _to_rgb(np.asarray(self.array[::step, ::step]))
-
-
-class PILImage:
-    """A decoded PIL RGB image; crops are read from PIL's own buffer.
-
-    Converting a whole-slide image to a NumPy array would copy it (PIL's ``tobytes`` even holds it twice
-    while joining chunks); cropping from the PIL image keeps one copy in memory.
-
-    Attributes
-    ----------
-    shape
-        (H, W, 3).
-    """
-
-    def __init__(self, image, source: str = "image"):
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        self.pil = image
-        self.source = source
-        width, height = image.size
-        self.shape = (int(height), int(width), 3)
-
-    def crop(self, x0: int, y0: int, x1: int, y1: int, pad_value: int = 255) -> np.ndarray:
-        """Pixels ``[y0:y1, x0:x1]`` as (y1 − y0, x1 − x0, 3) uint8; the part outside the image is ``pad_value``."""
-        out = np.full((y1 - y0, x1 - x0, 3), pad_value, dtype=np.uint8)
-        height, width = self.shape[:2]
-        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-        if sx1 > sx0 and sy1 > sy0:
-            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = np.asarray(self.pil.crop((sx0, sy0, sx1, sy1)))
-        return out
-
-    def thumbnail(self, max_side: int) -> np.ndarray:
-        """A downscaled copy whose longest side is ≤ ``max_side``."""
-        thumb = self.pil.copy()
-        thumb.thumbnail((max_side, max_side))
-        return np.asarray(thumb, dtype=np.uint8)
-
-
-class ScaledImage:
-    """A smaller copy of the full-resolution image (e.g. Visium ``hires``), seen in full-resolution pixels.
-
-    Parameters
-    ----------
-    array
-        (h, w[, C]) image.
-    scale
-        Image pixels per full-resolution pixel (``tissue_hires_scalef``), in (0, ∞).
-
-    Attributes
-    ----------
-    shape
-        (round(h / scale), round(w / scale), 3): the full-resolution extent.
-    """
-
-    def __init__(self, array, scale: float, source: str = "array"):
-        if not (np.isfinite(scale) and scale > 0):
-            raise SlideFormatError(f"image {source}: scale factor must be positive, got {scale}")
-        self.image = ArrayImage(array, source=source)
-        self.scale = float(scale)
-        self.source = source
-        h, w = self.image.shape[:2]
-        self.shape = (int(round(h / self.scale)), int(round(w / self.scale)), 3)
-
-    def crop(self, x0: int, y0: int, x1: int, y1: int, pad_value: int = 255) -> np.ndarray:
-        """Full-resolution box ``[y0:y1, x0:x1]`` as (y1 − y0, x1 − x0, 3) uint8, resampled from the small image.
-
-        The box maps to ``[x0·scale, x1·scale)`` in the small image; a one-pixel margin is read around it
-        (padded with ``pad_value`` outside) so bilinear resampling (PIL, sub-pixel ``box``) has its neighbours.
-        """
-        from PIL import Image
-
-        s = self.scale
-        bx0, by0, bx1, by1 = x0 * s, y0 * s, x1 * s, y1 * s
-        ix0, iy0 = int(np.floor(bx0)) - 1, int(np.floor(by0)) - 1
-        ix1, iy1 = int(np.ceil(bx1)) + 1, int(np.ceil(by1)) + 1
-        region = self.image.crop(ix0, iy0, ix1, iy1, pad_value=pad_value)
-        box = (bx0 - ix0, by0 - iy0, bx1 - ix0, by1 - iy0)
-        out = Image.fromarray(region).resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR, box=box)
-        return np.asarray(out)
-
-
-def _open_tiff(path: Path):
-    """A memmap of the TIFF's first (full-resolution) level when uncompressed, else a zarr array."""
-    import tifffile
-
-    try:
-        return tifffile.memmap(path, mode="r")
-    except Exception:  # compressed or tiled: fall through to the zarr store, which reads chunk by chunk
-        pass
-    try:
-        import zarr
-
-        store = tifffile.imread(path, aszarr=True, level=0)
-        return zarr.open(store, mode="r")
-    except Exception as err:
-        raise SlideFormatError(f"cannot read TIFF image {path}: {err}") from err
-
-
-def load_image_file(path: str | os.PathLike) -> ArrayImage | PILImage:
-    """Open an image file for cropping.
-
-    TIFFs stay on disk (memmap/zarr, :class:`ArrayImage`); other formats are decoded once with PIL (RGB,
-    :class:`PILImage`). Raises
-    :class:`FileNotFoundError` when missing and :class:`SlideFormatError` (naming the file) when the file
-    cannot be decoded.
-    """
-    from .readers import open_image, _no_pixel_limit
-
-    path = require_file(path, "full-resolution image")
-    if path.suffix.lower() in _TIFF_SUFFIXES:
-        array = _open_tiff(path)
-        if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):
-            raise SlideFormatError(f"TIFF image {path} is channel-first {array.shape}; expected (H, W, C)")
-        return ArrayImage(array, source=str(path))
-    img = open_image(path)
-    try:
-        with _no_pixel_limit():
-            img.load()  # decode once, now, so a corrupt file fails here with its name
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as err:
-        img.close()
-        raise SlideFormatError(f"cannot decode image {path}: {err}") from err
-    return PILImage(img, source=str(path))
-
-
-def slide_library(adata: AnnData) -> tuple[str, dict]:
-    """(library id, ``uns['spatial'][library id]``) of a one-slide AnnData."""
-    spatial = adata.uns.get("spatial", {})
-    if len(spatial) == 1:
-        lib = next(iter(spatial))
-        return str(lib), spatial[lib]
-    if "slide_id" in adata.obs and adata.n_obs:
-        lib = str(adata.obs["slide_id"].iloc[0])
-        if lib in spatial:
-            return lib, spatial[lib]
-    raise SlideFormatError(f"cannot find the slide's image: uns['spatial'] has libraries {list(spatial)}; "
-                           "expected exactly one (one slide per AnnData)")
-
-
-def _scaled_fallback(entry: dict) -> Optional[tuple[str, np.ndarray, float]]:
-    """(name, image, scale factor) of the largest stored downscaled image that has its scale factor."""
-    images, scalefactors = entry.get("images", {}), entry.get("scalefactors", {})
-    for name in ("hires", "lowres"):
-        if name in images and f"tissue_{name}_scalef" in scalefactors:
-            return name, np.asarray(images[name]), float(scalefactors[f"tissue_{name}_scalef"])
-    return None
-
-
-def load_fullres_image(adata: AnnData) -> ArrayImage | PILImage | ScaledImage:
-    """The slide's full-resolution image: ``.shape`` (H, W, 3) and ``.crop(x0, y0, x1, y1, pad_value)``.
-
-    In order of preference:
-
-    1. ``images['fullres']`` (in memory, e.g. synthetic slides) → :class:`ArrayImage`;
-    2. ``metadata['source_image_path']``: JPEG/PNG decoded once → :class:`PILImage`; TIFF memory-mapped
-       → :class:`ArrayImage`;
-    3. ``images['hires']`` with ``tissue_hires_scalef`` (else ``lowres``) → :class:`ScaledImage`, which
-       crops in full-resolution units by upsampling the smaller image (a :class:`UserWarning` says so).
-
-    Raises
-    ------
-    SlideFormatError
-        No image at all, or the image file cannot be decoded (the message names the file).
-    FileNotFoundError
-        ``source_image_path`` is set but the file is missing.
-    """
-    import warnings
-
-    lib, entry = slide_library(adata)
-    images = entry.get("images", {})
-    if "fullres" in images:
-        return ArrayImage(np.asarray(images["fullres"]), source=f"uns['spatial'][{lib!r}]['images']['fullres']")
-    source = entry.get("metadata", {}).get("source_image_path")
-    if source:
-        return load_image_file(source)
-    fallback = _scaled_fallback(entry)
-    if fallback is None:
-        raise SlideFormatError(
-            f"slide {lib!r} has no full-resolution image: neither images['fullres'], "
-            "metadata['source_image_path'] nor images['hires'] with scalefactors['tissue_hires_scalef'] is set "
-            "in uns['spatial'] (pass the image to the reader, e.g. read_visium(..., fullres_image=PATH))"
-        )
-    name, array, scale = fallback
-    warnings.warn(f"slide {lib!r} has no full-resolution image; patches are upsampled from images[{name!r}] "
-                  f"(scale factor {scale:g})", UserWarning, stacklevel=2)
-    return ScaledImage(array, scale, source=f"uns['spatial'][{lib!r}]['images'][{name!r}]")
-
 
 def _fullres_scale(entry: dict) -> float:
     """Pixels of the crop source per full-resolution pixel (``tissue_fullres_scalef`` for in-memory images)."""
-    if "fullres" in entry.get("images", {}):
-        return float(entry.get("scalefactors", {}).get("tissue_fullres_scalef", 1.0))
+    if "fullres" in entry.get(Key.uns.images, {}):
+        return float(entry.get(Key.uns.scalefactors, {}).get(Key.scalefactor.fullres, 1.0))
     return 1.0
 
 
@@ -303,21 +59,13 @@ def _crop_side(size: int, patch_um: Optional[float], microns_per_pixel: Optional
                scale: float) -> int:
     if patch_um is None:
         return size
-    mpp = microns_per_pixel if microns_per_pixel is not None else entry.get("metadata", {}).get("microns_per_pixel")
+    mpp = microns_per_pixel if microns_per_pixel is not None else entry.get(Key.uns.metadata, {}).get(Key.metadata.microns_per_pixel)
     if mpp is None:
         raise ValueError(f"patch_um={patch_um} needs the pixel size: pass microns_per_pixel or set "
                          "uns['spatial'][lib]['metadata']['microns_per_pixel']")
     if mpp <= 0 or patch_um <= 0:
         raise ValueError(f"patch_um ({patch_um}) and microns_per_pixel ({mpp}) must be positive")
     return max(1, int(round(patch_um / float(mpp) * scale)))
-
-
-def _array_hash(array) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=8).hexdigest()
-
-
-def _coords_hash(xy: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(xy, dtype=np.float64).tobytes(), digest_size=8).hexdigest()
 
 
 def patch_cache_path(cache_dir: str | os.PathLike, slide_id: str, size: int, patch_um: Optional[float] = None,
@@ -329,26 +77,26 @@ def patch_cache_path(cache_dir: str | os.PathLike, slide_id: str, size: int, pat
     """
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", slide_id)
     um = f"_{patch_um:g}um" if patch_um is not None else ""
-    coords = f"_{_coords_hash(xy)}" if xy is not None else ""
+    coords = f"_{hash_array(np.asarray(xy, dtype=np.float64))}" if xy is not None else ""
     return Path(cache_dir) / f"{safe}_{size}{um}{coords}.npy"
 
 
 def _cache_key(adata: AnnData, entry: dict, xy: np.ndarray, size: int, side: int, pad_value: int) -> dict:
-    images = entry.get("images", {})
-    source = entry.get("metadata", {}).get("source_image_path")
+    images = entry.get(Key.uns.images, {})
+    source = entry.get(Key.uns.metadata, {}).get(Key.metadata.source_image_path)
     fallback = _scaled_fallback(entry)
     if "fullres" in images:
-        image_id = "inmemory:" + _array_hash(images["fullres"])
+        image_id = "inmemory:" + hash_array(images[Key.image.fullres])
     elif source:
         source = Path(source)
         stat = source.stat() if source.is_file() else None
         image_id = f"{source.resolve()}:{stat.st_size}:{int(stat.st_mtime)}" if stat else f"{source}:missing"
     elif fallback is not None:
-        image_id = f"{fallback[0]}:{fallback[2]!r}:" + _array_hash(fallback[1])
+        image_id = f"{fallback[0]}:{fallback[2]!r}:" + hash_array(fallback[1])
     else:
         image_id = "none"
     return {"n_spots": int(adata.n_obs), "size": int(size), "crop_px": int(side), "pad_value": int(pad_value),
-            "coords_hash": _coords_hash(xy), "image": image_id}
+            "coords_hash": hash_array(np.asarray(xy, dtype=np.float64)), "image": image_id}
 
 
 def _read_cache(path: Path, key: dict, n: int, size: int) -> Optional[np.ndarray]:
@@ -417,9 +165,9 @@ def extract_patches(
     if size < 1:
         raise ValueError(f"patch size must be ≥ 1, got {size}")
     lib, entry = slide_library(adata)
-    if "spatial" not in adata.obsm:
+    if Key.obsm.spatial not in adata.obsm:
         raise SlideFormatError(f"slide {lib!r} has no obsm['spatial']")
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    xy = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] != 2:
         raise SlideFormatError(f"slide {lib!r}: obsm['spatial'] must be (n_spots, 2); got shape {xy.shape}")
     if len(xy) == 0:
@@ -431,7 +179,7 @@ def extract_patches(
 
     cache_path = key = None
     if cache_dir is not None:
-        slide_id = str(adata.obs["slide_id"].iloc[0]) if "slide_id" in adata.obs and adata.n_obs else lib
+        slide_id = slide_id_of(adata, default=lib)
         cache_path = patch_cache_path(cache_dir, slide_id, size, patch_um, xy=xy)
         key = _cache_key(adata, entry, xy, size, side, pad_value)
         cached = _read_cache(cache_path, key, adata.n_obs, size)
@@ -451,63 +199,3 @@ def extract_patches(
     if cache_path is not None:
         _write_cache(cache_path, key, patches)
     return patches
-
-
-def imagenet_normalize(patches) -> torch.Tensor:
-    """uint8 RGB patches → ImageNet-normalised float tensor.
-
-    ``out = (patch / 255 − mean) / std`` per channel with :data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`.
-
-    Parameters
-    ----------
-    patches
-        (N, H, W, 3) or (H, W, 3) uint8, numpy array or tensor.
-
-    Returns
-    -------
-    (N, 3, H, W) float32 tensor ((3, H, W) for a single patch).
-    """
-    t = torch.as_tensor(np.asarray(patches) if not isinstance(patches, torch.Tensor) else patches)
-    if t.dtype != torch.uint8:
-        raise TypeError(f"imagenet_normalize expects uint8 patches, got {t.dtype}")
-    if t.ndim not in (3, 4) or t.shape[-1] != 3:
-        raise ValueError(f"patches must be (N, H, W, 3) or (H, W, 3); got shape {tuple(t.shape)}")
-    t = t.movedim(-1, -3).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (t - mean) / std
-
-
-def random_flip_rotate(tensor: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Random element of the dihedral group D4 (a flip or not, then 0/90/180/270° rotation).
-
-    Parameters
-    ----------
-    tensor
-        (C, H, W) one image, or (N, C, H, W) a batch (each image gets its own transform; needs H = W).
-    generator
-        Torch generator for reproducible draws.
-
-    Returns
-    -------
-    Tensor of the same shape.
-    """
-    if tensor.ndim == 3:
-        flip, k = torch.randint(0, 2, (1,), generator=generator).item(), torch.randint(0, 4, (1,), generator=generator).item()
-        out = tensor.flip(-1) if flip else tensor
-        return torch.rot90(out, int(k), dims=(-2, -1))
-    if tensor.ndim != 4:
-        raise ValueError(f"expected (C, H, W) or (N, C, H, W), got shape {tuple(tensor.shape)}")
-    if tensor.shape[-1] != tensor.shape[-2]:
-        raise ValueError(f"batched rotation needs square images, got {tuple(tensor.shape[-2:])}")
-    return torch.stack([random_flip_rotate(t, generator) for t in tensor])
-
-
-class RandomFlipRotate:
-    """Callable form of :func:`random_flip_rotate` (a ``transform`` for :class:`~stgraph.data.SpotDataset`)."""
-
-    def __init__(self, seed: Optional[int] = None):
-        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
-
-    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
-        return random_flip_rotate(tensor, self.generator)

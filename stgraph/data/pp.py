@@ -16,6 +16,8 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .errors import SlideFormatError, require_file
+from .slide_id import slide_id_of
+from ..keys import Key
 
 __all__ = [
     "normalize_log1p",
@@ -36,9 +38,7 @@ def _dense(x) -> np.ndarray:
 
 
 def _slide_name(adata: AnnData, i: int) -> str:
-    if "slide_id" in adata.obs and adata.n_obs:
-        return str(adata.obs["slide_id"].iloc[0])
-    return f"slide{i}"
+    return slide_id_of(adata, default=f"slide{i}")
 
 
 def normalize_log1p(adata: AnnData, target_sum: Optional[float] = None, copy: bool = False) -> Optional[AnnData]:
@@ -56,9 +56,9 @@ def normalize_log1p(adata: AnnData, target_sum: Optional[float] = None, copy: bo
     if adata.n_vars == 0:
         raise ValueError(f"slide {_slide_name(adata, 0)!r} has no genes to normalise")
     adata = adata.copy() if copy else adata
-    if "counts" not in adata.layers:
-        adata.layers["counts"] = adata.X.copy()
-    counts = adata.layers["counts"]
+    if Key.layers.counts not in adata.layers:
+        adata.layers[Key.layers.counts] = adata.X.copy()
+    counts = adata.layers[Key.layers.counts]
     adata.X = counts.astype(np.float32, copy=True) if sp.issparse(counts) else np.array(counts, dtype=np.float32)
     sc.pp.normalize_total(adata, target_sum=target_sum)
     sc.pp.log1p(adata)
@@ -68,7 +68,7 @@ def normalize_log1p(adata: AnnData, target_sum: Optional[float] = None, copy: bo
 
 def _log_normalised(adata: AnnData) -> AnnData:
     """``adata`` when it is already log-normalised (has ``layers['counts']``), else a normalised copy."""
-    return adata if "counts" in adata.layers else normalize_log1p(adata, copy=True)
+    return adata if Key.layers.counts in adata.layers else normalize_log1p(adata, copy=True)
 
 
 def shared_genes(slides: Sequence[AnnData]) -> list[str]:
@@ -282,8 +282,8 @@ def harmony_correct(slides: Sequence[AnnData], key: str = "slide_id", n_pcs: int
     out, start = [], 0
     for ad in slides:
         stop = start + ad.n_obs
-        ad.obsm["X_pca"] = z[start:stop].astype(np.float32)
-        ad.obsm["X_pca_harmony"] = z_corr[start:stop].astype(np.float32)
+        ad.obsm[Key.obsm.pca] = z[start:stop].astype(np.float32)
+        ad.obsm[Key.obsm.pca_harmony] = z_corr[start:stop].astype(np.float32)
         out.append(x_corr[start:stop])
         start = stop
     return out

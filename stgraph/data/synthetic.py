@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
+from ..keys import Key
 
 __all__ = ["make_synthetic_slide", "make_synthetic_collection"]
 
@@ -105,15 +106,15 @@ def make_synthetic_slide(
     )
     var = pd.DataFrame(index=[f"gene_{i}" for i in range(n_genes)])
     adata = AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
-    adata.obsm["spatial"] = xy.astype(np.float64)
-    adata.uns["spatial"] = {
+    adata.obsm[Key.obsm.spatial] = xy.astype(np.float64)
+    adata.uns[Key.uns.spatial] = {
         slide_id: {
-            "images": {"fullres": image},
-            "scalefactors": {
-                "tissue_fullres_scalef": 1.0,
-                "spot_diameter_fullres": float(spacing) * 0.5,
+            Key.uns.images: {"fullres": image},
+            Key.uns.scalefactors: {
+                Key.scalefactor.fullres: 1.0,
+                Key.scalefactor.spot_diameter: float(spacing) * 0.5,
             },
-            "metadata": {"source": "synthetic"},
+            Key.uns.metadata: {"source": "synthetic"},
         }
     }
     return adata

@@ -11,7 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..inference.impute import impute
+from ..registry import Registry
+from ..retrieval.impute import impute
 
 __all__ = ["BASELINES", "untrained_retrieval", "ridge_regression", "mean_profile"]
 
@@ -46,4 +47,21 @@ def mean_profile(train_expr: np.ndarray, n_query: int) -> np.ndarray:
     return np.repeat(train_expr.mean(0, keepdims=True), n_query, axis=0).astype(np.float32)
 
 
-BASELINES = ("untrained_retrieval", "ridge", "mean_profile")
+#: name → ``fn(train_features, train_expr, query_features, k) -> (q, G)`` predictions; a new baseline is one
+#: decorated function (``@BASELINES.register("name")``).
+BASELINES: Registry = Registry("baseline")
+
+
+@BASELINES.register("untrained_retrieval")
+def _untrained_retrieval(train_features, train_expr, query_features, k: int = 50) -> np.ndarray:
+    return untrained_retrieval(train_features, train_expr, query_features, k=k)
+
+
+@BASELINES.register("ridge")
+def _ridge(train_features, train_expr, query_features, k: int = 50) -> np.ndarray:
+    return ridge_regression(train_features, train_expr, query_features)
+
+
+@BASELINES.register("mean_profile")
+def _mean_profile(train_features, train_expr, query_features, k: int = 50) -> np.ndarray:
+    return mean_profile(train_expr, len(query_features))

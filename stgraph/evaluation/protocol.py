@@ -19,10 +19,11 @@ from ..inference.predict import predict_slide
 from ..metrics import evaluate_arrays, per_gene_table
 from ..metrics.report import summarize_folds, to_markdown_table, write_csv_atomic, write_json_atomic
 from ..models import create_image_encoder
-from ..training.prepare import fit_preprocessor, prepare_slide
+from ..run.prepare import fit_preprocessor, prepare_slide
 from ..training.run import train_model
-from .baselines import mean_profile, ridge_regression, untrained_retrieval
+from .baselines import BASELINES
 from .folds import Fold
+from ..keys import Key
 
 __all__ = ["cross_validate", "evaluate_fold", "baseline_fold", "SUMMARY_METRICS"]
 
@@ -68,7 +69,7 @@ def frozen_backbone_config(config):
 
 def baseline_fold(config, collection: SlideCollection, fold: Fold, markers: Optional[Sequence[str]] = None,
                   k: int = 50, keep_predictions: bool = False) -> tuple[list[dict], dict]:
-    """The three baselines on one fold, with ``config``'s genes and (frozen) backbone."""
+    """Every registered baseline (:data:`~stgraph.evaluation.baselines.BASELINES`) on one fold, with ``config``'s genes and (frozen) backbone."""
     train = [collection[i] for i in fold.train_ids]
     test = collection[fold.test_ids[0]]
     frozen = frozen_backbone_config(config)
@@ -80,11 +81,7 @@ def baseline_fold(config, collection: SlideCollection, fold: Fold, markers: Opti
     train_y = np.concatenate(list(expr.values()))
     test_x = feats(test)
     true = prep.expression(test)
-    preds = {
-        "untrained_retrieval": untrained_retrieval(train_x, train_y, test_x, k=k),
-        "ridge": ridge_regression(train_x, train_y, test_x),
-        "mean_profile": mean_profile(train_y, len(true)),
-    }
+    preds = {name: BASELINES.get(name)(train_x, train_y, test_x, k=k) for name in BASELINES}
     rows = [_score(f"baseline:{name}", fold, p, true, prep.genes, markers, {"n_genes_model": len(prep.genes)})
             for name, p in preds.items()]
     kept = {name: (p, true, prep.genes) for name, p in preds.items()} if keep_predictions else {}
@@ -181,8 +178,8 @@ def write_report(frame: pd.DataFrame, out: Path, collection: SlideCollection, fo
         true_ad = anndata.AnnData(X=true, obs=pd.DataFrame(index=test.obs_names.copy()),
                                   var=pd.DataFrame(index=list(genes)))
         for ad in (pred_ad, true_ad):
-            ad.obsm["spatial"] = np.asarray(test.obsm["spatial"])
-            ad.uns["spatial"] = test.uns.get("spatial", {})
+            ad.obsm[Key.obsm.spatial] = np.asarray(test.obsm[Key.obsm.spatial])
+            ad.uns[Key.uns.spatial] = test.uns.get(Key.uns.spatial, {})
         safe = method.replace(":", "_")
         fig = plot_genes(pred_ad, chosen, adata_true=true_ad, path=out / "maps" / f"{safe}_{fold.name}.png")
         plt.close(fig)

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from scipy.spatial import cKDTree
+from ..keys import Key
 
 __all__ = [
     "DEFAULT_RADIUS_FACTOR",
@@ -116,9 +117,9 @@ def _first_k_per_row(rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
 
 
 def _slide_groups(adata: AnnData) -> list[np.ndarray]:
-    if "slide_id" not in adata.obs:
+    if Key.obs.slide_id not in adata.obs:
         return [np.arange(adata.n_obs)]
-    codes = adata.obs["slide_id"].astype(str).to_numpy()
+    codes = adata.obs[Key.obs.slide_id].astype(str).to_numpy()
     return [np.flatnonzero(codes == s) for s in dict.fromkeys(codes)]
 
 
@@ -159,9 +160,9 @@ def spatial_graph(
     """
     if radius is None and radius_factor is None and not knn:
         radius_factor = DEFAULT_RADIUS_FACTOR
-    if "spatial" not in adata.obsm:
+    if Key.obsm.spatial not in adata.obsm:
         raise ValueError("adata has no obsm['spatial'] (spot centres in pixels)")
-    xy = _as_xy(adata.obsm["spatial"])
+    xy = _as_xy(adata.obsm[Key.obsm.spatial])
     n = adata.n_obs
     rows, cols, vals, drows, dcols, dvals, radii = [], [], [], [], [], [], []
     for idx in _slide_groups(adata):
@@ -178,9 +179,9 @@ def spatial_graph(
     conn.sort_indices()
     dist.sort_indices()
     if not copy:
-        adata.obsp["spatial_connectivities"] = conn
-        adata.obsp["spatial_distances"] = dist
-        adata.uns["spatial_neighbors"] = {
+        adata.obsp[Key.obsp.connectivities] = conn
+        adata.obsp[Key.obsp.distances] = dist
+        adata.uns[Key.uns.spatial_neighbors] = {
             "connectivities_key": "spatial_connectivities",
             "distances_key": "spatial_distances",
             "params": {"coord_type": "generic", "radius": radii[0] if len(radii) == 1 else radii,
@@ -221,15 +222,15 @@ def slide_to_pyg(adata: AnnData, x=None, radius: Optional[float] = None, radius_
     from torch_geometric.data import Data
 
     params_given = radius is not None or radius_factor is not None or knn
-    if not params_given and "spatial_connectivities" in adata.obsp:
-        adjacency = adata.obsp["spatial_connectivities"]
+    if not params_given and Key.obsp.connectivities in adata.obsp:
+        adjacency = adata.obsp[Key.obsp.connectivities]
     else:
         if not params_given:
             radius_factor = DEFAULT_RADIUS_FACTOR
         adjacency = spatial_graph(adata, radius=radius, radius_factor=radius_factor, knn=knn,
                                   self_loops=self_loops, copy=True)
     data = Data(edge_index=to_edge_index(adjacency),
-                pos=torch.as_tensor(np.asarray(adata.obsm["spatial"]), dtype=torch.float32),
+                pos=torch.as_tensor(np.asarray(adata.obsm[Key.obsm.spatial]), dtype=torch.float32),
                 num_nodes=adata.n_obs)
     if x is not None:
         x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float32)

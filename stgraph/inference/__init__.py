@@ -1,9 +1,8 @@
 """Reference store, kNN imputation, and prediction of new slides."""
-from .embed import embed_slide, embed_slides
-from .impute import aggregate, impute
-from .knn import FaissKNN, KNNBackend, TorchKNN, create_knn_backend
-from .predict import LoadedModel, ModelFolderError, extend_reference, load_run, predict_slide, write_prediction
-from .reference import ReferenceStore, ReferenceStoreError
+from ..retrieval import (FaissKNN, KNNBackend, ReferenceStore, ReferenceStoreError, TorchKNN, aggregate,
+                         create_knn_backend, impute)
+from ..run import ModelFolderError, Run, embed_slide, embed_slides, load_run
+from .predict import LoadedModel, extend_reference, predict_slide, write_prediction
 
 __all__ = [
     "FaissKNN",
@@ -12,6 +11,7 @@ __all__ = [
     "ModelFolderError",
     "ReferenceStore",
     "ReferenceStoreError",
+    "Run",
     "TorchKNN",
     "aggregate",
     "create_knn_backend",

@@ -9,70 +9,22 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ..config import ConfigError, config_from_dict
-from ..models import create_model
-from ..training.prepare import Preprocessor, needs_graph, prepare_slide
-from ..training.layout import RUN_FILES
-from ..training.trainer import CheckpointError, load_checkpoint
-from ..utils import atomic_path, resolve_device
-from .embed import embed_slide
-from .reference import ReferenceStore
+from ..retrieval.reference import ReferenceStore
+from ..run.embed import embed_slide
+from ..run.folder import ModelFolderError, Run, load_run  # noqa: F401 (re-exported)
+from ..run.prepare import needs_graph, prepare_slide
+from ..utils import atomic_path
+from ..keys import Key
 from .smoothing import smooth_on_graph
 
 __all__ = ["LoadedModel", "load_run", "predict_slide", "write_prediction", "ModelFolderError", "extend_reference"]
 
 
-class ModelFolderError(ValueError):
-    """A run folder is incomplete or one of its files is corrupt."""
+#: A loaded run (same class as the one training returns).
+LoadedModel = Run
 
 
-class LoadedModel:
-    """A trained model with everything prediction needs (from :func:`load_run`)."""
-
-    def __init__(self, model, config, preprocessor: Preprocessor, reference: ReferenceStore,
-                 run_dir: Optional[Path] = None):
-        self.model = model
-        self.config = config
-        self.preprocessor = preprocessor
-        self.reference = reference
-        self.run_dir = run_dir
-
-    @property
-    def genes(self) -> list[str]:
-        return list(self.reference.genes)
-
-
-def load_run(path: str | Path, device: str = "cpu") -> LoadedModel:
-    """Load a run folder written by :func:`stgraph.training.train_model`.
-
-    Raises :class:`ModelFolderError` naming the folder and the missing/corrupt file.
-    """
-    run_dir = Path(path)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"model folder not found: {run_dir}")
-    missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
-    if missing:
-        raise ModelFolderError(f"model folder {run_dir} is incomplete: missing {missing} "
-                               "(was training interrupted? resume it with `stgraph train --resume`)")
-    try:
-        state = load_checkpoint(run_dir / "model.pt")
-        config = config_from_dict(state["config"])
-    except (CheckpointError, ConfigError, KeyError) as err:
-        raise ModelFolderError(f"{run_dir / 'model.pt'}: {err}") from err
-    preprocessor = Preprocessor.load(run_dir)
-    model = create_model(config, int(state["spot_in_dim"]), pretrained=False)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise ModelFolderError(f"{run_dir / 'model.pt'}: weights do not match the config ({err})") from err
-    model.to(resolve_device(device)).eval()
-    reference = ReferenceStore.load(run_dir / "reference.h5")
-    if list(reference.genes) != list(preprocessor.genes):
-        raise ModelFolderError(f"{run_dir}: reference.h5 genes differ from genes.txt")
-    return LoadedModel(model, config, preprocessor, reference, run_dir)
-
-
-def predict_slide(loaded: LoadedModel, adata: AnnData, k: Optional[int] = None,
+def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
                   similarity: Optional[str] = None, aggregation: Optional[str] = None,
                   backend: Optional[str] = None, progress: bool = False) -> AnnData:
     """Predict the expression of every spot of ``adata`` from its image alone.
@@ -80,7 +32,7 @@ def predict_slide(loaded: LoadedModel, adata: AnnData, k: Optional[int] = None,
     Parameters
     ----------
     loaded
-        From :func:`load_run` (or a :class:`~stgraph.training.run.TrainedRun`, which has the same fields).
+        A :class:`~stgraph.run.Run`: from :func:`load_run` or :func:`~stgraph.training.train_model`.
     adata
         The query slide: spot centres in ``obsm['spatial']`` and its image; expression, if any, is ignored.
     k, similarity, aggregation, backend
@@ -121,11 +73,11 @@ def predict_slide(loaded: LoadedModel, adata: AnnData, k: Optional[int] = None,
         obs=adata.obs[obs_cols].copy() if obs_cols else pd.DataFrame(index=adata.obs_names.copy()),
         var=pd.DataFrame(index=pd.Index(loaded.genes, dtype=str)),
     )
-    out.obsm["spatial"] = np.asarray(adata.obsm["spatial"]).copy()
-    out.obsm["X_stgraph"] = query_emb
-    if "spatial" in adata.uns:
-        out.uns["spatial"] = adata.uns["spatial"]
-    out.uns["stgraph"] = {
+    out.obsm[Key.obsm.spatial] = np.asarray(adata.obsm[Key.obsm.spatial]).copy()
+    out.obsm[Key.obsm.embedding] = query_emb
+    if Key.uns.spatial in adata.uns:
+        out.uns[Key.uns.spatial] = adata.uns[Key.uns.spatial]
+    out.uns[Key.uns.stgraph] = {
         "model": str(getattr(loaded, "run_dir", "") or ""),
         "method": config.model.name,
         "config_name": config.name,
@@ -160,7 +112,7 @@ def write_prediction(adata: AnnData, path: str | Path, force: bool = False) -> P
     return path
 
 
-def extend_reference(loaded: LoadedModel, slides, save: bool = True) -> ReferenceStore:
+def extend_reference(loaded: Run, slides, save: bool = True) -> ReferenceStore:
     """Embed new slides (with expression) with the trained model and append them to its reference.
 
     No retraining: each slide is preprocessed with the run's fitted preprocessing, embedded with the branch

@@ -3,6 +3,7 @@ from .composite import CompositeLoss
 from .contrastive import (BLEEPLoss, CLIPLoss, HECLIPLoss, bleep_loss, clip_loss, heclip_loss,
                           soft_cross_entropy)
 from .dgi import dgi_loss
+from .objective import Objective
 from .hsic import HSICBottleneck, center_kernel, gaussian_kernel, hsic, hsic_bottleneck, nhsic
 from .registry import LOSSES, UnknownLossError, create_loss, loss_names, register_loss
 
@@ -27,4 +28,5 @@ __all__ = [
     "loss_names",
     "UnknownLossError",
     "CompositeLoss",
+    "Objective",
 ]

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import register_loss
+
 __all__ = ["soft_cross_entropy", "clip_loss", "bleep_loss", "heclip_loss", "CLIPLoss", "BLEEPLoss",
            "HECLIPLoss"]
 
@@ -117,6 +119,7 @@ class _PairLoss(nn.Module):
         return f"temperature={self.temperature}"
 
 
+@register_loss("clip")
 class CLIPLoss(_PairLoss):
     """Module form of :func:`clip_loss`."""
 
@@ -124,6 +127,7 @@ class CLIPLoss(_PairLoss):
         return clip_loss(image_emb, spot_emb, self.temperature)
 
 
+@register_loss("bleep")
 class BLEEPLoss(_PairLoss):
     """Module form of :func:`bleep_loss`."""
 
@@ -135,6 +139,7 @@ class BLEEPLoss(_PairLoss):
         return bleep_loss(image_emb, spot_emb, self.temperature, self.detach_targets)
 
 
+@register_loss("heclip")
 class HECLIPLoss(_PairLoss):
     """Module form of :func:`heclip_loss`."""
 

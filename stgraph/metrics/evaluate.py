@@ -11,26 +11,22 @@ from .correlation import (gene_gene_correlation_preservation, gene_sets, mean_pe
 from .errors import mae, mse, rmse, rmse_zscore
 from .ranking import hit_at_t
 from .ssim import mean_ssim
+from ..registry import Registry
 
-__all__ = ["evaluate_arrays", "evaluate_prediction", "per_gene_table", "align_prediction"]
+__all__ = ["METRICS", "evaluate_arrays", "evaluate_prediction", "per_gene_table", "align_prediction"]
 
 
-def evaluate_arrays(pred, true, gene_names: Sequence[str], markers: Optional[Sequence[str]] = None,
-                    n_top: int = 50, hit_t: int = 10) -> dict:
-    """Every metric of the papers for one prediction (flat, JSON-serialisable).
+#: name → ``fn(pred, true, ctx) -> {column: value}`` over dense (n_spots, G) float64 arrays; ``ctx`` holds
+#: ``genes``, ``r`` (per-gene Pearson), ``sets`` (gene sets), ``n_top``, ``hit_t``. Every registered metric
+#: is a column group of :func:`evaluate_arrays` (registration order = column order); a new metric is one
+#: decorated function (``@METRICS.register("name")``).
+METRICS: Registry = Registry("metric")
 
-    Keys: ``pcc_acg``, ``pcc_heg50``, ``pcc_hvg50``, ``pcc_mg`` (mean Pearson over all genes / top-``n_top``
-    by mean / by variance of the truth / markers; NaN genes excluded), ``n_nan_genes`` (constant genes
-    excluded from the means), ``n_genes``, ``n_r_gt_0.3``, ``mse``, ``mae``, ``rmse``, ``rmse_z``, ``ssim``,
-    ``hit_at_{t}``, ``gg_corr`` (gene–gene correlation preservation), ``var_ratio_median``.
-    The Pearson keys are NaN for a prediction that is constant across spots (e.g. a mean-profile baseline).
-    """
-    pred = np.asarray(pred.toarray() if hasattr(pred, "toarray") else pred, dtype=np.float64)
-    true = np.asarray(true.toarray() if hasattr(true, "toarray") else true, dtype=np.float64)
-    names = list(map(str, gene_names))
-    r = pearson_per_gene(pred, true)
-    sets = gene_sets(true, names, n=n_top, markers=markers)
-    index = {g: i for i, g in enumerate(names)}
+
+@METRICS.register("pearson")
+def _pearson(pred, true, ctx) -> dict:
+    r, sets, n_top = ctx["r"], ctx["sets"], ctx["n_top"]
+    index = {g: i for i, g in enumerate(ctx["genes"])}
 
     def mean_over(key: str) -> float:
         if key not in sets or not sets[key]:
@@ -43,17 +39,48 @@ def evaluate_arrays(pred, true, gene_names: Sequence[str], markers: Optional[Seq
         f"pcc_hvg{n_top}": mean_over("HVG"),
         "pcc_mg": mean_over("MG"),
         "n_nan_genes": int(np.isnan(r).sum()),
-        "n_genes": len(names),
+        "n_genes": len(ctx["genes"]),
         "n_r_gt_0.3": n_genes_above(r, 0.3),
-        "mse": mse(pred, true),
-        "mae": mae(pred, true),
-        "rmse": rmse(pred, true),
-        "rmse_z": rmse_zscore(pred, true),
-        "ssim": mean_ssim(pred, true),
-        f"hit_at_{hit_t}": hit_at_t(pred, true, t=hit_t),
-        "gg_corr": gene_gene_correlation_preservation(pred, true),
-        "var_ratio_median": median_variance_ratio(pred, true),
     }
+
+
+def _array_metric(name: str, fn) -> None:
+    """Register ``fn(pred, true) -> float`` as the one-column metric ``name``."""
+    METRICS.register(name, lambda pred, true, ctx: {name: fn(pred, true)})
+
+
+for _name, _fn in (("mse", mse), ("mae", mae), ("rmse", rmse), ("rmse_z", rmse_zscore), ("ssim", mean_ssim)):
+    _array_metric(_name, _fn)
+
+
+@METRICS.register("hit_at_t")
+def _hit_at_t(pred, true, ctx) -> dict:
+    return {f"hit_at_{ctx['hit_t']}": hit_at_t(pred, true, t=ctx["hit_t"])}
+
+
+_array_metric("gg_corr", gene_gene_correlation_preservation)
+_array_metric("var_ratio_median", median_variance_ratio)
+
+
+def evaluate_arrays(pred, true, gene_names: Sequence[str], markers: Optional[Sequence[str]] = None,
+                    n_top: int = 50, hit_t: int = 10) -> dict:
+    """Every registered metric (:data:`METRICS`) for one prediction (flat, JSON-serialisable).
+
+    Keys: ``pcc_acg``, ``pcc_heg50``, ``pcc_hvg50``, ``pcc_mg`` (mean Pearson over all genes / top-``n_top``
+    by mean / by variance of the truth / markers; NaN genes excluded), ``n_nan_genes`` (constant genes
+    excluded from the means), ``n_genes``, ``n_r_gt_0.3``, ``mse``, ``mae``, ``rmse``, ``rmse_z``, ``ssim``,
+    ``hit_at_{t}``, ``gg_corr`` (gene–gene correlation preservation), ``var_ratio_median``.
+    The Pearson keys are NaN for a prediction that is constant across spots (e.g. a mean-profile baseline).
+    """
+    pred = np.asarray(pred.toarray() if hasattr(pred, "toarray") else pred, dtype=np.float64)
+    true = np.asarray(true.toarray() if hasattr(true, "toarray") else true, dtype=np.float64)
+    names = list(map(str, gene_names))
+    ctx = {"genes": names, "r": pearson_per_gene(pred, true), "sets": gene_sets(true, names, n=n_top, markers=markers),
+           "n_top": n_top, "hit_t": hit_t}
+    out: dict = {}
+    for _, metric in METRICS.items():
+        out.update(metric(pred, true, ctx))
+    return out
 
 
 def align_prediction(pred_adata, true_adata) -> tuple[np.ndarray, np.ndarray, list[str]]:

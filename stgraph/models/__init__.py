@@ -2,7 +2,7 @@
 from .contrastive import BranchOutput, ContrastiveSTModel
 from .factory import create_image_encoder, create_model, validate_model_config
 from .image_encoders import TimmImageEncoder
-from .registry import Registry
+from ..registry import Registry
 from .spot_encoders import SPOT_ENCODERS, create_spot_encoder
 
 __all__ = [

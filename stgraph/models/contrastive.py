@@ -21,10 +21,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..losses import HSICBottleneck, create_loss
 from ..nn import GraphInfomax, ProjHead
-from .image_encoders import TimmImageEncoder
-from .spot_encoders import create_spot_encoder
+from .spot_encoders import IdentitySpotEncoder
 
 __all__ = ["BranchOutput", "ContrastiveSTModel"]
 
@@ -44,40 +42,48 @@ class BranchOutput:
 
 
 class ContrastiveSTModel(nn.Module):
-    """Image and spot encoders projected into one joint space, plus their training objective.
+    """Image and spot encoders projected into one joint space (the objective lives in
+    :class:`stgraph.losses.Objective`).
 
     Parameters
     ----------
-    config
-        :class:`stgraph.config.Config` (uses ``model`` and ``loss``).
     spot_in_dim
         Width P of the spot-branch input (number of genes, or PCA components).
     image_encoder
-        The backbone (:class:`TimmImageEncoder`); kept inside the model so a saved model predicts from
-        raw patches even when training used cached features.
+        The backbone (e.g. :class:`TimmImageEncoder`; ``num_features`` = F); kept inside the model so a saved
+        model predicts from raw patches even when training used cached features.
+    spot_encoder
+        A module with ``out_dim`` and ``forward(x, coords)``, or a builder ``in_dim -> module`` (called after
+        the image branch exists, so parameters are initialised in a fixed order); default identity (BLEEP).
+    embed_dim
+        Joint-space width d.
+    image_dgi_dim, spot_dgi_dim
+        Hidden width of a Deep Graph Infomax layer over the spot graph on that branch; ``None``: no DGI.
+    image_head_dropout, spot_head_dropout
+        Dropout of the projection heads.
     """
 
-    def __init__(self, config, spot_in_dim: int, image_encoder: TimmImageEncoder):
+    def __init__(self, spot_in_dim: int, image_encoder: nn.Module, spot_encoder=None, embed_dim: int = 256,
+                 image_dgi_dim: Optional[int] = None, spot_dgi_dim: Optional[int] = None,
+                 image_head_dropout: float = 0.1, spot_head_dropout: float = 0.1):
         super().__init__()
-        mcfg, lcfg = config.model, config.loss
-        self.config = config
         self.spot_in_dim = int(spot_in_dim)
+        self.embed_dim = int(embed_dim)
         self.image_encoder = image_encoder
         feat_dim = image_encoder.num_features
 
-        self.image_dgi = GraphInfomax(feat_dim, mcfg.image_dgi.hidden_dim) if mcfg.image_dgi.enabled else None
-        image_hidden = mcfg.image_dgi.hidden_dim if self.image_dgi is not None else feat_dim
-        self.image_head = ProjHead(image_hidden, mcfg.embed_dim, dropout=mcfg.image_head_dropout)
+        self.image_dgi = GraphInfomax(feat_dim, image_dgi_dim) if image_dgi_dim else None
+        image_hidden = image_dgi_dim if self.image_dgi is not None else feat_dim
+        self.image_head = ProjHead(image_hidden, embed_dim, dropout=image_head_dropout)
 
-        self.spot_encoder = create_spot_encoder(self.spot_in_dim, mcfg.spot_encoder)
+        if spot_encoder is None:
+            spot_encoder = IdentitySpotEncoder
+        self.spot_encoder = spot_encoder if isinstance(spot_encoder, nn.Module) else spot_encoder(self.spot_in_dim)
         spot_hidden = self.spot_encoder.out_dim
-        self.spot_dgi = GraphInfomax(spot_hidden, mcfg.spot_dgi.hidden_dim) if mcfg.spot_dgi.enabled else None
+        self.spot_dgi = GraphInfomax(spot_hidden, spot_dgi_dim) if spot_dgi_dim else None
         if self.spot_dgi is not None:
-            spot_hidden = mcfg.spot_dgi.hidden_dim
-        self.spot_head = ProjHead(spot_hidden, mcfg.embed_dim, dropout=mcfg.spot_head_dropout)
-
-        self.alignment = create_loss(lcfg.alignment, temperature=lcfg.temperature)
-        self.hsic = HSICBottleneck(beta=mcfg.hsic.beta, sigma=mcfg.hsic.sigma) if mcfg.hsic.enabled else None
+            spot_hidden = spot_dgi_dim
+        self.spot_head = ProjHead(spot_hidden, embed_dim, dropout=spot_head_dropout)
 
     @property
     def uses_graph(self) -> bool:
@@ -116,40 +122,6 @@ class ContrastiveSTModel(nn.Module):
             hidden, dgi = self._graph_step(self.spot_dgi, hidden, batch, self.training)
         return BranchOutput(x, hidden, self.spot_head(hidden), dgi)
 
-    # ---------------------------------------------------------------------------------------- objective
-    def loss_terms(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Unweighted loss terms for one batch.
-
-        ``align``: the configured alignment loss (clip / bleep / heclip) between I and S on the loss spots;
-        ``dgi_image`` / ``dgi_spot``: DGI BCE of each graph branch (over all nodes);
-        ``hsic_image`` / ``hsic_spot``: ``nHSIC(X_in, Z) − β·nHSIC(Z, P)`` on the loss spots.
-        """
-        image, spot = self.encode_image(batch), self.encode_spot(batch)
-        idx = batch.get("loss_index")
-
-        def rows(t: torch.Tensor) -> torch.Tensor:
-            return t if idx is None else t[idx]
-
-        terms = {"align": self.alignment(rows(image.emb), rows(spot.emb))}
-        if image.dgi is not None:
-            terms["dgi_image"] = self.image_dgi.loss(*image.dgi)
-        if spot.dgi is not None:
-            terms["dgi_spot"] = self.spot_dgi.loss(*spot.dgi)
-        if self.hsic is not None:
-            for name, out in (("image", image), ("spot", spot)):
-                if name in self.config.model.hsic.branches:
-                    terms[f"hsic_{name}"] = self.hsic(rows(out.inputs), rows(out.hidden), rows(out.emb))
-        return terms
-
-    def loss_weights(self) -> dict[str, float]:
-        """Weight of each named term in the total loss, from the config."""
-        m = self.config.model
-        weights = {"align": self.config.loss.weight}
-        if m.image_dgi.enabled:
-            weights["dgi_image"] = m.image_dgi.weight
-        if m.spot_dgi.enabled:
-            weights["dgi_spot"] = m.spot_dgi.weight
-        if m.hsic.enabled:
-            for name in m.hsic.branches:
-                weights[f"hsic_{name}"] = m.hsic.weight
-        return weights
+    def forward(self, batch: dict) -> tuple[BranchOutput, BranchOutput]:
+        """Both branches: ``(image, spot)`` :class:`BranchOutput`."""
+        return self.encode_image(batch), self.encode_spot(batch)

@@ -12,12 +12,14 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import StgraphError
+
 __all__ = ["TimmImageEncoder", "FREEZE_POLICIES", "trainable_groups"]
 
 FREEZE_POLICIES = ("none", "all", "all_but_last_stage")
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(StgraphError, RuntimeError):
     """Raised when pretrained weights cannot be loaded (no file, corrupt file, no hub access)."""
 
 
@@ -97,6 +99,8 @@ class TimmImageEncoder(nn.Module):
     freeze
         ``none`` (train all), ``all`` (no gradient; eval-mode BatchNorm), ``all_but_last_stage``
         (for a ViT: the last transformer block and the final norm).
+    input_size
+        Side patches are resized to before the backbone (``None``: as extracted).
     architecture
         timm architecture of a hub-id ``backbone``, used when loading ``weights`` from a local file.
     model_kwargs
@@ -104,12 +108,14 @@ class TimmImageEncoder(nn.Module):
     """
 
     def __init__(self, backbone: str = "resnet50", pretrained: bool = True, weights: Optional[str] = None,
-                 freeze: str = "none", architecture: Optional[str] = None, model_kwargs: Optional[dict] = None):
+                 freeze: str = "none", input_size: Optional[int] = None, architecture: Optional[str] = None,
+                 model_kwargs: Optional[dict] = None):
         super().__init__()
         if freeze not in FREEZE_POLICIES:
             raise ValueError(f"freeze={freeze!r} is not one of {list(FREEZE_POLICIES)}")
         self.backbone_name = backbone
         self.freeze = freeze
+        self.input_size = input_size
         self.model = _create_timm_model(backbone, pretrained, weights, architecture, model_kwargs)
         self.num_features = int(self.model.num_features)
         self._apply_freeze()

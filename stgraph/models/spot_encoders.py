@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..nn import MLP, SpotTransformer
-from .registry import Registry
+from ..registry import Registry
 
 __all__ = ["SPOT_ENCODERS", "create_spot_encoder", "IdentitySpotEncoder", "MLPSpotEncoder",
            "TransformerSpotEncoder"]

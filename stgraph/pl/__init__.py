@@ -1,4 +1,4 @@
-"""Plots (matplotlib, Agg backend): spatial gene maps over H&E, training loss curves, per-fold benchmark values.
+"""Plots (matplotlib; the backend is left to the user, the CLI uses Agg): spatial gene maps over H&E, training loss curves, per-fold benchmark values.
 
 Every function returns the Figure and, given ``path=``, writes it atomically.
 """

@@ -4,14 +4,11 @@ from __future__ import annotations
 import os
 from typing import Optional, Union
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from .training import save_figure  # noqa: E402
+from .training import save_figure
 
 __all__ = ["plot_fold_pcc"]
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence, Union
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..metrics.correlation import pearson_per_gene  # noqa: E402
-from .training import save_figure  # noqa: E402
+from ..metrics.correlation import pearson_per_gene
+from .training import save_figure
+from ..keys import Key
 
 __all__ = ["plot_genes", "slide_image"]
 
@@ -19,7 +17,7 @@ __all__ = ["plot_genes", "slide_image"]
 def _library_id(adata, library_id: Optional[str]) -> Optional[str]:
     """The ``uns['spatial']`` entry to use: the given one, else the slide's own ``obs['slide_id']`` when it has
     a single one, else the first entry."""
-    spatial = adata.uns.get("spatial", {}) if hasattr(adata, "uns") else {}
+    spatial = adata.uns.get(Key.uns.spatial, {}) if hasattr(adata, "uns") else {}
     if not spatial:
         if library_id is not None:
             raise KeyError(f"library {library_id!r} requested but the data has no uns['spatial']")
@@ -29,7 +27,7 @@ def _library_id(adata, library_id: Optional[str]) -> Optional[str]:
             raise KeyError(f"library {library_id!r} not in uns['spatial'] (has {list(spatial)})")
         return library_id
     if "slide_id" in getattr(adata, "obs", {}):
-        ids = list(dict.fromkeys(map(str, adata.obs["slide_id"])))
+        ids = list(dict.fromkeys(map(str, adata.obs[Key.obs.slide_id])))
         if len(ids) == 1 and ids[0] in spatial:
             return ids[0]
     return next(iter(spatial))
@@ -51,13 +49,13 @@ def slide_image(adata, library_id: Optional[str] = None) -> tuple[Optional[np.nd
     lib = _library_id(adata, library_id)
     if lib is None:
         return None, 1.0
-    entry = adata.uns["spatial"][lib]
-    images, factors = entry.get("images", {}) or {}, entry.get("scalefactors", {}) or {}
+    entry = adata.uns[Key.uns.spatial][lib]
+    images, factors = entry.get(Key.uns.images, {}) or {}, entry.get(Key.uns.scalefactors, {}) or {}
     for name in ("hires", "lowres"):
         if name in images and f"tissue_{name}_scalef" in factors:
             return np.asarray(images[name]), float(factors[f"tissue_{name}_scalef"])
     if "fullres" in images:
-        return np.asarray(images["fullres"]), float(factors.get("tissue_fullres_scalef", 1.0))
+        return np.asarray(images[Key.image.fullres]), float(factors.get(Key.scalefactor.fullres, 1.0))
     return None, 1.0
 
 
@@ -141,7 +139,7 @@ def plot_genes(adata_pred, genes: Sequence[str], adata_true=None, image=None,
         missing = [g for g in genes if g not in ad.var_names]
         if missing:
             raise KeyError(f"gene(s) {missing} are not in the {name} ({ad.n_vars} genes)")
-    if "spatial" not in adata_pred.obsm:
+    if Key.obsm.spatial not in adata_pred.obsm:
         raise KeyError("the prediction has no obsm['spatial'] spot coordinates")
 
     if image is not None:
@@ -151,7 +149,7 @@ def plot_genes(adata_pred, genes: Sequence[str], adata_true=None, image=None,
         if img is None and adata_true is not None:
             img, scale = slide_image(adata_true, library_id)
     pred, true = (adata_pred, None) if adata_true is None else _matched(adata_pred, adata_true)
-    xy = np.asarray(pred.obsm["spatial"], dtype=np.float64) * scale
+    xy = np.asarray(pred.obsm[Key.obsm.spatial], dtype=np.float64) * scale
     if spot_size is None:
         spot_size = _auto_spot_size(xy)
     margin = _median_spacing(xy)

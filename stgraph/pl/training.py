@@ -5,13 +5,10 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from ..utils.io import atomic_path  # noqa: E402
+from ..utils.io import atomic_path
 
 __all__ = ["plot_loss_curves", "save_figure"]
 

@@ -1,12 +1,14 @@
 """Training: prepared slides, the trainer loop, and the end-to-end training job."""
-from .prepare import PreparedSlide, Preprocessor, compute_image_features, fit_preprocessor, prepare_slide
+from ..run import (CheckpointError, PreparedSlide, Preprocessor, Run, compute_image_features, fit_preprocessor,
+                   load_checkpoint, prepare_slide)
 from .run import TrainedRun, build_reference, train_model
-from .trainer import CheckpointError, Trainer, TrainResult, load_checkpoint
+from .trainer import Trainer, TrainResult
 
 __all__ = [
     "CheckpointError",
     "PreparedSlide",
     "Preprocessor",
+    "Run",
     "TrainResult",
     "TrainedRun",
     "Trainer",

@@ -1,16 +1,4 @@
-"""The training job: slides + config → a self-contained run folder that can predict new slides.
-
-Run folder layout::
-
-    <out>/config.yaml        resolved config
-    <out>/genes.txt          the model's genes (prediction columns)
-    <out>/preprocess.*       fitted preprocessing (PCA of the gene branch, provenance)
-    <out>/model.pt           best weights (backbone included) + what is needed to rebuild the model
-    <out>/reference.h5       the reference: embeddings + expression + genes + slide ids
-    <out>/checkpoints/       best.pt, last.pt (for resume)
-    <out>/log.csv            per-epoch losses, one column per term; loss_curve.png
-    <out>/run.json           provenance; written last, so its presence marks a complete run
-"""
+"""The training job: slides + config → a self-contained run folder (layout: :mod:`stgraph.run.folder`)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -25,45 +13,29 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from ..config import config_to_dict, save_config
+from ..config import save_config
 from ..data.collection import SlideCollection
-from ..inference.embed import embed_slide
-from ..inference.reference import ReferenceStore
+from ..data.slide_id import slide_id_of
 from ..models import create_model
-from ..utils import atomic_path, atomic_write_text, resolve_device, seed_everything
-from .layout import RUN_FILES
-from .prepare import PreparedSlide, Preprocessor, fit_preprocessor, prepare_slide
+from ..retrieval.reference import ReferenceStore
+from ..run.embed import embed_slide
+from ..run.folder import RUN_FILES, Run, save_model  # noqa: F401 (RUN_FILES re-exported)
+from ..run.prepare import PreparedSlide, fit_preprocessor, prepare_slide
+from ..utils import atomic_write_text, resolve_device, seed_everything
 from .trainer import Trainer, TrainResult
 
 __all__ = ["train_model", "build_reference", "RUN_FILES", "TrainedRun"]
 
 
 
-class TrainedRun:
-    """What ``train_model`` returns: the model, its preprocessing, reference and training history."""
-
-    def __init__(self, model, config, preprocessor: Preprocessor, reference: ReferenceStore,
-                 result: Optional[TrainResult], run_dir: Optional[Path]):
-        self.model = model
-        self.config = config
-        self.preprocessor = preprocessor
-        self.reference = reference
-        self.result = result
-        self.run_dir = run_dir
-
-    @property
-    def genes(self) -> list[str]:
-        return list(self.reference.genes)
+#: The run ``train_model`` returns (the same class inference loads).
+TrainedRun = Run
 
 
 def _slides_of(slides) -> list[AnnData]:
     if isinstance(slides, SlideCollection):
         return [slides[i] for i in slides.ids]
     return list(slides)
-
-
-def _slide_id(adata: AnnData, i: int) -> str:
-    return str(adata.obs["slide_id"].iloc[0]) if "slide_id" in adata.obs and adata.n_obs else f"slide{i}"
 
 
 def build_reference(model, config, slides: Sequence[PreparedSlide], genes: Sequence[str],
@@ -93,15 +65,8 @@ def _check_out_dir(out: Path, force: bool, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _save_model(path: Path, model, config, spot_in_dim: int, best_epoch: int) -> None:
-    state = {"model": model.state_dict(), "config": config_to_dict(config), "spot_in_dim": spot_in_dim,
-             "best_epoch": best_epoch, "format": 1}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
 def train_model(config, slides, out: Optional[str | Path] = None, force: bool = False, resume: bool = False,
-                progress: Optional[bool] = None) -> TrainedRun:
+                progress: Optional[bool] = None) -> Run:
     """Fit preprocessing on ``slides``, train, build the reference, and (with ``out``) save a run folder.
 
     Parameters
@@ -127,7 +92,7 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
     preprocessor, expr = fit_preprocessor(config, adatas)
     model = create_model(config, preprocessor.spot_in_dim).to(device)
     prepared = [
-        prepare_slide(ad, config, preprocessor, expr=expr.get(_slide_id(ad, i)), image_encoder=model.image_encoder,
+        prepare_slide(ad, config, preprocessor, expr=expr.get(slide_id_of(ad, default=f"slide{i}")), image_encoder=model.image_encoder,
                       device=str(device), progress=progress)
         for i, ad in enumerate(adatas)
     ]
@@ -144,7 +109,7 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
     reference = build_reference(model, config, prepared, preprocessor.genes)
 
     if run_dir is not None:
-        _save_model(run_dir / "model.pt", model, config, preprocessor.spot_in_dim, result.best_epoch)
+        save_model(run_dir / "model.pt", model, config, preprocessor.spot_in_dim, result.best_epoch)
         reference.save(run_dir / "reference.h5", overwrite=True)
         _plot_losses(run_dir)
         provenance = {
@@ -160,7 +125,7 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
             "python": platform.python_version(),
         }
         atomic_write_text(run_dir / "run.json", json.dumps(provenance, indent=2, default=float))
-    return TrainedRun(model, config, preprocessor, reference, result, run_dir)
+    return Run(model, config, preprocessor, reference, result, run_dir)
 
 
 def _plot_losses(run_dir: Path) -> None:

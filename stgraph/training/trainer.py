@@ -26,17 +26,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import config_to_dict
-from ..data.patches import random_flip_rotate
-from ..losses import CompositeLoss
+from ..data.transforms import random_flip_rotate
+from ..losses import CompositeLoss, Objective
 from ..utils import atomic_path, resolve_device, seed_everything
 from .monitor import TermMonitor
-from .prepare import PreparedSlide, normalize_batch, patch_batch
+from ..data.transforms import normalize_batch, patch_batch
+from ..run.folder import CheckpointError, load_checkpoint  # noqa: F401 (re-exported)
+from ..run.prepare import PreparedSlide
 
 __all__ = ["Trainer", "TrainResult", "CheckpointError", "load_checkpoint"]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated or does not match the model."""
 
 
 @dataclasses.dataclass
@@ -44,38 +42,6 @@ class TrainResult:
     history: pd.DataFrame
     best_epoch: int
     best_val_loss: float
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a checkpoint written by :class:`Trainer`, with a clear error for a missing or corrupt file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path}: checkpoint has no 'model' state")
-    return state
-
-
-class _SlideTensors:
-    """A slide's arrays as tensors on the training device, with its train/val spot split."""
-
-    def __init__(self, slide: PreparedSlide, device: torch.device, val_mask: np.ndarray):
-        if slide.spot_input is None:
-            raise ValueError(f"training slide {slide.slide_id!r} has no expression")
-        self.slide_id = slide.slide_id
-        self.n = slide.n_spots
-        self.spot_input = torch.as_tensor(slide.spot_input, dtype=torch.float32, device=device)
-        self.coords = torch.as_tensor(slide.coords, dtype=torch.long, device=device)
-        self.features = (None if slide.features is None
-                         else torch.as_tensor(slide.features, dtype=torch.float32, device=device))
-        self.patches = None if slide.patches is None else torch.from_numpy(np.ascontiguousarray(slide.patches))
-        self.edge_index = None if slide.edge_index is None else slide.edge_index.to(device)
-        self.train_rows = np.flatnonzero(~val_mask)
-        self.val_rows = np.flatnonzero(val_mask)
 
 
 class Trainer:
@@ -91,10 +57,14 @@ class Trainer:
         Training slides (:class:`PreparedSlide` with ``spot_input``, and ``features`` or ``patches``).
     run_dir
         Folder for ``checkpoints/``, ``log.csv`` and the loss curve; ``None`` keeps everything in memory.
+    objective
+        The loss terms, weights and DGI pre-training schedule (default :meth:`Objective.from_config`).
     """
 
-    def __init__(self, model, config, slides: Sequence[PreparedSlide], run_dir: Optional[str | Path] = None):
+    def __init__(self, model, config, slides: Sequence[PreparedSlide], run_dir: Optional[str | Path] = None,
+                 objective: Optional[Objective] = None):
         self.config = config
+        self.objective = objective if objective is not None else Objective.from_config(config)
         self.tcfg = config.train
         self.device = resolve_device(self.tcfg.device)
         self.model = model.to(self.device)
@@ -102,8 +72,13 @@ class Trainer:
         seed_everything(self.tcfg.seed)
         self.generator = torch.Generator().manual_seed(self.tcfg.seed)
         self.rng = np.random.default_rng(self.tcfg.seed)
-        self.slides = [_SlideTensors(s, self.device, self._val_mask(s)) for s in slides]
-        if not any(len(s.train_rows) for s in self.slides):
+        for s in slides:
+            if s.spot_input is None:
+                raise ValueError(f"training slide {s.slide_id!r} has no expression")
+        #: (train rows, validation rows) of each slide
+        self.splits = [self._split(self._val_mask(s)) for s in slides]
+        self.slides = [s.to_tensors(self.device) for s in slides]
+        if not any(len(train_rows) for train_rows, _ in self.splits):
             raise ValueError("no training spots left after the validation split")
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt_cls = torch.optim.AdamW if self.tcfg.optimizer == "adamw" else torch.optim.Adam
@@ -124,8 +99,12 @@ class Trainer:
             mask[self.rng.choice(slide.n_spots, size=min(n_val, slide.n_spots - 1), replace=False)] = True
         return mask
 
+    @staticmethod
+    def _split(val_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+
     # --------------------------------------------------------------------------------------- batches
-    def _images(self, s: _SlideTensors, rows: np.ndarray, train: bool) -> dict:
+    def _images(self, s: PreparedSlide, rows: np.ndarray, train: bool) -> dict:
         if s.features is not None:
             return {"features": s.features[rows]}
         if s.patches is None:
@@ -140,7 +119,7 @@ class Trainer:
             x = torch.stack([jitter(xi) for xi in x])
         return {"patch": normalize_batch(x)}
 
-    def _spot_batch(self, parts: list[tuple[_SlideTensors, np.ndarray]], train: bool) -> dict:
+    def _spot_batch(self, parts: list[tuple[PreparedSlide, np.ndarray]], train: bool) -> dict:
         pieces = []
         for s, rows in parts:
             idx = torch.as_tensor(rows, device=self.device)
@@ -149,8 +128,8 @@ class Trainer:
             pieces.append(piece)
         return {k: torch.cat([p[k] for p in pieces]) for k in pieces[0]}
 
-    def _slide_batch(self, s: _SlideTensors, loss_rows: np.ndarray, train: bool) -> dict:
-        batch = self._spot_batch([(s, np.arange(s.n))], train)
+    def _slide_batch(self, s: PreparedSlide, loss_rows: np.ndarray, train: bool) -> dict:
+        batch = self._spot_batch([(s, np.arange(s.n_spots))], train)
         batch["edge_index"] = s.edge_index
         batch["loss_index"] = torch.as_tensor(loss_rows, device=self.device)
         return batch
@@ -161,24 +140,22 @@ class Trainer:
         return [rows[i : i + bs] for i in range(0, len(rows), bs) if len(rows[i : i + bs]) > 1]
 
     def _batches(self, train: bool) -> Iterator[dict]:
-        split = "train_rows" if train else "val_rows"
+        rows = [split[0] if train else split[1] for split in self.splits]
         repeats = 2 if (train and self.tcfg.paired_augment) else 1
         if self.tcfg.batching == "slide":
             order = self.rng.permutation(len(self.slides)) if train else range(len(self.slides))
             for i in order:
-                s = self.slides[i]
-                for chunk in self._chunks(np.tile(getattr(s, split), repeats), shuffle=train):
-                    yield self._slide_batch(s, chunk, train)
+                for chunk in self._chunks(np.tile(rows[i], repeats), shuffle=train):
+                    yield self._slide_batch(self.slides[i], chunk, train)
             return
         if self.tcfg.within_slide or not train:
-            jobs = [(s, chunk) for s in self.slides
-                    for chunk in self._chunks(np.tile(getattr(s, split), repeats), shuffle=train)]
+            jobs = [(s, chunk) for s, r in zip(self.slides, rows)
+                    for chunk in self._chunks(np.tile(r, repeats), shuffle=train)]
             order = self.rng.permutation(len(jobs)) if train else range(len(jobs))
             for j in order:
                 yield self._spot_batch([jobs[j]], train)
             return
-        pairs = np.concatenate([np.stack([np.full(len(getattr(s, split)), i), getattr(s, split)], 1)
-                                for i, s in enumerate(self.slides)])
+        pairs = np.concatenate([np.stack([np.full(len(r), i), r], 1) for i, r in enumerate(rows)])
         pairs = np.tile(pairs, (repeats, 1))
         for chunk in self._chunks(np.arange(len(pairs)), shuffle=True):
             sel = pairs[chunk]
@@ -186,24 +163,14 @@ class Trainer:
             yield self._spot_batch(parts, train)
 
     # ------------------------------------------------------------------------------------- one epoch
-    def _weights(self, epoch: int) -> dict[str, float]:
-        weights = self.model.loss_weights()
-        m = self.config.model
-        pretrain = {"dgi_image": m.image_dgi.pretrain_epochs if m.image_dgi.enabled else 0,
-                    "dgi_spot": m.spot_dgi.pretrain_epochs if m.spot_dgi.enabled else 0}
-        if epoch < max(pretrain.values()):
-            # DGI pre-training phase: only the DGI terms still in their pre-training window.
-            return {k: w for k, w in weights.items() if pretrain.get(k, 0) > epoch}
-        return weights
-
     def _run_epoch(self, epoch: int, train: bool) -> dict[str, float]:
         self.model.train(train)
-        objective = CompositeLoss(self._weights(epoch) if train else self.model.loss_weights())
+        weighted = CompositeLoss(self.objective.weights(epoch if train else None))
         sums: dict[str, float] = {}
         n_batches = 0
         with torch.set_grad_enabled(train):
             for batch in self._batches(train):
-                total, logs = objective(self.model.loss_terms(batch))
+                total, logs = weighted(self.objective.terms(self.model, batch))
                 if train:
                     self.optimizer.zero_grad(set_to_none=True)
                     total.backward()
@@ -264,7 +231,7 @@ class Trainer:
             if self.run_dir is None:
                 raise ValueError("resume needs a run folder")
             self._resume()
-        has_val = any(len(s.val_rows) for s in self.slides)
+        has_val = any(len(val_rows) for _, val_rows in self.splits)
         best_state = None
         bar = tqdm(range(self.start_epoch, self.tcfg.epochs), desc="train", disable=not self.tcfg.progress,
                    initial=self.start_epoch, total=self.tcfg.epochs)

@@ -6,7 +6,7 @@ held-out slide never leaks into its own preprocessing.
 """
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +18,12 @@ import torch
 from anndata import AnnData
 
 from ..data import pp
-from ..data.patches import IMAGENET_MEAN, IMAGENET_STD, extract_patches
+from ..data.patches import extract_patches
+from ..data.slide_id import slide_id_of
+from ..data.transforms import grid_coordinates, hash_array, normalize_batch, patch_batch  # noqa: F401
 from ..graph import spatial_graph, to_edge_index
 from ..utils import atomic_save_npy
+from ..keys import Key
 
 __all__ = [
     "PreparedSlide",
@@ -36,7 +39,8 @@ __all__ = [
 
 @dataclass
 class PreparedSlide:
-    """One slide as arrays (rows = spots, in the slide's obs order).
+    """One slide as arrays (rows = spots, in the slide's obs order): the one "slide as arrays" container of
+    training, reference building and prediction (:meth:`to_tensors` for the training device).
 
     Attributes
     ----------
@@ -71,6 +75,22 @@ class PreparedSlide:
     def n_spots(self) -> int:
         return len(self.barcodes)
 
+    def to_tensors(self, device) -> "PreparedSlide":
+        """The same slide with its arrays as tensors for training: ``spot_input``/``features`` float32 and
+        ``coords`` long on ``device``, ``patches`` uint8 on the CPU (moved per batch), ``edge_index`` on
+        ``device``; ``xy`` and ``expr`` stay numpy."""
+        def on(x, dtype):
+            return None if x is None else torch.as_tensor(x, dtype=dtype, device=device)
+
+        return dataclasses.replace(
+            self,
+            spot_input=on(self.spot_input, torch.float32),
+            coords=on(self.coords, torch.long),
+            features=on(self.features, torch.float32),
+            patches=None if self.patches is None else torch.from_numpy(np.ascontiguousarray(self.patches)),
+            edge_index=None if self.edge_index is None else self.edge_index.to(device),
+        )
+
 
 @dataclass
 class Preprocessor:
@@ -92,7 +112,7 @@ class Preprocessor:
 
     def expression(self, adata: AnnData) -> np.ndarray:
         """(n, G) log-normalised expression of ``adata`` over ``genes`` (missing genes → 0, with a warning)."""
-        if "counts" not in adata.layers:
+        if Key.layers.counts not in adata.layers:
             adata = pp.normalize_log1p(adata, copy=True)
         aligned = pp.align_genes(adata, self.genes)
         x = aligned.X
@@ -135,10 +155,7 @@ def _select_genes(config, train_slides: Sequence[AnnData]) -> list[str]:
     if spec == "hvg_union":
         return pp.select_hvg_union(list(train_slides), n_top=config.data.n_top_hvg)
     if spec == "shared":
-        shared = set(train_slides[0].var_names)
-        for ad in train_slides[1:]:
-            shared &= set(ad.var_names)
-        return [g for g in train_slides[0].var_names if g in shared]
+        return pp.shared_genes(list(train_slides))
     return pp.load_gene_list(spec)
 
 
@@ -154,13 +171,13 @@ def fit_preprocessor(config, train_slides: Sequence[AnnData]) -> tuple[Preproces
     """
     if not train_slides:
         raise ValueError("no training slides given")
-    normed = [ad if "counts" in ad.layers else pp.normalize_log1p(ad, copy=True) for ad in train_slides]
+    normed = [ad if Key.layers.counts in ad.layers else pp.normalize_log1p(ad, copy=True) for ad in train_slides]
     genes = _select_genes(config, normed)
     if not genes:
         raise ValueError("gene selection returned no genes")
     aligned = [pp.align_genes(ad, genes) for ad in normed]
     expr = {
-        str(ad.obs["slide_id"].iloc[0]) if "slide_id" in ad.obs else f"slide{i}": np.asarray(
+        slide_id_of(ad, default=f"slide{i}"): np.asarray(
             ad.X.toarray() if sp.issparse(ad.X) else ad.X, dtype=np.float32
         )
         for i, ad in enumerate(aligned)
@@ -182,41 +199,6 @@ def fit_preprocessor(config, train_slides: Sequence[AnnData]) -> tuple[Preproces
         info["pca_components"] = int(n_comp)
         info["pca_explained_variance"] = float(pca.explained_variance_ratio_.sum())
     return prep, expr
-
-
-def grid_coordinates(adata: AnnData) -> np.ndarray:
-    """(n, 2) int64 ``[x, y]`` grid coordinates (``array_col``, ``array_row``), shifted to start at 0.
-
-    The data layer's :func:`~stgraph.data.dataset.array_coordinates` gives ``(row, col)`` (binning pixel
-    positions by the spot spacing when the format has no array coordinates); the spot encoders index
-    ``[x, y]``.
-    """
-    from ..data.dataset import array_coordinates
-
-    grid = array_coordinates(adata)[:, ::-1]
-    return np.ascontiguousarray(grid - grid.min(0))
-
-
-def _hash_array(a: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=8).hexdigest()
-
-
-def patch_batch(patches, input_size: Optional[int] = None, device="cpu") -> torch.Tensor:
-    """uint8 patches (N, S, S, 3) (numpy or tensor) → float (N, 3, s, s) in [0, 1] on ``device``, resized
-    (bilinear, antialiased) to ``s = input_size`` when it differs from S."""
-    t = patches if isinstance(patches, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(patches))
-    x = t.to(device).permute(0, 3, 1, 2).float().div_(255.0)
-    if input_size is not None and x.shape[-1] != input_size:
-        x = torch.nn.functional.interpolate(x, size=(input_size, input_size), mode="bilinear",
-                                            align_corners=False, antialias=True)
-    return x
-
-
-def normalize_batch(x: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation of (N, 3, H, W) images in [0, 1]: ``(x − mean) / std`` per channel."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 @torch.no_grad()
@@ -288,7 +270,7 @@ def _cached_features(encoder, patches: np.ndarray, config, slide_id: str, device
     cache_dir = config.data.cache_dir
     key = "_".join([
         slide_id, cfg.backbone, Path(cfg.weights).stem if cfg.weights else ("imagenet" if cfg.pretrained else "random"),
-        str(cfg.input_size), _hash_array(patches),
+        str(cfg.input_size), hash_array(patches),
     ])
     path = Path(cache_dir) / "features" / f"{key}.npy" if cache_dir else None
     if path is not None and path.is_file():
@@ -321,7 +303,7 @@ def prepare_slide(adata: AnnData, config, preprocessor: Optional[Preprocessor] =
     with_graph
         Build the spot graph (default: when any DGI module is enabled).
     """
-    slide_id = str(adata.obs["slide_id"].iloc[0]) if "slide_id" in adata.obs and adata.n_obs else "slide"
+    slide_id = slide_id_of(adata, default="slide")
     if adata.n_obs == 0:
         raise ValueError(f"slide {slide_id!r} has no spots")
     if expr is None and preprocessor is not None and adata.n_vars > 0:
@@ -352,7 +334,7 @@ def prepare_slide(adata: AnnData, config, preprocessor: Optional[Preprocessor] =
         slide_id=slide_id,
         barcodes=list(map(str, adata.obs_names)),
         coords=grid_coordinates(adata),
-        xy=np.asarray(adata.obsm["spatial"], dtype=np.float32),
+        xy=np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float32),
         expr=expr,
         spot_input=spot_input,
         patches=patches,

@@ -1,13 +1,13 @@
 """Embed prepared slides with a trained model (eval mode, no augmentation, no DGI corruption)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:  # the training package imports this module
-    from ..training.prepare import PreparedSlide
+from ..data.transforms import normalize_batch, patch_batch
+from .prepare import PreparedSlide
 
 __all__ = ["embed_slide", "embed_slides"]
 
@@ -17,8 +17,6 @@ def _image_input(slide: "PreparedSlide", rows: slice, input_size: int, device) -
         return {"features": torch.as_tensor(slide.features[rows], dtype=torch.float32, device=device)}
     if slide.patches is None:
         raise ValueError(f"slide {slide.slide_id!r} has neither features nor patches")
-    from ..training.prepare import normalize_batch, patch_batch
-
     return {"patch": normalize_batch(patch_batch(slide.patches[rows], input_size, device))}
 
 
@@ -43,7 +41,7 @@ def embed_slide(model, slide: "PreparedSlide", branch: str = "image", batch_size
             batch["edge_index"] = slide.edge_index.to(device)
         return model.encode_spot(batch).emb.cpu().numpy().astype(np.float32)
 
-    input_size = model.config.model.image_encoder.input_size
+    input_size = getattr(model.image_encoder, "input_size", None)
     feats = []
     for start in range(0, slide.n_spots, batch_size):
         inp = _image_input(slide, slice(start, start + batch_size), input_size, device)

@@ -1,0 +1,85 @@
+"""Readers: slides on disk → one :class:`~anndata.AnnData` per slide in the stgraph convention.
+
+Every reader returns ``X`` (raw counts, CSR float32), ``obsm['spatial']`` (n, 2) spot centres as x, y in
+full-resolution image pixels, ``obs['slide_id']`` (categorical) and ``uns['spatial'][slide_id]`` with
+``images``, ``scalefactors`` and ``metadata`` (see ``docs/architecture.md``). Missing files raise
+:class:`FileNotFoundError`; bad content raises :class:`~stgraph.data.errors.SlideFormatError`; both name
+the file.
+
+One file per format, each registered in :data:`READERS` with ``@register_reader(name, detect=...)``;
+:func:`read_slide` asks the registry which format a path holds.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from anndata import AnnData
+
+from ..errors import SlideFormatError, missing_file
+from ..image import IMAGE_SUFFIXES, image_size, open_image
+from .base import READERS, register_reader, validate_slide
+# Registration order is the auto-detection order.
+from .h5ad import read_h5ad
+from .visium import _VISIUM_MATRICES, _VISIUM_POSITIONS, read_visium
+from .legacy_st import (HER2ST_IMAGED_SECTIONS, HER2ST_SPOT_DIAMETER_PX, read_her2st, read_st_legacy,
+                        read_st_legacy_folder)
+from .spot_csv import read_spot_csv
+
+__all__ = [
+    "READERS",
+    "register_reader",
+    "HER2ST_IMAGED_SECTIONS",
+    "HER2ST_SPOT_DIAMETER_PX",
+    "IMAGE_SUFFIXES",
+    "read_st_legacy",
+    "read_st_legacy_folder",
+    "read_her2st",
+    "read_visium",
+    "read_h5ad",
+    "read_spot_csv",
+    "read_slide",
+    "validate_slide",
+    "image_size",
+    "open_image",
+]
+
+
+def read_slide(path, format: Optional[str] = None, **kwargs) -> AnnData:
+    """Read a slide from any registered layout.
+
+    Parameters
+    ----------
+    path
+        - an ``.h5ad`` file → :func:`read_h5ad`;
+        - a Space Ranger folder (a ``*_bc_matrix.h5`` or ``spatial/tissue_positions*.csv``) →
+          :func:`read_visium`;
+        - a HER2+ root (``ST-cnts/``…) with ``section=…`` in ``kwargs`` → :func:`read_her2st`;
+        - a legacy ST folder (one counts ``.tsv(.gz)``, one ``*_selection.tsv``, an optional image) or a
+          ``(counts, spots[, image])`` tuple → :func:`read_st_legacy`.
+    format
+        A name in :data:`READERS` to skip auto-detection (an unknown name fails with the valid choices).
+    **kwargs
+        Passed to the chosen reader.
+    """
+    if format is not None:
+        return READERS.get(format)(path, **kwargs)
+    if isinstance(path, (tuple, list)):
+        if len(path) not in (2, 3):
+            raise ValueError(f"a legacy ST slide is (counts, spots[, image]); got {len(path)} paths")
+        return read_st_legacy(*path, **kwargs)
+    path = Path(path)
+    if not path.exists():
+        raise missing_file(path, "slide (.h5ad file, Space Ranger folder or legacy ST folder)")
+    for name, reader in READERS.items():
+        detect = getattr(reader, "detect", None)
+        if detect is not None and detect(path, kwargs):
+            return reader(path, **kwargs)
+    if path.is_file():
+        raise SlideFormatError(f"cannot read slide file {path}: only .h5ad files are slides on their own "
+                               "(other layouts are folders)")
+    raise SlideFormatError(
+        f"cannot tell the layout of {path}: looked for an .h5ad file, a Space Ranger folder "
+        f"({' / '.join(_VISIUM_MATRICES)} or spatial/{' / '.join(_VISIUM_POSITIONS)}), a HER2+ root "
+        "(ST-cnts/ with section=...) and a legacy ST folder (*.tsv(.gz) counts + *_selection.tsv + image)"
+    )

@@ -1,0 +1,85 @@
+"""Every AnnData key stgraph reads or writes, in one place (as squidpy's ``_constants``).
+
+>>> adata.obsm[Key.obsm.spatial]          # (n, 2) x, y in full-resolution pixels
+>>> adata.uns[Key.uns.spatial][library_id][Key.uns.scalefactors][Key.scalefactor.hires]
+
+The values are the scanpy / squidpy conventions, so a slide read here plots with ``sc.pl.spatial`` and
+``sq.pl.spatial_scatter`` unchanged.
+"""
+from __future__ import annotations
+
+__all__ = ["Key"]
+
+
+class _Obs:
+    slide_id = "slide_id"          # categorical, one value per slide (= library id)
+    array_row = "array_row"        # integer grid row
+    array_col = "array_col"        # integer grid column
+    in_tissue = "in_tissue"
+    filtered_barcodes = "filtered_barcodes"   # Space Ranger raw matrix: barcode passed filtering
+
+
+class _Obsm:
+    spatial = "spatial"            # (n, 2) spot centres x, y in full-resolution pixels
+    embedding = "X_stgraph"        # (n, d) joint-space embedding of a predicted slide
+    reference_embedding = "X_emb"  # the reference store as AnnData
+    pca = "X_pca"
+    pca_harmony = "X_pca_harmony"
+
+
+class _Var:
+    gene_ids = "gene_ids"
+    filtered_probes = "filtered_probes"   # Visium probe-based matrix: probe passed filtering
+
+
+class _Obsp:
+    connectivities = "spatial_connectivities"
+    distances = "spatial_distances"
+
+
+class _Layers:
+    counts = "counts"              # raw counts kept by preprocessing
+
+
+class _Uns:
+    spatial = "spatial"            # uns['spatial'][library_id] = {images, scalefactors, metadata}
+    images = "images"
+    scalefactors = "scalefactors"
+    metadata = "metadata"
+    stgraph = "stgraph"            # provenance of a prediction
+    spatial_neighbors = "spatial_neighbors"   # squidpy: parameters of the spot graph
+    reference = "reference"        # the reference store as AnnData: kind and meta
+
+
+class _Image:
+    hires = "hires"
+    lowres = "lowres"
+    fullres = "fullres"
+
+
+class _ScaleFactor:
+    hires = "tissue_hires_scalef"
+    lowres = "tissue_lowres_scalef"
+    fullres = "tissue_fullres_scalef"
+    spot_diameter = "spot_diameter_fullres"
+
+
+class _Metadata:
+    source_image_path = "source_image_path"
+    microns_per_pixel = "microns_per_pixel"
+    fullres_shape = "fullres_shape"
+
+
+class Key:
+    """AnnData keys by slot: ``Key.obs``, ``Key.var``, ``Key.obsm``, ``Key.obsp``, ``Key.layers``, ``Key.uns``,
+    ``Key.image`` (names in ``images``), ``Key.scalefactor``, ``Key.metadata``."""
+
+    obs = _Obs
+    obsm = _Obsm
+    var = _Var
+    obsp = _Obsp
+    layers = _Layers
+    uns = _Uns
+    image = _Image
+    scalefactor = _ScaleFactor
+    metadata = _Metadata

@@ -1,0 +1,328 @@
+"""The reference store: embeddings of the reference spots paired with their expression, saved as one HDF5 file.
+
+HDF5 layout (``format`` attribute ``stgraph.ReferenceStore``, ``version`` 1)::
+
+    /embeddings        (R, d) float32
+    /expression        (R, G) float32 dataset, or a group with data / indices / indptr (CSR) and a
+                       ``shape`` attribute when the expression is sparse
+    /genes             (G,) utf-8 strings
+    /slide_ids         (R,) utf-8 strings
+    /spot_ids          (R,) utf-8 strings
+    attributes         format, version, kind ('spot' | 'image'), meta (JSON text)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..errors import StgraphError
+from ..keys import Key
+from ..utils import atomic_path
+from .impute import impute
+from .knn import KNNBackend
+
+__all__ = ["ReferenceStore", "ReferenceStoreError", "REFERENCE_KINDS"]
+
+REFERENCE_KINDS = ("spot", "image")
+FORMAT_NAME = "stgraph.ReferenceStore"
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("embeddings", "expression", "genes", "slide_ids", "spot_ids")
+
+
+class ReferenceStoreError(StgraphError, ValueError):
+    """A reference store file is corrupt, truncated, not HDF5, or inconsistent."""
+
+
+def _as_embeddings(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+
+
+def _as_expression(x) -> Union[np.ndarray, sp.csr_matrix]:
+    if sp.issparse(x):
+        return sp.csr_matrix(x, dtype=np.float32)
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+
+
+def _as_str_array(x, n: int, name: str) -> np.ndarray:
+    """(n,) str array; a single string is repeated n times."""
+    if isinstance(x, str):
+        return np.full(n, x, dtype=object).astype(str)
+    arr = np.asarray(x).astype(str)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    return arr
+
+
+def _expression_values(expr) -> np.ndarray:
+    return expr.data if sp.issparse(expr) else expr
+
+
+@dataclass(eq=False)
+class ReferenceStore:
+    """Reference spots for kNN imputation.
+
+    Attributes
+    ----------
+    embeddings : np.ndarray
+        (R, d) float32 embeddings from the branch named by ``kind``.
+    expression : np.ndarray or scipy.sparse.csr_matrix
+        (R, G) float32 expression (a sparse input stays sparse).
+    genes : list[str]
+        The G gene names, in column order.
+    slide_ids, spot_ids : np.ndarray
+        (R,) str: the slide and barcode of each reference spot.
+    kind : {'spot', 'image'}
+        Which branch produced the embeddings (spot/gene branch or image branch).
+    meta : dict
+        JSON-serialisable provenance (method, similarity, …).
+    """
+
+    embeddings: np.ndarray
+    expression: Union[np.ndarray, sp.csr_matrix]
+    genes: list
+    slide_ids: np.ndarray
+    spot_ids: np.ndarray
+    kind: str = "spot"
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.embeddings = _as_embeddings(self.embeddings)
+        self.expression = _as_expression(self.expression)
+        self.genes = [str(g) for g in self.genes]
+        n = self.embeddings.shape[0] if self.embeddings.ndim >= 1 else 0
+        self.slide_ids = _as_str_array(self.slide_ids, n, "slide_ids")
+        self.spot_ids = _as_str_array(self.spot_ids, n, "spot_ids")
+        self.meta = dict(self.meta or {})
+        self._validate()
+
+    def _validate(self) -> None:
+        emb, expr = self.embeddings, self.expression
+        if emb.ndim != 2:
+            raise ValueError(f"embeddings must be (R, d), got shape {emb.shape}")
+        if expr.ndim != 2:
+            raise ValueError(f"expression must be (R, G), got shape {expr.shape}")
+        n = emb.shape[0]
+        if expr.shape[0] != n:
+            raise ValueError(f"expression has {expr.shape[0]} rows but embeddings have {n}")
+        if expr.shape[1] != len(self.genes):
+            raise ValueError(f"expression has {expr.shape[1]} columns but there are {len(self.genes)} genes")
+        if len(set(self.genes)) != len(self.genes):
+            raise ValueError("gene names must be unique")
+        for name in ("slide_ids", "spot_ids"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries but there are {n} spots")
+        if self.kind not in REFERENCE_KINDS:
+            raise ValueError(f"kind must be one of {list(REFERENCE_KINDS)}, got {self.kind!r}")
+        if not np.isfinite(emb).all():
+            raise ValueError("embeddings contain NaN or infinite values")
+        if not np.isfinite(_expression_values(expr)).all():
+            raise ValueError("expression contains NaN or infinite values")
+        try:
+            json.dumps(self.meta)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"meta must be JSON-serialisable: {err}") from err
+
+    # -- sizes --------------------------------------------------------------------------------------
+    @property
+    def n_spots(self) -> int:
+        """R, the number of reference spots."""
+        return int(self.embeddings.shape[0])
+
+    @property
+    def n_genes(self) -> int:
+        """G, the number of genes."""
+        return len(self.genes)
+
+    @property
+    def dim(self) -> int:
+        """d, the embedding dimension."""
+        return int(self.embeddings.shape[1])
+
+    @property
+    def is_sparse(self) -> bool:
+        return sp.issparse(self.expression)
+
+    def __repr__(self) -> str:
+        n_slides = len(np.unique(self.slide_ids))
+        return (f"ReferenceStore(kind={self.kind!r}, n_spots={self.n_spots}, n_genes={self.n_genes}, "
+                f"dim={self.dim}, n_slides={n_slides}, sparse={self.is_sparse})")
+
+    # -- persistence --------------------------------------------------------------------------------
+    def save(self, path: Union[str, Path], overwrite: bool = False, compression: Optional[str] = None) -> Path:
+        """Write the store to one HDF5 file, atomically (temp file beside it, then ``os.replace``).
+
+        Raises ``FileExistsError`` naming ``path`` if it exists and ``overwrite`` is false. ``compression``
+        ('gzip', 'lzf') applies to the numeric arrays.
+        """
+        import h5py
+
+        path = Path(path)
+        with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["version"] = FORMAT_VERSION
+            f.attrs["kind"] = self.kind
+            f.attrs["meta"] = json.dumps(self.meta)
+            f.create_dataset("embeddings", data=self.embeddings, compression=compression)
+            if self.is_sparse:
+                g = f.create_group("expression")
+                g.attrs["encoding"] = "csr"
+                g.attrs["shape"] = np.asarray(self.expression.shape, dtype=np.int64)
+                for name in ("data", "indices", "indptr"):
+                    g.create_dataset(name, data=getattr(self.expression, name), compression=compression)
+            else:
+                f.create_dataset("expression", data=self.expression, compression=compression)
+            text = h5py.string_dtype("utf-8")
+            f.create_dataset("genes", data=np.asarray(self.genes, dtype=object), dtype=text)
+            f.create_dataset("slide_ids", data=self.slide_ids.astype(object), dtype=text)
+            f.create_dataset("spot_ids", data=self.spot_ids.astype(object), dtype=text)
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "ReferenceStore":
+        """Read a store written by :meth:`save`.
+
+        Raises ``FileNotFoundError`` for a missing file and :class:`ReferenceStoreError` (naming the file)
+        for one that is not HDF5, truncated, lacks a required entry or holds inconsistent arrays.
+        """
+        import h5py
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"reference store not found: {path}")
+        try:
+            with h5py.File(path, "r") as f:
+                fields = _read_fields(f, path)
+        except ReferenceStoreError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
+            raise ReferenceStoreError(f"{path}: cannot read the reference store "
+                                      f"(corrupt, truncated or not HDF5): {err}") from err
+        try:
+            return cls(**fields)
+        except ValueError as err:
+            raise ReferenceStoreError(f"{path}: inconsistent reference store: {err}") from err
+
+    # -- growth -------------------------------------------------------------------------------------
+    def extend(self, embeddings, expression, genes: Sequence[str], slide_ids, spot_ids) -> "ReferenceStore":
+        """A new store with these rows appended (e.g. a new slide, with no retraining).
+
+        Parameters
+        ----------
+        embeddings
+            (n, d) embeddings from the same model branch as the store's.
+        expression
+            (n, G) expression, dense or sparse.
+        genes
+            The G gene names of ``expression``'s columns; they must equal the store's genes, in the same
+            order.
+        slide_ids, spot_ids
+            (n,) ids; a single string for ``slide_ids`` applies to all rows. Slides already in the store
+            are refused.
+        """
+        genes = [str(g) for g in genes]
+        if genes != self.genes:
+            raise ValueError(_gene_mismatch_message(self.genes, genes))
+        emb = _as_embeddings(embeddings)
+        if emb.ndim != 2 or emb.shape[1] != self.dim:
+            raise ValueError(f"new embeddings must be (n, {self.dim}), got shape {emb.shape}")
+        expr = _as_expression(expression)
+        if expr.ndim != 2 or expr.shape != (emb.shape[0], self.n_genes):
+            raise ValueError(f"new expression must be ({emb.shape[0]}, {self.n_genes}), got shape {expr.shape}")
+        new_slides = _as_str_array(slide_ids, emb.shape[0], "slide_ids")
+        already = sorted(str(s) for s in set(new_slides) & set(self.slide_ids))
+        if already:
+            raise ValueError(f"slide(s) {already} are already in the reference store")
+        if self.is_sparse:
+            expression_all = sp.vstack([self.expression, sp.csr_matrix(expr)], format="csr")
+        else:
+            expression_all = np.concatenate([self.expression, expr.toarray() if sp.issparse(expr) else expr])
+        return ReferenceStore(
+            embeddings=np.concatenate([self.embeddings, emb]),
+            expression=expression_all,
+            genes=list(self.genes),
+            slide_ids=np.concatenate([self.slide_ids, new_slides]),
+            spot_ids=np.concatenate([self.spot_ids, _as_str_array(spot_ids, emb.shape[0], "spot_ids")]),
+            kind=self.kind,
+            meta=dict(self.meta),
+        )
+
+    # -- prediction ---------------------------------------------------------------------------------
+    def predict(self, query_emb, k: int = 50, similarity: Optional[str] = None, aggregation: str = "mean",
+                backend: Union[str, KNNBackend] = "torch", **kwargs: Any):
+        """(Q, G) float32 expression of the queries (Q, d) by kNN imputation over this store.
+
+        Arguments are those of :func:`stgraph.inference.impute.impute` (``chunk_size``, ``show_progress``,
+        ``return_indices``, ``temperature``, ``distance`` via ``kwargs``). ``similarity=None`` means the
+        backend instance's similarity when ``backend`` is one, else ``meta['similarity']``, else 'cosine'.
+        """
+        if similarity is None and not isinstance(backend, KNNBackend):
+            similarity = self.meta.get("similarity") or "cosine"
+        return impute(query_emb, self.embeddings, self.expression, k=k, similarity=similarity,
+                      aggregation=aggregation, backend=backend, **kwargs)
+
+    def to_anndata(self):
+        """An AnnData: ``X`` = expression, ``obsm['X_emb']`` = embeddings, ``obs`` slide_id / spot_id."""
+        import anndata
+        import pandas as pd
+
+        index = self.spot_ids if len(set(self.spot_ids)) == self.n_spots else np.char.add(
+            np.char.add(self.slide_ids, ":"), self.spot_ids)
+        obs = pd.DataFrame({"slide_id": pd.Categorical(self.slide_ids), "spot_id": self.spot_ids},
+                           index=pd.Index(index, dtype=str))
+        adata = anndata.AnnData(X=self.expression.copy(), obs=obs, var=pd.DataFrame(index=pd.Index(self.genes)))
+        adata.obsm[Key.obsm.reference_embedding] = self.embeddings.copy()
+        adata.uns[Key.uns.reference] = {"kind": self.kind, "meta": json.dumps(self.meta)}
+        return adata
+
+
+def _gene_mismatch_message(have: list[str], got: list[str]) -> str:
+    if len(have) != len(got):
+        return f"genes differ from the reference store's: {len(got)} given, the store has {len(have)}"
+    first = next(i for i, (a, b) in enumerate(zip(have, got)) if a != b)
+    return (f"genes differ from the reference store's (same order required): position {first} is "
+            f"{got[first]!r}, the store has {have[first]!r}")
+
+
+def _read_strings(f, key: str) -> np.ndarray:
+    return np.asarray(f[key].asstr()[()], dtype=str).reshape(-1)
+
+
+def _read_fields(f, path: Path) -> dict:
+    """The constructor arguments from an open HDF5 file; ReferenceStoreError on a malformed one."""
+    if f.attrs.get("format") != FORMAT_NAME:
+        raise ReferenceStoreError(f"{path}: not a stgraph reference store (format attribute is "
+                                  f"{f.attrs.get('format')!r})")
+    missing = [key for key in REQUIRED_KEYS if key not in f]
+    if missing:
+        raise ReferenceStoreError(f"{path}: reference store lacks {missing}")
+    if int(f.attrs.get("version", 0)) > FORMAT_VERSION:
+        raise ReferenceStoreError(f"{path}: reference store version {f.attrs['version']} is newer than this "
+                                  f"stgraph reads ({FORMAT_VERSION})")
+    import h5py
+
+    node = f["expression"]
+    if isinstance(node, h5py.Group):
+        shape = tuple(int(s) for s in node.attrs["shape"])
+        expression = sp.csr_matrix((node["data"][()], node["indices"][()], node["indptr"][()]), shape=shape)
+        expression.check_format(full_check=True)
+    else:
+        expression = node[()]
+    return dict(
+        embeddings=f["embeddings"][()],
+        expression=expression,
+        genes=list(_read_strings(f, "genes")),
+        slide_ids=_read_strings(f, "slide_ids"),
+        spot_ids=_read_strings(f, "spot_ids"),
+        kind=str(f.attrs.get("kind", "spot")),
+        meta=json.loads(f.attrs.get("meta", "{}")),
+    )
