@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from stgraph.data.errors import SlideFormatError
-from stgraph.data.hest import read_hest
+from stgraph.data.readers.hest import read_hest
 from stgraph.data.wsi_synthetic import pink_texture, write_pyramidal_tiff
 
 

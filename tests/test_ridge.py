@@ -78,9 +78,8 @@ def test_stgraph_config_trains_saves_and_predicts(tiny_config, synthetic_slides,
 
 
 def test_context_views_need_cached_features(tiny_config):
-    from stgraph.models import create_model
-
-    config = tiny_config("stgraph.yaml", "model.image_encoder.cache_features=false",
-                         "model.image_encoder.freeze=none")
+    """Checked when the config is loaded, before any data is read."""
     with pytest.raises(ValueError, match="cached features"):
-        create_model(config, 8)
+        tiny_config("stgraph.yaml", "model.image_encoder.cache_features=false", "model.image_encoder.freeze=none")
+    with pytest.raises(ValueError, match="inference.smoothing"):
+        tiny_config("stgraph.yaml", "inference.smoothing=1.5")

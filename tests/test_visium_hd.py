@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from PIL import Image
 
 from stgraph.data.errors import SlideFormatError
-from stgraph.data.visium_hd import pool_bins, read_visium_hd
+from stgraph.data.readers.visium_hd import pool_bins, read_visium_hd
 
 MPP = 0.2738  # µm per full-resolution pixel
 N_ROWS, N_COLS, N_GENES = 6, 10, 4

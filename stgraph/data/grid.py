@@ -24,6 +24,7 @@ from typing import Optional, Union
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from ..keys import Key
 from anndata import AnnData
 
 __all__ = ["GRID_KINDS", "SpotGrid", "spot_grid", "grid_to_anndata", "wsi_spot_grid"]
@@ -219,7 +220,7 @@ def grid_to_anndata(grid: SpotGrid, slide_id: str, thumbnail: Optional[np.ndarra
     obs["array_col"] = np.asarray(grid.array_col, dtype=np.int64)
     obs["slide_id"] = pd.Categorical([slide_id] * grid.n_spots, categories=[slide_id])
     adata = AnnData(X=sp.csr_matrix((grid.n_spots, 0), dtype=np.float32), obs=obs)
-    adata.obsm["spatial"] = np.asarray(grid.xy, dtype=np.float64).reshape(-1, 2)
+    adata.obsm[Key.obsm.spatial] = np.asarray(grid.xy, dtype=np.float64).reshape(-1, 2)
 
     width, height = grid.image_size
     images: dict = {}
@@ -237,7 +238,8 @@ def grid_to_anndata(grid: SpotGrid, slide_id: str, thumbnail: Optional[np.ndarra
         metadata["source_image"] = source
         if Path(source).suffix.lower() in (".tif", ".tiff"):
             metadata["source_image_path"] = source
-    adata.uns["spatial"] = {slide_id: {"images": images, "scalefactors": scalefactors, "metadata": metadata}}
+    adata.uns[Key.uns.spatial] = {slide_id: {
+        Key.uns.images: images, Key.uns.scalefactors: scalefactors, Key.uns.metadata: metadata}}
     return adata
 
 

@@ -25,6 +25,8 @@ from .visium import _VISIUM_MATRICES, _VISIUM_POSITIONS, read_visium
 from .legacy_st import (HER2ST_IMAGED_SECTIONS, HER2ST_SPOT_DIAMETER_PX, read_her2st, read_st_legacy,
                         read_st_legacy_folder)
 from .spot_csv import read_spot_csv
+from .hest import read_hest
+from .visium_hd import read_visium_hd
 
 __all__ = [
     "READERS",
@@ -38,6 +40,8 @@ __all__ = [
     "read_visium",
     "read_h5ad",
     "read_spot_csv",
+    "read_hest",
+    "read_visium_hd",
     "read_slide",
     "validate_slide",
     "image_size",

@@ -20,7 +20,9 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .errors import SlideFormatError, missing_file, require_file
+from ...keys import Key
+from .base import register_reader
+from ..errors import SlideFormatError, missing_file, require_file
 
 __all__ = ["hest_paths", "read_hest"]
 
@@ -65,6 +67,8 @@ def _counts(x, path: Path) -> sp.csr_matrix:
     return x
 
 
+@register_reader("hest", detect=lambda path, kwargs: (path / "st").is_dir() and (path / "wsis").is_dir()
+                 and "sample_id" in kwargs)
 def read_hest(root: str | os.PathLike, sample_id: str, mpp: Optional[float] = None,
               hires_max_side: Optional[int] = 2000) -> AnnData:
     """Read one HEST-1k sample into the stgraph slide convention.
@@ -94,7 +98,7 @@ def read_hest(root: str | os.PathLike, sample_id: str, mpp: Optional[float] = No
     """
     import anndata
 
-    from .wsi import WSIImage
+    from ..wsi import WSIImage
 
     sample_id = str(sample_id)
     paths = hest_paths(root, sample_id)
@@ -110,7 +114,7 @@ def read_hest(root: str | os.PathLike, sample_id: str, mpp: Optional[float] = No
         raise SlideFormatError(f"cannot read HEST spot data {paths['st']}: {err}") from err
     if "spatial" not in st.obsm:
         raise SlideFormatError(f"HEST spot data {paths['st']} has no obsm['spatial'] (spot centres in WSI pixels)")
-    xy = np.asarray(st.obsm["spatial"], dtype=np.float64)
+    xy = np.asarray(st.obsm[Key.obsm.spatial], dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] != 2 or not np.isfinite(xy).all():
         raise SlideFormatError(f"HEST spot data {paths['st']}: obsm['spatial'] must be finite (n, 2) x, y; "
                                f"got shape {xy.shape}")
@@ -142,7 +146,7 @@ def read_hest(root: str | os.PathLike, sample_id: str, mpp: Optional[float] = No
     var.index = var.index.astype(str)
     adata = AnnData(X=_counts(st.X, paths["st"]), obs=obs, var=var)
     adata.var_names_make_unique()
-    adata.obsm["spatial"] = xy
+    adata.obsm[Key.obsm.spatial] = xy
 
     spot_um = _positive(meta, "spot_diameter", paths["metadata"])
     images, scalefactors = {}, {}
@@ -159,5 +163,6 @@ def read_hest(root: str | os.PathLike, sample_id: str, mpp: Optional[float] = No
                       ("inter_spot_dist", "inter_spot_dist_um"), ("species", "species"), ("organ", "organ")):
         if meta.get(key) is not None:
             metadata[name] = meta[key]
-    adata.uns["spatial"] = {sample_id: {"images": images, "scalefactors": scalefactors, "metadata": metadata}}
+    adata.uns[Key.uns.spatial] = {sample_id: {
+        Key.uns.images: images, Key.uns.scalefactors: scalefactors, Key.uns.metadata: metadata}}
     return adata

@@ -25,7 +25,9 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .errors import SlideFormatError, missing_file, require_file
+from ...keys import Key
+from .base import register_reader
+from ..errors import SlideFormatError, missing_file, require_file
 
 __all__ = ["read_visium_hd", "pool_bins", "read_hd_positions"]
 
@@ -142,6 +144,8 @@ def pool_bins(x: sp.spmatrix, array_row: np.ndarray, array_col: np.ndarray, fact
     return pooled, brow[first_of], bcol[first_of], members
 
 
+@register_reader("visium_hd", detect=lambda path, kwargs: (path / "binned_outputs").is_dir()
+                 or (path.name.startswith("square_") and (path / "spatial").is_dir()))
 def read_visium_hd(path: str | os.PathLike, bin_size_um: int = 8, pool_um: Optional[float] = None,
                    library_id: Optional[str] = None, load_images: bool = True,
                    fullres_image: Optional[str | os.PathLike] = None, chunk_size: int = 200_000) -> AnnData:
@@ -173,7 +177,7 @@ def read_visium_hd(path: str | os.PathLike, bin_size_um: int = 8, pool_um: Optio
         JSON; ``spot_diameter_fullres`` becomes pool_um / microns_per_pixel when pooled), ``metadata``
         {``microns_per_pixel``, ``bin_size_um``, ``pool_um``, ``source_matrix``}.
     """
-    from .readers import _read_10x_matrix
+    from .visium import _read_10x_matrix
 
     root = Path(path)
     folder = _bin_folder(root, bin_size_um)
@@ -230,7 +234,7 @@ def read_visium_hd(path: str | os.PathLike, bin_size_um: int = 8, pool_um: Optio
                            index=adata.obs_names.astype(str))
     obs["slide_id"] = pd.Categorical([library_id] * len(obs), categories=[library_id])
     out = AnnData(X=x, obs=obs, var=adata.var.copy())
-    out.obsm["spatial"] = np.asarray(xy, dtype=np.float64)
+    out.obsm[Key.obsm.spatial] = np.asarray(xy, dtype=np.float64)
 
     images = {}
     if load_images:
@@ -253,5 +257,6 @@ def read_visium_hd(path: str | os.PathLike, bin_size_um: int = 8, pool_um: Optio
         source = str(require_file(fullres_image, "full-resolution image").resolve())
         metadata["source_image"] = source
         metadata["source_image_path"] = source
-    out.uns["spatial"] = {library_id: {"images": images, "scalefactors": scalefactors, "metadata": metadata}}
+    out.uns[Key.uns.spatial] = {library_id: {
+        Key.uns.images: images, Key.uns.scalefactors: scalefactors, Key.uns.metadata: metadata}}
     return out
