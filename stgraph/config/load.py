@@ -150,6 +150,8 @@ def validate_config(config: Config) -> Config:
     if m.image_encoder.cache_features and m.image_encoder.freeze != "all":
         raise ConfigError("model.image_encoder.cache_features needs model.image_encoder.freeze=all")
     enc = m.image_encoder
+    if enc.cache_stage_input and enc.freeze != "all_but_last_stage":
+        raise ConfigError("model.image_encoder.cache_stage_input needs model.image_encoder.freeze=all_but_last_stage")
     if (enc.context_scale is not None or enc.neighbour_context) and not enc.cache_features:
         raise ConfigError("model.image_encoder.context_scale / neighbour_context work on cached features: "
                           "set model.image_encoder.cache_features=true (and freeze=all)")

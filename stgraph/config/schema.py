@@ -109,6 +109,9 @@ class ImageEncoderConfig:
     ``freeze``: ``none`` (all trained), ``all`` (frozen), ``all_but_last_stage``.
     ``cache_features``: with ``freeze: all``, run the backbone once per slide and cache its features,
     so training only updates the heads.
+    ``cache_stage_input``: with ``freeze: all_but_last_stage``, run the frozen stages once per slide and
+    cache their output, so each training step only runs the trainable last stage (augmentation becomes the
+    same flips/rotations of the cached feature maps); ResNet, EfficientNet/MobileNet and ViT backbones.
     ``context_scale``: also encode a crop ``context_scale`` × larger around each spot (resized to the
     patch size) and concatenate its features, ``[f ‖ f_ctx]`` (multi-scale view; needs cached features).
     ``architecture``: the timm architecture of a hub-id ``backbone`` (``hf-hub:org/name``), needed to load
@@ -122,6 +125,7 @@ class ImageEncoderConfig:
     weights: Optional[str] = None
     freeze: str = "none"
     cache_features: bool = False
+    cache_stage_input: bool = False
     input_size: int = 224
     context_scale: Optional[float] = None
     neighbour_context: bool = False

@@ -94,6 +94,8 @@ class ContrastiveSTModel(nn.Module):
         """Backbone features (N, F): the cached ``features`` if present, else the backbone on ``patch``."""
         if "features" in batch:
             return batch["features"]
+        if "stage_input" in batch:
+            return self.image_encoder.forward_tail(batch["stage_input"])
         return self.image_encoder(batch["patch"])
 
     @staticmethod

@@ -119,6 +119,27 @@ class TimmImageEncoder(nn.Module):
         self.model = _create_timm_model(backbone, pretrained, weights, architecture, model_kwargs)
         self.num_features = int(self.model.num_features)
         self._apply_freeze()
+        self._split = None
+
+    def _parts(self) -> tuple[nn.Module, nn.Module]:
+        # Held outside the module tree so the state dict keeps timm's parameter names.
+        if self._split is None:
+            object.__setattr__(self, "_split", split_last_stage(self.model))
+        return self._split
+
+    @torch.no_grad()
+    def forward_trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen stages: (B, 3, H, W) → the last stage's input, (B, C, h, w) or (B, T, D) tokens."""
+        trunk = self._parts()[0]
+        was = trunk.training
+        trunk.eval()  # frozen stages keep their BatchNorm statistics
+        out = trunk(images)
+        trunk.train(was)
+        return out
+
+    def forward_tail(self, stage_input: torch.Tensor) -> torch.Tensor:
+        """The trainable last stage, final norm and pooling: stage input → (B, F)."""
+        return self._parts()[1](stage_input)
 
     def _apply_freeze(self) -> None:
         if self.freeze == "none":
@@ -139,3 +160,58 @@ class TimmImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B, F)."""
         return self.model(images)
+
+
+class _ViTTrunk(nn.Module):
+    """Patch embedding, position embedding and all transformer blocks but the last (timm ViT)."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_vit", vit)  # not a submodule: the trunk owns only its own parts
+        self.patch_embed, self.norm_pre = vit.patch_embed, vit.norm_pre
+        self.blocks = nn.ModuleList(vit.blocks[:-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self._vit
+        x = self.norm_pre(v.patch_drop(v._pos_embed(self.patch_embed(x))))
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class _ViTTail(nn.Module):
+    """The last block, the final norm and timm's pooling head ((N, T, D) tokens → (N, D))."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_vit", vit)
+        self.block, self.norm, self.fc_norm = vit.blocks[-1], vit.norm, vit.fc_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._vit.forward_head(self.norm(self.block(x)))
+
+
+def split_last_stage(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    r"""Split a timm backbone into ``(trunk, tail)`` with ``tail(trunk(x)) == model(x)``.
+
+    The tail is the last stage plus the final norm and pooling: exactly the parameters that
+    ``freeze="all_but_last_stage"`` trains. Running the frozen trunk once per slide and caching its output
+    (the "stage input", (N, C, h, w) for CNNs, (N, T, D) tokens for ViTs) lets fine-tuning pay only for the
+    last stage. Supported: ResNet, EfficientNet/MobileNet, VisionTransformer; others raise ``ValueError``.
+    The modules are shared with ``model`` (no copy).
+    """
+    kind = type(model).__name__
+    if kind == "ResNet":
+        trunk = nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool, model.layer1, model.layer2,
+                              model.layer3)
+        return trunk, nn.Sequential(model.layer4, model.global_pool)
+    if kind in ("EfficientNet", "MobileNetV3"):
+        trunk = nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:-1])
+        tail = [model.blocks[-1]] + ([model.conv_head, model.bn2] if hasattr(model, "bn2") else [])
+        if kind == "MobileNetV3":
+            raise ValueError("MobileNetV3 keeps its head after pooling; last-stage caching is not supported")
+        return trunk, nn.Sequential(*tail, model.global_pool)
+    if kind == "VisionTransformer":
+        return _ViTTrunk(model), _ViTTail(model)
+    raise ValueError(f"last-stage caching is not supported for {kind} backbones (ResNet, EfficientNet/MobileNet "
+                     "and ViT are); set model.image_encoder.cache_stage_input=false")

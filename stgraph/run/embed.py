@@ -15,6 +15,8 @@ __all__ = ["embed_slide", "embed_slides"]
 def _image_input(slide: "PreparedSlide", rows: slice, input_size: int, device) -> dict:
     if slide.features is not None:
         return {"features": torch.as_tensor(slide.features[rows], dtype=torch.float32, device=device)}
+    if slide.stage_input is not None:
+        return {"stage_input": torch.as_tensor(slide.stage_input[rows], dtype=torch.float32, device=device)}
     if slide.patches is None:
         raise ValueError(f"slide {slide.slide_id!r} has neither features nor patches")
     return {"patch": normalize_batch(patch_batch(slide.patches[rows], input_size, device))}
@@ -45,7 +47,12 @@ def embed_slide(model, slide: "PreparedSlide", branch: str = "image", batch_size
     feats = []
     for start in range(0, slide.n_spots, batch_size):
         inp = _image_input(slide, slice(start, start + batch_size), input_size, device)
-        feats.append(inp["features"] if "features" in inp else model.image_encoder(inp["patch"]))
+        if "features" in inp:
+            feats.append(inp["features"])
+        elif "stage_input" in inp:
+            feats.append(model.image_encoder.forward_tail(inp["stage_input"]))
+        else:
+            feats.append(model.image_encoder(inp["patch"]))
     batch = {"features": torch.cat(feats)}
     if slide.edge_index is not None:
         batch["edge_index"] = slide.edge_index.to(device)

@@ -69,6 +69,7 @@ class PreparedSlide:
     spot_input: Optional[np.ndarray] = None
     patches: Optional[np.ndarray] = None
     features: Optional[np.ndarray] = None
+    stage_input: Optional[np.ndarray] = None
     edge_index: Optional[torch.Tensor] = None
 
     @property
@@ -87,6 +88,7 @@ class PreparedSlide:
             spot_input=on(self.spot_input, torch.float32),
             coords=on(self.coords, torch.long),
             features=on(self.features, torch.float32),
+            stage_input=on(self.stage_input, torch.float32),
             patches=None if self.patches is None else torch.from_numpy(np.ascontiguousarray(self.patches)),
             edge_index=None if self.edge_index is None else self.edge_index.to(device),
         )
@@ -222,14 +224,17 @@ def compute_image_features(encoder, patches: np.ndarray, batch_size: int = 64, d
     """
     from tqdm.auto import tqdm
 
-    was_training = encoder.training
-    encoder.eval()
+    was_training = getattr(encoder, "training", False)
+    if isinstance(encoder, torch.nn.Module):
+        encoder.eval()
     out = []
     starts = range(0, len(patches), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        x = normalize_batch(patch_batch(patches[start : start + batch_size], input_size, device))
-        out.append(encoder(x).float().cpu())
-    encoder.train(was_training)
+    with torch.no_grad():
+        for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+            x = normalize_batch(patch_batch(patches[start : start + batch_size], input_size, device))
+            out.append(encoder(x).float().cpu())
+    if isinstance(encoder, torch.nn.Module):
+        encoder.train(was_training)
     if not out:
         return np.zeros((0, getattr(encoder, "num_features", 0)), np.float32)
     return torch.cat(out).numpy().astype(np.float32)
@@ -265,20 +270,26 @@ def _context_features(adata: AnnData, features: np.ndarray, config, encoder, sli
     return features.astype(np.float32, copy=False)
 
 
-def _cached_features(encoder, patches: np.ndarray, config, slide_id: str, device: str, progress: bool):
+def _cached_features(encoder, patches: np.ndarray, config, slide_id: str, device: str, progress: bool,
+                     stage: bool = False):
+    """Backbone features (n, F), or with ``stage`` the frozen stages' output (n, ...) stored as float16
+    (half the disk and memory; the trainable last stage reads it back in float32)."""
     cfg = config.model.image_encoder
     cache_dir = config.data.cache_dir
     key = "_".join([
         slide_id, cfg.backbone, Path(cfg.weights).stem if cfg.weights else ("imagenet" if cfg.pretrained else "random"),
         str(cfg.input_size), hash_array(patches),
-    ])
+    ] + (["trunk"] if stage else []))
     path = Path(cache_dir) / "features" / f"{key}.npy" if cache_dir else None
     if path is not None and path.is_file():
         feats = np.load(path)
         if feats.shape[0] == len(patches):
             return feats
-    feats = compute_image_features(encoder, patches, device=device, input_size=cfg.input_size,
-                                   progress=progress, desc=f"features {slide_id}")
+    fn = encoder.forward_trunk if stage else encoder
+    feats = compute_image_features(fn, patches, device=device, input_size=cfg.input_size,
+                                   progress=progress, desc=f"{'stage input' if stage else 'features'} {slide_id}")
+    if stage:
+        feats = feats.astype(np.float16)
     if path is not None:
         atomic_save_npy(path, feats)
     return feats
@@ -317,6 +328,10 @@ def prepare_slide(adata: AnnData, config, preprocessor: Optional[Preprocessor] =
     if config.model.image_encoder.cache_features and image_encoder is not None:
         features = _cached_features(image_encoder, patches, config, slide_id, device, progress)
         patches = None
+    stage_input = None
+    if config.model.image_encoder.cache_stage_input and image_encoder is not None:
+        stage_input = _cached_features(image_encoder, patches, config, slide_id, device, progress, stage=True)
+        patches = None
 
     if with_graph is None:
         with_graph = needs_graph(config)
@@ -339,5 +354,6 @@ def prepare_slide(adata: AnnData, config, preprocessor: Optional[Preprocessor] =
         spot_input=spot_input,
         patches=patches,
         features=features,
+        stage_input=stage_input,
         edge_index=edge_index,
     )

@@ -107,6 +107,12 @@ class Trainer:
     def _images(self, s: PreparedSlide, rows: np.ndarray, train: bool) -> dict:
         if s.features is not None:
             return {"features": s.features[rows]}
+        if s.stage_input is not None:
+            x = s.stage_input[torch.as_tensor(rows, device=s.stage_input.device)]
+            if train and self.tcfg.augment and x.dim() == 4:
+                # Flips/rotations of the cached feature maps stand in for those of the patches.
+                x = random_flip_rotate(x, self.generator)
+            return {"stage_input": x}
         if s.patches is None:
             raise ValueError(f"slide {s.slide_id!r} has neither features nor patches")
         x = patch_batch(s.patches[torch.as_tensor(rows)], self.config.model.image_encoder.input_size, self.device)
