@@ -7,6 +7,8 @@ Examples
     stgraph train --config configs/cpu/stgchb.yaml --her2st ../shared/data/her2st \
         --sections B4 C2 C3 C4 C5 --out runs/stgchb train.epochs=20
     stgraph predict --model runs/stgchb --her2st ../shared/data/her2st --section C6 --out pred.h5ad
+    stgraph predict --model runs/stgchb --wsi slide.svs --out pred.h5ad [--mpp 0.25] [--grid visium|st|150]
+    stgraph predict --model runs/stgchb --wsi 'slides/*.tif' --out preds/ --format csv
     stgraph plot --pred pred.h5ad --genes ERBB2 GNAS --out maps.png
 """
 from __future__ import annotations
@@ -87,8 +89,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict a slide's expression from its image")
     p.add_argument("--model", required=True, help="run folder written by `stgraph train`")
     _add_slide_source(p, many=False)
-    p.add_argument("--out", required=True, help="output .h5ad")
+    w = p.add_argument_group("whole-slide images (no spatial transcriptomics: tissue detection + a spot grid)")
+    w.add_argument("--wsi", nargs="+", default=None, metavar="SLIDE",
+                   help="whole-slide images (.tif/.tiff/.svs/.ndpi/...) or globs ('slides/*.svs'); with several, "
+                        "--out is a folder and gets one file per slide")
+    w.add_argument("--mpp", type=float, default=None,
+                   help="µm per level-0 pixel when the file does not state it (overrides the file)")
+    w.add_argument("--grid", default="visium", metavar="visium|st|UM",
+                   help="spot grid: Visium hex (100 µm pitch, 55 µm spots), legacy ST (200 µm, 100 µm spots) "
+                        "or a square pitch in µm (default: visium)")
+    w.add_argument("--format", choices=["h5ad", "csv", "parquet"], default="h5ad",
+                   help="file type written into an output folder (several slides)")
+    w.add_argument("--cache", action="store_true",
+                   help="keep the slide's features in the user cache dir and reuse them (size is logged)")
+    w.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="cache folder (default: $STGRAPH_CACHE_DIR, $XDG_CACHE_HOME/stgraph or ~/.cache/stgraph)")
+    w.add_argument("--chunk-size", type=int, default=256, help="patches read and encoded per chunk (memory bound)")
+    p.add_argument("--out", required=True,
+                   help="output .h5ad (or a .csv / .parquet table export); a folder with several --wsi slides")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda, cuda:1")
     p.add_argument("--k", type=int, default=None, help="neighbours (default: the run's config)")
     p.add_argument("--similarity", choices=choices("inference.similarity"), default=None)
     p.add_argument("--aggregation", choices=choices("inference.aggregation"), default=None)
@@ -135,13 +155,63 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _wsi_outputs(args) -> list:
+    """(slide path, output path) pairs for --wsi, checked before anything is computed."""
+    from stgraph.inference.predict import OUTPUT_SUFFIXES, check_output_path
+    from stgraph.inference.wsi import WSIPredictionError, expand_slide_paths
+
+    if args.slide or args.image or args.spots or args.her2st:
+        raise WSIPredictionError("--wsi replaces --slide/--image/--spots/--her2st: give one kind of query")
+    slides = expand_slide_paths(args.wsi)
+    out = Path(args.out)
+    if len(slides) == 1 and out.suffix in OUTPUT_SUFFIXES:
+        pairs = [(slides[0], out)]
+    else:
+        if out.suffix in OUTPUT_SUFFIXES:
+            raise WSIPredictionError(f"{len(slides)} slides need an output folder, not the file {out}")
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f"{out} exists and is not a folder")
+        names = [s.name.split(".")[0] for s in slides]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise WSIPredictionError(f"several slides are named {dup}: their outputs would collide")
+        pairs = [(s, out / f"{n}.{args.format}") for s, n in zip(slides, names)]
+    for _, path in pairs:
+        check_output_path(path, force=args.force)
+    return pairs
+
+
+def _cmd_predict_wsi(args) -> int:
+    from stgraph.data.wsi import WSIImage
+    from stgraph.inference import load_run, write_prediction
+    from stgraph.inference.wsi import parse_grid, predict_wsi
+
+    pairs = _wsi_outputs(args)
+    grid = parse_grid(args.grid)
+    if args.chunk_size < 1:
+        raise ValueError(f"--chunk-size must be ≥ 1, got {args.chunk_size}")
+    for slide, _ in pairs:  # pixel size and readability of every slide before any compute
+        WSIImage(slide, mpp=args.mpp).close()
+    loaded = load_run(args.model, device=args.device)
+    for slide, path in pairs:
+        pred = predict_wsi(loaded, slide, grid=grid, mpp=args.mpp, k=args.k, similarity=args.similarity,
+                           aggregation=args.aggregation, backend=args.backend, cache=args.cache,
+                           cache_dir=args.cache_dir, chunk_size=args.chunk_size, progress=True)
+        write_prediction(pred, path, force=args.force)
+        print(f"wrote {path}: {pred.n_obs} spots × {pred.n_vars} genes")
+        if args.plot:
+            _plot(pred, None, args.plot, path.with_suffix(".png"), force=args.force)
+    return 0
+
+
 def _cmd_predict(args) -> int:
     from stgraph.inference import load_run, predict_slide, write_prediction
+    from stgraph.inference.predict import check_output_path
 
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise FileExistsError(f"{out} already exists (use --force to replace it)")
-    loaded = load_run(args.model)
+    if args.wsi:
+        return _cmd_predict_wsi(args)
+    out = check_output_path(args.out, force=args.force)
+    loaded = load_run(args.model, device=args.device)
     adata = _read_query(args)
     pred = predict_slide(loaded, adata, k=args.k, similarity=args.similarity, aggregation=args.aggregation,
                          backend=args.backend, progress=True)
