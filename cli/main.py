@@ -213,6 +213,11 @@ def _cmd_predict(args) -> int:
     out = check_output_path(args.out, force=args.force)
     loaded = load_run(args.model, device=args.device)
     adata = _read_query(args)
+    if args.mpp is not None:
+        from stgraph.data.image import slide_library
+
+        _, entry = slide_library(adata)
+        entry.setdefault(Key.uns.metadata, {})[Key.metadata.microns_per_pixel] = float(args.mpp)
     pred = predict_slide(loaded, adata, k=args.k, similarity=args.similarity, aggregation=args.aggregation,
                          backend=args.backend, progress=True)
     write_prediction(pred, out, force=args.force)

@@ -205,3 +205,41 @@ def test_bad_input_fails_before_compute_with_clear_errors(run_dir, slides, tmp_p
         assert main(base + ["--wsi", str(slides["nompp"]), "--mpp", "0.5", "--grid", "20",
                             "--out", str(tmp_path / "y.h5ad")]) == 0
     assert "smaller than the patch" in caplog.text
+
+
+def test_spot_query_at_another_resolution_is_resampled(run_dir, synthetic_slides, caplog, tmp_path, capsys):
+    """A slide with spots, scanned at 0.5 µm/px, against a run trained at 1 µm/px: its 64 px crops are
+    resized to 32 px, so the prediction matches the same slide at 1 µm/px."""
+    from stgraph.inference import load_run, predict_slide, write_prediction
+
+    run = load_run(run_dir)
+    run.config.data.cache_dir = None
+    base = synthetic_slides[2].copy()
+    lib = next(iter(base.uns["spatial"]))
+    entry = base.uns["spatial"][lib]
+    entry["metadata"] = dict(entry.get("metadata", {}), microns_per_pixel=1.0)
+    fine = base.copy()
+    fentry = fine.uns["spatial"][lib]
+    fentry["images"] = {"fullres": np.repeat(np.repeat(entry["images"]["fullres"], 2, 0), 2, 1)}
+    fentry["metadata"] = dict(entry["metadata"], microns_per_pixel=0.5)
+    fine.obsm["spatial"] = base.obsm["spatial"] * 2 + 0.5
+    with caplog.at_level(logging.INFO, logger="stgraph"):
+        a = predict_slide(run, base)
+        b = predict_slide(run, fine)
+    assert "factor 2" in caplog.text
+    assert b.uns["stgraph"]["resample_factor"] == pytest.approx(2.0)
+    assert a.uns["stgraph"]["resample_factor"] == pytest.approx(1.0)
+    ea, eb = a.obsm["X_stgraph"], b.obsm["X_stgraph"]
+    cos = (ea * eb).sum(1) / (np.linalg.norm(ea, axis=1) * np.linalg.norm(eb, axis=1))
+    assert np.median(cos) > 0.95
+    # Without a pixel size on the query the run keeps the pixel behaviour (and says so); --mpp supplies one.
+    del fine.uns["spatial"][lib]["metadata"]["microns_per_pixel"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stgraph"):
+        c = predict_slide(run, fine)
+    assert "states no pixel size" in caplog.text and c.uns["stgraph"]["physical_resolution"] is False
+    path = write_prediction(fine, tmp_path / "fine.h5ad")
+    rc = main(["predict", "--model", str(run_dir), "--slide", str(path), "--mpp", "0.5", "--device", "cpu",
+               "--out", str(tmp_path / "p.h5ad")])
+    assert rc == 0, capsys.readouterr().err
+    assert anndata.read_h5ad(tmp_path / "p.h5ad").uns["stgraph"]["resample_factor"] == pytest.approx(2.0)

@@ -57,10 +57,48 @@ def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
         raise ModelFolderError("the reference holds spot embeddings but the config asks for image retrieval")
 
     device = str(next(loaded.model.parameters()).device)
+    config, provenance = query_config(loaded, adata)
     query = prepare_slide(adata, config, preprocessor=None, image_encoder=loaded.model.image_encoder,
                           device=device, progress=progress, with_graph=needs_graph(config, query=True))
     return predict_prepared(loaded, adata, query, k=k, similarity=similarity, aggregation=aggregation,
-                            backend=backend)
+                            backend=backend, provenance=provenance)
+
+
+def query_config(loaded: Run, adata: AnnData):
+    """The run's config with ``data.patch_um`` set so the query's patches cover the µm the run was trained on
+    (resampled to ``data.patch_size``), and the provenance of that decision (logged).
+
+    A query without a pixel size, or a run without a physical resolution (HER2+ read without
+    ``microns_per_pixel``), keeps the pixel behaviour: ``patch_size`` query pixels.
+    """
+    import copy
+    import logging
+
+    from ..run.resolution import query_resolution, slide_mpp
+
+    log = logging.getLogger("stgraph")
+    config = loaded.config
+    mpp = slide_mpp(adata)
+    res = loaded.resolution or {}
+    physical = res.get("patch_um") is not None or config.data.patch_um is not None
+    if mpp is None:
+        if config.data.patch_um is not None:
+            raise ValueError(f"the run cuts {config.data.patch_um:g} µm patches (data.patch_um) but the query "
+                             "states no pixel size: pass --mpp (metadata['microns_per_pixel'])")
+        if physical:
+            log.warning("the query states no pixel size (metadata['microns_per_pixel'], --mpp): its patches are "
+                        "%d of its pixels, not resampled to the %s µm the run was trained on",
+                        config.data.patch_size, res.get("patch_um"))
+        return config, {"physical_resolution": False}
+    qres = query_resolution(res, config, mpp)
+    log.info("%s", qres.describe())
+    provenance = {"physical_resolution": bool(qres.physical), "patch_um": float(qres.patch_um),
+                  "target_mpp": float(qres.target_mpp), "resample_factor": float(qres.factor),
+                  "query_mpp": float(mpp)}
+    if qres.physical and config.data.patch_um is None:
+        config = copy.deepcopy(config)
+        config.data.patch_um = qres.patch_um
+    return config, provenance
 
 
 def predict_prepared(loaded: Run, adata: AnnData, query, k: Optional[int] = None,

@@ -23,12 +23,13 @@ import numpy as np
 
 from ..keys import Key
 
-__all__ = ["training_resolution", "QueryResolution", "query_resolution"]
+__all__ = ["slide_mpp", "training_resolution", "QueryResolution", "query_resolution"]
 
 log = logging.getLogger("stgraph")
 
 
-def _slide_mpp(adata) -> Optional[float]:
+def slide_mpp(adata) -> Optional[float]:
+    """``metadata['microns_per_pixel']`` of a slide's library, or ``None``."""
     for entry in (adata.uns.get(Key.uns.spatial) or {}).values():
         mpp = (entry or {}).get(Key.uns.metadata, {}).get(Key.metadata.microns_per_pixel)
         if mpp:
@@ -38,7 +39,7 @@ def _slide_mpp(adata) -> Optional[float]:
 
 def training_resolution(config, slides: Sequence) -> dict:
     """The ``run.json`` ``"resolution"`` record of a run trained on ``slides`` (AnnData) with ``config``."""
-    mpps = [_slide_mpp(ad) for ad in slides]
+    mpps = [slide_mpp(ad) for ad in slides]
     known = [m for m in mpps if m is not None]
     mpp = float(np.median(known)) if known and len(known) == len(mpps) else None
     size = int(config.data.patch_size)
