@@ -1,6 +1,7 @@
 """Whole-slide prediction: `stgraph predict --wsi`, physical resolution, streaming, caching, bad input."""
 import json
 import logging
+from pathlib import Path
 
 import anndata
 import numpy as np
@@ -243,3 +244,19 @@ def test_spot_query_at_another_resolution_is_resampled(run_dir, synthetic_slides
                "--out", str(tmp_path / "p.h5ad")])
     assert rc == 0, capsys.readouterr().err
     assert anndata.read_h5ad(tmp_path / "p.h5ad").uns["stgraph"]["resample_factor"] == pytest.approx(2.0)
+
+
+def test_default_cache_dir_is_the_user_cache_dir(tmp_path, monkeypatch):
+    from stgraph.config import load_config
+    from stgraph.run.prepare import _cache_subdir
+    from stgraph.utils import resolve_cache_dir, user_cache_dir
+    from tests.conftest import CONFIGS
+
+    monkeypatch.delenv("STGRAPH_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cfg = load_config(CONFIGS / "heclip.yaml")
+    assert cfg.data.cache_dir == "auto"
+    assert _cache_subdir(cfg, "patches") == str(tmp_path / "xdg" / "stgraph" / "patches")
+    monkeypatch.setenv("STGRAPH_CACHE_DIR", str(tmp_path / "mine"))
+    assert user_cache_dir() == tmp_path / "mine"
+    assert resolve_cache_dir(None) is None and resolve_cache_dir("rel/dir") == Path("rel/dir")

@@ -117,6 +117,13 @@ def _write_cache(path: Path, key: dict, patches: np.ndarray) -> None:
 
     atomic_save_npy(path, patches)
     atomic_write_text(path.with_suffix(".json"), json.dumps(key, indent=1))
+    import logging
+
+    from ..utils.cache import folder_size
+
+    logging.getLogger("stgraph").info("patch cache: wrote %s (%.1f MB); %s holds %.1f MB (data.cache_dir; "
+                                      "null turns it off)", path.name, path.stat().st_size / 1e6, path.parent,
+                                      folder_size(path.parent) / 1e6)
 
 
 def _resize(crop: np.ndarray, size: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from ..run.folder import Run
 from ..run.prepare import PreparedSlide, needs_graph
 from ..run.resolution import QueryResolution, query_resolution
 from ..data.transforms import grid_coordinates, normalize_batch, patch_batch
-from ..utils import atomic_save_npy
+from ..utils import atomic_save_npy, folder_size, user_cache_dir
 from .predict import predict_prepared
 
 __all__ = ["WSIPredictionError", "user_cache_dir", "parse_grid", "expand_slide_paths", "wsi_features",
@@ -37,17 +37,6 @@ log = logging.getLogger("stgraph")
 
 class WSIPredictionError(StgraphError, ValueError):
     """A whole-slide prediction that cannot run as asked (bad grid, bad paths)."""
-
-
-def user_cache_dir(path: Optional[Union[str, os.PathLike]] = None) -> Path:
-    """The stgraph cache folder: ``path`` if given, else ``$STGRAPH_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/stgraph``, else ``~/.cache/stgraph``."""
-    if path:
-        return Path(path).expanduser()
-    if os.environ.get("STGRAPH_CACHE_DIR"):
-        return Path(os.environ["STGRAPH_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "stgraph"
 
 
 def parse_grid(value: Union[str, float]) -> Union[str, float]:
@@ -150,7 +139,7 @@ def wsi_features(run: Run, wsi, xy: np.ndarray, patch_um: float, target_mpp: flo
         feats = np.zeros((0, getattr(encoder, "num_features", 0)), np.float32)
     if path is not None:
         atomic_save_npy(path, feats)
-        total = sum(p.stat().st_size for p in path.parent.glob("*.npy"))
+        total = folder_size(path.parent)
         log.info("feature cache: wrote %s (%.1f MB); %s holds %.1f MB (delete it freely, or pass --no-cache)",
                  path.name, path.stat().st_size / 1e6, path.parent, total / 1e6)
     return feats
