@@ -199,7 +199,8 @@ def extract_patches(
     patches = np.empty((adata.n_obs, size, size, 3), dtype=np.uint8)
     from tqdm.auto import tqdm
 
-    for i in tqdm(range(adata.n_obs), desc=f"patches {lib}", disable=not show_progress, leave=False):
+    for i in tqdm(range(adata.n_obs), desc=f"patches {lib}", unit="patch", disable=not show_progress,
+                  leave=False):
         x0, y0 = centres[i, 0] - half, centres[i, 1] - half
         crop = image.crop(int(x0), int(y0), int(x0 + side), int(y0 + side), pad_value=pad_value)
         patches[i] = crop if side == size else _resize(crop, size)

@@ -225,10 +225,11 @@ def compute_image_features(encoder, patches: np.ndarray, batch_size: int = 64, d
     was_training = encoder.training
     encoder.eval()
     out = []
-    starts = range(0, len(patches), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        x = normalize_batch(patch_batch(patches[start : start + batch_size], input_size, device))
-        out.append(encoder(x).float().cpu())
+    with tqdm(total=len(patches), desc=desc, unit="patch", disable=not progress, leave=False) as bar:
+        for start in range(0, len(patches), batch_size):
+            x = normalize_batch(patch_batch(patches[start : start + batch_size], input_size, device))
+            out.append(encoder(x).float().cpu())
+            bar.update(len(x))
     encoder.train(was_training)
     if not out:
         return np.zeros((0, getattr(encoder, "num_features", 0)), np.float32)
