@@ -36,7 +36,9 @@ def _add_slide_source(p: argparse.ArgumentParser, many: bool) -> None:
         g.add_argument("--sections", nargs="+", default=None, metavar="ID",
                        help="with --her2st: the sections to use (default: the six imaged ones)")
     else:
-        g.add_argument("--slide", metavar="PATH", help="the query slide: .h5ad, Space Ranger or legacy ST folder")
+        g.add_argument("--slide", nargs="+", default=None, metavar="PATH",
+                       help="the query slide(s): .h5ad, Space Ranger or legacy ST folder; several paths or globs "
+                            "write one file per slide into the --out folder")
         g.add_argument("--image", metavar="IMG", help="an H&E image (with --spots) for a slide without expression")
         g.add_argument("--spots", metavar="CSV", help="CSV of spot centres in image pixels (columns x,y)")
         g.add_argument("--section", metavar="ID", help="with --her2st: the section to read")
@@ -67,7 +69,7 @@ def _read_query(args):
             raise ValueError("--image and --spots go together")
         return read_spot_csv(args.image, args.spots)
     if args.slide:
-        return read_slide(args.slide)
+        return read_slide(args.slide[0] if isinstance(args.slide, list) else args.slide)
     raise ValueError("give the query slide with --slide PATH, --image IMG --spots CSV, "
                      "or --her2st ROOT --section ID")
 
@@ -119,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extend", help="add slides (with expression) to a trained model's reference, no retraining")
     p.add_argument("--model", required=True, help="run folder written by `stgraph train`")
     _add_slide_source(p, many=True)
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda, cuda:1")
 
     for name, help_text in (("evaluate", "cross-validated evaluation of one or more configs with baselines"),
                             ("benchmark", "alias of evaluate")):
@@ -132,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-baselines", action="store_true", help="skip the baselines")
         p.add_argument("--keep-runs", action="store_true", help="keep each fold's run folder under <out>/runs")
         p.add_argument("--out", required=True, help="results folder")
+        p.add_argument("--device", default=None,
+                       help="torch device for every fold (train.device; default: each config's)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides applied to every config")
 
     p = sub.add_parser("plot", help="draw predicted (and true) gene maps over the H&E image")
@@ -155,14 +160,24 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _slide_name(path: Path) -> str:
+    return path.parent.name if path.name == "outs" else path.name.split(".")[0]
+
+
 def _wsi_outputs(args) -> list:
     """(slide path, output path) pairs for --wsi, checked before anything is computed."""
-    from stgraph.inference.predict import OUTPUT_SUFFIXES, check_output_path
     from stgraph.inference.wsi import WSIPredictionError, expand_slide_paths
 
     if args.slide or args.image or args.spots or args.her2st:
         raise WSIPredictionError("--wsi replaces --slide/--image/--spots/--her2st: give one kind of query")
-    slides = expand_slide_paths(args.wsi)
+    return _outputs(expand_slide_paths(args.wsi), args)
+
+
+def _outputs(slides: list, args) -> list:
+    """(slide path, output path) pairs: one file, or one file per slide in the --out folder."""
+    from stgraph.inference.predict import OUTPUT_SUFFIXES, check_output_path
+    from stgraph.inference.wsi import WSIPredictionError
+
     out = Path(args.out)
     if len(slides) == 1 and out.suffix in OUTPUT_SUFFIXES:
         pairs = [(slides[0], out)]
@@ -171,7 +186,7 @@ def _wsi_outputs(args) -> list:
             raise WSIPredictionError(f"{len(slides)} slides need an output folder, not the file {out}")
         if out.exists() and not out.is_dir():
             raise FileExistsError(f"{out} exists and is not a folder")
-        names = [s.name.split(".")[0] for s in slides]
+        names = [_slide_name(s) for s in slides]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise WSIPredictionError(f"several slides are named {dup}: their outputs would collide")
@@ -204,20 +219,47 @@ def _cmd_predict_wsi(args) -> int:
     return 0
 
 
+def _set_mpp(adata, mpp) -> None:
+    from stgraph.data.image import slide_library
+
+    _, entry = slide_library(adata)
+    entry.setdefault(Key.uns.metadata, {})[Key.metadata.microns_per_pixel] = float(mpp)
+
+
+def _cmd_predict_many(args, pairs) -> int:
+    from stgraph.data import read_slide
+    from stgraph.inference import load_run, predict_slide, write_prediction
+
+    loaded = load_run(args.model, device=args.device)
+    for slide, path in pairs:
+        adata = read_slide(slide)
+        if args.mpp is not None:
+            _set_mpp(adata, args.mpp)
+        pred = predict_slide(loaded, adata, k=args.k, similarity=args.similarity, aggregation=args.aggregation,
+                             backend=args.backend, progress=True)
+        write_prediction(pred, path, force=args.force)
+        print(f"wrote {path}: {pred.n_obs} spots × {pred.n_vars} genes")
+    return 0
+
+
 def _cmd_predict(args) -> int:
     from stgraph.inference import load_run, predict_slide, write_prediction
     from stgraph.inference.predict import check_output_path
 
     if args.wsi:
         return _cmd_predict_wsi(args)
+    if args.slide:
+        from stgraph.inference.wsi import expand_slide_paths
+
+        slides = expand_slide_paths(args.slide)
+        if len(slides) > 1 or Path(args.out).suffix == "":
+            return _cmd_predict_many(args, _outputs(slides, args))
+        args.slide = [str(slides[0])]
     out = check_output_path(args.out, force=args.force)
     loaded = load_run(args.model, device=args.device)
     adata = _read_query(args)
     if args.mpp is not None:
-        from stgraph.data.image import slide_library
-
-        _, entry = slide_library(adata)
-        entry.setdefault(Key.uns.metadata, {})[Key.metadata.microns_per_pixel] = float(args.mpp)
+        _set_mpp(adata, args.mpp)
     pred = predict_slide(loaded, adata, k=args.k, similarity=args.similarity, aggregation=args.aggregation,
                          backend=args.backend, progress=True)
     write_prediction(pred, out, force=args.force)
@@ -230,7 +272,7 @@ def _cmd_predict(args) -> int:
 def _cmd_extend(args) -> int:
     from stgraph.inference import extend_reference, load_run
 
-    loaded = load_run(args.model)
+    loaded = load_run(args.model, device=args.device)
     before = loaded.reference.n_spots
     store = extend_reference(loaded, _read_many(args))
     print(f"reference of {args.model}: {before} → {store.n_spots} spots "
@@ -277,8 +319,9 @@ def _cmd_evaluate(args) -> int:
     from stgraph.evaluation import cross_validate, make_folds
 
     configs = {}
+    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     for path in args.config:
-        cfg = load_config(path, args.overrides)
+        cfg = load_config(path, overrides)
         configs[cfg.name] = cfg
     collection = SlideCollection(_read_many(args))
     folds = make_folds(collection.ids, scheme=args.folds)

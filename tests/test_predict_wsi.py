@@ -260,3 +260,23 @@ def test_default_cache_dir_is_the_user_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("STGRAPH_CACHE_DIR", str(tmp_path / "mine"))
     assert user_cache_dir() == tmp_path / "mine"
     assert resolve_cache_dir(None) is None and resolve_cache_dir("rel/dir") == Path("rel/dir")
+
+
+def test_many_spot_slides_by_glob_and_device_options(run_dir, synthetic_slides, tmp_path, capsys):
+    from cli.main import build_parser
+    from stgraph.inference import write_prediction
+
+    folder = tmp_path / "slides"
+    for s in synthetic_slides[:2]:
+        write_prediction(s, folder / f"{next(iter(s.uns['spatial']))}.h5ad")
+    out = tmp_path / "preds"
+    rc = main(["predict", "--model", str(run_dir), "--slide", str(folder / "*.h5ad"), "--out", str(out),
+               "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["slide0.h5ad", "slide1.h5ad"]
+    assert main(["predict", "--model", str(run_dir), "--slide", str(folder / "*.h5ad"), "--out", str(out),
+                 "--device", "cpu"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    parser = build_parser()
+    assert parser.parse_args(["extend", "--model", "r", "--data", "d", "--device", "cpu"]).device == "cpu"
+    assert parser.parse_args(["evaluate", "--config", "c", "--out", "o", "--device", "cuda"]).device == "cuda"
