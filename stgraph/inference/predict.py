@@ -123,6 +123,8 @@ def predict_prepared(loaded: Run, adata: AnnData, query, k: Optional[int] = None
                                         distance=icfg.distance)
     if icfg.smoothing > 0:
         pred = smooth_on_graph(pred, _adjacency(query), alpha=icfg.smoothing, steps=icfg.smoothing_steps)
+    # log1p(normalised) expression is never negative; a regression head can undershoot: clip at 0.
+    pred = np.maximum(np.asarray(pred, dtype=np.float32), 0.0)
     obs_cols = [c for c in ("array_row", "array_col", "slide_id", "in_tissue") if c in adata.obs]
     out = AnnData(
         X=np.asarray(pred, dtype=np.float32),
