@@ -39,6 +39,9 @@ def _add_slide_source(p: argparse.ArgumentParser, many: bool) -> None:
         g.add_argument("--slide", nargs="+", default=None, metavar="PATH",
                        help="the query slide(s): .h5ad, Space Ranger or legacy ST folder; several paths or globs "
                             "write one file per slide into the --out folder")
+        g.add_argument("--fullres-image", metavar="IMG", default=None,
+                       help="with a Space Ranger --slide folder: its full-resolution H&E image (TIFF, ...), for "
+                            "patches at full detail instead of the hires PNG")
         g.add_argument("--image", metavar="IMG", help="an H&E image (with --spots) for a slide without expression")
         g.add_argument("--spots", metavar="CSV", help="CSV of spot centres in image pixels (columns x,y)")
         g.add_argument("--section", metavar="ID", help="with --her2st: the section to read")
@@ -69,7 +72,14 @@ def _read_query(args):
             raise ValueError("--image and --spots go together")
         return read_spot_csv(args.image, args.spots)
     if args.slide:
-        return read_slide(args.slide[0] if isinstance(args.slide, list) else args.slide)
+        path = args.slide[0] if isinstance(args.slide, list) else args.slide
+        if getattr(args, "fullres_image", None):
+            from stgraph.data.readers.visium import _is_visium
+
+            if not _is_visium(Path(path), {}):
+                raise ValueError(f"--fullres-image goes with a Space Ranger folder; {path} is not one")
+            return read_slide(path, format="visium", fullres_image=args.fullres_image)
+        return read_slide(path)
     raise ValueError("give the query slide with --slide PATH, --image IMG --spots CSV, "
                      "or --her2st ROOT --section ID")
 
@@ -252,6 +262,8 @@ def _cmd_predict(args) -> int:
         from stgraph.inference.wsi import expand_slide_paths
 
         slides = expand_slide_paths(args.slide)
+        if args.fullres_image and len(slides) > 1:
+            raise ValueError("--fullres-image goes with one Space Ranger folder, not several slides")
         if len(slides) > 1 or Path(args.out).suffix == "":
             return _cmd_predict_many(args, _outputs(slides, args))
         args.slide = [str(slides[0])]

@@ -280,3 +280,28 @@ def test_many_spot_slides_by_glob_and_device_options(run_dir, synthetic_slides, 
     parser = build_parser()
     assert parser.parse_args(["extend", "--model", "r", "--data", "d", "--device", "cpu"]).device == "cpu"
     assert parser.parse_args(["evaluate", "--config", "c", "--out", "o", "--device", "cuda"]).device == "cuda"
+
+
+def test_fullres_image_goes_with_a_space_ranger_folder(run_dir, synthetic_slides, tmp_path, capsys, monkeypatch):
+    import stgraph.data as data_mod
+    from stgraph.inference import write_prediction
+
+    path = write_prediction(synthetic_slides[2], tmp_path / "q.h5ad")
+    rc = main(["predict", "--model", str(run_dir), "--slide", str(path), "--fullres-image", str(path),
+               "--out", str(tmp_path / "p.h5ad"), "--device", "cpu"])
+    assert rc == 2 and "Space Ranger" in capsys.readouterr().err
+    # A Space Ranger folder: the image is handed to the Visium reader.
+    folder = tmp_path / "sr"
+    (folder / "spatial").mkdir(parents=True)
+    (folder / "spatial" / "tissue_positions.csv").write_text("barcode\n")
+    seen = {}
+
+    def fake_read_slide(p, format=None, **kw):
+        seen.update(path=p, format=format, **kw)
+        return synthetic_slides[2]
+
+    monkeypatch.setattr(data_mod, "read_slide", fake_read_slide)
+    rc = main(["predict", "--model", str(run_dir), "--slide", str(folder), "--fullres-image", "big.tif",
+               "--out", str(tmp_path / "p.h5ad"), "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert seen["format"] == "visium" and seen["fullres_image"] == "big.tif"
