@@ -305,3 +305,24 @@ def test_fullres_image_goes_with_a_space_ranger_folder(run_dir, synthetic_slides
                "--out", str(tmp_path / "p.h5ad"), "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
     assert seen["format"] == "visium" and seen["fullres_image"] == "big.tif"
+
+
+def test_unreadable_level_fails_before_compute(run_dir, slides, tmp_path, capsys, monkeypatch):
+    from stgraph.data import wsi as wsi_mod
+    from stgraph.data.errors import SlideFormatError
+
+    real = wsi_mod._TiffBackend.read
+
+    def broken(self, level, *args):
+        if level == 1:
+            raise SlideFormatError(f"cannot decode level 1 of {self.path}: corrupt tile")
+        return real(self, level, *args)
+
+    monkeypatch.setattr(wsi_mod._TiffBackend, "read", broken)
+    import stgraph.inference.wsi as pw
+
+    monkeypatch.setattr(pw, "wsi_features", lambda *a, **k: pytest.fail("features computed"))
+    out = tmp_path / "x.h5ad"
+    rc = main(["predict", "--model", str(run_dir), "--wsi", str(slides["a"]), "--out", str(out), "--device", "cpu"])
+    assert rc == 2 and "cannot decode level 1" in capsys.readouterr().err
+    assert not out.exists()

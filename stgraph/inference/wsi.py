@@ -197,6 +197,10 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
         log.info("%s: %d × %d px at %.4g µm/px (%s), %d level(s)", Path(wsi.source).name, wsi.shape[1],
                  wsi.shape[0], wsi.mpp, wsi.mpp_source, wsi.level_count)
         log.info("%s; read from level %d (downsample %.3g)", res.describe(), level, wsi.level_downsamples[level])
+        lw, lh = wsi.level_dimensions[level]
+        # Decode one tile of the level the patches come from now (an unreadable level or a missing codec
+        # fails here, before tissue detection and the backbone run).
+        wsi.read_level_region(level, lw // 2, lh // 2, min(64, lw), min(64, lh))
         adata = wsi_spot_grid(wsi, kind=kind, slide_id=slide_id, **mask_kwargs)
         meta = next(iter(adata.uns[Key.uns.spatial].values()))[Key.uns.metadata]
         pitch = float(meta["grid_pitch_um"])
