@@ -7,6 +7,8 @@ Examples
     stgraph train --config configs/cpu/stgchb.yaml --her2st ../shared/data/her2st \
         --sections B4 C2 C3 C4 C5 --out runs/stgchb train.epochs=20
     stgraph predict --model runs/stgchb --her2st ../shared/data/her2st --section C6 --out pred.h5ad
+    stgraph predict --model runs/stgchb --wsi slide.svs --out pred.h5ad [--mpp 0.25] [--grid visium|st|150]
+    stgraph predict --model runs/stgchb --wsi 'slides/*.tif' --out preds/ --format csv
     stgraph plot --pred pred.h5ad --genes ERBB2 GNAS --out maps.png
 """
 from __future__ import annotations
@@ -34,7 +36,12 @@ def _add_slide_source(p: argparse.ArgumentParser, many: bool) -> None:
         g.add_argument("--sections", nargs="+", default=None, metavar="ID",
                        help="with --her2st: the sections to use (default: the six imaged ones)")
     else:
-        g.add_argument("--slide", metavar="PATH", help="the query slide: .h5ad, Space Ranger or legacy ST folder")
+        g.add_argument("--slide", nargs="+", default=None, metavar="PATH",
+                       help="the query slide(s): .h5ad, Space Ranger or legacy ST folder; several paths or globs "
+                            "write one file per slide into the --out folder")
+        g.add_argument("--fullres-image", metavar="IMG", default=None,
+                       help="with a Space Ranger --slide folder: its full-resolution H&E image (TIFF, ...), for "
+                            "patches at full detail instead of the hires PNG")
         g.add_argument("--image", metavar="IMG", help="an H&E image (with --spots) for a slide without expression")
         g.add_argument("--spots", metavar="CSV", help="CSV of spot centres in image pixels (columns x,y)")
         g.add_argument("--section", metavar="ID", help="with --her2st: the section to read")
@@ -65,7 +72,14 @@ def _read_query(args):
             raise ValueError("--image and --spots go together")
         return read_spot_csv(args.image, args.spots)
     if args.slide:
-        return read_slide(args.slide)
+        path = args.slide[0] if isinstance(args.slide, list) else args.slide
+        if getattr(args, "fullres_image", None):
+            from stgraph.data.readers.visium import _is_visium
+
+            if not _is_visium(Path(path), {}):
+                raise ValueError(f"--fullres-image goes with a Space Ranger folder; {path} is not one")
+            return read_slide(path, format="visium", fullres_image=args.fullres_image)
+        return read_slide(path)
     raise ValueError("give the query slide with --slide PATH, --image IMG --spots CSV, "
                      "or --her2st ROOT --section ID")
 
@@ -87,8 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict a slide's expression from its image")
     p.add_argument("--model", required=True, help="run folder written by `stgraph train`")
     _add_slide_source(p, many=False)
-    p.add_argument("--out", required=True, help="output .h5ad")
+    w = p.add_argument_group("whole-slide images (no spatial transcriptomics: tissue detection + a spot grid)")
+    w.add_argument("--wsi", nargs="+", default=None, metavar="SLIDE",
+                   help="whole-slide images (.tif/.tiff/.svs/.ndpi/...) or globs ('slides/*.svs'); with several, "
+                        "--out is a folder and gets one file per slide")
+    w.add_argument("--mpp", type=float, default=None,
+                   help="µm per level-0 pixel when the file does not state it (overrides the file)")
+    w.add_argument("--grid", default="visium", metavar="visium|st|UM",
+                   help="spot grid: Visium hex (100 µm pitch, 55 µm spots), legacy ST (200 µm, 100 µm spots) "
+                        "or a square pitch in µm (default: visium)")
+    w.add_argument("--format", choices=["h5ad", "csv", "parquet"], default="h5ad",
+                   help="file type written into an output folder (several slides)")
+    w.add_argument("--cache", action="store_true",
+                   help="keep the slide's features in the user cache dir and reuse them (size is logged)")
+    w.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="cache folder (default: $STGRAPH_CACHE_DIR, $XDG_CACHE_HOME/stgraph or ~/.cache/stgraph)")
+    w.add_argument("--chunk-size", type=int, default=256, help="patches read and encoded per chunk (memory bound)")
+    p.add_argument("--out", required=True,
+                   help="output .h5ad (or a .csv / .parquet table export); a folder with several --wsi slides")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda, cuda:1")
     p.add_argument("--k", type=int, default=None, help="neighbours (default: the run's config)")
     p.add_argument("--similarity", choices=choices("inference.similarity"), default=None)
     p.add_argument("--aggregation", choices=choices("inference.aggregation"), default=None)
@@ -99,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extend", help="add slides (with expression) to a trained model's reference, no retraining")
     p.add_argument("--model", required=True, help="run folder written by `stgraph train`")
     _add_slide_source(p, many=True)
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda, cuda:1")
 
     for name, help_text in (("evaluate", "cross-validated evaluation of one or more configs with baselines"),
                             ("benchmark", "alias of evaluate")):
@@ -112,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-baselines", action="store_true", help="skip the baselines")
         p.add_argument("--keep-runs", action="store_true", help="keep each fold's run folder under <out>/runs")
         p.add_argument("--out", required=True, help="results folder")
+        p.add_argument("--device", default=None,
+                       help="torch device for every fold (train.device; default: each config's)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides applied to every config")
 
     p = sub.add_parser("plot", help="draw predicted (and true) gene maps over the H&E image")
@@ -135,14 +170,108 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _cmd_predict(args) -> int:
-    from stgraph.inference import load_run, predict_slide, write_prediction
+def _slide_name(path: Path) -> str:
+    return path.parent.name if path.name == "outs" else path.name.split(".")[0]
+
+
+def _wsi_outputs(args) -> list:
+    """(slide path, output path) pairs for --wsi, checked before anything is computed."""
+    from stgraph.inference.wsi import WSIPredictionError, expand_slide_paths
+
+    if args.slide or args.image or args.spots or args.her2st:
+        raise WSIPredictionError("--wsi replaces --slide/--image/--spots/--her2st: give one kind of query")
+    return _outputs(expand_slide_paths(args.wsi), args)
+
+
+def _outputs(slides: list, args) -> list:
+    """(slide path, output path) pairs: one file, or one file per slide in the --out folder."""
+    from stgraph.inference.predict import OUTPUT_SUFFIXES, check_output_path
+    from stgraph.inference.wsi import WSIPredictionError
 
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise FileExistsError(f"{out} already exists (use --force to replace it)")
-    loaded = load_run(args.model)
+    if len(slides) == 1 and out.suffix in OUTPUT_SUFFIXES:
+        pairs = [(slides[0], out)]
+    else:
+        if out.suffix in OUTPUT_SUFFIXES:
+            raise WSIPredictionError(f"{len(slides)} slides need an output folder, not the file {out}")
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f"{out} exists and is not a folder")
+        names = [_slide_name(s) for s in slides]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise WSIPredictionError(f"several slides are named {dup}: their outputs would collide")
+        pairs = [(s, out / f"{n}.{args.format}") for s, n in zip(slides, names)]
+    for _, path in pairs:
+        check_output_path(path, force=args.force)
+    return pairs
+
+
+def _cmd_predict_wsi(args) -> int:
+    from stgraph.data.wsi import WSIImage
+    from stgraph.inference import load_run, write_prediction
+    from stgraph.inference.wsi import parse_grid, predict_wsi
+
+    pairs = _wsi_outputs(args)
+    grid = parse_grid(args.grid)
+    if args.chunk_size < 1:
+        raise ValueError(f"--chunk-size must be ≥ 1, got {args.chunk_size}")
+    for slide, _ in pairs:  # pixel size and readability of every slide before any compute
+        WSIImage(slide, mpp=args.mpp).close()
+    loaded = load_run(args.model, device=args.device)
+    for slide, path in pairs:
+        pred = predict_wsi(loaded, slide, grid=grid, mpp=args.mpp, k=args.k, similarity=args.similarity,
+                           aggregation=args.aggregation, backend=args.backend, cache=args.cache,
+                           cache_dir=args.cache_dir, chunk_size=args.chunk_size, progress=True)
+        write_prediction(pred, path, force=args.force)
+        print(f"wrote {path}: {pred.n_obs} spots × {pred.n_vars} genes")
+        if args.plot:
+            _plot(pred, None, args.plot, path.with_suffix(".png"), force=args.force)
+    return 0
+
+
+def _set_mpp(adata, mpp) -> None:
+    from stgraph.data.image import slide_library
+
+    _, entry = slide_library(adata)
+    entry.setdefault(Key.uns.metadata, {})[Key.metadata.microns_per_pixel] = float(mpp)
+
+
+def _cmd_predict_many(args, pairs) -> int:
+    from stgraph.data import read_slide
+    from stgraph.inference import load_run, predict_slide, write_prediction
+
+    loaded = load_run(args.model, device=args.device)
+    for slide, path in pairs:
+        adata = read_slide(slide)
+        if args.mpp is not None:
+            _set_mpp(adata, args.mpp)
+        pred = predict_slide(loaded, adata, k=args.k, similarity=args.similarity, aggregation=args.aggregation,
+                             backend=args.backend, progress=True)
+        write_prediction(pred, path, force=args.force)
+        print(f"wrote {path}: {pred.n_obs} spots × {pred.n_vars} genes")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from stgraph.inference import load_run, predict_slide, write_prediction
+    from stgraph.inference.predict import check_output_path
+
+    if args.wsi:
+        return _cmd_predict_wsi(args)
+    if args.slide:
+        from stgraph.inference.wsi import expand_slide_paths
+
+        slides = expand_slide_paths(args.slide)
+        if args.fullres_image and len(slides) > 1:
+            raise ValueError("--fullres-image goes with one Space Ranger folder, not several slides")
+        if len(slides) > 1 or Path(args.out).suffix == "":
+            return _cmd_predict_many(args, _outputs(slides, args))
+        args.slide = [str(slides[0])]
+    out = check_output_path(args.out, force=args.force)
+    loaded = load_run(args.model, device=args.device)
     adata = _read_query(args)
+    if args.mpp is not None:
+        _set_mpp(adata, args.mpp)
     pred = predict_slide(loaded, adata, k=args.k, similarity=args.similarity, aggregation=args.aggregation,
                          backend=args.backend, progress=True)
     write_prediction(pred, out, force=args.force)
@@ -155,7 +284,7 @@ def _cmd_predict(args) -> int:
 def _cmd_extend(args) -> int:
     from stgraph.inference import extend_reference, load_run
 
-    loaded = load_run(args.model)
+    loaded = load_run(args.model, device=args.device)
     before = loaded.reference.n_spots
     store = extend_reference(loaded, _read_many(args))
     print(f"reference of {args.model}: {before} → {store.n_spots} spots "
@@ -202,8 +331,9 @@ def _cmd_evaluate(args) -> int:
     from stgraph.evaluation import cross_validate, make_folds
 
     configs = {}
+    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     for path in args.config:
-        cfg = load_config(path, args.overrides)
+        cfg = load_config(path, overrides)
         configs[cfg.name] = cfg
     collection = SlideCollection(_read_many(args))
     folds = make_folds(collection.ids, scheme=args.folds)

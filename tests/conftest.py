@@ -55,6 +55,21 @@ def tiny_overrides(cache_dir: Path, epochs: int = 2) -> list[str]:
     ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """Configs default to the user cache dir (data.cache_dir: auto): point it at a temporary folder so the
+    suite never writes into the real ~/.cache."""
+    import os
+
+    old = os.environ.get("STGRAPH_CACHE_DIR")
+    os.environ["STGRAPH_CACHE_DIR"] = str(tmp_path_factory.mktemp("stgraph_cache"))
+    yield
+    if old is None:
+        os.environ.pop("STGRAPH_CACHE_DIR", None)
+    else:
+        os.environ["STGRAPH_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
     """``tiny_config("bleep.yaml", "train.epochs=3")`` → a validated tiny Config."""

@@ -88,6 +88,9 @@ class DataConfig:
 
     ``genes``: ``hvg_union`` (top ``n_top_hvg`` HVGs per training slide, union), ``shared`` (all genes shared
     by the training slides), or a path to a gene list (``.npy`` or text, one gene per line).
+    ``patch_um``: patch side in µm (needs the slides' pixel size); ``None``: ``patch_size`` pixels.
+    ``cache_dir``: patch and feature cache; ``auto`` (default) is the user cache dir (``$STGRAPH_CACHE_DIR``,
+    ``$XDG_CACHE_HOME/stgraph`` or ``~/.cache/stgraph``), ``null`` turns caching off, else a folder.
     """
 
     genes: str = "hvg_union"
@@ -97,7 +100,7 @@ class DataConfig:
     patch_size: int = 224
     patch_um: Optional[float] = None
     graph: GraphConfig = field(default_factory=GraphConfig)
-    cache_dir: Optional[str] = ".cache/stgraph"
+    cache_dir: Optional[str] = "auto"
 
 
 @dataclass

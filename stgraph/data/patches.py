@@ -117,6 +117,13 @@ def _write_cache(path: Path, key: dict, patches: np.ndarray) -> None:
 
     atomic_save_npy(path, patches)
     atomic_write_text(path.with_suffix(".json"), json.dumps(key, indent=1))
+    import logging
+
+    from ..utils.cache import folder_size
+
+    logging.getLogger("stgraph").info("patch cache: wrote %s (%.1f MB); %s holds %.1f MB (data.cache_dir; "
+                                      "null turns it off)", path.name, path.stat().st_size / 1e6, path.parent,
+                                      folder_size(path.parent) / 1e6)
 
 
 def _resize(crop: np.ndarray, size: int) -> np.ndarray:
@@ -192,7 +199,8 @@ def extract_patches(
     patches = np.empty((adata.n_obs, size, size, 3), dtype=np.uint8)
     from tqdm.auto import tqdm
 
-    for i in tqdm(range(adata.n_obs), desc=f"patches {lib}", disable=not show_progress, leave=False):
+    for i in tqdm(range(adata.n_obs), desc=f"patches {lib}", unit="patch", disable=not show_progress,
+                  leave=False):
         x0, y0 = centres[i, 0] - half, centres[i, 1] - half
         crop = image.crop(int(x0), int(y0), int(x0 + side), int(y0 + side), pad_value=pad_value)
         patches[i] = crop if side == size else _resize(crop, size)

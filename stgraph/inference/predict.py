@@ -15,9 +15,11 @@ from ..run.folder import ModelFolderError, Run, load_run  # noqa: F401 (re-expor
 from ..run.prepare import needs_graph, prepare_slide
 from ..utils import atomic_path
 from ..keys import Key
+from ..errors import StgraphError
 from .smoothing import smooth_on_graph
 
-__all__ = ["LoadedModel", "load_run", "predict_slide", "write_prediction", "ModelFolderError", "extend_reference"]
+__all__ = ["LoadedModel", "load_run", "predict_slide", "predict_prepared", "write_prediction", "prediction_table",
+           "check_output_path", "PredictionOutputError", "ModelFolderError", "extend_reference"]
 
 
 #: A loaded run (same class as the one training returns).
@@ -55,8 +57,62 @@ def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
         raise ModelFolderError("the reference holds spot embeddings but the config asks for image retrieval")
 
     device = str(next(loaded.model.parameters()).device)
+    config, provenance = query_config(loaded, adata)
     query = prepare_slide(adata, config, preprocessor=None, image_encoder=loaded.model.image_encoder,
                           device=device, progress=progress, with_graph=needs_graph(config, query=True))
+    return predict_prepared(loaded, adata, query, k=k, similarity=similarity, aggregation=aggregation,
+                            backend=backend, provenance=provenance)
+
+
+def query_config(loaded: Run, adata: AnnData):
+    """The run's config with ``data.patch_um`` set so the query's patches cover the µm the run was trained on
+    (resampled to ``data.patch_size``), and the provenance of that decision (logged).
+
+    A query without a pixel size, or a run without a physical resolution (HER2+ read without
+    ``microns_per_pixel``), keeps the pixel behaviour: ``patch_size`` query pixels.
+    """
+    import copy
+    import logging
+
+    from ..run.resolution import query_resolution, slide_mpp
+
+    log = logging.getLogger("stgraph")
+    config = loaded.config
+    mpp = slide_mpp(adata)
+    res = loaded.resolution or {}
+    physical = res.get("patch_um") is not None or config.data.patch_um is not None
+    if mpp is None:
+        if config.data.patch_um is not None:
+            raise ValueError(f"the run cuts {config.data.patch_um:g} µm patches (data.patch_um) but the query "
+                             "states no pixel size: pass --mpp (metadata['microns_per_pixel'])")
+        if physical:
+            log.warning("the query states no pixel size (metadata['microns_per_pixel'], --mpp): its patches are "
+                        "%d of its pixels, not resampled to the %s µm the run was trained on",
+                        config.data.patch_size, res.get("patch_um"))
+        return config, {"physical_resolution": False}
+    qres = query_resolution(res, config, mpp)
+    log.info("%s", qres.describe())
+    provenance = {"physical_resolution": bool(qres.physical), "patch_um": float(qres.patch_um),
+                  "target_mpp": float(qres.target_mpp), "resample_factor": float(qres.factor),
+                  "query_mpp": float(mpp)}
+    if qres.physical and config.data.patch_um is None:
+        config = copy.deepcopy(config)
+        config.data.patch_um = qres.patch_um
+    return config, provenance
+
+
+def predict_prepared(loaded: Run, adata: AnnData, query, k: Optional[int] = None,
+                     similarity: Optional[str] = None, aggregation: Optional[str] = None,
+                     backend: Optional[str] = None, provenance: Optional[dict] = None) -> AnnData:
+    """Embed an already prepared query slide (:class:`~stgraph.run.PreparedSlide`, features or patches),
+    retrieve (or predict) its expression and build the output AnnData (see :func:`predict_slide`);
+    ``provenance`` is merged into ``uns['stgraph']``."""
+    config = loaded.config
+    icfg = config.inference
+    k = icfg.k if k is None else k
+    similarity = similarity or icfg.similarity
+    aggregation = aggregation or icfg.aggregation
+    backend = backend or icfg.backend
     query_emb = embed_slide(loaded.model, query, "image")
     k_eff = min(k, loaded.reference.embeddings.shape[0])
     if getattr(loaded.model, "predicts_expression", False):
@@ -67,6 +123,8 @@ def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
                                         distance=icfg.distance)
     if icfg.smoothing > 0:
         pred = smooth_on_graph(pred, _adjacency(query), alpha=icfg.smoothing, steps=icfg.smoothing_steps)
+    # log1p(normalised) expression is never negative; a regression head can undershoot: clip at 0.
+    pred = np.maximum(np.asarray(pred, dtype=np.float32), 0.0)
     obs_cols = [c for c in ("array_row", "array_col", "slide_id", "in_tissue") if c in adata.obs]
     out = AnnData(
         X=np.asarray(pred, dtype=np.float32),
@@ -91,6 +149,8 @@ def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "values": "log1p(normalize_total) expression, retrieved from the reference",
     }
+    if provenance:
+        out.uns[Key.uns.stgraph].update(provenance)
     return out
 
 
@@ -102,13 +162,59 @@ def _adjacency(slide):
     return sp.csr_matrix((np.ones(ei.shape[1], dtype=np.float32), (ei[0], ei[1])), shape=(slide.n_spots,) * 2)
 
 
-def write_prediction(adata: AnnData, path: str | Path, force: bool = False) -> Path:
-    """Write ``adata`` to ``path`` (.h5ad) atomically; refuse to replace an existing file unless ``force``."""
+class PredictionOutputError(StgraphError, ValueError):
+    """An output path stgraph cannot write (unknown suffix, a missing optional writer)."""
+
+
+#: Output suffixes ``write_prediction`` understands: the AnnData, or a table export.
+OUTPUT_SUFFIXES = (".h5ad", ".csv", ".parquet")
+
+
+def prediction_table(adata: AnnData) -> pd.DataFrame:
+    """The prediction as a table: one row per spot (index = spot name), ``x``, ``y`` (full-resolution px),
+    ``array_row``/``array_col``/``slide_id`` when present, then one column per gene."""
+    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    frame = pd.DataFrame(index=adata.obs_names.copy())
+    xy = np.asarray(adata.obsm[Key.obsm.spatial])
+    frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
+    for col in (Key.obs.array_row, Key.obs.array_col, Key.obs.slide_id):
+        if col in adata.obs:
+            frame[col] = adata.obs[col].to_numpy()
+    genes = pd.DataFrame(np.asarray(x, dtype=np.float32), index=frame.index, columns=list(adata.var_names))
+    return pd.concat([frame, genes], axis=1)
+
+
+def check_output_path(path: str | Path, force: bool = False) -> Path:
+    """Validate an output path before any compute: a known suffix, parquet's writer importable, and no
+    existing file unless ``force``."""
     path = Path(path)
-    if path.suffix != ".h5ad":
-        raise ValueError(f"output must be an .h5ad file, got {path}")
+    if path.suffix not in OUTPUT_SUFFIXES:
+        raise PredictionOutputError(f"output must end in one of {', '.join(OUTPUT_SUFFIXES)}, got {path}")
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise PredictionOutputError(f"writing {path} needs pyarrow, which is not installed "
+                                        "(pip install pyarrow), or write .csv or .h5ad instead") from None
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} already exists (use --force to replace it)")
+    return path
+
+
+def write_prediction(adata: AnnData, path: str | Path, force: bool = False) -> Path:
+    """Write ``adata`` to ``path`` atomically; refuse to replace an existing file unless ``force``.
+
+    ``.h5ad``: the AnnData (plottable with ``sc.pl.spatial``); ``.csv`` / ``.parquet`` (needs pyarrow): the
+    :func:`prediction_table` export.
+    """
+    path = check_output_path(path, force=True)
     with atomic_path(path, overwrite=force) as tmp:
-        adata.write_h5ad(tmp)
+        if path.suffix == ".h5ad":
+            adata.write_h5ad(tmp)
+        elif path.suffix == ".csv":
+            prediction_table(adata).to_csv(tmp)
+        else:
+            prediction_table(adata).to_parquet(tmp)
     return path
 
 

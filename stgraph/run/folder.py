@@ -16,6 +16,7 @@ Run folder layout::
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -59,18 +60,27 @@ class Run:
         The :class:`~stgraph.retrieval.ReferenceStore` (embeddings + expression of the training spots).
     result
         :class:`~stgraph.training.TrainResult` (history, best epoch) after training, else ``None``.
+    info
+        The provenance of ``run.json`` (training slides, ``resolution``, ...).
     run_dir
         The run folder, or ``None`` for an in-memory run.
     """
 
     def __init__(self, model, config, preprocessor: Preprocessor, reference: ReferenceStore,
-                 result: Optional[Any] = None, run_dir: Optional[Path] = None):
+                 result: Optional[Any] = None, run_dir: Optional[Path] = None, info: Optional[dict] = None):
         self.model = model
         self.config = config
         self.preprocessor = preprocessor
         self.reference = reference
         self.result = result
         self.run_dir = run_dir
+        self.info = dict(info or {})
+
+    @property
+    def resolution(self) -> Optional[dict]:
+        """The physical resolution it was trained at (``run.json`` ``"resolution"``; see
+        :mod:`stgraph.run.resolution`), or ``None`` for runs written before it was recorded."""
+        return self.info.get("resolution")
 
     @property
     def genes(self) -> list[str]:
@@ -131,4 +141,8 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
     reference = ReferenceStore.load(run_dir / "reference.h5")
     if list(reference.genes) != list(preprocessor.genes):
         raise ModelFolderError(f"{run_dir}: reference.h5 genes differ from genes.txt")
-    return Run(model, config, preprocessor, reference, None, run_dir)
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ModelFolderError(f"{run_dir / 'run.json'}: not readable JSON ({err})") from err
+    return Run(model, config, preprocessor, reference, None, run_dir, info=info if isinstance(info, dict) else {})

@@ -22,7 +22,7 @@ from ..data.patches import extract_patches
 from ..data.slide_id import slide_id_of
 from ..data.transforms import grid_coordinates, hash_array, normalize_batch, patch_batch  # noqa: F401
 from ..graph import spatial_graph, to_edge_index
-from ..utils import atomic_save_npy
+from ..utils import atomic_save_npy, resolve_cache_dir
 from ..keys import Key
 
 __all__ = [
@@ -228,11 +228,12 @@ def compute_image_features(encoder, patches: np.ndarray, batch_size: int = 64, d
     if isinstance(encoder, torch.nn.Module):
         encoder.eval()
     out = []
-    starts = range(0, len(patches), batch_size)
-    with torch.no_grad():
-        for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+    with torch.no_grad(), tqdm(total=len(patches), desc=desc, unit="patch", disable=not progress,
+                               leave=False) as bar:
+        for start in range(0, len(patches), batch_size):
             x = normalize_batch(patch_batch(patches[start : start + batch_size], input_size, device))
             out.append(encoder(x).float().cpu())
+            bar.update(len(x))
     if isinstance(encoder, torch.nn.Module):
         encoder.train(was_training)
     if not out:
@@ -259,7 +260,7 @@ def _context_features(adata: AnnData, features: np.ndarray, config, encoder, sli
         side = cfg.context_scale * (patch_um if patch_um is not None else config.data.patch_size)
         ctx = extract_patches(adata, size=config.data.patch_size, patch_um=side,
                               microns_per_pixel=None if patch_um is not None else 1.0,
-                              cache_dir=config.data.cache_dir and str(Path(config.data.cache_dir) / "patches"),
+                              cache_dir=_cache_subdir(config, "patches"),
                               show_progress=progress)
         features = np.concatenate([features, _cached_features(encoder, ctx, config, slide_id, device, progress)], 1)
     if cfg.neighbour_context:
@@ -270,12 +271,18 @@ def _context_features(adata: AnnData, features: np.ndarray, config, encoder, sli
     return features.astype(np.float32, copy=False)
 
 
+def _cache_subdir(config, name: str) -> Optional[str]:
+    """``<data.cache_dir>/<name>`` (``"auto"``: the user cache dir), or ``None`` when caching is off."""
+    root = resolve_cache_dir(config.data.cache_dir)
+    return None if root is None else str(root / name)
+
+
 def _cached_features(encoder, patches: np.ndarray, config, slide_id: str, device: str, progress: bool,
                      stage: bool = False):
     """Backbone features (n, F), or with ``stage`` the frozen stages' output (n, ...) stored as float16
     (half the disk and memory; the trainable last stage reads it back in float32)."""
     cfg = config.model.image_encoder
-    cache_dir = config.data.cache_dir
+    cache_dir = resolve_cache_dir(config.data.cache_dir)
     key = "_".join([
         slide_id, cfg.backbone, Path(cfg.weights).stem if cfg.weights else ("imagenet" if cfg.pretrained else "random"),
         str(cfg.input_size), hash_array(patches),
@@ -322,7 +329,7 @@ def prepare_slide(adata: AnnData, config, preprocessor: Optional[Preprocessor] =
     spot_input = preprocessor.spot_input(expr) if (expr is not None and preprocessor is not None) else None
 
     patches = extract_patches(adata, size=config.data.patch_size, patch_um=config.data.patch_um,
-                              cache_dir=config.data.cache_dir and str(Path(config.data.cache_dir) / "patches"),
+                              cache_dir=_cache_subdir(config, "patches"),
                               show_progress=progress)
     features = None
     if config.model.image_encoder.cache_features and image_encoder is not None:

@@ -21,6 +21,7 @@ from ..retrieval.reference import ReferenceStore
 from ..run.embed import embed_slide
 from ..run.folder import RUN_FILES, Run, save_model  # noqa: F401 (RUN_FILES re-exported)
 from ..run.prepare import PreparedSlide, fit_preprocessor, prepare_slide
+from ..run.resolution import training_resolution
 from ..utils import atomic_write_text, resolve_device, seed_everything
 from .trainer import Trainer, TrainResult
 
@@ -107,6 +108,7 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
         trainer = Trainer(model, config, prepared, run_dir=run_dir)
         result = trainer.fit(resume=resume)
     reference = build_reference(model, config, prepared, preprocessor.genes)
+    resolution = training_resolution(config, adatas)
 
     if run_dir is not None:
         save_model(run_dir / "model.pt", model, config, preprocessor.spot_in_dim, result.best_epoch)
@@ -121,11 +123,12 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
             "n_genes": len(preprocessor.genes),
             "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss,
+            "resolution": resolution,
             "torch": torch.__version__,
             "python": platform.python_version(),
         }
         atomic_write_text(run_dir / "run.json", json.dumps(provenance, indent=2, default=float))
-    return Run(model, config, preprocessor, reference, result, run_dir)
+    return Run(model, config, preprocessor, reference, result, run_dir, info={"resolution": resolution})
 
 
 def _plot_losses(run_dir: Path) -> None:

@@ -100,6 +100,10 @@ def _load_png(path: Path) -> Optional[np.ndarray]:
             raise SlideFormatError(f"cannot decode image {path}: {err}") from err
 
 
+#: Diameter of a Visium spot, µm (the pixel size of a Space Ranger folder follows from it).
+VISIUM_SPOT_DIAMETER_UM = 55.0
+
+
 @register_reader("visium", detect=_is_visium)
 def read_visium(
     path: str | os.PathLike,
@@ -125,6 +129,9 @@ def read_visium(
     fullres_image
         The full-resolution image (e.g. a TIFF); its size is checked against the spots and it is stored as
         ``metadata['source_image_path']`` for patch extraction.
+    microns_per_pixel
+        Full-resolution pixel size; default: ``scalefactors['microns_per_pixel']`` when Space Ranger wrote it,
+        else 55 µm / ``spot_diameter_fullres`` (Visium spots are 55 µm across).
     require_spatial
         When the folder has no ``spatial/`` positions: raise :class:`FileNotFoundError` (default), or, with
         ``False``, warn and return the expression alone (no ``obsm['spatial']``; not usable for patches).
@@ -193,6 +200,11 @@ def read_visium(
             if img is not None:
                 images[res] = img
     metadata = {"source_matrix": str(matrix_path.resolve())}
+    if microns_per_pixel is None and scalefactors.get("microns_per_pixel"):
+        microns_per_pixel = scalefactors["microns_per_pixel"]  # Space Ranger ≥ 3 / Visium HD states it
+    elif microns_per_pixel is None and scalefactors.get(Key.scalefactor.spot_diameter, 0) > 0:
+        # Visium spots are 55 µm across: the full-resolution pixel size follows from their diameter in px.
+        microns_per_pixel = VISIUM_SPOT_DIAMETER_UM / scalefactors[Key.scalefactor.spot_diameter]
     if microns_per_pixel is not None:
         metadata[Key.metadata.microns_per_pixel] = float(microns_per_pixel)
     if fullres_image is not None:
