@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -21,7 +22,7 @@ from stgraph.config.schema import choices
 from stgraph.errors import StgraphError
 from stgraph.keys import Key
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "parse_args"]
 
 log = logging.getLogger("stgraph")
 
@@ -138,10 +139,15 @@ def _cmd_train(args) -> int:
 def _cmd_predict(args) -> int:
     from stgraph.inference import load_run, predict_slide, write_prediction
 
+    from stgraph.utils import check_output_file
+
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise FileExistsError(f"{out} already exists (use --force to replace it)")
+    check_output_file(out, (".h5ad",), force=args.force, what="prediction file (--out)")
+    if args.plot:
+        check_output_file(out.with_suffix(".png"), (".png",), force=args.force, what="plot file")
     loaded = load_run(args.model)
+    if args.plot:  # before any compute or write, so a typo'd gene does not leave a half-done output behind
+        _check_genes(args.plot, loaded.genes, "the model's")
     adata = _read_query(args)
     pred = predict_slide(loaded, adata, k=args.k, similarity=args.similarity, aggregation=args.aggregation,
                          backend=args.backend, progress=True)
@@ -163,6 +169,13 @@ def _cmd_extend(args) -> int:
     return 0
 
 
+def _check_genes(genes, known, whose: str) -> None:
+    known = set(known)
+    missing = [g for g in genes if g not in known]
+    if missing:
+        raise KeyError(f"gene(s) {missing} are not among {whose} {len(known)} genes")
+
+
 def _plot(pred, true, genes, path: Path, force: bool) -> None:
     import matplotlib.pyplot as plt
 
@@ -170,9 +183,7 @@ def _plot(pred, true, genes, path: Path, force: bool) -> None:
 
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists (use --force to replace it)")
-    missing = [g for g in genes if g not in pred.var_names]
-    if missing:
-        raise KeyError(f"gene(s) {missing} are not among the prediction's {pred.n_vars} genes")
+    _check_genes(genes, pred.var_names, "the prediction's")
     if true is not None:
         from stgraph.data import pp
 
@@ -220,8 +231,28 @@ COMMANDS = {"train": _cmd_train, "predict": _cmd_predict, "extend": _cmd_extend,
             "benchmark": _cmd_evaluate}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+=")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` tokens typed after a list option (``--sections B4 C2
+    train.epochs=60``) are overrides, not list items."""
     args = build_parser().parse_args(argv)
+    if hasattr(args, "overrides"):
+        moved = []
+        for attr in ("sections", "only_folds", "markers", "data"):
+            values = getattr(args, attr, None)
+            if not values:
+                continue
+            keep = [v for v in values if not (_OVERRIDE.match(v) and not Path(v).exists())]
+            moved += [v for v in values if v not in keep]
+            setattr(args, attr, keep)
+        args.overrides = moved + list(args.overrides)
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
     import matplotlib
 
     matplotlib.use("Agg")  # the CLI only writes figures to files; the library leaves the backend to the user

@@ -1,0 +1,215 @@
+"""Issue 12: bad input never loses what the user had, and fails with a clear error before any compute."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from stgraph.training import train_model
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def finished_run(tiny_config, synthetic_slides, tmp_path):
+    out = tmp_path / "runs" / "base"
+    train_model(tiny_config("bleep.yaml", "train.epochs=1", "data.harmony=false"), synthetic_slides[:2], out=out)
+    return out
+
+
+# ---------------------------------------------------------------- 1. --force builds beside, swaps when complete
+def test_force_with_missing_gene_file_keeps_the_old_run(tiny_config, synthetic_slides, finished_run):
+    before = _snapshot(finished_run)
+    cfg = tiny_config("bleep.yaml", "train.epochs=1", f"data.genes={finished_run.parent / 'typo.npy'}")
+    with pytest.raises(FileNotFoundError, match="typo.npy"):
+        train_model(cfg, synthetic_slides[:2], out=finished_run, force=True)
+    assert _snapshot(finished_run) == before
+    assert sorted(p.name for p in finished_run.parent.iterdir()) == ["base"]
+
+
+def test_force_interrupted_keeps_the_old_run(tiny_config, synthetic_slides, finished_run, monkeypatch):
+    from stgraph.training import trainer
+
+    def killed(self, resume=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.Trainer, "fit", killed)
+    before = _snapshot(finished_run)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(tiny_config("bleep.yaml", "train.epochs=1", "data.harmony=false"), synthetic_slides[:2],
+                    out=finished_run, force=True)
+    assert _snapshot(finished_run) == before
+    assert sorted(p.name for p in finished_run.parent.iterdir()) == ["base"]
+
+
+def test_force_replaces_the_run_once_complete(tiny_config, synthetic_slides, finished_run):
+    from stgraph.inference import load_run
+
+    run = train_model(tiny_config("bleep.yaml", "train.epochs=2", "data.harmony=false"), synthetic_slides[:2],
+                      out=finished_run, force=True)
+    assert run.run_dir == finished_run
+    assert load_run(finished_run).config.train.epochs == 2
+    assert sorted(p.name for p in finished_run.parent.iterdir()) == ["base"]
+
+
+# ---------------------------------------------------------------- 2. --resume checks config and data
+def test_resume_with_other_config_is_refused_touching_nothing(tiny_config, synthetic_slides, finished_run):
+    from stgraph.training.run import ResumeMismatchError
+
+    before = _snapshot(finished_run)
+    with pytest.raises(ResumeMismatchError, match="n_top_hvg"):
+        train_model(tiny_config("bleep.yaml", "train.epochs=2", "data.harmony=false", "data.n_top_hvg=10"),
+                    synthetic_slides[:2], out=finished_run, resume=True)
+    assert _snapshot(finished_run) == before
+
+
+def test_resume_with_other_sections_is_refused(tiny_config, synthetic_slides, finished_run):
+    from stgraph.training.run import ResumeMismatchError
+
+    before = _snapshot(finished_run)
+    with pytest.raises(ResumeMismatchError, match="slide2"):
+        train_model(tiny_config("bleep.yaml", "train.epochs=2", "data.harmony=false"),
+                    [synthetic_slides[0], synthetic_slides[2]], out=finished_run, resume=True)
+    assert _snapshot(finished_run) == before
+
+
+def test_resume_with_other_genes_is_refused(tiny_config, synthetic_slides, finished_run):
+    from stgraph.training.run import ResumeMismatchError
+
+    fewer = [ad[:, ad.var_names[:30]].copy() for ad in synthetic_slides[:2]]
+    before = _snapshot(finished_run)
+    with pytest.raises(ResumeMismatchError, match="genes"):
+        train_model(tiny_config("bleep.yaml", "train.epochs=2", "data.harmony=false"), fewer,
+                    out=finished_run, resume=True)
+    assert _snapshot(finished_run) == before
+
+
+# ---------------------------------------------------------------- 6. destination checked first
+def test_run_folder_that_is_a_file_is_refused(tiny_config, synthetic_slides, tmp_path):
+    out = tmp_path / "run"
+    out.write_text("not a folder")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        train_model(tiny_config("bleep.yaml", "train.epochs=1"), synthetic_slides[:2], out=out)
+
+
+def test_unwritable_cache_dir_is_refused_before_compute(tiny_config, synthetic_slides, tmp_path):
+    from stgraph.utils import DestinationError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cfg = tiny_config("bleep.yaml", "train.epochs=1", f"data.cache_dir={blocker / 'cache'}")
+    with pytest.raises(DestinationError, match="cache"):
+        train_model(cfg, synthetic_slides[:2], out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_parent_is_refused(tmp_path):
+    from stgraph.utils import DestinationError, check_writable_dir
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(DestinationError, match="not writable"):
+            check_writable_dir(ro / "run")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_output_file_checks(tmp_path):
+    from stgraph.utils import DestinationError, check_output_file
+
+    (tmp_path / "dir.h5ad").mkdir()
+    with pytest.raises(DestinationError, match="folder"):
+        check_output_file(tmp_path / "dir.h5ad", (".h5ad",))
+    with pytest.raises(DestinationError, match=".h5ad"):
+        check_output_file(tmp_path / "pred.csv", (".h5ad",))
+    (tmp_path / "x.h5ad").write_text("")
+    with pytest.raises(FileExistsError):
+        check_output_file(tmp_path / "x.h5ad", (".h5ad",))
+    check_output_file(tmp_path / "x.h5ad", (".h5ad",), force=True)
+
+
+# ---------------------------------------------------------------- 7. a failed first train does not block the retry
+def test_failed_first_train_does_not_block_the_retry(tiny_config, synthetic_slides, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("name: leftover\n")  # what a failed start used to leave
+    run = train_model(tiny_config("bleep.yaml", "train.epochs=1"), synthetic_slides[:2], out=out)
+    assert (out / "run.json").is_file() and run.run_dir == out
+
+
+def test_existing_complete_run_error_does_not_suggest_resume(finished_run, tiny_config, synthetic_slides):
+    with pytest.raises(FileExistsError) as info:
+        train_model(tiny_config("bleep.yaml", "train.epochs=1"), synthetic_slides[:2], out=finished_run)
+    assert "--resume" not in str(info.value)
+
+
+# ---------------------------------------------------------------- 9. atomic writes
+def test_atomic_write_respects_umask(tmp_path):
+    from stgraph.utils import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_atomic_write_cleans_up_on_failure(tmp_path):
+    from stgraph.utils import atomic_path
+
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(tmp_path / "a.txt") as tmp:
+            tmp.write_text("half")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- 6/7. predict: destination and genes first
+@pytest.fixture
+def query_file(synthetic_slides, tmp_path):
+    p = tmp_path / "query.h5ad"
+    synthetic_slides[2].write_h5ad(p)
+    return str(p)
+
+
+@pytest.mark.parametrize("name", ["pred.csv", "existing_dir"])
+def test_predict_refuses_a_bad_destination_before_compute(finished_run, query_file, tmp_path, capsys, name):
+    from cli.main import main
+
+    out = tmp_path / name
+    if name == "existing_dir":
+        out.mkdir()
+    assert main(["predict", "--model", str(finished_run), "--slide", query_file, "--out", str(out)]) == 2
+    assert str(out) in capsys.readouterr().err
+
+
+def test_predict_plot_with_unknown_gene_writes_nothing(finished_run, query_file, tmp_path, capsys):
+    from cli.main import main
+
+    out = tmp_path / "pred.h5ad"
+    assert main(["predict", "--model", str(finished_run), "--slide", query_file, "--out", str(out),
+                 "--plot", "gene_0", "NOTAGENE"]) == 2
+    assert "NOTAGENE" in capsys.readouterr().err
+    assert not out.exists() and not out.with_suffix(".png").exists()
+
+
+# ---------------------------------------------------------------- 10. overrides after --sections
+def test_overrides_after_sections_are_not_section_names():
+    from cli.main import parse_args
+
+    args = parse_args(["train", "--config", "c.yaml", "--her2st", "root", "--out", "r",
+                       "--sections", "B4", "C2", "train.epochs=60", "data.harmony=false"])
+    assert args.sections == ["B4", "C2"]
+    assert args.overrides == ["train.epochs=60", "data.harmony=false"]
+    args = parse_args(["evaluate", "--config", "a.yaml", "--her2st", "root", "--out", "r",
+                       "--only-folds", "B4", "train.epochs=1"])
+    assert args.only_folds == ["B4"] and args.overrides == ["train.epochs=1"]
