@@ -213,3 +213,39 @@ def test_overrides_after_sections_are_not_section_names():
     args = parse_args(["evaluate", "--config", "a.yaml", "--her2st", "root", "--out", "r",
                        "--only-folds", "B4", "train.epochs=1"])
     assert args.only_folds == ["B4"] and args.overrides == ["train.epochs=1"]
+
+
+# ---------------------------------------------------------------- 3. duplicate gene names, 8. space-separated counts
+def _legacy(tmp_path, header: str, rows: list[str]):
+    import gzip
+
+    import pandas as pd
+    from PIL import Image
+
+    counts = tmp_path / "S1.tsv.gz"
+    with gzip.open(counts, "wt") as fh:
+        fh.write("\n".join([header, *rows]) + "\n")
+    sel = tmp_path / "S1_selection.tsv"
+    pd.DataFrame({"x": [1, 2], "y": [1, 1], "pixel_x": [50.0, 100.0], "pixel_y": [40.0, 40.0],
+                  "selected": [1, 1]}).to_csv(sel, sep="\t", index=False)
+    img = tmp_path / "S1.png"
+    Image.new("RGB", (200, 150), (240, 200, 220)).save(img)
+    return counts, sel, img
+
+
+def test_duplicate_gene_names_are_reported(tmp_path):
+    from stgraph.data.errors import SlideFormatError
+    from stgraph.data.readers import read_st_legacy
+
+    paths = _legacy(tmp_path, "\tPLEKHN1\tGB\tPLEKHN1", ["1x1\t1\t2\t3", "2x1\t0\t1\t0"])
+    with pytest.raises(SlideFormatError, match=r"duplicate gene names: \['PLEKHN1'\]"):
+        read_st_legacy(*paths)
+
+
+def test_space_separated_counts_are_named(tmp_path):
+    from stgraph.data.errors import SlideFormatError
+    from stgraph.data.readers import read_st_legacy
+
+    paths = _legacy(tmp_path, " GA GB", ["1x1 1 2", "2x1 0 1"])
+    with pytest.raises(SlideFormatError, match="S1.tsv.gz.*tab-separated"):
+        read_st_legacy(*paths)
