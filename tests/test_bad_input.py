@@ -249,3 +249,18 @@ def test_space_separated_counts_are_named(tmp_path):
     paths = _legacy(tmp_path, " GA GB", ["1x1 1 2", "2x1 0 1"])
     with pytest.raises(SlideFormatError, match="S1.tsv.gz.*tab-separated"):
         read_st_legacy(*paths)
+
+
+# ---------------------------------------------------------------- 4. extend with too few shared genes
+def test_extend_refuses_a_slide_sharing_too_few_genes(finished_run, synthetic_slides):
+    from stgraph.data.slide_id import set_slide_id
+    from stgraph.inference import GeneOverlapError, extend_reference, load_run
+
+    loaded = load_run(finished_run)
+    other = synthetic_slides[2].copy()
+    other.var_names = [f"other_{g}" for g in other.var_names]
+    set_slide_id(other, "slide9")
+    before = _snapshot(finished_run)
+    with pytest.raises(GeneOverlapError, match=f"0 of the run's {len(loaded.genes)} genes.*{loaded.genes[0]}"):
+        extend_reference(loaded, [other])
+    assert _snapshot(finished_run) == before
