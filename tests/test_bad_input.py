@@ -264,3 +264,32 @@ def test_extend_refuses_a_slide_sharing_too_few_genes(finished_run, synthetic_sl
     with pytest.raises(GeneOverlapError, match=f"0 of the run's {len(loaded.genes)} genes.*{loaded.genes[0]}"):
         extend_reference(loaded, [other])
     assert _snapshot(finished_run) == before
+
+
+# ---------------------------------------------------------------- 5. ranges checked at load time
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=0", "train.epochs must be ≥ 1"),
+    ("train.epochs=-1", "train.epochs must be ≥ 1"),
+    ("train.batch_size=0", "train.batch_size must be ≥ 2"),
+    ("train.batch_size=1", "at least two spots"),
+    ("train.lr=0", "train.lr must be > 0"),
+    ("inference.k=0", "inference.k must be ≥ 1"),
+    ("loss.temperature=-1", "loss.temperature must be > 0"),
+    ("train.val_fraction=1.5", "val_fraction"),
+    ("model.name=rigde", "did you mean 'ridge'"),
+    ("model.name=''", "non-empty"),
+])
+def test_config_ranges_fail_at_load_time(override, message):
+    from stgraph.config import ConfigError, load_config
+    from tests.conftest import CONFIGS
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIGS / "bleep.yaml", [override])
+
+
+def test_every_shipped_config_still_loads():
+    from stgraph.config import load_config
+    from tests.conftest import CONFIGS
+
+    names = {load_config(p).model.name for p in CONFIGS.rglob("*.yaml")}
+    assert {"bleep", "ridge"} <= names
