@@ -293,3 +293,82 @@ def test_every_shipped_config_still_loads():
 
     names = {load_config(p).model.name for p in CONFIGS.rglob("*.yaml")}
     assert {"bleep", "ridge"} <= names
+
+
+# ---------------------------------------------------------------- 8. suspicious counts and images, named
+def test_log_transformed_counts_warn_naming_the_file(tmp_path):
+    from stgraph.data.readers import read_st_legacy
+
+    paths = _legacy(tmp_path, "\tGA\tGB", ["1x1\t0.693\t1.386", "2x1\t0\t2.197"])
+    with pytest.warns(UserWarning, match="S1.tsv.gz.*non-integer.*log"):
+        read_st_legacy(*paths)
+
+
+def test_log_transformed_h5ad_warns(tmp_path, synthetic_slides):
+    import numpy as np
+
+    from stgraph.data import read_slide
+
+    ad = synthetic_slides[0].copy()
+    ad.X = ad.X.copy()
+    ad.X.data = np.log1p(ad.X.data)
+    path = tmp_path / "logged.h5ad"
+    ad.write_h5ad(path)
+    with pytest.warns(UserWarning, match="logged.h5ad.*non-integer"):
+        read_slide(path)
+
+
+def test_constant_image_warns_naming_the_file(tmp_path):
+    from stgraph.data.readers import read_st_legacy
+
+    from stgraph.data.patches import extract_patches
+
+    paths = _legacy(tmp_path, "\tGA\tGB", ["1x1\t1\t2", "2x1\t0\t1"])  # the image is one flat colour
+    with pytest.warns(UserWarning, match="S1.png is blank"):
+        extract_patches(read_st_legacy(*paths), size=16)
+
+
+def _smooth_jpeg() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:150, 0:200]
+    a = np.stack([128 + 100 * np.sin(xx / 9), 128 + 100 * np.cos(yy / 7), 128 + 50 * np.sin((xx + yy) / 11)], -1)
+    buf = io.BytesIO()
+    Image.fromarray(a.astype(np.uint8)).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def test_jpeg_with_garbage_inside_is_refused(tmp_path):
+    """Find garbage that Pillow decodes without a word, then check that stgraph refuses the file by name."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from stgraph.data.errors import SlideFormatError
+    from stgraph.data.readers import read_st_legacy
+
+    good = _smooth_jpeg()
+    paths = _legacy(tmp_path, "\tGA\tGB", ["1x1\t1\t2", "2x1\t0\t1"])
+    ok = tmp_path / "ok.jpg"
+    ok.write_bytes(good)
+    read_st_legacy(paths[0], paths[1], ok)  # an intact JPEG reads
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        bad = bytearray(good)
+        start = len(bad) // 3
+        bad[start:start + 2000] = rng.integers(0, 256, 2000, dtype=np.uint8).tobytes()
+        try:
+            Image.open(io.BytesIO(bytes(bad))).load()
+        except Exception:
+            continue
+        break
+    else:
+        pytest.skip("no silently decoded corruption found")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(bytes(bad))
+    with pytest.raises(SlideFormatError, match="broken.jpg.*corrupt JPEG"):
+        read_st_legacy(paths[0], paths[1], broken)
