@@ -1,4 +1,4 @@
-"""``stgraph`` command line: train, predict, plot, evaluate.
+"""``stgraph`` command line: train, predict, extend, evaluate (alias benchmark), plot.
 
 Examples
 --------
@@ -16,11 +16,16 @@ import logging
 import re
 import sys
 from pathlib import Path
+import warnings
 from typing import Optional, Sequence
 
-from stgraph.config.schema import choices
-from stgraph.errors import StgraphError
-from stgraph.keys import Key
+# torch-geometric calls the deprecated torch.jit.script at import time; the warning is not the user's concern.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+from stgraph import __version__  # noqa: E402
+from stgraph.config.schema import choices  # noqa: E402
+from stgraph.errors import StgraphError  # noqa: E402
+from stgraph.keys import Key  # noqa: E402
 
 __all__ = ["main", "build_parser", "parse_args"]
 
@@ -74,8 +79,18 @@ def _read_query(args):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stgraph", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="stgraph's debug log lines")
+    parser.add_argument("--version", action="version", version=f"stgraph {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+
+    def add_parser(name, **kw):  # every subcommand also accepts -v after its name
+        p = _add_parser(name, **kw)
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="stgraph's debug log lines")
+        return p
+
+    sub.add_parser = add_parser
 
     p = sub.add_parser("train", help="train a model and store its reference in a run folder")
     p.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
@@ -256,7 +271,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # the CLI only writes figures to files; the library leaves the backend to the user
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)  # third-party loggers stay at INFO
     try:
         return COMMANDS[args.command](args)
     except (StgraphError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:

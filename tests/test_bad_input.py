@@ -372,3 +372,43 @@ def test_jpeg_with_garbage_inside_is_refused(tmp_path):
     broken.write_bytes(bytes(bad))
     with pytest.raises(SlideFormatError, match="broken.jpg.*corrupt JPEG"):
         read_st_legacy(paths[0], paths[1], broken)
+
+
+# ---------------------------------------------------------------- first-use polish
+def test_cli_version_and_verbose_after_the_subcommand(capsys):
+    from cli.main import parse_args
+
+    from stgraph import __version__
+
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--version"])
+    assert info.value.code == 0 and __version__ in capsys.readouterr().out
+    assert parse_args(["plot", "--pred", "p.h5ad", "--genes", "A", "--out", "o.png", "-v"]).verbose is True
+    assert parse_args(["-v", "plot", "--pred", "p.h5ad", "--genes", "A", "--out", "o.png"]).verbose is True
+    assert parse_args(["plot", "--pred", "p.h5ad", "--genes", "A", "--out", "o.png"]).verbose is False
+
+
+def test_cli_prints_no_torch_jit_warning():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import cli.main, stgraph.training, stgraph.inference"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "jit.script" not in out.stderr
+
+
+def test_help_lists_every_command():
+    from cli.main import COMMANDS, build_parser
+
+    text = build_parser().format_help()
+    assert all(name in text.split("\n\n")[1] for name in COMMANDS)
+
+
+def test_incomplete_run_without_checkpoint_does_not_suggest_resume(tmp_path):
+    from stgraph.inference import ModelFolderError, load_run
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("name: x\n")
+    with pytest.raises(ModelFolderError) as info:
+        load_run(tmp_path / "run")
+    assert "--resume" not in str(info.value)
