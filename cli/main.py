@@ -142,8 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_train(args) -> int:
     from stgraph.config import load_config
     from stgraph.training import train_model
+    from stgraph.training.run import check_train_inputs
 
     config = load_config(args.config, args.overrides)
+    check_train_inputs(config, args.out, force=args.force, resume=args.resume)  # before reading any slide
     slides = _read_many(args)
     run = train_model(config, slides, out=args.out, force=args.force, resume=args.resume)
     best = run.result.best_epoch if run.result else -1

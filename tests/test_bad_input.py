@@ -412,3 +412,15 @@ def test_incomplete_run_without_checkpoint_does_not_suggest_resume(tmp_path):
     with pytest.raises(ModelFolderError) as info:
         load_run(tmp_path / "run")
     assert "--resume" not in str(info.value)
+
+
+def test_cli_train_checks_the_gene_file_before_reading_slides(finished_run, tmp_path, capsys):
+    from cli.main import main
+    from tests.conftest import CONFIGS, tiny_overrides
+
+    before = _snapshot(finished_run)
+    code = main(["train", "--config", str(CONFIGS / "bleep.yaml"), "--data", str(tmp_path / "absent.h5ad"),
+                 "--out", str(finished_run), "--force", *tiny_overrides(tmp_path / "cache"),
+                 f"data.genes={tmp_path / 'typo.npy'}"])
+    assert code == 2 and "typo.npy" in capsys.readouterr().err  # not the missing slide: checked first
+    assert _snapshot(finished_run) == before

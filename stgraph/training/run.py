@@ -27,7 +27,8 @@ from ..run.prepare import PreparedSlide, fit_preprocessor, prepare_slide
 from ..utils import atomic_write_text, check_writable_dir, resolve_device, seed_everything
 from .trainer import Trainer, TrainResult
 
-__all__ = ["train_model", "build_reference", "RUN_FILES", "TrainedRun", "ResumeMismatchError"]
+__all__ = ["train_model", "build_reference", "RUN_FILES", "TrainedRun", "ResumeMismatchError",
+           "check_train_inputs"]
 
 
 
@@ -168,13 +169,10 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
     if not adatas:
         raise ValueError("no training slides given")
     # Everything that can be checked is checked before any compute or any write.
-    _check_gene_file(config)
-    if config.data.cache_dir:
-        check_writable_dir(config.data.cache_dir, what="cache folder (data.cache_dir)")
+    check_train_inputs(config, out, force, resume)
     final_dir = Path(out) if out is not None else None
     run_dir = final_dir
     if final_dir is not None:
-        _check_out_dir(final_dir, force, resume)
         if resume:
             _check_resume(config, final_dir, adatas)
         elif final_dir.exists() and any(final_dir.iterdir()):
@@ -190,6 +188,16 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
         _swap_in(run_dir, final_dir)
         run.run_dir = final_dir
     return run
+
+
+def check_train_inputs(config, out: Optional[str | Path], force: bool = False, resume: bool = False) -> None:
+    """The checks ``train_model`` runs before any compute (the CLI runs them before reading the slides too):
+    the gene list file, the cache folder and the run folder."""
+    _check_gene_file(config)
+    if config.data.cache_dir:
+        check_writable_dir(config.data.cache_dir, what="cache folder (data.cache_dir)")
+    if out is not None:
+        _check_out_dir(Path(out), force, resume)
 
 
 def _swap_in(new: Path, final: Path) -> None:
