@@ -424,3 +424,11 @@ def test_cli_train_checks_the_gene_file_before_reading_slides(finished_run, tmp_
                  f"data.genes={tmp_path / 'typo.npy'}"])
     assert code == 2 and "typo.npy" in capsys.readouterr().err  # not the missing slide: checked first
     assert _snapshot(finished_run) == before
+
+
+def test_a_swap_killed_halfway_is_recovered(tiny_config, synthetic_slides, finished_run):
+    before = _snapshot(finished_run)
+    finished_run.rename(finished_run.parent / ".base.old-abc123")  # killed between the two renames
+    with pytest.raises(FileExistsError, match="already exists"):
+        train_model(tiny_config("bleep.yaml", "train.epochs=1"), synthetic_slides[:2], out=finished_run)
+    assert _snapshot(finished_run) == before

@@ -88,10 +88,21 @@ def _is_failed_start(out: Path) -> bool:
             and not (out / "checkpoints" / "last.pt").exists())
 
 
+def _recover_interrupted_swap(out: Path) -> None:
+    """A kill between the two renames of :func:`_swap_in` leaves the old run as ``.<name>.old-*`` and no
+    ``<name>``: put it back."""
+    if out.exists() or not out.parent.is_dir():
+        return
+    olds = sorted(out.parent.glob(f".{out.name}.old-*"))
+    if olds:
+        os.replace(olds[-1], out)
+
+
 def _check_out_dir(out: Path, force: bool, resume: bool) -> None:
     """Refuse a destination that cannot be used, before anything is read or computed."""
     if force and resume:
         raise ValueError("--force and --resume exclude each other")
+    _recover_interrupted_swap(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"run folder {out} exists and is not a folder")
     check_writable_dir(out.parent if not out.exists() else out, what="run folder")
