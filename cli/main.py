@@ -268,8 +268,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM (``kill``, a scheduler's time limit) into ``SystemExit`` so that cleanup runs: a half-built
+    run folder or a temporary file is removed and an old run stays as it was."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    _exit_on_sigterm()
     import matplotlib
 
     matplotlib.use("Agg")  # the CLI only writes figures to files; the library leaves the backend to the user

@@ -432,3 +432,23 @@ def test_a_swap_killed_halfway_is_recovered(tiny_config, synthetic_slides, finis
     with pytest.raises(FileExistsError, match="already exists"):
         train_model(tiny_config("bleep.yaml", "train.epochs=1"), synthetic_slides[:2], out=finished_run)
     assert _snapshot(finished_run) == before
+
+
+def test_cli_turns_sigterm_into_cleanup(tmp_path):
+    """`kill` during `train --force`: the half-built sibling is removed and the old run kept (cleanup runs)."""
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "from cli.main import _exit_on_sigterm\n"
+        "from stgraph.utils import atomic_path\n"
+        "_exit_on_sigterm()\n"
+        f"with atomic_path({str(tmp_path / 'out.txt')!r}) as tmp:\n"
+        "    tmp.write_text('half')\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 128 + signal.SIGTERM, out.stderr
+    assert list(tmp_path.iterdir()) == []
