@@ -1,21 +1,30 @@
 # `make setup` installs everything into .venv, `make test` runs the test suite, `make demo` runs the main job.
+# `make test` and `make demo` build .venv first when it is missing or older than pyproject.toml.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 HER2ST ?= ../shared/data/her2st
 RUN ?= runs/bleep_her2st
 
+STAMP := $(VENV)/pyvenv.cfg
+
 .PHONY: setup test demo
 
-setup:
+# The file target: (re)install when .venv is missing or pyproject.toml is newer than the last install
+# (pyvenv.cfg is touched after every install).
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
 
-test:
+setup:
+	$(MAKE) --always-make $(STAMP)
+
+test: $(STAMP)
 	$(PY) -m pytest -q
 
-demo:
+demo: $(STAMP)
 	$(VENV)/bin/stgraph train --config configs/cpu/bleep.yaml --her2st $(HER2ST) \
 		--sections B4 C2 C3 C4 C5 --out $(RUN) --force \
 		data.genes=$(HER2ST)/her_hvg_cut_1000.npy

@@ -1,4 +1,4 @@
-"""``stgraph`` command line: train, predict, plot, evaluate.
+"""``stgraph`` command line: train, predict, extend, evaluate (alias benchmark), plot.
 
 Examples
 --------
@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
+import warnings
 from typing import Optional, Sequence
 
-from stgraph.config.schema import choices
-from stgraph.errors import StgraphError
-from stgraph.keys import Key
+# torch-geometric calls the deprecated torch.jit.script at import time; the warning is not the user's concern.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
-__all__ = ["main", "build_parser"]
+from stgraph import __version__  # noqa: E402
+from stgraph.config.schema import choices  # noqa: E402
+from stgraph.errors import StgraphError  # noqa: E402
+from stgraph.keys import Key  # noqa: E402
+
+__all__ = ["main", "build_parser", "parse_args"]
 
 log = logging.getLogger("stgraph")
 
@@ -87,8 +93,18 @@ def _read_query(args):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stgraph", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="stgraph's debug log lines")
+    parser.add_argument("--version", action="version", version=f"stgraph {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+
+    def add_parser(name, **kw):  # every subcommand also accepts -v after its name
+        p = _add_parser(name, **kw)
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="stgraph's debug log lines")
+        return p
+
+    sub.add_parser = add_parser
 
     p = sub.add_parser("train", help="train a model and store its reference in a run folder")
     p.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
@@ -161,8 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_train(args) -> int:
     from stgraph.config import load_config
     from stgraph.training import train_model
+    from stgraph.training.run import check_train_inputs
 
     config = load_config(args.config, args.overrides)
+    check_train_inputs(config, args.out, force=args.force, resume=args.resume)  # before reading any slide
     slides = _read_many(args)
     run = train_model(config, slides, out=args.out, force=args.force, resume=args.resume)
     best = run.result.best_epoch if run.result else -1
@@ -268,7 +286,13 @@ def _cmd_predict(args) -> int:
             return _cmd_predict_many(args, _outputs(slides, args))
         args.slide = [str(slides[0])]
     out = check_output_path(args.out, force=args.force)
+    if args.plot:
+        from stgraph.utils import check_output_file
+
+        check_output_file(out.with_suffix(".png"), (".png",), force=args.force, what="plot file")
     loaded = load_run(args.model, device=args.device)
+    if args.plot:  # before any compute or write, so a typo'd gene does not leave a half-done output behind
+        _check_genes(args.plot, loaded.genes, "the model's")
     adata = _read_query(args)
     if args.mpp is not None:
         _set_mpp(adata, args.mpp)
@@ -292,6 +316,13 @@ def _cmd_extend(args) -> int:
     return 0
 
 
+def _check_genes(genes, known, whose: str) -> None:
+    known = set(known)
+    missing = [g for g in genes if g not in known]
+    if missing:
+        raise KeyError(f"gene(s) {missing} are not among {whose} {len(known)} genes")
+
+
 def _plot(pred, true, genes, path: Path, force: bool) -> None:
     import matplotlib.pyplot as plt
 
@@ -299,9 +330,7 @@ def _plot(pred, true, genes, path: Path, force: bool) -> None:
 
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists (use --force to replace it)")
-    missing = [g for g in genes if g not in pred.var_names]
-    if missing:
-        raise KeyError(f"gene(s) {missing} are not among the prediction's {pred.n_vars} genes")
+    _check_genes(genes, pred.var_names, "the prediction's")
     if true is not None:
         from stgraph.data import pp
 
@@ -350,12 +379,44 @@ COMMANDS = {"train": _cmd_train, "predict": _cmd_predict, "extend": _cmd_extend,
             "benchmark": _cmd_evaluate}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+=")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` tokens typed after a list option (``--sections B4 C2
+    train.epochs=60``) are overrides, not list items."""
     args = build_parser().parse_args(argv)
+    if hasattr(args, "overrides"):
+        moved = []
+        for attr in ("sections", "only_folds", "markers", "data"):
+            values = getattr(args, attr, None)
+            if not values:
+                continue
+            keep = [v for v in values if not (_OVERRIDE.match(v) and not Path(v).exists())]
+            moved += [v for v in values if v not in keep]
+            setattr(args, attr, keep)
+        args.overrides = moved + list(args.overrides)
+    return args
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM (``kill``, a scheduler's time limit) into ``SystemExit`` so that cleanup runs: a half-built
+    run folder or a temporary file is removed and an old run stays as it was."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    _exit_on_sigterm()
     import matplotlib
 
     matplotlib.use("Agg")  # the CLI only writes figures to files; the library leaves the backend to the user
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)  # third-party loggers stay at INFO
     try:
         return COMMANDS[args.command](args)
     except (StgraphError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:

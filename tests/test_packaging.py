@@ -2,6 +2,8 @@
 import tomllib
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -12,3 +14,19 @@ def test_every_subpackage_is_listed_in_pyproject():
              for p in (REPO / "stgraph").rglob("__init__.py") if p.parent != REPO / "stgraph"}
     assert found | {"stgraph", "stgraph.cli"} == listed
     assert config["package-dir"]["stgraph.cli"] == "cli" and (REPO / "cli" / "main.py").is_file()
+
+
+@pytest.mark.parametrize("target", ["test", "demo"])
+def test_make_targets_build_the_venv_when_missing(tmp_path, target):
+    """`make test` / `make demo` work as the very first command: they build .venv when it is missing."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    repo = Path(__file__).resolve().parents[1]
+    missing = subprocess.run(["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=repo,
+                             capture_output=True, text=True)
+    assert missing.returncode == 0 and "-m venv" in missing.stdout and 'pip install -e ".[dev]"' in missing.stdout
+    setup = subprocess.run(["make", "-n", "setup"], cwd=repo, capture_output=True, text=True)
+    assert setup.returncode == 0 and "pip install -e" in setup.stdout

@@ -48,8 +48,9 @@ def test_trained_model_beats_trivial_baselines(trained, tmp_path, synthetic_slid
     from stgraph.config import load_config
     from tests.conftest import CONFIGS, tiny_overrides
 
-    cfg0 = load_config(CONFIGS / "bleep.yaml", tiny_overrides(tmp_path / "cache", epochs=0) + [
+    cfg0 = load_config(CONFIGS / "bleep.yaml", tiny_overrides(tmp_path / "cache", epochs=1) + [
         "data.harmony=false", "inference.k=10"])
+    cfg0.train.epochs = 0  # load_config refuses epochs < 1; this in-memory baseline wants no training at all
     run0 = train_model(cfg0, synthetic_slides[:2])
     untrained_r = _mean_pearson(predict_slide(run0, query).X, true)
 

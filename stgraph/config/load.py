@@ -165,7 +165,57 @@ def validate_config(config: Config) -> Config:
             raise ConfigError("model.name=ridge has no spot branch: set inference.reference=image")
     if not 0.0 <= config.inference.smoothing <= 1.0:
         raise ConfigError(f"inference.smoothing must be in [0, 1], got {config.inference.smoothing}")
+    _check_model_name(m.name)
+    _check_ranges(config)
     return config
+
+
+def _check_model_name(name) -> None:
+    """``model.name`` is a free label of a contrastive method, except ``ridge`` (the closed-form model):
+    refuse an empty name and one that looks like a typo of ``ridge``."""
+    import difflib
+
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("model.name must be a non-empty label (e.g. bleep, stgchb, or ridge)")
+    if name != "ridge" and (name.lower() == "ridge" or difflib.get_close_matches(name.lower(), ["ridge"], 1, 0.75)):
+        raise ConfigError(f"model.name={name!r}: did you mean 'ridge' (the closed-form model)? "
+                          "Any other name is a label of a contrastive model")
+
+
+def _check_ranges(config: Config) -> None:
+    """Numeric ranges, so a nonsensical value fails at load time rather than after (or instead of) training."""
+    m, t, d, i = config.model, config.train, config.data, config.inference
+    contrastive = m.name != "ridge"
+    at_least = [("train.epochs", t.epochs, 1), ("train.batch_size", t.batch_size, 2 if contrastive else 1),
+                ("inference.k", i.k, 1), ("inference.chunk_size", i.chunk_size, 1),
+                ("inference.smoothing_steps", i.smoothing_steps, 1), ("model.embed_dim", m.embed_dim, 1),
+                ("model.pca_components", m.pca_components, 1), ("data.patch_size", d.patch_size, 1),
+                ("data.n_top_hvg", d.n_top_hvg, 1), ("data.harmony_pcs", d.harmony_pcs, 1),
+                ("model.image_dgi.pretrain_epochs", m.image_dgi.pretrain_epochs, 0),
+                ("model.spot_dgi.pretrain_epochs", m.spot_dgi.pretrain_epochs, 0)]
+    for key, value, low in at_least:
+        if value < low:
+            why = " (the contrastive loss needs at least two spots per batch)" if key == "train.batch_size" and \
+                contrastive and value == 1 else ""
+            raise ConfigError(f"{key} must be ≥ {low}, got {value}{why}")
+    positive = [("train.lr", t.lr), ("loss.temperature", config.loss.temperature)]
+    if t.grad_clip is not None:
+        positive.append(("train.grad_clip", t.grad_clip))
+    if d.patch_um is not None:
+        positive.append(("data.patch_um", d.patch_um))
+    if d.graph.radius is not None:
+        positive.append(("data.graph.radius", d.graph.radius))
+    if d.graph.radius_factor is not None:
+        positive.append(("data.graph.radius_factor", d.graph.radius_factor))
+    for key, value in positive:
+        if not value > 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    if d.graph.knn is not None and d.graph.knn < 1:
+        raise ConfigError(f"data.graph.knn must be ≥ 1, got {d.graph.knn}")
+    if t.weight_decay < 0:
+        raise ConfigError(f"train.weight_decay must be ≥ 0, got {t.weight_decay}")
+    if not 0.0 <= t.val_fraction < 1.0:
+        raise ConfigError(f"train.val_fraction must be in [0, 1), got {t.val_fraction}")
 
 
 def config_from_dict(data: Mapping) -> Config:

@@ -5,6 +5,7 @@ scaled image as a last resort, with a warning).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -80,6 +81,54 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         return tuple(int(v) for v in img.size)
 
 
+_JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+#: JPEG markers that carry a length field (everything but SOI, EOI, RSTn and TEM).
+_STANDALONE = {0x01, 0xD8, 0xD9, *range(0xD0, 0xD8)}
+
+
+@functools.lru_cache(maxsize=64)
+def _jpeg_corruption(path: str, size: int, mtime_ns: int) -> Optional[str]:
+    """Why the JPEG's byte stream is corrupt, or ``None``.
+
+    libjpeg (through Pillow) decodes a JPEG with garbage inside its compressed data with no more than an
+    internal warning, giving silently wrong pixels. In valid compressed data a 0xFF byte is followed only by
+    0x00 (stuffing), 0xFF (fill), RSTn or a real marker; any other byte means the stream was damaged.
+    """
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return "no JPEG start-of-image marker"
+    ff = np.flatnonzero(data[:-1] == 0xFF)
+    nxt = data[ff + 1]
+    candidates = ff[(nxt != 0x00) & (nxt != 0xFF) & ((nxt < 0xD0) | (nxt > 0xD7))]
+    pos = 2
+    for j in candidates:
+        if j < pos:
+            continue  # inside a marker segment already skipped
+        marker = int(data[j + 1])
+        if marker == 0xD9:
+            return None
+        if marker < 0xC0 and marker != 0x01:
+            return f"invalid marker 0xFF{marker:02X} at byte {j} (damaged compressed data)"
+        if marker in _STANDALONE:
+            pos = j + 2
+            continue
+        if j + 3 >= data.size:
+            return f"marker 0xFF{marker:02X} cut short at byte {j}"
+        pos = j + 2 + (int(data[j + 2]) << 8 | int(data[j + 3]))
+    return "no JPEG end-of-image marker (file truncated)"
+
+
+def check_jpeg(path: str | os.PathLike) -> None:
+    """Raise :class:`SlideFormatError` naming a JPEG whose compressed data is damaged (no-op for others)."""
+    path = Path(path)
+    if path.suffix.lower() not in _JPEG_SUFFIXES:
+        return
+    st = path.stat()
+    why = _jpeg_corruption(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if why:
+        raise SlideFormatError(f"image {path} is a corrupt JPEG: {why}")
+
+
 def thumbnail(path: Path, max_side: int) -> np.ndarray:
     """Decode ``path`` downscaled so its longest side is ≤ ``max_side`` (RGB uint8 (h, w, 3)).
 
@@ -89,6 +138,7 @@ def thumbnail(path: Path, max_side: int) -> np.ndarray:
         from .patches import load_image_file
 
         return load_image_file(path).thumbnail(max_side)
+    check_jpeg(path)
     img = open_image(path)
     try:
         with _no_pixel_limit():
@@ -268,6 +318,7 @@ def load_image_file(path: str | os.PathLike) -> ArrayImage | PILImage:
         if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):
             raise SlideFormatError(f"TIFF image {path} is channel-first {array.shape}; expected (H, W, C)")
         return ArrayImage(array, source=str(path))
+    check_jpeg(path)
     img = open_image(path)
     try:
         with _no_pixel_limit():

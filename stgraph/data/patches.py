@@ -191,6 +191,7 @@ def extract_patches(
         key = _cache_key(adata, entry, xy, size, side, pad_value)
         cached = _read_cache(cache_path, key, adata.n_obs, size)
         if cached is not None:
+            _warn_if_uniform(cached, entry, lib)
             return cached
 
     image = load_fullres_image(adata)
@@ -204,6 +205,20 @@ def extract_patches(
         x0, y0 = centres[i, 0] - half, centres[i, 1] - half
         crop = image.crop(int(x0), int(y0), int(x0 + side), int(y0 + side), pad_value=pad_value)
         patches[i] = crop if side == size else _resize(crop, size)
+    _warn_if_uniform(patches, entry, lib)
     if cache_path is not None:
         _write_cache(cache_path, key, patches)
     return patches
+
+
+def _warn_if_uniform(patches: np.ndarray, entry: dict, lib: str) -> None:
+    """Warn, naming the image, when every patch is one flat colour (a blank image, or spots off the tissue):
+    every spot would get the same image features and the same prediction."""
+    sample = patches[:: max(1, len(patches) // 256)]
+    flat = sample.reshape(-1, sample.shape[-1])
+    if flat.size and int((flat.max(0).astype(np.int16) - flat.min(0)).max()) <= 2:
+        import warnings
+
+        source = entry.get(Key.uns.metadata, {}).get(Key.metadata.source_image_path) or f"of slide {lib!r}"
+        warnings.warn(f"image {source} is blank under the spots (one constant colour): every spot gets the same "
+                      "image features and the same prediction", UserWarning, stacklevel=3)

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ..data.slide_id import slide_id_of
+from ..errors import StgraphError
 from ..retrieval.reference import ReferenceStore
 from ..run.embed import embed_slide
 from ..run.folder import ModelFolderError, Run, load_run  # noqa: F401 (re-exported)
@@ -19,7 +21,8 @@ from ..errors import StgraphError
 from .smoothing import smooth_on_graph
 
 __all__ = ["LoadedModel", "load_run", "predict_slide", "predict_prepared", "write_prediction", "prediction_table",
-           "check_output_path", "PredictionOutputError", "ModelFolderError", "extend_reference"]
+           "check_output_path", "PredictionOutputError", "ModelFolderError", "extend_reference", "GeneOverlapError",
+           "MIN_GENE_OVERLAP"]
 
 
 #: A loaded run (same class as the one training returns).
@@ -218,7 +221,28 @@ def write_prediction(adata: AnnData, path: str | Path, force: bool = False) -> P
     return path
 
 
-def extend_reference(loaded: Run, slides, save: bool = True) -> ReferenceStore:
+#: Fewest of the run's genes a slide added to the reference must measure (its other genes would enter as zeros).
+MIN_GENE_OVERLAP = 0.5
+
+
+class GeneOverlapError(StgraphError, ValueError):
+    """A slide shares too few genes with the run to be added to its reference."""
+
+
+def _check_gene_overlap(adata: AnnData, genes: list, min_overlap: float) -> None:
+    have = set(map(str, adata.var_names))
+    missing = [g for g in genes if g not in have]
+    shared = len(genes) - len(missing)
+    if shared < min_overlap * len(genes) or shared == 0:
+        name = slide_id_of(adata, default="slide")
+        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        raise GeneOverlapError(
+            f"slide {name!r} measures only {shared} of the run's {len(genes)} genes (at least "
+            f"{min_overlap:.0%} needed); missing: {', '.join(missing[:20])}{more}")
+
+
+def extend_reference(loaded: Run, slides, save: bool = True,
+                     min_gene_overlap: float = MIN_GENE_OVERLAP) -> ReferenceStore:
     """Embed new slides (with expression) with the trained model and append them to its reference.
 
     No retraining: each slide is preprocessed with the run's fitted preprocessing, embedded with the branch
@@ -233,9 +257,12 @@ def extend_reference(loaded: Run, slides, save: bool = True) -> ReferenceStore:
                          "from its reference: extending the reference would not change its predictions; "
                          "retrain with the new slides instead")
     device = str(next(loaded.model.parameters()).device)
-    for adata in slides:
+    slides = list(slides)
+    for adata in slides:  # every slide is checked before any is embedded or anything is written
         if adata.n_vars == 0:
             raise ValueError("a slide added to the reference needs its expression")
+        _check_gene_overlap(adata, list(store.genes), min_gene_overlap)
+    for adata in slides:
         prepared = prepare_slide(adata, loaded.config, loaded.preprocessor, image_encoder=loaded.model.image_encoder,
                                  device=device, with_graph=loaded.model.uses_graph)
         emb = embed_slide(loaded.model, prepared, store.kind)

@@ -124,8 +124,9 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
         raise FileNotFoundError(f"model folder not found: {run_dir}")
     missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
     if missing:
-        raise ModelFolderError(f"model folder {run_dir} is incomplete: missing {missing} "
-                               "(was training interrupted? resume it with `stgraph train --resume`)")
+        hint = ("was training interrupted? resume it with `stgraph train --resume`"
+                if (run_dir / "checkpoints" / "last.pt").is_file() else "train it again")
+        raise ModelFolderError(f"model folder {run_dir} is incomplete: missing {missing} ({hint})")
     try:
         state = load_checkpoint(run_dir / "model.pt")
         config = config_from_dict(state["config"])

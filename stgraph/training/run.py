@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -13,19 +15,21 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from ..config import save_config
+from ..config import config_to_dict, save_config
 from ..data.collection import SlideCollection
 from ..data.slide_id import slide_id_of
+from ..errors import StgraphError
 from ..models import create_model
 from ..retrieval.reference import ReferenceStore
 from ..run.embed import embed_slide
 from ..run.folder import RUN_FILES, Run, save_model  # noqa: F401 (RUN_FILES re-exported)
 from ..run.prepare import PreparedSlide, fit_preprocessor, prepare_slide
 from ..run.resolution import training_resolution
-from ..utils import atomic_write_text, resolve_device, seed_everything
+from ..utils import atomic_write_text, check_writable_dir, resolve_device, seed_everything
 from .trainer import Trainer, TrainResult
 
-__all__ = ["train_model", "build_reference", "RUN_FILES", "TrainedRun"]
+__all__ = ["train_model", "build_reference", "RUN_FILES", "TrainedRun", "ResumeMismatchError",
+           "check_train_inputs"]
 
 
 
@@ -57,13 +61,106 @@ def build_reference(model, config, slides: Sequence[PreparedSlide], genes: Seque
     )
 
 
+class ResumeMismatchError(StgraphError, ValueError):
+    """``--resume`` with a config or data that differ from the run being resumed."""
+
+
+#: Config fields a resume may change (they do not change what is trained on or how).
+_RESUMABLE_FIELDS = ("train.epochs", "train.progress", "train.device", "data.cache_dir")
+#: Files of a run folder written before training starts; a folder holding only these is a failed start.
+_START_FILES = ("config.yaml", "genes.txt", "preprocess.json", "preprocess.npz")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _is_failed_start(out: Path) -> bool:
+    """A folder left by a first ``train`` that failed before its first checkpoint: nothing to keep or resume."""
+    names = {p.name for p in out.iterdir()}
+    return (bool(names) and names <= set(_START_FILES) | {"checkpoints"}
+            and not (out / "checkpoints" / "last.pt").exists())
+
+
+def _recover_interrupted_swap(out: Path) -> None:
+    """A kill between the two renames of :func:`_swap_in` leaves the old run as ``.<name>.old-*`` and no
+    ``<name>``: put it back."""
+    if out.exists() or not out.parent.is_dir():
+        return
+    olds = sorted(out.parent.glob(f".{out.name}.old-*"))
+    if olds:
+        os.replace(olds[-1], out)
+
+
 def _check_out_dir(out: Path, force: bool, resume: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not (force or resume):
-        raise FileExistsError(f"run folder {out} already exists and is not empty (use --force to replace it, "
-                              "or --resume to continue its training)")
-    if out.exists() and force and not resume:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Refuse a destination that cannot be used, before anything is read or computed."""
+    if force and resume:
+        raise ValueError("--force and --resume exclude each other")
+    _recover_interrupted_swap(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"run folder {out} exists and is not a folder")
+    check_writable_dir(out.parent if not out.exists() else out, what="run folder")
+    if resume:
+        if not (out / "checkpoints" / "last.pt").is_file():
+            raise FileNotFoundError(f"cannot resume {out}: it has no checkpoints/last.pt")
+        return
+    if out.exists() and any(out.iterdir()) and not force and not _is_failed_start(out):
+        hint = ("use --force to replace it, or --resume to continue its training"
+                if (out / "checkpoints" / "last.pt").is_file() and not (out / "run.json").is_file()
+                else "use --force to replace it")
+        raise FileExistsError(f"run folder {out} already exists and is not empty ({hint})")
+
+
+def _check_resume(config, out: Path, adatas: Sequence[AnnData]) -> None:
+    """Refuse ``--resume`` when the config or the training slides differ from the run's (touching nothing)."""
+    import yaml
+
+    from ..config import config_from_dict
+
+    try:
+        saved = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()))
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise ResumeMismatchError(f"cannot resume {out}: its config.yaml is unreadable ({err})") from err
+    old, new = _flatten(config_to_dict(saved)), _flatten(config_to_dict(config))
+    changed = sorted(k for k in set(old) | set(new)
+                     if k not in _RESUMABLE_FIELDS and old.get(k) != new.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed[:6])
+        raise ResumeMismatchError(f"cannot resume {out}: the config differs from the run's ({detail}); "
+                                  "use --force to start a new run")
+    info_file = out / "preprocess.json"
+    if info_file.is_file():
+        old_ids = list(json.loads(info_file.read_text()).get("train_slides", []))
+        new_ids = [slide_id_of(ad, default=f"slide{i}") for i, ad in enumerate(adatas)]
+        if old_ids and old_ids != new_ids:
+            raise ResumeMismatchError(f"cannot resume {out}: it was trained on slides {old_ids}, "
+                                      f"not {new_ids}; use --force to start a new run")
+
+
+def _check_resume_genes(out: Path, genes: Sequence[str]) -> None:
+    genes_file = out / "genes.txt"
+    if genes_file.is_file():
+        old = [g for g in genes_file.read_text().splitlines() if g]
+        if old != list(genes):
+            diff = sorted(set(old) ^ set(genes))[:10]
+            raise ResumeMismatchError(f"cannot resume {out}: its {len(old)} genes differ from the "
+                                      f"{len(genes)} selected now (e.g. {diff}); use --force to start a new run")
+
+
+def _check_gene_file(config) -> None:
+    spec = config.data.genes
+    if spec not in _GENE_KEYWORDS and not Path(spec).is_file():
+        raise FileNotFoundError(f"gene list file not found: {spec} (data.genes)")
+
+
+_GENE_KEYWORDS = ("hvg_union", "shared")
 
 
 def train_model(config, slides, out: Optional[str | Path] = None, force: bool = False, resume: bool = False,
@@ -83,21 +180,75 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
     adatas = _slides_of(slides)
     if not adatas:
         raise ValueError("no training slides given")
-    run_dir = Path(out) if out is not None else None
-    if run_dir is not None:
-        _check_out_dir(run_dir, force, resume)
+    # Everything that can be checked is checked before any compute or any write.
+    check_train_inputs(config, out, force, resume)
+    final_dir = Path(out) if out is not None else None
+    run_dir = final_dir
+    if final_dir is not None:
+        if resume:
+            _check_resume(config, final_dir, adatas)
+        elif final_dir.exists() and any(final_dir.iterdir()):
+            # --force (or a failed start): build the new run beside the old one, swap it in when complete.
+            run_dir = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.new-"))
+    try:
+        run = _train(config, adatas, run_dir, resume, progress)
+    except BaseException:
+        if run_dir is not None and run_dir != final_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if run_dir is not None and run_dir != final_dir:
+        _swap_in(run_dir, final_dir)
+        run.run_dir = final_dir
+    return run
+
+
+def check_train_inputs(config, out: Optional[str | Path], force: bool = False, resume: bool = False) -> None:
+    """The checks ``train_model`` runs before any compute (the CLI runs them before reading the slides too):
+    the gene list file, the cache folder and the run folder."""
+    _check_gene_file(config)
+    if config.data.cache_dir:
+        check_writable_dir(config.data.cache_dir, what="cache folder (data.cache_dir)")
+    if out is not None:
+        _check_out_dir(Path(out), force, resume)
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Replace ``final`` by the complete run ``new``; the old run is removed only once the new one is in place."""
+    os.chmod(new, 0o777 & ~_umask())
+    old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+    os.rmdir(old)
+    os.replace(final, old)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool) -> Run:
+    if run_dir is not None and not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
 
     device = resolve_device(config.train.device)
     seed_everything(config.train.seed)  # before the model exists, so its initial weights are seeded too
     preprocessor, expr = fit_preprocessor(config, adatas)
+    if run_dir is not None and resume:
+        _check_resume_genes(run_dir, preprocessor.genes)
     model = create_model(config, preprocessor.spot_in_dim).to(device)
     prepared = [
         prepare_slide(ad, config, preprocessor, expr=expr.get(slide_id_of(ad, default=f"slide{i}")), image_encoder=model.image_encoder,
                       device=str(device), progress=progress)
         for i, ad in enumerate(adatas)
     ]
-    if run_dir is not None:
+    if run_dir is not None and not resume:
         preprocessor.save(run_dir)
 
     if getattr(model, "predicts_expression", False):
@@ -111,6 +262,8 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
     resolution = training_resolution(config, adatas)
 
     if run_dir is not None:
+        if resume:  # the same config but for the resumable fields (e.g. more epochs)
+            save_config(config, run_dir / "config.yaml")
         save_model(run_dir / "model.pt", model, config, preprocessor.spot_in_dim, result.best_epoch)
         reference.save(run_dir / "reference.h5", overwrite=True)
         _plot_losses(run_dir)

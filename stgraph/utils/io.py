@@ -1,21 +1,73 @@
-"""Atomic writes: a file appears complete or not at all, and an existing file is never half-overwritten."""
+"""Atomic writes: a file appears complete or not at all, and an existing file is never half-overwritten.
+
+Also the destination checks every command runs before any compute (:func:`check_writable_dir`,
+:func:`check_output_file`), so an OS error never arrives after the work is done.
+"""
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_save_npy", "atomic_write_text"]
+from ..errors import StgraphError
+
+__all__ = ["atomic_path", "atomic_save_npy", "atomic_write_text", "check_writable_dir", "check_output_file",
+           "DestinationError"]
+
+
+class DestinationError(StgraphError, OSError):
+    """An output path cannot be written (read-only folder, a folder where a file is expected, wrong suffix)."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> None:
+    """Raise :class:`DestinationError` unless ``path`` is (or can be created as) a writable folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DestinationError(f"{what} {path} exists and is not a folder")
+    base = _existing_ancestor(path)
+    if not base.is_dir():
+        raise DestinationError(f"{what} {path}: {base} is not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise DestinationError(f"{what} {path}: {base} is not writable")
+
+
+def check_output_file(path: str | os.PathLike, suffixes: Optional[tuple[str, ...]] = None,
+                      force: bool = False, what: str = "output file") -> None:
+    """Raise before any compute when ``path`` cannot receive the output: an existing folder, a wrong suffix,
+    an existing file without ``force``, or an unwritable parent folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise DestinationError(f"{what} {path} is an existing folder, not a file")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise DestinationError(f"{what} {path} must end in {' or '.join(suffixes)}")
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} already exists (use --force to replace it)")
+    check_writable_dir(path.parent, what=f"folder of {what}")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
+    The file gets the mode an ordinary ``open`` would give it (``0666 & ~umask``), not ``mkstemp``'s 0600.
+    The temporary is removed when the block fails (exception or ``KeyboardInterrupt``).
     Raises ``FileExistsError`` (naming the file) when ``path`` exists and ``overwrite`` is false.
     """
     path = Path(path)
@@ -27,6 +79,8 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -10,6 +10,8 @@ and one import line in ``readers/__init__.py`` (registration order is the auto-d
 """
 from __future__ import annotations
 
+import warnings
+
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -97,7 +99,22 @@ def _counts_to_csr(counts: pd.DataFrame, path: Path) -> sp.csr_matrix:
     n_neg = int((values < 0).sum())
     if n_neg:
         raise SlideFormatError(f"counts file {path} holds {n_neg} negative value(s); counts must be ≥ 0")
+    warn_if_not_counts(values, f"counts file {path}")
     return sp.csr_matrix(values.astype(np.float32))
+
+
+def warn_if_not_counts(values: np.ndarray, source: str) -> None:
+    """Warn, naming ``source``, when expression values are not whole numbers: stgraph normalises and
+    log1p-transforms raw counts, so already log-transformed values would be transformed twice."""
+    values = np.asarray(values)
+    if values.size == 0:
+        return
+    sample = values.ravel()[:: max(1, values.size // 1_000_000)]
+    if np.any(sample != np.round(sample)):
+        warnings.warn(f"{source} holds non-integer values (max {float(values.max()):.3g}): they look already "
+                      "normalised or log-transformed, and stgraph will normalise and log1p-transform them again; "
+                      "give raw counts (or an .h5ad with the raw counts in layers['counts'])",
+                      UserWarning, stacklevel=3)
 
 
 def _duplicates(index: pd.Index) -> list:
@@ -130,6 +147,8 @@ def validate_slide(adata: AnnData, source: str = "slide") -> AnnData:
         data = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
         if not np.isfinite(data).all():
             raise SlideFormatError(f"{source}: X holds NaN or infinite values")
+        if Key.layers.counts not in adata.layers:
+            warn_if_not_counts(data, f"{source}: X")
     if Key.obs.slide_id not in adata.obs:
         libs = list(adata.uns.get(Key.uns.spatial, {}))
         if len(libs) != 1:

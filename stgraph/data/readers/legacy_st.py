@@ -36,12 +36,32 @@ HER2ST_SPOT_DIAMETER_PX = 100.0
 _SELECTION_COLUMNS = ("x", "y", "pixel_x", "pixel_y", "selected")
 
 
+def _header(path: Path) -> str:
+    """The first line of a (possibly gzipped) text table."""
+    import gzip
+
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gz else open
+    with opener(path, "rt", errors="replace") as fh:
+        return fh.readline().rstrip("\r\n")
+
+
 def _read_legacy_counts(path: Path) -> pd.DataFrame:
     try:
+        header = _header(path)
         counts = pd.read_csv(path, sep="\t", index_col=0)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as err:
         raise SlideFormatError(f"cannot parse counts file {path} as a tab-separated table: {err}") from err
+    # pandas renames repeated header names (PLEKHN1 → PLEKHN1.1): find duplicates in the header itself.
+    names = pd.Index(header.split("\t")[1:])
+    dup = _duplicates(names)
+    if dup:
+        raise SlideFormatError(f"counts file {path} has duplicate gene names: {dup[:10]}")
     counts.index = counts.index.astype(str)
+    if counts.shape[1] == 0 and len(header.split()) > 1:
+        raise SlideFormatError(f"counts file {path} has no tab-separated columns (0 genes); its header looks "
+                               "separated by spaces or commas: legacy ST counts must be tab-separated")
     if counts.shape[0] == 0 or counts.shape[1] == 0:
         raise SlideFormatError(f"counts file {path} is empty ({counts.shape[0]} spots × {counts.shape[1]} genes)")
     dup = _duplicates(counts.index)
