@@ -181,12 +181,13 @@ def query_file(synthetic_slides, tmp_path):
     return str(p)
 
 
-@pytest.mark.parametrize("name", ["pred.csv", "existing_dir"])
+# A .csv/.parquet --out is an export and a suffix-less --out a folder of per-slide files (see test_predict_wsi).
+@pytest.mark.parametrize("name", ["pred.txt", "folder.h5ad"])
 def test_predict_refuses_a_bad_destination_before_compute(finished_run, query_file, tmp_path, capsys, name):
     from cli.main import main
 
     out = tmp_path / name
-    if name == "existing_dir":
+    if name == "folder.h5ad":
         out.mkdir()
     assert main(["predict", "--model", str(finished_run), "--slide", query_file, "--out", str(out)]) == 2
     assert str(out) in capsys.readouterr().err
