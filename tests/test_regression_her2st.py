@@ -48,4 +48,6 @@ def test_fixed_seed_prediction_unchanged(sections, config, tmp_path):
     expected = np.load(fixture)
     assert list(genes) == list(expected["genes"])
     assert list(pred.obs_names) == list(expected["spots"])
-    np.testing.assert_allclose(values, expected["pred"], rtol=0, atol=2e-5)
+    # Predictions are clipped at 0 since whole-slide prediction landed (Harmony-corrected reference
+    # profiles can dip below 0); the fixtures predate that, so the same clip is applied to them.
+    np.testing.assert_allclose(values, np.maximum(expected["pred"], 0), rtol=0, atol=2e-5)
