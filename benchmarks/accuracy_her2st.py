@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs of every config")
     ap.add_argument("--folds", choices=["loso", "patient"], default="loso")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--tag", default="", help="suffix of the results folder (keeps other runs' results)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
@@ -67,13 +68,14 @@ def main() -> None:
             cfg = load_config(REPO / "configs" / path, overrides + extra + args.overrides)
             cfg.name = name
             configs[name] = cfg
-        out = RESULTS / (f"accuracy_her2st_{genes}" + ("" if args.folds == "loso" else f"_{args.folds}"))
+        out = RESULTS / (f"accuracy_her2st_{genes}" + ("" if args.folds == "loso" else f"_{args.folds}")
+                         + (f"_{args.tag}" if args.tag else ""))
         t0 = time.perf_counter()
         cross_validate(configs, collection, folds, out_dir=out)
         seconds = time.perf_counter() - t0
         print(f"\n## HER2+ {args.folds}, genes = {genes} ({seconds / 60:.1f} min)\n")
         print((out / "summary.md").read_text())
-        write_results(f"accuracy_her2st_{genes}", {"genes": genes, "folds": args.folds, "seconds": seconds,
+        write_results(f"accuracy_her2st_{genes}" + (f"_{args.tag}" if args.tag else ""), {"genes": genes, "folds": args.folds, "seconds": seconds,
                                                     "methods": list(configs), "results_dir": str(out.name)})
     print(machine())
 
