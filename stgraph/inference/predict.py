@@ -50,13 +50,7 @@ def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
         ``obs`` (array coordinates, slide id), the input's ``uns['spatial']`` (so ``sc.pl.spatial`` draws it
         over the H&E), and provenance in ``uns['stgraph']``.
     """
-    config = loaded.config
-    icfg = config.inference
-    k = icfg.k if k is None else k
-    similarity = similarity or icfg.similarity
-    aggregation = aggregation or icfg.aggregation
-    backend = backend or icfg.backend
-    if loaded.reference.kind != "image" and config.inference.reference == "image":
+    if loaded.reference.kind != "image" and loaded.config.inference.reference == "image":
         raise ModelFolderError("the reference holds spot embeddings but the config asks for image retrieval")
 
     device = str(next(loaded.model.parameters()).device)
