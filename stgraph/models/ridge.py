@@ -104,13 +104,16 @@ class RidgeRegressor(nn.Module):
         self.weight, self.y_mean = as_t(w), as_t(y_bar)
         return self
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        """PCA scores of the standardised features, :math:`Z` above: (B, F) → (B, q)."""
         if not self.is_fitted:
             raise RuntimeError("RidgeRegressor is not fitted; call fit() first")
         if features.shape[-1] != self.x_mean.numel():
             raise ValueError(f"ridge was fitted on {self.x_mean.numel()} features, got {features.shape[-1]}")
-        z = ((features - self.x_mean) / self.x_scale) @ self.components
-        return (z @ self.weight + self.y_mean).clamp_min(0.0)
+        return ((features - self.x_mean) / self.x_scale) @ self.components
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (self.scores(features) @ self.weight + self.y_mean).clamp_min(0.0)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Buffers start empty: take the saved shapes before the default copy.
@@ -171,8 +174,7 @@ class RidgeSTModel(nn.Module):
         return batch["features"] if "features" in batch else self.image_encoder(batch["patch"])
 
     def encode_image(self, batch: dict) -> _Embedding:
-        h = self.head
-        return _Embedding(((self._features(batch) - h.x_mean) / h.x_scale) @ h.components)
+        return _Embedding(self.head.scores(self._features(batch)))
 
     @torch.no_grad()
     def predict_features(self, features) -> np.ndarray:
