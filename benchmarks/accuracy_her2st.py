@@ -75,7 +75,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         print(f"\n## HER2+ {args.folds}, genes = {genes} ({seconds / 60:.1f} min)\n")
         print((out / "summary.md").read_text())
-        write_results(f"accuracy_her2st_{genes}" + (f"_{args.tag}" if args.tag else ""), {"genes": genes, "folds": args.folds, "seconds": seconds,
+        write_results(out.name, {"genes": genes, "folds": args.folds, "seconds": seconds,
                                                     "methods": list(configs), "results_dir": str(out.name)})
     print(machine())
 
