@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--force", action="store_true", help="replace an existing run folder")
     p.add_argument("--resume", action="store_true", help="continue training from <out>/checkpoints/last.pt")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel processes on this machine (launches torchrun; one per GPU, or gloo "
+                        "processes on CPU); the same as `torchrun --nproc_per_node N -m stgraph.cli train ...`")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
 
     p = sub.add_parser("predict", help="predict a slide's expression from its image")
@@ -174,17 +177,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
+    """Run this same ``train`` command in ``nproc`` processes under torchrun (``--nproc`` removed)."""
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "stgraph.cli", *rest]
+    log.info("launching %d processes: %s", nproc, " ".join(cmd))
+    return subprocess.call(cmd)
+
+
 def _cmd_train(args) -> int:
     from stgraph.config import load_config
     from stgraph.training import train_model
+    from stgraph.training.distributed import env_world_size
     from stgraph.training.run import check_train_inputs
 
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be ≥ 1, got {args.nproc}")
     config = load_config(args.config, args.overrides)
     check_train_inputs(config, args.out, force=args.force, resume=args.resume)  # before reading any slide
+    if args.nproc > 1:
+        if env_world_size() > 1:
+            raise ValueError("--nproc inside a torchrun job: give one or the other")
+        return _launch_torchrun(args.nproc, args.argv)
     slides = _read_many(args)
     run = train_model(config, slides, out=args.out, force=args.force, resume=args.resume)
+    import torch.distributed as dist
+
+    rank = 0
+    if dist.is_available() and dist.is_initialized():
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+    if rank != 0:
+        return 0  # rank 0 reports
     best = run.result.best_epoch if run.result else -1
-    print(f"trained {config.name} on {len(slides)} slide(s); best epoch {best}; run folder: {args.out}")
+    world = f" in {env_world_size()} processes" if env_world_size() > 1 else ""
+    print(f"trained {config.name} on {len(slides)} slide(s){world}; best epoch {best}; run folder: {args.out}")
     return 0
 
 
@@ -386,6 +426,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line; ``key=value`` tokens typed after a list option (``--sections B4 C2
     train.epochs=60``) are overrides, not list items."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if hasattr(args, "overrides"):
         moved = []
         for attr in ("sections", "only_folds", "markers", "data"):

@@ -75,6 +75,10 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     return data
 
 
+#: String options whose values YAML would read as numbers.
+_STRINGS_THAT_LOOK_NUMERIC = {"train.precision"}
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check/convert a YAML value against a dataclass field annotation."""
     origin = typing.get_origin(annotation)
@@ -108,6 +112,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if annotation is str:
+        if where in _STRINGS_THAT_LOOK_NUMERIC and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # `precision: 32` in YAML is an int
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
@@ -214,6 +220,8 @@ def _check_ranges(config: Config) -> None:
         raise ConfigError(f"data.graph.knn must be ≥ 1, got {d.graph.knn}")
     if t.weight_decay < 0:
         raise ConfigError(f"train.weight_decay must be ≥ 0, got {t.weight_decay}")
+    if t.num_workers < 0:
+        raise ConfigError(f"train.num_workers must be ≥ 0, got {t.num_workers}")
     if not 0.0 <= t.val_fraction < 1.0:
         raise ConfigError(f"train.val_fraction must be in [0, 1), got {t.val_fraction}")
 

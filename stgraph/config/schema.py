@@ -35,6 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.spot_input": ("expression", "pca"),
     "train.optimizer": ("adam", "adamw"),
     "train.batching": ("spot", "slide"),
+    "train.precision": ("32", "bf16", "fp16"),
     "inference.reference": ("spot", "image"),
 }
 
@@ -228,6 +229,9 @@ class TrainConfig:
     step; the loss is taken over random subsets of ``batch_size`` of its spots).
     ``val_fraction`` of the training spots (or the whole ``val_slide``) are held out for checkpoint selection.
     ``paired_augment`` shows every patch twice per epoch, each time with its own flip/rotation (HECLIP).
+    ``precision``: ``32``, or autocast to ``bf16`` / ``fp16`` (with a gradient scaler) for the forward pass.
+    ``num_workers``: processes that cut, resize and augment patch batches (fine-tuning from patches);
+    ``pin_memory`` puts their batches in page-locked memory for faster copies to a GPU.
     """
 
     optimizer: str = "adamw"
@@ -245,6 +249,9 @@ class TrainConfig:
     paired_augment: bool = False
     color_jitter: float = 0.0
     grad_clip: Optional[float] = None
+    precision: str = "32"
+    num_workers: int = 0
+    pin_memory: bool = True
     progress: bool = True
 
 

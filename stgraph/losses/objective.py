@@ -105,7 +105,11 @@ class Objective:
     def terms(self, model, batch: dict) -> dict[str, torch.Tensor]:
         """Unweighted loss terms for one batch from ``model.encode_image`` / ``model.encode_spot``."""
         image, spot = model.encode_image(batch), model.encode_spot(batch)
-        idx = batch.get("loss_index")
+        return self.terms_from(model, image, spot, batch.get("loss_index"))
+
+    def terms_from(self, model, image, spot, idx: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """Unweighted loss terms from the two branches' :class:`~stgraph.models.contrastive.BranchOutput`
+        (the rows may be a whole global batch gathered from several processes); ``idx``: the loss rows."""
 
         def rows(t: torch.Tensor) -> torch.Tensor:
             return t if idx is None else t[idx]

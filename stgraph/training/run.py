@@ -26,6 +26,7 @@ from ..run.folder import RUN_FILES, Run, save_model  # noqa: F401 (RUN_FILES re-
 from ..run.prepare import PreparedSlide, fit_preprocessor, prepare_slide
 from ..run.resolution import training_resolution
 from ..utils import atomic_write_text, check_writable_dir, resolve_device, seed_everything
+from .distributed import DistEnv, barrier, init_distributed
 from .trainer import Trainer, TrainResult
 
 __all__ = ["train_model", "build_reference", "RUN_FILES", "TrainedRun", "ResumeMismatchError",
@@ -182,16 +183,24 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
         raise ValueError("no training slides given")
     # Everything that can be checked is checked before any compute or any write.
     check_train_inputs(config, out, force, resume)
+    device = resolve_device(config.train.device)
+    dist_env = init_distributed(device)  # a no-op unless launched by torchrun
+    if device.type == "cuda" and dist_env.enabled:
+        device = torch.device("cuda", dist_env.local_rank)
+        torch.cuda.set_device(device)
     final_dir = Path(out) if out is not None else None
     run_dir = final_dir
     if final_dir is not None:
         if resume:
             _check_resume(config, final_dir, adatas)
-        elif final_dir.exists() and any(final_dir.iterdir()):
+        barrier()  # every rank has checked the folder before rank 0 writes into it
+        if not dist_env.is_main:
+            run_dir = final_dir if resume else None  # other ranks only read checkpoints/last.pt
+        elif not resume and final_dir.exists() and any(final_dir.iterdir()):
             # --force (or a failed start): build the new run beside the old one, swap it in when complete.
             run_dir = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.new-"))
     try:
-        run = _train(config, adatas, run_dir, resume, progress)
+        run = _train(config, adatas, run_dir, resume, progress, device, dist_env)
     except BaseException:
         if run_dir is not None and run_dir != final_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -199,6 +208,7 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
     if run_dir is not None and run_dir != final_dir:
         _swap_in(run_dir, final_dir)
         run.run_dir = final_dir
+    barrier()  # the run folder is complete before any rank returns
     return run
 
 
@@ -206,6 +216,7 @@ def check_train_inputs(config, out: Optional[str | Path], force: bool = False, r
     """The checks ``train_model`` runs before any compute (the CLI runs them before reading the slides too):
     the gene list file, the cache folder and the run folder."""
     _check_gene_file(config)
+    resolve_device(config.train.device)  # a device this machine lacks fails here, before any slide is read
     if config.data.cache_dir:
         check_writable_dir(config.data.cache_dir, what="cache folder (data.cache_dir)")
     if out is not None:
@@ -232,23 +243,29 @@ def _umask() -> int:
     return mask
 
 
-def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool) -> Run:
-    if run_dir is not None and not resume:
+def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool, device: torch.device,
+           dist_env: Optional[DistEnv] = None) -> Run:
+    dist_env = dist_env if dist_env is not None else DistEnv()
+    writes = run_dir is not None and dist_env.is_main
+    if writes and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
 
-    device = resolve_device(config.train.device)
     seed_everything(config.train.seed)  # before the model exists, so its initial weights are seeded too
     preprocessor, expr = fit_preprocessor(config, adatas)
     if run_dir is not None and resume:
         _check_resume_genes(run_dir, preprocessor.genes)
     model = create_model(config, preprocessor.spot_in_dim).to(device)
+    if dist_env.enabled and not dist_env.is_main:
+        barrier()  # rank 0 prepares first and fills the feature cache; the others then read it
     prepared = [
         prepare_slide(ad, config, preprocessor, expr=expr.get(slide_id_of(ad, default=f"slide{i}")), image_encoder=model.image_encoder,
-                      device=str(device), progress=progress)
+                      device=str(device), progress=progress and dist_env.is_main)
         for i, ad in enumerate(adatas)
     ]
-    if run_dir is not None and not resume:
+    if dist_env.enabled and dist_env.is_main:
+        barrier()
+    if writes and not resume:
         preprocessor.save(run_dir)
 
     if getattr(model, "predicts_expression", False):
@@ -256,10 +273,13 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
         model.fit(prepared)
         result = TrainResult(pd.DataFrame(), 0, float("nan"))
     else:
-        trainer = Trainer(model, config, prepared, run_dir=run_dir)
+        trainer = Trainer(model, config, prepared, run_dir=run_dir, dist_env=dist_env, device=device)
         result = trainer.fit(resume=resume)
-    reference = build_reference(model, config, prepared, preprocessor.genes)
     resolution = training_resolution(config, adatas)
+    if not dist_env.is_main:
+        # Rank 0 holds the same weights and writes the run; the reference is built once, there.
+        return Run(model, config, preprocessor, None, result, None, info={"resolution": resolution})
+    reference = build_reference(model, config, prepared, preprocessor.genes)
 
     if run_dir is not None:
         if resume:  # the same config but for the resumable fields (e.g. more epochs)
@@ -277,6 +297,9 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
             "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss,
             "resolution": resolution,
+            "world_size": dist_env.world_size,
+            "precision": config.train.precision,
+            "device": device.type,
             "torch": torch.__version__,
             "python": platform.python_version(),
         }

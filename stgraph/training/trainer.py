@@ -11,9 +11,20 @@ Two batching schemes (``train.batching``):
 Validation: ``val_slide`` (a whole slide) or ``val_fraction`` of the training spots, held out of the loss.
 The validation loss is the weighted sum of the terms that exist in eval mode (alignment and HSIC; the DGI
 losses need corruption and are training-only). The checkpoint with the lowest validation loss is kept.
+
+Several processes (``torchrun``, :mod:`stgraph.training.distributed`): every rank draws the same sequence of
+global batches from the same seed. Spot batching across slides splits each global batch into one slice of
+rows per rank and gathers the branch outputs, so the loss (and its negatives) is the whole global batch's;
+slide batching and ``within_slide`` give each rank whole jobs (one slide's step) and average the
+gradients. Validation is sharded by jobs and reduced, so every rank sees the same validation loss and picks
+the same checkpoint; only rank 0 writes files.
+
+Mixed precision (``train.precision``): ``bf16`` / ``fp16`` autocast of the forward pass (losses are taken
+in float32), with a gradient scaler for ``fp16``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -29,6 +40,8 @@ from ..config import config_to_dict
 from ..data.transforms import random_flip_rotate
 from ..losses import CompositeLoss, Objective
 from ..utils import atomic_path, resolve_device, seed_everything
+from .distributed import DistEnv, all_reduce_gradients, all_reduce_mean, average_buffers, broadcast_parameters, \
+    gather_rows
 from .monitor import TermMonitor
 from ..data.transforms import normalize_batch, patch_batch
 from ..run.folder import CheckpointError, load_checkpoint  # noqa: F401 (re-exported)
@@ -42,6 +55,17 @@ class TrainResult:
     history: pd.DataFrame
     best_epoch: int
     best_val_loss: float
+
+
+def _to_float32(out):
+    def cast(t):
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            return t.float()
+        if isinstance(t, tuple):
+            return tuple(cast(x) for x in t)
+        return t
+
+    return dataclasses.replace(out, **{f.name: cast(getattr(out, f.name)) for f in dataclasses.fields(out)})
 
 
 class Trainer:
@@ -62,12 +86,19 @@ class Trainer:
     """
 
     def __init__(self, model, config, slides: Sequence[PreparedSlide], run_dir: Optional[str | Path] = None,
-                 objective: Optional[Objective] = None):
+                 objective: Optional[Objective] = None, dist_env: Optional[DistEnv] = None,
+                 device: Optional[torch.device] = None):
         self.config = config
         self.objective = objective if objective is not None else Objective.from_config(config)
         self.tcfg = config.train
-        self.device = resolve_device(self.tcfg.device)
+        self.dist = dist_env if dist_env is not None else DistEnv()
+        self.device = device if device is not None else resolve_device(self.tcfg.device)
         self.model = model.to(self.device)
+        broadcast_parameters(self.model)
+        #: ``rows``: each rank encodes a slice of every global batch (outputs gathered); ``jobs``: whole steps.
+        self.shard = "jobs" if (self.tcfg.batching == "slide" or self.tcfg.within_slide) else "rows"
+        self.amp_dtype = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.tcfg.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         seed_everything(self.tcfg.seed)
         self.generator = torch.Generator().manual_seed(self.tcfg.seed)
@@ -140,33 +171,83 @@ class Trainer:
         batch["loss_index"] = torch.as_tensor(loss_rows, device=self.device)
         return batch
 
-    def _chunks(self, rows: np.ndarray, shuffle: bool) -> list[np.ndarray]:
+    def _chunks(self, rows: np.ndarray, shuffle: bool, min_rows: int = 2) -> list[np.ndarray]:
         rows = self.rng.permutation(rows) if shuffle else rows
         bs = self.tcfg.batch_size
-        return [rows[i : i + bs] for i in range(0, len(rows), bs) if len(rows[i : i + bs]) > 1]
+        return [rows[i : i + bs] for i in range(0, len(rows), bs) if len(rows[i : i + bs]) >= min_rows]
 
-    def _batches(self, train: bool) -> Iterator[dict]:
+    def _jobs(self, train: bool) -> list[tuple]:
+        """The epoch's steps, in order, the same on every rank (one shared seed).
+
+        ``("slide", i, loss_rows)``: slide ``i``'s whole graph, loss over ``loss_rows``;
+        ``("spots", pairs)``: the spots ``pairs`` (M, 2) of (slide index, row), grouped by slide.
+        """
         rows = [split[0] if train else split[1] for split in self.splits]
         repeats = 2 if (train and self.tcfg.paired_augment) else 1
         if self.tcfg.batching == "slide":
             order = self.rng.permutation(len(self.slides)) if train else range(len(self.slides))
-            for i in order:
-                for chunk in self._chunks(np.tile(rows[i], repeats), shuffle=train):
-                    yield self._slide_batch(self.slides[i], chunk, train)
-            return
+            return [("slide", i, chunk) for i in order
+                    for chunk in self._chunks(np.tile(rows[i], repeats), shuffle=train)]
         if self.tcfg.within_slide or not train:
-            jobs = [(s, chunk) for s, r in zip(self.slides, rows)
-                    for chunk in self._chunks(np.tile(r, repeats), shuffle=train)]
+            jobs = [("spots", np.stack([np.full(len(chunk), i), chunk], 1))
+                    for i, r in enumerate(rows) for chunk in self._chunks(np.tile(r, repeats), shuffle=train)]
             order = self.rng.permutation(len(jobs)) if train else range(len(jobs))
-            for j in order:
-                yield self._spot_batch([jobs[j]], train)
-            return
+            return [jobs[j] for j in order]
         pairs = np.concatenate([np.stack([np.full(len(r), i), r], 1) for i, r in enumerate(rows)])
         pairs = np.tile(pairs, (repeats, 1))
-        for chunk in self._chunks(np.arange(len(pairs)), shuffle=True):
+        jobs = []
+        # Every rank needs at least one row of a global batch.
+        for chunk in self._chunks(np.arange(len(pairs)), shuffle=True, min_rows=max(2, self.dist.world_size)):
             sel = pairs[chunk]
-            parts = [(self.slides[i], sel[sel[:, 0] == i, 1]) for i in np.unique(sel[:, 0])]
-            yield self._spot_batch(parts, train)
+            jobs.append(("spots", sel[np.argsort(sel[:, 0], kind="stable")]))
+        return jobs
+
+    def _materialise(self, job: tuple, train: bool) -> dict:
+        if job[0] == "slide":
+            return self._slide_batch(self.slides[job[1]], job[2], train)
+        pairs = job[1]
+        parts = [(self.slides[i], pairs[pairs[:, 0] == i, 1]) for i in np.unique(pairs[:, 0])]
+        return self._spot_batch(parts, train)
+
+    def _local_steps(self, train: bool) -> Iterator[tuple[dict, Optional[list[int]]]]:
+        """This rank's batches: ``(batch, sizes)`` with every rank's row count for the gathered (``rows``)
+        mode, ``None`` for whole jobs."""
+        jobs = self._jobs(train)
+        world, rank = self.dist.world_size, self.dist.rank
+        if world == 1:
+            for job in jobs:
+                yield self._materialise(job, train), None
+        elif not train:
+            # Validation: whole jobs, strided over ranks; the epoch's sums are reduced afterwards.
+            for job in jobs[rank::world]:
+                yield self._materialise(job, train), None
+        elif self.shard == "rows":
+            for job in jobs:
+                pieces = np.array_split(job[1], world)
+                yield self._materialise(("spots", pieces[rank]), train), [len(p) for p in pieces]
+        else:
+            # Whole jobs, N per global step; the last step is padded with jobs from the epoch's start.
+            for start in range(0, len(jobs), world):
+                yield self._materialise(jobs[(start + rank) % len(jobs)], train), None
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _outputs(self, batch: dict, sizes: Optional[list[int]]):
+        with self._autocast():
+            image, spot = self.model(batch)
+        if self.amp_dtype is not None:
+            # The losses (softmax over similarities, HSIC kernels, DGI logits) are taken in float32.
+            image, spot = _to_float32(image), _to_float32(spot)
+        if sizes is not None:
+            # The whole global batch on every rank; gradient flows into this rank's rows only.
+            image = dataclasses.replace(image, **{f: gather_rows(getattr(image, f), sizes)
+                                                  for f in ("inputs", "hidden", "emb")})
+            spot = dataclasses.replace(spot, **{f: gather_rows(getattr(spot, f), sizes)
+                                                for f in ("inputs", "hidden", "emb")})
+        return image, spot
 
     # ------------------------------------------------------------------------------------- one epoch
     def _run_epoch(self, epoch: int, train: bool) -> dict[str, float]:
@@ -174,19 +255,46 @@ class Trainer:
         weighted = CompositeLoss(self.objective.weights(epoch if train else None))
         sums: dict[str, float] = {}
         n_batches = 0
+        params = [p for p in self.model.parameters() if p.requires_grad]
         with torch.set_grad_enabled(train):
-            for batch in self._batches(train):
-                total, logs = weighted(self.objective.terms(self.model, batch))
+            for batch, sizes in self._local_steps(train):
+                image, spot = self._outputs(batch, sizes)
+                terms = self.objective.terms_from(self.model, image, spot, batch.get("loss_index"))
+                total, logs = weighted({k: v.float() for k, v in terms.items()})
                 if train:
                     self.optimizer.zero_grad(set_to_none=True)
-                    total.backward()
+                    self.scaler.scale(total).backward()
+                    # Rows mode: each rank holds the gradient through its own rows of the global loss, and
+                    # their sum is the global gradient; jobs mode: the mean over the ranks' jobs.
+                    all_reduce_gradients(params, op="sum" if sizes is not None else "mean")
                     if self.tcfg.grad_clip:
+                        self.scaler.unscale_(self.optimizer)
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
-                    self.optimizer.step()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n_batches += 1
+        if self.dist.enabled:
+            if train:
+                average_buffers(self.model)
+            if not train or self.shard == "jobs":
+                # Every rank takes part in the reduction, also one that had no validation job.
+                return self._reduce_logs({k: v / n_batches for k, v in sums.items()} if n_batches else {},
+                                         n_batches)
         return {k: v / n_batches for k, v in sums.items()} if n_batches else {}
+
+    def _reduce_logs(self, means: dict[str, float], n_batches: int) -> dict[str, float]:
+        """Batch-weighted means over ranks (the single-process epoch mean over all jobs)."""
+        import torch.distributed as dist
+
+        counts = [None] * self.dist.world_size
+        dist.all_gather_object(counts, (n_batches, sorted(means)))
+        total = sum(c for c, _ in counts)
+        if total == 0:
+            return {}
+        keys = sorted({k for c, ks in counts if c for k in ks})
+        return all_reduce_mean({k: means.get(k, 0.0) for k in keys}, weight=float(n_batches))
 
     # ---------------------------------------------------------------------------------- checkpoints
     def _checkpoint_state(self, epoch: int) -> dict:
@@ -198,12 +306,14 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "history": self.history,
             "config": config_to_dict(self.config),
+            "scaler": self.scaler.state_dict(),
+            "world_size": self.dist.world_size,
             "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(),
                     "generator": self.generator.get_state()},
         }
 
     def _save(self, name: str, state: dict) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not self.dist.is_main:
             return
         with atomic_path(self.run_dir / "checkpoints" / name) as tmp:
             torch.save(state, tmp)
@@ -218,9 +328,11 @@ class Trainer:
         self.rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["generator"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
     def _write_log(self) -> None:
-        if self.run_dir is None or not self.history:
+        if self.run_dir is None or not self.history or not self.dist.is_main:
             return
         frame = pd.DataFrame(self.history)
         with atomic_path(self.run_dir / "log.csv") as tmp:
@@ -239,12 +351,13 @@ class Trainer:
             self._resume()
         has_val = any(len(val_rows) for _, val_rows in self.splits)
         best_state = None
-        bar = tqdm(range(self.start_epoch, self.tcfg.epochs), desc="train", disable=not self.tcfg.progress,
+        bar = tqdm(range(self.start_epoch, self.tcfg.epochs), desc="train", disable=not (self.tcfg.progress and self.dist.is_main),
                    initial=self.start_epoch, total=self.tcfg.epochs)
         for epoch in bar:
             t0 = time.perf_counter()
             train_logs = self._run_epoch(epoch, train=True)
-            self.monitor.update(epoch, train_logs)
+            if self.dist.is_main:
+                self.monitor.update(epoch, train_logs)
             self.history.append({"epoch": epoch, "split": "train", **train_logs,
                                  "seconds": time.perf_counter() - t0})
             val_logs = self._run_epoch(epoch, train=False) if has_val else {}

@@ -1,0 +1,6 @@
+"""``python -m stgraph.cli`` (what ``torchrun -m stgraph.cli train ...`` starts in every process)."""
+import sys
+
+from stgraph.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,226 @@
+r"""Data-parallel training over processes (``torchrun``): process group, sharding helpers, gathered rows.
+
+``torchrun --nproc_per_node N -m stgraph.cli train ...`` (or ``stgraph train --nproc N``) starts N copies of
+the training job; each learns from its shard of every global batch and the gradients are averaged, so the
+N processes take the optimisation steps one process would take on the same global batches.
+
+Why the gradients are all-reduced here rather than by ``torch.nn.parallel.DistributedDataParallel``: the
+objective (:class:`~stgraph.losses.Objective`) uses parts of the model *after* its forward (the DGI
+discriminators, the heads' outputs gathered across ranks) and switches terms on and off by epoch (DGI
+pre-training). DDP's reducer expects every used parameter to be reachable from the forward's outputs and
+the set of used parameters to be known per step (``find_unused_parameters``), and fails or hangs
+otherwise. One bucketed ``all_reduce`` of the flattened gradients after ``backward()`` is exact in every
+case; it gives up only DDP's overlap of communication with the backward pass.
+
+Two ways of sharding a step (chosen by the trainer from ``train.batching``):
+
+- **rows** (spot batching across slides): every rank draws the same global batch of B spots and encodes
+  its contiguous slice of about B/N rows; the branch outputs are gathered (:func:`gather_rows`, with
+  gradient for the local slice, as open_clip's ``gather_features``) so every rank evaluates the loss on
+  the whole global batch, and the contrastive negatives grow with N. Each rank's backward gives the
+  gradient through its own rows; the all-reduce *sums* them (:func:`all_reduce_gradients` with
+  ``op="sum"``), which is the single-process gradient of the global loss.
+- **jobs** (slide batching, and spot batching ``within_slide``): a job is one slide's step; each global
+  step is N consecutive jobs, one per rank, and the gradients are *averaged*, as a single process
+  accumulating the N jobs' mean loss would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from typing import Iterable, Optional
+
+import torch
+import torch.distributed as dist
+
+from ..errors import StgraphError
+
+__all__ = ["DistEnv", "DistributedError", "init_distributed", "gather_rows", "all_reduce_gradients",
+           "all_reduce_mean", "average_buffers", "broadcast_parameters", "barrier", "env_world_size"]
+
+
+class DistributedError(StgraphError, RuntimeError):
+    """A multi-process launch that cannot work (a backend missing, a bad environment)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the job: ``rank`` of ``world_size`` (``local_rank`` on its machine)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: Optional[str] = None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes files and shows progress bars."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` as set by ``torchrun`` (1 when not launched by it)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise DistributedError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
+
+
+def init_distributed(device: torch.device) -> DistEnv:
+    """Join the process group ``torchrun`` describes in the environment (no-op for a single process).
+
+    The backend is NCCL for CUDA devices and gloo on CPU. A CUDA device is pinned to ``LOCAL_RANK``.
+    """
+    world = env_world_size()
+    if world <= 1:
+        return DistEnv()
+    try:
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    except KeyError as err:
+        raise DistributedError(f"WORLD_SIZE={world} but {err.args[0]} is not set: launch with torchrun "
+                               "(or `stgraph train --nproc N`)") from None
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and not dist.is_nccl_available():
+        backend = "gloo"
+    if not dist.is_available():
+        raise DistributedError("this torch build has no torch.distributed")
+    if not dist.is_initialized():
+        kwargs = {"device_id": torch.device("cuda", local_rank)} if backend == "nccl" else {}
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **kwargs)
+    return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, backend=backend)
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _comm_device() -> torch.device:
+    # NCCL reduces CUDA tensors only; gloo CPU tensors.
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    if _active():
+        dist.barrier()
+
+
+class _GatherRows(torch.autograd.Function):
+    """All ranks' rows in rank order; the backward keeps only the gradient of this rank's slice.
+
+    Every rank evaluates the same global loss, so the gradient of a rank's slice is computed locally; the
+    other ranks' slices are constants here (their gradient is computed on their own rank).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sizes: tuple, rank: int):
+        width = max(sizes)
+        padded = x.new_zeros((width, *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.rank, ctx.start = rank, sum(sizes[:rank])
+        ctx.n = x.shape[0]
+        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad[ctx.start : ctx.start + ctx.n], None, None
+
+
+def gather_rows(x: torch.Tensor, sizes: Optional[Iterable[int]] = None) -> torch.Tensor:
+    r"""Concatenate every rank's ``x`` (n_r, ...) along rows → (Σ n_r, ...), in rank order.
+
+    The result carries gradient only into this rank's rows (open_clip's ``gather_features`` with
+    ``gather_with_grad=False``). ``sizes``: every rank's row count when known (else one extra all-gather).
+    Identity for a single process.
+    """
+    if not _active():
+        return x
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # Mixed-precision outputs travel as float32 (gloo has no half types); the loss is float32 anyway.
+        x = x.float()
+    if sizes is None:
+        n = torch.tensor([x.shape[0]], device=x.device)
+        counts = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+        dist.all_gather(counts, n)
+        sizes = [int(c) for c in counts]
+    return _GatherRows.apply(x, tuple(int(s) for s in sizes), dist.get_rank())
+
+
+def _flat_grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    # A parameter no term reached on this rank contributes zeros, so every rank reduces the same buffers.
+    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+def all_reduce_gradients(params: Iterable[torch.Tensor], op: str = "mean", bucket_mb: float = 25.0) -> None:
+    """Sum (``op="sum"``) or average (``"mean"``) the gradients of ``params`` over ranks, in place.
+
+    Gradients are flattened into buckets of about ``bucket_mb`` MiB, one ``all_reduce`` per bucket.
+    """
+    if not _active():
+        return
+    params = [p for p in params if p.requires_grad]
+    world = dist.get_world_size()
+    grads = _flat_grads(params)
+    bucket: list[int] = []
+    size = 0
+    limit = bucket_mb * 2**20
+
+    def flush(ids: list[int]) -> None:
+        if not ids:
+            return
+        flat = torch.cat([grads[i].reshape(-1) for i in ids])
+        dist.all_reduce(flat)
+        if op == "mean":
+            flat /= world
+        offset = 0
+        for i in ids:
+            g = flat[offset : offset + grads[i].numel()].view_as(params[i])
+            offset += grads[i].numel()
+            if params[i].grad is None:
+                params[i].grad = g.clone()
+            else:
+                params[i].grad.copy_(g)
+
+    for i, g in enumerate(grads):
+        if bucket and (size + g.numel() * g.element_size() > limit or g.dtype != grads[bucket[0]].dtype):
+            flush(bucket)
+            bucket, size = [], 0
+        bucket.append(i)
+        size += g.numel() * g.element_size()
+    flush(bucket)
+
+
+def all_reduce_mean(values: dict[str, float], weight: float = 1.0) -> dict[str, float]:
+    """The ``weight``-weighted mean over ranks of each value (same keys on every rank)."""
+    if not _active():
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([values[k] * weight for k in keys] + [weight], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t)
+    return {k: float(t[i] / t[-1]) for i, k in enumerate(keys)}
+
+
+def average_buffers(module: torch.nn.Module) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over ranks, so every rank saves the same."""
+    if not _active():
+        return
+    for b in module.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b)
+            b /= dist.get_world_size()
+
+
+def broadcast_parameters(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (they start identical from the seed; this makes sure)."""
+    if not _active():
+        return
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t.data, src=0)
