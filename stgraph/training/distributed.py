@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import sys
 from typing import Iterable, Optional
 
 import torch
@@ -84,6 +85,7 @@ def init_distributed(device: torch.device) -> DistEnv:
     except KeyError as err:
         raise DistributedError(f"WORLD_SIZE={world} but {err.args[0]} is not set: launch with torchrun "
                                "(or `stgraph train --nproc N`)") from None
+    _die_with_launcher()
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and not dist.is_nccl_available():
         backend = "gloo"
@@ -93,6 +95,28 @@ def init_distributed(device: torch.device) -> DistEnv:
         kwargs = {"device_id": torch.device("cuda", local_rank)} if backend == "nccl" else {}
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **kwargs)
     return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, backend=backend)
+
+
+def _die_with_launcher() -> None:
+    """End this rank when the torchrun agent that started it dies.
+
+    torchrun starts each rank in a session of its own, so a ``kill -9`` of the launcher (or the OOM killer)
+    would leave the ranks training on, writing into the run folder that a ``--resume`` then uses. On Linux
+    the kernel sends SIGKILL to this process when its parent dies (``PR_SET_PDEATHSIG``).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before the call above
+        os._exit(1)
 
 
 def _active() -> bool:
