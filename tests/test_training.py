@@ -34,7 +34,7 @@ def test_loss_goes_down(trained):
     _, run = trained
     hist = run.result.history
     train = hist[hist["split"] == "train"]["total"].to_numpy()
-    assert train[-3:].mean() < 0.8 * train[:3].mean()
+    assert train[-3:].mean() < 0.8 * train[0]
 
 
 def test_trained_model_beats_trivial_baselines(trained, tmp_path, synthetic_slides):
@@ -102,3 +102,28 @@ def test_seeds_make_training_reproducible(tiny_config, synthetic_slides):
     a = train_model(cfg, synthetic_slides[:2]).result.history["total"].to_numpy()
     b = train_model(cfg, synthetic_slides[:2]).result.history["total"].to_numpy()
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_data_loader_workers_give_the_same_training(tiny_config, synthetic_slides):
+    """Patch batches built by two worker processes (cut, resized, flipped, colour-jittered) are the batches
+    the training process builds itself: the same seeds per step, the same losses."""
+    from stgraph.training import train_model
+
+    logs = []
+    for workers in (0, 2):
+        config = tiny_config("bleep.yaml", "train.epochs=2", "train.augment=true", "train.color_jitter=0.2",
+                             "model.image_head_dropout=0", "model.spot_head_dropout=0",
+                             f"train.num_workers={workers}")
+        assert not config.model.image_encoder.cache_features  # the patch path, fine-tuning the backbone
+        logs.append(train_model(config, synthetic_slides).result.history)
+    assert logs[0]["total"].notna().all()
+    pd.testing.assert_frame_equal(logs[0].drop(columns="seconds"), logs[1].drop(columns="seconds"),
+                                  rtol=1e-5)
+
+
+def test_step_seeds_differ_by_epoch_rank_and_step():
+    from stgraph.training.loader import step_seed
+
+    seeds = {step_seed(0, e, r, s) for e in range(3) for r in range(2) for s in range(4)}
+    assert len(seeds) == 24 and all(0 <= x < 2**63 for x in seeds)
+    assert step_seed(0, 1, 0, 2) == step_seed(0, 1, 0, 2)

@@ -42,8 +42,8 @@ from ..losses import CompositeLoss, Objective
 from ..utils import atomic_path, resolve_device, seed_everything
 from .distributed import DistEnv, all_reduce_gradients, all_reduce_mean, average_buffers, broadcast_parameters, \
     gather_rows
+from .loader import PatchBatches, patch_images, step_seed
 from .monitor import TermMonitor
-from ..data.transforms import normalize_batch, patch_batch
 from ..run.folder import CheckpointError, load_checkpoint  # noqa: F401 (re-exported)
 from ..run.prepare import PreparedSlide
 
@@ -135,38 +135,37 @@ class Trainer:
         return np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
 
     # --------------------------------------------------------------------------------------- batches
-    def _images(self, s: PreparedSlide, rows: np.ndarray, train: bool) -> dict:
-        if s.features is not None:
-            return {"features": s.features[rows]}
-        if s.stage_input is not None:
-            x = s.stage_input[torch.as_tensor(rows, device=s.stage_input.device)]
+    def _images(self, parts: list[tuple[PreparedSlide, np.ndarray]], train: bool, seed: Optional[int]) -> dict:
+        s0 = parts[0][0]
+        if s0.features is not None:
+            return {"features": torch.cat([s.features[rows] for s, rows in parts])}
+        if s0.stage_input is not None:
+            x = torch.cat([s.stage_input[torch.as_tensor(rows, device=s.stage_input.device)] for s, rows in parts])
             if train and self.tcfg.augment and x.dim() == 4:
                 # Flips/rotations of the cached feature maps stand in for those of the patches.
                 x = random_flip_rotate(x, self.generator)
             return {"stage_input": x}
-        if s.patches is None:
-            raise ValueError(f"slide {s.slide_id!r} has neither features nor patches")
-        x = patch_batch(s.patches[torch.as_tensor(rows)], self.config.model.image_encoder.input_size, self.device)
-        if train and self.tcfg.augment:
-            x = random_flip_rotate(x, self.generator)
-        if train and self.tcfg.color_jitter > 0:
-            from torchvision.transforms import ColorJitter
+        if s0.patches is None:
+            raise ValueError(f"slide {s0.slide_id!r} has neither features nor patches")
+        return {"patch": patch_images([(s.patches, rows) for s, rows in parts],
+                                      self.config.model.image_encoder.input_size, self.device,
+                                      augment=train and self.tcfg.augment,
+                                      color_jitter=self.tcfg.color_jitter if train else 0.0, seed=seed)}
 
-            jitter = ColorJitter(self.tcfg.color_jitter, self.tcfg.color_jitter, self.tcfg.color_jitter)
-            x = torch.stack([jitter(xi) for xi in x])
-        return {"patch": normalize_batch(x)}
+    def _spot_batch(self, parts: list[tuple[PreparedSlide, np.ndarray]], train: bool, seed: Optional[int] = None,
+                    images: Optional[torch.Tensor] = None) -> dict:
+        batch = {}
+        for key in ("spot_input", "coords"):
+            batch[key] = torch.cat([getattr(s, key)[torch.as_tensor(rows, device=self.device)] for s, rows in parts])
+        if images is not None:  # built by a data-loader worker
+            batch["patch"] = images.to(self.device, non_blocking=True)
+        else:
+            batch.update(self._images(parts, train, seed))
+        return batch
 
-    def _spot_batch(self, parts: list[tuple[PreparedSlide, np.ndarray]], train: bool) -> dict:
-        pieces = []
-        for s, rows in parts:
-            idx = torch.as_tensor(rows, device=self.device)
-            piece = {"spot_input": s.spot_input[idx], "coords": s.coords[idx]}
-            piece.update(self._images(s, rows, train))
-            pieces.append(piece)
-        return {k: torch.cat([p[k] for p in pieces]) for k in pieces[0]}
-
-    def _slide_batch(self, s: PreparedSlide, loss_rows: np.ndarray, train: bool) -> dict:
-        batch = self._spot_batch([(s, np.arange(s.n_spots))], train)
+    def _slide_batch(self, s: PreparedSlide, loss_rows: np.ndarray, train: bool, seed: Optional[int] = None,
+                     images: Optional[torch.Tensor] = None) -> dict:
+        batch = self._spot_batch([(s, np.arange(s.n_spots))], train, seed, images)
         batch["edge_index"] = s.edge_index
         batch["loss_index"] = torch.as_tensor(loss_rows, device=self.device)
         return batch
@@ -202,33 +201,58 @@ class Trainer:
             jobs.append(("spots", sel[np.argsort(sel[:, 0], kind="stable")]))
         return jobs
 
-    def _materialise(self, job: tuple, train: bool) -> dict:
+    @staticmethod
+    def _parts(job: tuple) -> list[tuple[int, np.ndarray]]:
+        """The ``(slide number, rows)`` whose images a job needs."""
         if job[0] == "slide":
-            return self._slide_batch(self.slides[job[1]], job[2], train)
+            return [(job[1], None)]
         pairs = job[1]
-        parts = [(self.slides[i], pairs[pairs[:, 0] == i, 1]) for i in np.unique(pairs[:, 0])]
-        return self._spot_batch(parts, train)
+        return [(int(i), pairs[pairs[:, 0] == i, 1]) for i in np.unique(pairs[:, 0])]
 
-    def _local_steps(self, train: bool) -> Iterator[tuple[dict, Optional[list[int]]]]:
-        """This rank's batches: ``(batch, sizes)`` with every rank's row count for the gathered (``rows``)
-        mode, ``None`` for whole jobs."""
+    def _materialise(self, job: tuple, train: bool, seed: Optional[int] = None,
+                     images: Optional[torch.Tensor] = None) -> dict:
+        if job[0] == "slide":
+            return self._slide_batch(self.slides[job[1]], job[2], train, seed, images)
+        parts = [(self.slides[i], rows) for i, rows in self._parts(job)]
+        return self._spot_batch(parts, train, seed, images)
+
+    def _local_jobs(self, train: bool) -> list[tuple[tuple, Optional[list[int]]]]:
+        """This rank's steps: ``(job, sizes)`` with every rank's row count in the gathered (``rows``) mode,
+        ``None`` for whole jobs."""
         jobs = self._jobs(train)
         world, rank = self.dist.world_size, self.dist.rank
         if world == 1:
-            for job in jobs:
-                yield self._materialise(job, train), None
-        elif not train:
+            return [(job, None) for job in jobs]
+        if not train:
             # Validation: whole jobs, strided over ranks; the epoch's sums are reduced afterwards.
-            for job in jobs[rank::world]:
-                yield self._materialise(job, train), None
-        elif self.shard == "rows":
+            return [(job, None) for job in jobs[rank::world]]
+        if self.shard == "rows":
+            out = []
             for job in jobs:
                 pieces = np.array_split(job[1], world)
-                yield self._materialise(("spots", pieces[rank]), train), [len(p) for p in pieces]
-        else:
-            # Whole jobs, N per global step; the last step is padded with jobs from the epoch's start.
-            for start in range(0, len(jobs), world):
-                yield self._materialise(jobs[(start + rank) % len(jobs)], train), None
+                out.append((("spots", pieces[rank]), [len(p) for p in pieces]))
+            return out
+        # Whole jobs, N per global step; the last step is padded with jobs from the epoch's start.
+        return [(jobs[(start + rank) % len(jobs)], None) for start in range(0, len(jobs), world)]
+
+    def _local_steps(self, train: bool, epoch: int = 0) -> Iterator[tuple[dict, Optional[list[int]]]]:
+        """This rank's batches, ``(batch, sizes)`` (see :meth:`_local_jobs`)."""
+        local = self._local_jobs(train)
+        seeds = [step_seed(self.tcfg.seed, epoch, self.dist.rank, j) for j in range(len(local))]
+        s0 = self.slides[0]
+        from_patches = s0.features is None and s0.stage_input is None and s0.patches is not None
+        if not (from_patches and self.tcfg.num_workers > 0 and local):
+            for (job, sizes), seed in zip(local, seeds):
+                yield self._materialise(job, train, seed), sizes
+            return
+        steps = [[(i, np.arange(self.slides[i].n_spots) if rows is None else rows) for i, rows in self._parts(job)]
+                 for job, _ in local]
+        dataset = PatchBatches([s.patches for s in self.slides], steps, seeds,
+                               self.config.model.image_encoder.input_size, augment=train and self.tcfg.augment,
+                               color_jitter=self.tcfg.color_jitter if train else 0.0)
+        pin = self.tcfg.pin_memory and self.device.type == "cuda"
+        for (job, sizes), seed, images in zip(local, seeds, dataset.loader(self.tcfg.num_workers, pin)):
+            yield self._materialise(job, train, seed, images), sizes
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -257,7 +281,7 @@ class Trainer:
         n_batches = 0
         params = [p for p in self.model.parameters() if p.requires_grad]
         with torch.set_grad_enabled(train):
-            for batch, sizes in self._local_steps(train):
+            for batch, sizes in self._local_steps(train, epoch):
                 image, spot = self._outputs(batch, sizes)
                 terms = self.objective.terms_from(self.model, image, spot, batch.get("loss_index"))
                 total, logs = weighted({k: v.float() for k, v in terms.items()})
