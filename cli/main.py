@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="results folder")
         p.add_argument("--device", default=None,
                        help="torch device for every fold (train.device; default: each config's)")
+        p.add_argument("--jobs", type=int, default=1, metavar="N",
+                       help="folds evaluated at once, one process each (cores split between them; a GPU each, "
+                            "round robin, on a GPU machine)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides applied to every config")
 
     p = sub.add_parser("plot", help="draw predicted (and true) gene maps over the H&E image")
@@ -409,7 +412,7 @@ def _cmd_evaluate(args) -> int:
     if args.only_folds:
         folds = [f for f in folds if f.name in set(args.only_folds)]
     frame = cross_validate(configs, collection, folds, out_dir=args.out, baselines=not args.no_baselines,
-                           markers=args.markers, keep_runs=args.keep_runs)
+                           markers=args.markers, keep_runs=args.keep_runs, jobs=args.jobs)
     print((Path(args.out) / "summary.md").read_text())
     print(f"{len(frame)} rows written to {Path(args.out) / 'results.csv'}")
     return 0

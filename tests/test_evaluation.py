@@ -57,3 +57,39 @@ def test_cross_validate_writes_reports(tiny_config, synthetic_slides, tmp_path):
     assert "| baseline:mean_profile | nan |" in summary
     rows = json.loads((out / "results.json").read_text())
     assert rows[0]["fold"] == folds[0].name and pd.read_csv(out / "results.csv").shape[0] == 8
+
+
+def test_methods_of_a_fold_share_one_preprocessing(tiny_config, synthetic_slides, monkeypatch):
+    """Two configs with the same data settings (and the baselines' frozen copy) fit gene selection, Harmony
+    and PCA once per fold; a config with other data settings gets its own."""
+    import stgraph.evaluation.protocol as protocol
+
+    calls = []
+    real = protocol.fit_preprocessor
+
+    def counting(config, slides):
+        calls.append(protocol.preprocessing_key(config))
+        return real(config, slides)
+
+    monkeypatch.setattr(protocol, "fit_preprocessor", counting)
+    collection = SlideCollection(synthetic_slides)
+    fold = make_folds(collection.ids)[0]
+    configs = {"a": tiny_config("bleep.yaml", "train.epochs=1", "data.harmony=false"),
+               "b": tiny_config("bleep.yaml", "train.epochs=1", "data.harmony=false", "train.lr=1e-4"),
+               "c": tiny_config("bleep.yaml", "train.epochs=1", "data.harmony=false", "data.n_top_hvg=10")}
+    rows, _ = protocol.run_fold(configs, collection, fold)
+    assert len(rows) == 3 + 3
+    assert len(calls) == 2 and len(set(calls)) == 2  # a, b and the baselines share; c has its own
+
+
+def test_cross_validate_in_two_processes_gives_the_same_rows(tiny_config, synthetic_slides, tmp_path):
+    collection = SlideCollection(synthetic_slides)
+    folds = make_folds(collection.ids)[:2]
+    configs = {"bleep": tiny_config("bleep.yaml", "train.epochs=2", "data.harmony=false",
+                                    "model.image_head_dropout=0", "model.spot_head_dropout=0")}
+    one = cross_validate(configs, collection, folds, progress=False, baselines=False)
+    two = cross_validate(configs, collection, folds, out_dir=tmp_path / "eval", progress=False, baselines=False,
+                         jobs=2)
+    cols = ["method", "fold", "pcc_acg", "rmse"]
+    pd.testing.assert_frame_equal(one[cols], two[cols], rtol=1e-4)
+    assert pd.read_csv(tmp_path / "eval" / "results.csv").shape[0] == 2

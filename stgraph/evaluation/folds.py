@@ -12,6 +12,9 @@ class Fold(tuple):
     def __new__(cls, name: str, train_ids: Sequence[str], test_ids: Sequence[str]):
         return super().__new__(cls, (name, list(train_ids), list(test_ids)))
 
+    def __getnewargs__(self):  # pickling (evaluation worker processes)
+        return tuple(self)
+
     name = property(lambda self: self[0])
     train_ids = property(lambda self: self[1])
     test_ids = property(lambda self: self[2])

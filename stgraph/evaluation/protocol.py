@@ -19,13 +19,13 @@ from ..inference.predict import predict_slide
 from ..metrics import evaluate_arrays, per_gene_table
 from ..metrics.report import summarize_folds, to_markdown_table, write_csv_atomic, write_json_atomic
 from ..models import create_image_encoder
-from ..run.prepare import fit_preprocessor, prepare_slide
+from ..run.prepare import fit_preprocessor, prepare_slide, preprocessing_key
 from ..training.run import train_model
 from .baselines import BASELINES
 from .folds import Fold
 from ..keys import Key
 
-__all__ = ["cross_validate", "evaluate_fold", "baseline_fold", "SUMMARY_METRICS"]
+__all__ = ["cross_validate", "evaluate_fold", "baseline_fold", "run_fold", "FoldPreprocessing", "SUMMARY_METRICS"]
 
 SUMMARY_METRICS = ("pcc_acg", "pcc_heg50", "pcc_hvg50", "pcc_mg", "n_r_gt_0.3", "rmse", "mae", "ssim",
                    "hit_at_10")
@@ -37,14 +37,34 @@ def _score(method: str, fold: Fold, pred: np.ndarray, true: np.ndarray, genes: S
     return {"method": method, "fold": fold.name, "test_slide": ",".join(fold.test_ids), **extra, **metrics}
 
 
+class FoldPreprocessing:
+    """One fold's fitted preprocessing, shared by every method whose data settings match
+    (:func:`~stgraph.run.prepare.preprocessing_key`): gene selection, Harmony and PCA are fitted once."""
+
+    def __init__(self, train: Sequence):
+        self.train = list(train)
+        self._fitted: dict[str, tuple] = {}
+        self.fits = 0
+
+    def get(self, config) -> tuple:
+        key = preprocessing_key(config)
+        if key not in self._fitted:
+            self._fitted[key] = fit_preprocessor(config, self.train)
+            self.fits += 1
+        return self._fitted[key]
+
+
 def evaluate_fold(name: str, config, collection: SlideCollection, fold: Fold,
                   markers: Optional[Sequence[str]] = None, run_dir: Optional[Path] = None,
-                  keep_predictions: bool = False) -> tuple[dict, Optional[tuple]]:
+                  keep_predictions: bool = False,
+                  preprocessing: Optional[FoldPreprocessing] = None) -> tuple[dict, Optional[tuple]]:
     """Train ``config`` on the fold's training slides, predict its test slide, return the metric row."""
     train = [collection[i] for i in fold.train_ids]
     test = collection[fold.test_ids[0]]
     t0 = time.perf_counter()
-    run = train_model(config, train, out=run_dir, force=True, progress=False)
+    preprocessing = preprocessing if preprocessing is not None else FoldPreprocessing(train)
+    run = train_model(config, train, out=run_dir, force=True, progress=False,
+                      preprocessed=preprocessing.get(config))
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
     pred = predict_slide(run, test).X
@@ -68,12 +88,14 @@ def frozen_backbone_config(config):
 
 
 def baseline_fold(config, collection: SlideCollection, fold: Fold, markers: Optional[Sequence[str]] = None,
-                  k: int = 50, keep_predictions: bool = False) -> tuple[list[dict], dict]:
+                  k: int = 50, keep_predictions: bool = False,
+                  preprocessing: Optional[FoldPreprocessing] = None) -> tuple[list[dict], dict]:
     """Every registered baseline (:data:`~stgraph.evaluation.baselines.BASELINES`) on one fold, with ``config``'s genes and (frozen) backbone."""
     train = [collection[i] for i in fold.train_ids]
     test = collection[fold.test_ids[0]]
     frozen = frozen_backbone_config(config)
-    prep, expr = fit_preprocessor(frozen, train)
+    preprocessing = preprocessing if preprocessing is not None else FoldPreprocessing(train)
+    prep, expr = preprocessing.get(frozen)
     encoder = create_image_encoder(frozen)
     feats = lambda ad, e=None: prepare_slide(ad, frozen, prep, expr=e, image_encoder=encoder,  # noqa: E731
                                              with_graph=False).features
@@ -88,10 +110,62 @@ def baseline_fold(config, collection: SlideCollection, fold: Fold, markers: Opti
     return rows, kept
 
 
+def run_fold(configs: Mapping[str, object], collection: SlideCollection, fold: Fold, out: Optional[Path] = None,
+             baselines: bool = True, baseline_config=None, markers: Optional[Sequence[str]] = None,
+             keep_runs: bool = False, keep_predictions: bool = False, on_done=None) -> tuple[list[dict], dict]:
+    """Every config (and the baselines) on one fold, sharing the fold's preprocessing between them.
+
+    Returns the metric rows and, with ``keep_predictions``, ``method → (pred, true, genes)``.
+    ``on_done(rows_so_far, label)`` is called after each method.
+    """
+    preprocessing = FoldPreprocessing([collection[i] for i in fold.train_ids])
+    rows: list[dict] = []
+    kept_all: dict = {}
+    for name, config in configs.items():
+        run_dir = out / "runs" / fold.name / name if (out is not None and keep_runs) else None
+        row, kept = evaluate_fold(name, config, collection, fold, markers, run_dir,
+                                  keep_predictions=keep_predictions, preprocessing=preprocessing)
+        rows.append(row)
+        if kept is not None:
+            kept_all[name] = kept
+        if on_done is not None:
+            on_done(rows, name)
+    if baselines:
+        base_rows, kept = baseline_fold(baseline_config or next(iter(configs.values())), collection, fold,
+                                        markers, keep_predictions=keep_predictions, preprocessing=preprocessing)
+        rows.extend(base_rows)
+        kept_all.update({f"baseline:{k}": v for k, v in kept.items()})
+        if on_done is not None:
+            on_done(rows, "baselines")
+    return rows, kept_all
+
+
+def _fold_task(args: tuple) -> tuple[list[dict], dict]:
+    """One fold in a worker process (``cross_validate(jobs=N)``)."""
+    import torch
+
+    configs, collection, fold, out, baselines, baseline_config, markers, keep_runs, keep, threads, device = args
+    torch.set_num_threads(threads)
+    if device is not None:
+        for config in configs.values():
+            config.train.device = device
+    return run_fold(configs, collection, fold, out, baselines, baseline_config, markers, keep_runs, keep)
+
+
+def _worker_devices(configs: Mapping[str, object], jobs: int) -> list[Optional[str]]:
+    """A GPU per worker, round robin, when the configs train on CUDA (auto on a GPU machine); else None."""
+    import torch
+
+    wants_cuda = any(str(c.train.device) in ("auto", "cuda") for c in configs.values())
+    if not (wants_cuda and torch.cuda.is_available()):
+        return [None] * jobs
+    return [f"cuda:{i % torch.cuda.device_count()}" for i in range(jobs)]
+
+
 def cross_validate(configs: Mapping[str, object], collection: SlideCollection, folds: Sequence[Fold],
                    out_dir: Optional[str | Path] = None, baselines: bool = True, baseline_config=None,
                    markers: Optional[Sequence[str]] = None, keep_runs: bool = False,
-                   progress: bool = True) -> pd.DataFrame:
+                   progress: bool = True, jobs: int = 1) -> pd.DataFrame:
     """Run every config (and the baselines) on every fold; write per-fold rows and a summary.
 
     Parameters
@@ -107,35 +181,57 @@ def cross_validate(configs: Mapping[str, object], collection: SlideCollection, f
         maps of its best and worst genes on the first fold (``maps/``).
     baseline_config
         Genes and frozen backbone of the baselines (default: the first config).
+    jobs
+        Folds evaluated at once, each in its own process (the machine's cores are split between them; on
+        a GPU machine each process gets a GPU, round robin). Within a fold, methods with the same data
+        settings share one fitted preprocessing (gene selection, Harmony, PCA).
 
     Returns
     -------
     DataFrame with one row per (method, fold).
     """
     out = Path(out_dir) if out_dir is not None else None
+    if jobs < 1:
+        raise ValueError(f"jobs must be ≥ 1, got {jobs}")
     rows: list[dict] = []
     first_fold_predictions: dict = {}
-    jobs = [(f, name) for f in folds for name in configs]
-    bar = tqdm(total=len(jobs) + (len(folds) if baselines else 0), desc="evaluate", disable=not progress)
-    for fold in folds:
-        keep = fold is folds[0]
-        for name, config in configs.items():
-            bar.set_postfix_str(f"{name} / {fold.name}")
-            run_dir = out / "runs" / fold.name / name if (out is not None and keep_runs) else None
-            row, kept = evaluate_fold(name, config, collection, fold, markers, run_dir, keep_predictions=keep)
-            rows.append(row)
-            if kept is not None:
-                first_fold_predictions[name] = kept
-            bar.update()
-            if out is not None:
-                write_csv_atomic(pd.DataFrame(rows), out / "results.csv")
-        if baselines:
-            bar.set_postfix_str(f"baselines / {fold.name}")
-            base_rows, kept = baseline_fold(baseline_config or next(iter(configs.values())), collection, fold,
-                                            markers, keep_predictions=keep)
-            rows.extend(base_rows)
-            first_fold_predictions.update({f"baseline:{k}": v for k, v in kept.items()})
-            bar.update()
+    jobs = min(jobs, len(folds)) if folds else 1
+    per_fold = len(configs) + (1 if baselines else 0)
+    bar = tqdm(total=len(folds) * per_fold, desc="evaluate", unit="run", disable=not progress)
+    if jobs == 1:
+        for fold in folds:
+            done_before = len(rows)
+
+            def on_done(fold_rows, label, fold=fold, done_before=done_before):
+                bar.set_postfix_str(f"{label} / {fold.name}")
+                bar.update()
+                if out is not None:
+                    write_csv_atomic(pd.DataFrame(rows[:done_before] + fold_rows), out / "results.csv")
+
+            fold_rows, kept = run_fold(configs, collection, fold, out, baselines, baseline_config, markers,
+                                       keep_runs, keep_predictions=fold is folds[0], on_done=on_done)
+            rows.extend(fold_rows)
+            if fold is folds[0]:
+                first_fold_predictions = kept
+    else:
+        import multiprocessing as mp
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        devices = _worker_devices(configs, jobs)
+        tasks = [(dict(configs), collection, fold, out, baselines, baseline_config, markers, keep_runs,
+                  i == 0, threads, devices[i % jobs]) for i, fold in enumerate(folds)]
+        # spawn: a fresh interpreter per worker (forking a process that has run torch can deadlock).
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            for i, (fold_rows, kept) in enumerate(pool.map(_fold_task, tasks)):
+                rows.extend(fold_rows)
+                if i == 0:
+                    first_fold_predictions = kept
+                bar.set_postfix_str(folds[i].name)
+                bar.update(per_fold)
+                if out is not None:
+                    write_csv_atomic(pd.DataFrame(rows), out / "results.csv")
     bar.close()
     frame = pd.DataFrame(rows)
     if out is not None:

@@ -161,6 +161,19 @@ def _select_genes(config, train_slides: Sequence[AnnData]) -> list[str]:
     return pp.load_gene_list(spec)
 
 
+def preprocessing_key(config) -> str:
+    """The config fields :func:`fit_preprocessor` reads (gene selection, Harmony, PCA), as one string: two
+    configs with the same key fit the same preprocessing on the same slides."""
+    import json
+
+    d = config.data
+    fields = {"genes": d.genes, "n_top_hvg": d.n_top_hvg, "harmony": d.harmony, "harmony_pcs": d.harmony_pcs,
+              "spot_input": config.model.spot_input, "seed": config.train.seed}
+    if config.model.spot_input == "pca":
+        fields["pca_components"] = config.model.pca_components
+    return json.dumps(fields, sort_keys=True)
+
+
 def fit_preprocessor(config, train_slides: Sequence[AnnData]) -> tuple[Preprocessor, dict[str, np.ndarray]]:
     """Fit gene selection, Harmony and PCA on the training slides.
 

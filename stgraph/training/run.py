@@ -165,7 +165,7 @@ _GENE_KEYWORDS = ("hvg_union", "shared")
 
 
 def train_model(config, slides, out: Optional[str | Path] = None, force: bool = False, resume: bool = False,
-                progress: Optional[bool] = None) -> Run:
+                progress: Optional[bool] = None, preprocessed: Optional[tuple] = None) -> Run:
     """Fit preprocessing on ``slides``, train, build the reference, and (with ``out``) save a run folder.
 
     Parameters
@@ -176,6 +176,9 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
         Training slides (a :class:`~stgraph.data.SlideCollection` or AnnData list, raw counts).
     out
         Run folder; must not exist or be empty unless ``force`` (replace) or ``resume`` (continue).
+    preprocessed
+        ``fit_preprocessor(config, slides)``'s result when the caller already has it (the evaluation
+        harness shares one per fold between methods with the same data settings); fitted here otherwise.
     """
     progress = config.train.progress if progress is None else progress
     adatas = _slides_of(slides)
@@ -200,7 +203,7 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
             # --force (or a failed start): build the new run beside the old one, swap it in when complete.
             run_dir = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.new-"))
     try:
-        run = _train(config, adatas, run_dir, resume, progress, device, dist_env)
+        run = _train(config, adatas, run_dir, resume, progress, device, dist_env, preprocessed)
     except BaseException:
         if run_dir is not None and run_dir != final_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -244,7 +247,7 @@ def _umask() -> int:
 
 
 def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool, device: torch.device,
-           dist_env: Optional[DistEnv] = None) -> Run:
+           dist_env: Optional[DistEnv] = None, preprocessed: Optional[tuple] = None) -> Run:
     dist_env = dist_env if dist_env is not None else DistEnv()
     writes = run_dir is not None and dist_env.is_main
     if writes and not resume:
@@ -252,7 +255,7 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
         save_config(config, run_dir / "config.yaml")
 
     seed_everything(config.train.seed)  # before the model exists, so its initial weights are seeded too
-    preprocessor, expr = fit_preprocessor(config, adatas)
+    preprocessor, expr = preprocessed if preprocessed is not None else fit_preprocessor(config, adatas)
     if run_dir is not None and resume:
         _check_resume_genes(run_dir, preprocessor.genes)
     model = create_model(config, preprocessor.spot_in_dim).to(device)
