@@ -453,3 +453,23 @@ def test_cli_turns_sigterm_into_cleanup(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 128 + signal.SIGTERM, out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_device_the_machine_lacks_is_a_clear_error_before_any_slide_is_read(tmp_path, monkeypatch):
+    import torch
+
+    from stgraph.cli.main import main
+    from stgraph.utils import DeviceError, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceError, match="unknown device"):
+        resolve_device("gpu0")
+    assert resolve_device("auto").type == "cpu"
+    missing = tmp_path / "no_such_slide.h5ad"  # never read: the device check comes first
+    from conftest import CONFIGS
+
+    code = main(["train", "--config", str(CONFIGS / "cpu/bleep.yaml"), "--data", str(missing),
+                 "--out", str(tmp_path / "run"), "train.device=cuda"])
+    assert code == 2 and not (tmp_path / "run").exists()
