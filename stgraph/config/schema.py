@@ -232,6 +232,7 @@ class TrainConfig:
     ``precision``: ``32``, or autocast to ``bf16`` / ``fp16`` (with a gradient scaler) for the forward pass.
     ``num_workers``: processes that cut, resize and augment patch batches (fine-tuning from patches);
     ``pin_memory`` puts their batches in page-locked memory for faster copies to a GPU.
+    ``channels_last``: NHWC patch batches and backbone weights when fine-tuning on a GPU.
     """
 
     optimizer: str = "adamw"
@@ -252,6 +253,7 @@ class TrainConfig:
     precision: str = "32"
     num_workers: int = 0
     pin_memory: bool = True
+    channels_last: bool = True
     progress: bool = True
 
 

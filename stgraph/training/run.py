@@ -26,7 +26,7 @@ from ..run.folder import RUN_FILES, Run, save_model  # noqa: F401 (RUN_FILES re-
 from ..run.prepare import PreparedSlide, fit_preprocessor, prepare_slide
 from ..run.resolution import training_resolution
 from ..utils import atomic_write_text, check_writable_dir, resolve_device, seed_everything
-from .distributed import DistEnv, barrier, init_distributed
+from .distributed import DistEnv, DistributedError, barrier, init_distributed
 from .trainer import Trainer, TrainResult
 
 __all__ = ["train_model", "build_reference", "RUN_FILES", "TrainedRun", "ResumeMismatchError",
@@ -189,6 +189,10 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
     device = resolve_device(config.train.device)
     dist_env = init_distributed(device)  # a no-op unless launched by torchrun
     if device.type == "cuda" and dist_env.enabled:
+        if dist_env.local_rank >= torch.cuda.device_count():
+            raise DistributedError(f"{dist_env.world_size} processes on a machine with {torch.cuda.device_count()} "
+                                   f"GPU(s): use at most one process per GPU (--nproc "
+                                   f"{torch.cuda.device_count()}) or train.device=cpu")
         device = torch.device("cuda", dist_env.local_rank)
         torch.cuda.set_device(device)
     final_dir = Path(out) if out is not None else None

@@ -99,6 +99,12 @@ class Trainer:
         self.shard = "jobs" if (self.tcfg.batching == "slide" or self.tcfg.within_slide) else "rows"
         self.amp_dtype = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.tcfg.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        s0 = slides[0] if slides else None
+        from_patches = s0 is not None and s0.features is None and s0.stage_input is None
+        # NHWC convolutions are the fast path of cuDNN (tensor cores); on a CPU they rarely help.
+        self.channels_last = bool(self.tcfg.channels_last and from_patches and self.device.type == "cuda")
+        if self.channels_last:
+            self.model.image_encoder.to(memory_format=torch.channels_last)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         seed_everything(self.tcfg.seed)
         self.generator = torch.Generator().manual_seed(self.tcfg.seed)
@@ -260,6 +266,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _outputs(self, batch: dict, sizes: Optional[list[int]]):
+        if self.channels_last and "patch" in batch:
+            batch["patch"] = batch["patch"].contiguous(memory_format=torch.channels_last)
         with self._autocast():
             image, spot = self.model(batch)
         if self.amp_dtype is not None:
