@@ -106,8 +106,10 @@ class Trainer:
         if self.channels_last:
             self.model.image_encoder.to(memory_format=torch.channels_last)
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        seed_everything(self.tcfg.seed)
-        self.generator = torch.Generator().manual_seed(self.tcfg.seed)
+        # Dropout and feature-map flips draw per rank (rank 0 as a single process), so that ranks do not
+        # repeat each other's masks; batch order (self.rng) is the same on every rank.
+        seed_everything(self.tcfg.seed + self.dist.rank)
+        self.generator = torch.Generator().manual_seed(self.tcfg.seed + self.dist.rank)
         self.rng = np.random.default_rng(self.tcfg.seed)
         for s in slides:
             if s.spot_input is None:
