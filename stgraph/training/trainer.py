@@ -364,6 +364,9 @@ class Trainer:
         self.generator.set_state(state["rng"]["generator"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.dist.rank > 0:  # the checkpoint holds rank 0's generators; other ranks draw their own
+            torch.manual_seed(self.tcfg.seed + self.dist.rank + 7919 * self.start_epoch)
+            self.generator.manual_seed(self.tcfg.seed + self.dist.rank + 7919 * self.start_epoch)
 
     def _write_log(self) -> None:
         if self.run_dir is None or not self.history or not self.dist.is_main:
