@@ -96,3 +96,17 @@ def test_extend_reference_without_retraining(run, synthetic_slides, tmp_path):
     np.testing.assert_allclose(pred.X, own, atol=1e-5)
     with pytest.raises(ValueError, match="slide2"):
         extend_reference(again, [synthetic_slides[2]])
+
+
+def test_prediction_leaves_the_query_slide_untouched(tiny_config, synthetic_slides):
+    """Preparing a slide builds its spot graph without writing obsp/uns into the caller's AnnData."""
+    from stgraph.inference import predict_slide
+    from stgraph.training import train_model
+
+    config = tiny_config("cpu/stgchb.yaml", "train.epochs=1")
+    run = train_model(config, synthetic_slides[:2])
+    query = synthetic_slides[2].copy()
+    before = (set(query.obsp.keys()), set(query.uns.keys()), set(query.obsm.keys()), query.X.copy())
+    predict_slide(run, query)
+    assert (set(query.obsp.keys()), set(query.uns.keys()), set(query.obsm.keys())) == before[:3]
+    assert (query.X != before[3]).nnz == 0 if hasattr(query.X, "nnz") else (query.X == before[3]).all()

@@ -358,8 +358,9 @@ def prepare_slide(adata: AnnData, config, preprocessor: Optional[Preprocessor] =
     edge_index = None
     if with_graph:
         g = config.data.graph
+        # copy=True: preparing a slide leaves the caller's AnnData (a user's query slide) as it was.
         adj = spatial_graph(adata, radius=g.radius, radius_factor=g.radius_factor, knn=g.knn,
-                            self_loops=g.self_loops)
+                            self_loops=g.self_loops, copy=True)
         edge_index = to_edge_index(adj)
     if features is not None:
         features = _context_features(adata, features, config, image_encoder, slide_id, device, progress,
