@@ -284,7 +284,7 @@ def _resolve_backend(backend, similarity: Optional[str], chunk_size: int, refere
         return backend
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a name or a KNNBackend, got {type(backend).__name__}")
-    kwargs = {"chunk_size": chunk_size} if backend == "torch" else {}
+    kwargs = {"chunk_size": chunk_size} if backend in ("torch", "auto") else {}
     return create_knn_backend(backend, similarity=similarity or "cosine", **kwargs).fit(reference)
 
 
@@ -301,7 +301,7 @@ def _weight_matrix(weights: np.ndarray, indices: np.ndarray, n_reference: int) -
 
 def impute(query_emb: ArrayLike, reference_emb: ArrayLike, reference_expr, k: int = 50,
            similarity: Optional[str] = None, aggregation: str = "mean",
-           backend: Union[str, KNNBackend] = "torch", chunk_size: int = 4096, show_progress: bool = False,
+           backend: Union[str, KNNBackend] = "auto", chunk_size: int = 4096, show_progress: bool = False,
            return_indices: bool = False, temperature: float = DEFAULT_TEMPERATURE,
            distance: str = "euclidean"):
     """Predict each query's expression from its ``k`` nearest reference spots.
@@ -322,6 +322,7 @@ def impute(query_emb: ArrayLike, reference_emb: ArrayLike, reference_expr, k: in
     aggregation
         'mean', 'inverse_square', 'bleep_weighted', 'softmax' or 'top1' (see the module docstring).
     backend
+        'auto' (faiss when installed: exact below 5e4 reference rows, IVF above; exact torch otherwise),
         'torch', 'faiss' or a :class:`~stgraph.inference.knn.KNNBackend`. An unfitted instance is fitted on
         ``reference_emb``; a fitted one is used as it is (it must have been fitted on ``reference_emb``,
         which lets an approximate index be built once and reused).

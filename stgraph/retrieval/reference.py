@@ -258,7 +258,7 @@ class ReferenceStore:
 
     # -- prediction ---------------------------------------------------------------------------------
     def predict(self, query_emb, k: int = 50, similarity: Optional[str] = None, aggregation: str = "mean",
-                backend: Union[str, KNNBackend] = "torch", **kwargs: Any):
+                backend: Union[str, KNNBackend] = "auto", **kwargs: Any):
         """(Q, G) float32 expression of the queries (Q, d) by kNN imputation over this store.
 
         Arguments are those of :func:`stgraph.inference.impute.impute` (``chunk_size``, ``show_progress``,
