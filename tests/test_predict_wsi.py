@@ -326,3 +326,64 @@ def test_unreadable_level_fails_before_compute(run_dir, slides, tmp_path, capsys
     rc = main(["predict", "--model", str(run_dir), "--wsi", str(slides["a"]), "--out", str(out), "--device", "cpu"])
     assert rc == 2 and "cannot decode level 1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_prefetching_reads_in_a_thread_and_predicts_exactly_as_the_plain_path(run_dir, slides, monkeypatch):
+    import threading
+
+    import stgraph.data.wsi as wsi_mod
+    from stgraph.inference import load_run
+    from stgraph.inference.wsi import predict_wsi
+
+    run = load_run(run_dir)
+    readers = []
+    real = wsi_mod.iter_patches_at_mpp
+
+    def spy(*args, **kwargs):
+        for item in real(*args, **kwargs):
+            readers.append(threading.current_thread().name)
+            yield item
+
+    monkeypatch.setattr(wsi_mod, "iter_patches_at_mpp", spy)
+    plain = predict_wsi(run, slides["a"], grid=60, chunk_size=8, batch_size=4, prefetch_chunks=0)
+    assert set(readers) == {threading.current_thread().name}
+    readers.clear()
+    ahead = predict_wsi(run, slides["a"], grid=60, chunk_size=8, batch_size=4, prefetch_chunks=2)
+    assert set(readers) == {"stgraph-prefetch"} and len(readers) > 3
+    assert plain.n_obs > 20
+    np.testing.assert_array_equal(ahead.obsm["spatial"], plain.obsm["spatial"])
+    np.testing.assert_array_equal(ahead.X, plain.X)
+
+
+def test_prefetch_keeps_order_bounds_the_read_ahead_and_passes_errors_on():
+    import threading
+
+    from stgraph.utils import prefetch
+
+    produced = []
+
+    def items(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise OSError(f"tile {i} is damaged")
+            produced.append(i)
+            yield i
+
+    consumed = []
+    for i in prefetch(items(20), depth=2):
+        consumed.append(i)
+        # one queued + one waiting to be queued + the one in hand at most
+        deadline = __import__("time").monotonic() + 0.05
+        while __import__("time").monotonic() < deadline:
+            pass
+        assert len(produced) <= len(consumed) + 3
+    assert consumed == list(range(20))
+    assert list(prefetch(items(5), depth=0)) == list(range(5))
+    with pytest.raises(OSError, match="tile 3 is damaged"):
+        list(prefetch(items(10, fail_at=3), depth=1))
+    before = threading.active_count()
+    produced.clear()
+    for i in prefetch(items(1000), depth=1):
+        if i == 2:
+            break
+    assert threading.active_count() == before and len(produced) <= 6  # stopped, not run to the end
