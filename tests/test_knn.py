@@ -383,3 +383,20 @@ def test_auto_index_switches_to_ivf_on_large_references_and_recalls_the_exact_ne
     small = create_knn_backend("auto", similarity=similarity, ivf_min_reference=6001).fit(ref)
     assert small.resolved_index == "flat"
     torch.testing.assert_close(small.search(query, k)[1], exact, rtol=0, atol=0)
+
+
+def test_reference_store_builds_its_index_once_and_predicts_like_a_fresh_backend():
+    from stgraph.retrieval.reference import ReferenceStore
+
+    emb, labels, expr, _, _ = planted_clusters()
+    store = ReferenceStore(embeddings=emb, expression=expr, genes=[f"g{i}" for i in range(expr.shape[1])],
+                           slide_ids=np.repeat("s", len(emb)), spot_ids=np.arange(len(emb)).astype(str))
+    a = store.predict(emb[:30], k=5)
+    first = store.fitted_backend("auto", "cosine")
+    b = store.predict(emb[30:60], k=5)
+    assert store.fitted_backend("auto", "cosine") is first  # reused, not rebuilt
+    np.testing.assert_allclose(a, impute(emb[:30], emb, expr, k=5, backend="torch"), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(b, impute(emb[30:60], emb, expr, k=5, backend="torch"), rtol=1e-6, atol=1e-6)
+    assert store.fitted_backend("torch", "l2") is not first
+    store.embeddings = emb[::-1].copy()  # a replaced reference gets a new index
+    assert store.fitted_backend("auto", "cosine") is not first

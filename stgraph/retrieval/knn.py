@@ -275,7 +275,7 @@ class FaissKNN(KNNBackend):
         structureless 16-dimensional manifold (``benchmarks/knn_imputation.py``).
     max_points_per_centroid, niter
         IVF k-means: training uses at most ``max_points_per_centroid · nlist`` rows (a seeded random subset)
-        and ``niter`` iterations, so building the index stays a small part of a search (about 1 s for 1e5
+        and ``niter`` iterations, so building the index stays a small part of a search (about 0.6 s for 1e5
         rows of 256 dimensions on 2 cores).
     ivf_min_reference
         Reference rows from which ``index='auto'`` builds an IVF index.
@@ -287,7 +287,7 @@ class FaissKNN(KNNBackend):
 
     def __init__(self, similarity: str = "cosine", index: str = "flat", nlist: Optional[int] = None,
                  nprobe: int = 16, M: int = 32, ef_construction: int = 80, ef_search: int = 64, seed: int = 0,
-                 max_points_per_centroid: int = 64, niter: int = 10,
+                 max_points_per_centroid: int = 32, niter: int = 5,
                  ivf_min_reference: int = AUTO_IVF_MIN_REFERENCE):
         super().__init__(similarity)
         if index not in FAISS_INDEXES:
