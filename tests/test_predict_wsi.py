@@ -387,3 +387,47 @@ def test_prefetch_keeps_order_bounds_the_read_ahead_and_passes_errors_on():
         if i == 2:
             break
     assert threading.active_count() == before and len(produced) <= 6  # stopped, not run to the end
+
+
+def _check_spatial_plots(pred, library_id):
+    """sc.pl.spatial and sq.pl.spatial_scatter draw the hires image and one marker per spot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    gene = pred.var_names[0]
+    images = pred.uns["spatial"][library_id]["images"]
+    img_key = "hires" if "hires" in images else next(iter(images))  # a spot table keeps its input's images
+
+    def n_markers(ax):  # circles as one PatchCollection (scanpy) or one offset each (scatter)
+        return sum(max(len(c.get_paths()), len(c.get_offsets())) for c in ax.collections)
+
+    try:
+        ax = sc.pl.spatial(pred, img_key=img_key, color=gene, library_id=library_id, show=False)[0]
+        assert len(ax.images) == 1
+        assert n_markers(ax) == pred.n_obs
+        plt.close("all")
+        sq = pytest.importorskip("squidpy")
+        sq.pl.spatial_scatter(pred, color=gene, library_id=library_id, img_res_key=img_key)
+        ax = plt.gcf().axes[0]
+        assert len(ax.images) == 1
+        assert n_markers(ax) >= pred.n_obs
+    finally:
+        plt.close("all")
+
+
+def test_wsi_and_spot_table_predictions_plot_with_scanpy_and_squidpy(run_dir, slides, synthetic_slides):
+    from stgraph.inference import load_run, predict_slide
+    from stgraph.inference.wsi import predict_wsi
+
+    run = load_run(run_dir)
+    wsi_pred = predict_wsi(run, slides["a"], grid="visium")
+    assert wsi_pred.n_obs > 10
+    library_id = next(iter(wsi_pred.uns["spatial"]))
+    assert "hires" in wsi_pred.uns["spatial"][library_id]["images"]
+    _check_spatial_plots(wsi_pred, library_id)
+    spot_pred = predict_slide(run, synthetic_slides[2])
+    assert "spatial" in spot_pred.uns and "spatial" in spot_pred.obsm
+    _check_spatial_plots(spot_pred, next(iter(spot_pred.uns["spatial"])))
