@@ -27,15 +27,17 @@ def main(argv=None):
 
     # scanpy: spot colours over the image stored in uns['spatial'][library_id]
     library_id = next(iter(pred.uns[Key.uns.spatial]))
-    sc.pl.spatial(pred, color=genes, library_id=library_id, img_key="hires" if "hires" in
-                  pred.uns[Key.uns.spatial][library_id][Key.uns.images] else None, spot_size=20, show=False)
+    images = pred.uns[Key.uns.spatial][library_id][Key.uns.images]
+    img_key = "hires" if "hires" in images else next(iter(images), None)  # a spot table keeps its input's
+    sc.pl.spatial(pred, color=genes, library_id=library_id, img_key="hires" if "hires" in images else None,
+                  spot_size=20, show=False)
     plt.savefig(out / "scanpy_spatial.png", dpi=80)
     plt.close("all")
 
     try:  # squidpy, if installed
         import squidpy as sq
 
-        sq.pl.spatial_scatter(pred, color=genes, library_id=library_id)
+        sq.pl.spatial_scatter(pred, color=genes, library_id=library_id, img_res_key=img_key)
         plt.savefig(out / "squidpy_spatial.png", dpi=80)
         plt.close("all")
     except ImportError:

@@ -316,3 +316,87 @@ def test_ivf_probing_every_cell_is_exact_and_hnsw_recalls_planted_clusters(simil
     torch.testing.assert_close(ivf, exact, rtol=0, atol=0)
     _, hnsw = FaissKNN(similarity, index="hnsw", M=8).fit(emb).search(emb, 5)
     assert (labels[hnsw.numpy()] == labels[:, None]).all()
+
+
+def test_auto_backend_is_faiss_when_it_imports_and_exact_flat_for_small_references():
+    emb, _, expr, _, _ = planted_clusters()
+    knn = create_knn_backend("auto", similarity="cosine").fit(emb)
+    assert isinstance(knn, FaissKNN) and knn.resolved_index == "flat"
+    t_scores, t_idx = TorchKNN("cosine").fit(emb).search(emb[:20], 7)
+    f_scores, f_idx = knn.search(emb[:20], 7)
+    torch.testing.assert_close(f_idx, t_idx, rtol=0, atol=0)
+    # the default of impute and of the config is 'auto'
+    import inspect
+    from stgraph.config.schema import InferenceConfig
+    assert inspect.signature(impute).parameters["backend"].default == "auto"
+    assert InferenceConfig().backend == "auto"
+
+
+def test_auto_backend_falls_back_to_exact_torch_when_faiss_cannot_be_imported(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_faiss(name, *args, **kwargs):
+        if name == "faiss" or name.startswith("faiss."):
+            raise ImportError("faiss blocked by the test")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    emb, _, expr, _, _ = planted_clusters()
+    knn = create_knn_backend("auto", similarity="l2", chunk_size=7)
+    assert type(knn) is TorchKNN and knn.chunk_size == 7
+    with pytest.raises(ImportError, match="pip install faiss-cpu"):
+        create_knn_backend("faiss")
+    pred = impute(emb, emb, expr, k=1, similarity="l2")  # the default backend still works without faiss
+    np.testing.assert_array_equal(pred, expr)
+
+
+def test_auto_backend_on_an_accelerator_is_torch():
+    knn = create_knn_backend("auto", device="meta")
+    assert type(knn) is TorchKNN
+
+
+def clustered_embeddings(n, n_clusters=60, dim=32, spread=0.35, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim))
+    return (centres[rng.integers(0, n_clusters, n)] + spread * rng.standard_normal((n, dim))).astype(np.float32)
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "l2"])
+def test_auto_index_switches_to_ivf_on_large_references_and_recalls_the_exact_neighbours(similarity):
+    ref = clustered_embeddings(6000)
+    query = clustered_embeddings(300, seed=1)
+    k = 20
+    _, exact = FaissKNN(similarity, index="flat").fit(ref).search(query, k)
+    ivf = create_knn_backend("auto", similarity=similarity, ivf_min_reference=5000).fit(ref)
+    assert ivf.resolved_index == "ivf" and ivf.index.nlist == round(math.sqrt(len(ref)))
+    assert ivf.index.nprobe == 16  # the default
+    scores, approx = ivf.search(query, k)
+    hits = [len(set(a) & set(b)) for a, b in zip(approx.numpy(), exact.numpy())]
+    recall = np.mean(hits) / k
+    assert recall >= 0.95, recall
+    # scores keep their meaning and order: the IVF neighbours are never better than the exact ones
+    order = -1 if similarity == "l2" else 1
+    assert (order * np.diff(scores.numpy(), axis=1) <= 1e-6).all()
+    # the same reference below the threshold stays exact
+    small = create_knn_backend("auto", similarity=similarity, ivf_min_reference=6001).fit(ref)
+    assert small.resolved_index == "flat"
+    torch.testing.assert_close(small.search(query, k)[1], exact, rtol=0, atol=0)
+
+
+def test_reference_store_builds_its_index_once_and_predicts_like_a_fresh_backend():
+    from stgraph.retrieval.reference import ReferenceStore
+
+    emb, labels, expr, _, _ = planted_clusters()
+    store = ReferenceStore(embeddings=emb, expression=expr, genes=[f"g{i}" for i in range(expr.shape[1])],
+                           slide_ids=np.repeat("s", len(emb)), spot_ids=np.arange(len(emb)).astype(str))
+    a = store.predict(emb[:30], k=5)
+    first = store.fitted_backend("auto", "cosine")
+    b = store.predict(emb[30:60], k=5)
+    assert store.fitted_backend("auto", "cosine") is first  # reused, not rebuilt
+    np.testing.assert_allclose(a, impute(emb[:30], emb, expr, k=5, backend="torch"), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(b, impute(emb[30:60], emb, expr, k=5, backend="torch"), rtol=1e-6, atol=1e-6)
+    assert store.fitted_backend("torch", "l2") is not first
+    store.embeddings = emb[::-1].copy()  # a replaced reference gets a new index
+    assert store.fitted_backend("auto", "cosine") is not first

@@ -193,7 +193,10 @@ def test_bad_input_fails_before_compute_with_clear_errors(run_dir, slides, tmp_p
     assert "--mpp" in err("--wsi", str(slides["nompp"]), "--out", str(tmp_path / "x.h5ad"))
     assert "tissue" in err("--wsi", str(slides["blank"]), "--out", str(tmp_path / "x.h5ad")).lower()
     assert "grid" in err("--wsi", str(slides["a"]), "--out", str(tmp_path / "x.h5ad"), "--grid", "hexagon")
-    assert "pyarrow" in err("--wsi", str(slides["a"]), "--out", str(tmp_path / "x.parquet"))
+    import importlib.util
+
+    if importlib.util.find_spec("pyarrow") is None:  # parquet export needs pyarrow (squidpy brings it)
+        assert "pyarrow" in err("--wsi", str(slides["a"]), "--out", str(tmp_path / "x.parquet"))
     assert "not found" in err("--wsi", str(tmp_path / "nope.tif"), "--out", str(tmp_path / "x.h5ad"))
     assert "output folder" in err("--wsi", str(slides["a"]), str(slides["b"]), "--out", str(tmp_path / "x.h5ad"))
     existing = tmp_path / "keep.h5ad"
@@ -326,3 +329,108 @@ def test_unreadable_level_fails_before_compute(run_dir, slides, tmp_path, capsys
     rc = main(["predict", "--model", str(run_dir), "--wsi", str(slides["a"]), "--out", str(out), "--device", "cpu"])
     assert rc == 2 and "cannot decode level 1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_prefetching_reads_in_a_thread_and_predicts_exactly_as_the_plain_path(run_dir, slides, monkeypatch):
+    import threading
+
+    import stgraph.data.wsi as wsi_mod
+    from stgraph.inference import load_run
+    from stgraph.inference.wsi import predict_wsi
+
+    run = load_run(run_dir)
+    readers = []
+    real = wsi_mod.iter_patches_at_mpp
+
+    def spy(*args, **kwargs):
+        for item in real(*args, **kwargs):
+            readers.append(threading.current_thread().name)
+            yield item
+
+    monkeypatch.setattr(wsi_mod, "iter_patches_at_mpp", spy)
+    plain = predict_wsi(run, slides["a"], grid=60, chunk_size=8, batch_size=4, prefetch_chunks=0)
+    assert set(readers) == {threading.current_thread().name}
+    readers.clear()
+    ahead = predict_wsi(run, slides["a"], grid=60, chunk_size=8, batch_size=4, prefetch_chunks=2)
+    assert set(readers) == {"stgraph-prefetch"} and len(readers) > 3
+    assert plain.n_obs > 20
+    np.testing.assert_array_equal(ahead.obsm["spatial"], plain.obsm["spatial"])
+    np.testing.assert_array_equal(ahead.X, plain.X)
+
+
+def test_prefetch_keeps_order_bounds_the_read_ahead_and_passes_errors_on():
+    import threading
+
+    from stgraph.utils import prefetch
+
+    produced = []
+
+    def items(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise OSError(f"tile {i} is damaged")
+            produced.append(i)
+            yield i
+
+    consumed = []
+    for i in prefetch(items(20), depth=2):
+        consumed.append(i)
+        # one queued + one waiting to be queued + the one in hand at most
+        deadline = __import__("time").monotonic() + 0.05
+        while __import__("time").monotonic() < deadline:
+            pass
+        assert len(produced) <= len(consumed) + 3
+    assert consumed == list(range(20))
+    assert list(prefetch(items(5), depth=0)) == list(range(5))
+    with pytest.raises(OSError, match="tile 3 is damaged"):
+        list(prefetch(items(10, fail_at=3), depth=1))
+    before = threading.active_count()
+    produced.clear()
+    for i in prefetch(items(1000), depth=1):
+        if i == 2:
+            break
+    assert threading.active_count() == before and len(produced) <= 6  # stopped, not run to the end
+
+
+def _check_spatial_plots(pred, library_id):
+    """sc.pl.spatial and sq.pl.spatial_scatter draw the hires image and one marker per spot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    gene = pred.var_names[0]
+    images = pred.uns["spatial"][library_id]["images"]
+    img_key = "hires" if "hires" in images else next(iter(images))  # a spot table keeps its input's images
+
+    def n_markers(ax):  # circles as one PatchCollection (scanpy) or one offset each (scatter)
+        return sum(max(len(c.get_paths()), len(c.get_offsets())) for c in ax.collections)
+
+    try:
+        ax = sc.pl.spatial(pred, img_key=img_key, color=gene, library_id=library_id, show=False)[0]
+        assert len(ax.images) == 1
+        assert n_markers(ax) == pred.n_obs
+        plt.close("all")
+        sq = pytest.importorskip("squidpy")
+        sq.pl.spatial_scatter(pred, color=gene, library_id=library_id, img_res_key=img_key)
+        ax = plt.gcf().axes[0]
+        assert len(ax.images) == 1
+        assert n_markers(ax) >= pred.n_obs
+    finally:
+        plt.close("all")
+
+
+def test_wsi_and_spot_table_predictions_plot_with_scanpy_and_squidpy(run_dir, slides, synthetic_slides):
+    from stgraph.inference import load_run, predict_slide
+    from stgraph.inference.wsi import predict_wsi
+
+    run = load_run(run_dir)
+    wsi_pred = predict_wsi(run, slides["a"], grid="visium")
+    assert wsi_pred.n_obs > 10
+    library_id = next(iter(wsi_pred.uns["spatial"]))
+    assert "hires" in wsi_pred.uns["spatial"][library_id]["images"]
+    _check_spatial_plots(wsi_pred, library_id)
+    spot_pred = predict_slide(run, synthetic_slides[2])
+    assert "spatial" in spot_pred.uns and "spatial" in spot_pred.obsm
+    _check_spatial_plots(spot_pred, next(iter(spot_pred.uns["spatial"])))

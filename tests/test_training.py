@@ -157,3 +157,29 @@ def test_precision_is_validated(tiny_config):
     assert tiny_config("bleep.yaml", "train.precision=32").train.precision == "32"  # YAML reads 32 as a number
     with pytest.raises(ConfigError, match="train.precision"):
         tiny_config("bleep.yaml", "train.precision=fp8")
+@pytest.mark.parametrize("config_name", ["bleep.yaml", "stgchb.yaml"])
+def test_harmony_shapes_the_targets_but_the_reference_keeps_uncorrected_expression(config_name, tiny_config,
+                                                                                     synthetic_slides):
+    from stgraph.data import pp
+    from stgraph.run.prepare import fit_preprocessor
+
+    config = tiny_config(config_name, "data.harmony=true", "train.epochs=1")
+    assert config.data.harmony
+    train = [ad.copy() for ad in synthetic_slides[:2]]
+    run = train_model(config, train)
+    genes = run.preprocessor.genes
+    # computed here from the counts, independently of training: log1p(normalised), aligned to the genes
+    aligned = [pp.align_genes(pp.normalize_log1p(ad, copy=True), genes).X for ad in synthetic_slides[:2]]
+    uncorrected = np.concatenate([np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32)
+                                  for x in aligned])
+    stored = np.asarray(run.reference.expression, dtype=np.float32)
+    np.testing.assert_allclose(stored, uncorrected, rtol=1e-6, atol=1e-6)
+    # Harmony did change the training targets (so the equality above is not vacuous)
+    _, targets = fit_preprocessor(config, [ad.copy() for ad in synthetic_slides[:2]])
+    corrected = np.concatenate(list(targets.values()))
+    assert np.abs(corrected - uncorrected).max() > 1e-3
+    assert stored.min() >= 0
+    pred = predict_slide(run, synthetic_slides[2])
+    x = np.asarray(pred.X)
+    assert x.shape == (synthetic_slides[2].n_obs, len(genes)) and np.isfinite(x).all()
+    assert x.min() >= 0

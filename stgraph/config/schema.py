@@ -272,7 +272,7 @@ class InferenceConfig:
     k: int = 50
     aggregation: str = "mean"
     distance: str = "euclidean"
-    backend: str = "torch"
+    backend: str = "auto"
     chunk_size: int = 4096
     smoothing: float = 0.0
     smoothing_steps: int = 1

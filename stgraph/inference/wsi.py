@@ -26,7 +26,7 @@ from ..run.folder import Run
 from ..run.prepare import PreparedSlide, needs_graph
 from ..run.resolution import QueryResolution, query_resolution
 from ..data.transforms import grid_coordinates, normalize_batch, patch_batch
-from ..utils import atomic_save_npy, folder_size, user_cache_dir
+from ..utils import atomic_save_npy, folder_size, prefetch, user_cache_dir
 from .predict import predict_prepared
 
 __all__ = ["WSIPredictionError", "user_cache_dir", "parse_grid", "expand_slide_paths", "wsi_features",
@@ -98,11 +98,14 @@ def _cache_file(cache_dir: Path, wsi, xy: np.ndarray, patch_um: float, target_mp
 @torch.no_grad()
 def wsi_features(run: Run, wsi, xy: np.ndarray, patch_um: float, target_mpp: float, chunk_size: int = 256,
                  batch_size: int = 64, progress: bool = False, cache_dir: Optional[Path] = None,
-                 desc: str = "patches") -> np.ndarray:
+                 desc: str = "patches", prefetch_chunks: int = 1) -> np.ndarray:
     """(n, F) backbone features of ``patch_um`` µm patches at ``target_mpp`` µm/px centred on ``xy``.
 
     Patches are read ``chunk_size`` at a time (:func:`iter_patches_at_mpp`), encoded ``batch_size`` at a time
-    and discarded; the progress bar counts patches. With ``cache_dir`` the features are stored in
+    and discarded; the progress bar counts patches. A background thread reads (and resamples) the next
+    ``prefetch_chunks`` chunks while the backbone encodes the current one (:func:`stgraph.utils.prefetch`;
+    0 reads in the calling thread), so at most ``prefetch_chunks + 2`` chunks of patches are held at once.
+    With ``cache_dir`` the features are stored in
     ``<cache_dir>/features/`` (keyed by the image file, the spots, the geometry and the backbone weights)
     and reused.
     """
@@ -126,7 +129,8 @@ def wsi_features(run: Run, wsi, xy: np.ndarray, patch_um: float, target_mpp: flo
     encoder.eval()
     feats: Optional[np.ndarray] = None
     with tqdm(total=len(xy), desc=desc, unit="patch", disable=not progress, leave=False) as bar:
-        for idx, patches in iter_patches_at_mpp(wsi, xy, patch_um, target_mpp, batch_size=chunk_size):
+        chunks = iter_patches_at_mpp(wsi, xy, patch_um, target_mpp, batch_size=chunk_size)
+        for idx, patches in prefetch(chunks, prefetch_chunks):
             for start in range(0, len(idx), batch_size):
                 x = normalize_batch(patch_batch(patches[start : start + batch_size], input_size, device))
                 f = encoder(x).float().cpu().numpy()
@@ -150,7 +154,8 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
                 similarity: Optional[str] = None, aggregation: Optional[str] = None,
                 backend: Optional[str] = None, cache: bool = False,
                 cache_dir: Optional[Union[str, os.PathLike]] = None, chunk_size: int = 256,
-                batch_size: int = 64, progress: bool = False, **mask_kwargs) -> AnnData:
+                batch_size: int = 64, progress: bool = False, prefetch_chunks: int = 1,
+                **mask_kwargs) -> AnnData:
     """Predict a whole-slide image's expression on a spot grid laid over its tissue.
 
     Parameters
@@ -167,6 +172,8 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
         Keep the features in ``user_cache_dir(cache_dir)/features`` and reuse them on the next call.
     chunk_size, batch_size
         Patches read per band, and per backbone forward.
+    prefetch_chunks
+        Chunks read ahead by a background thread while the backbone runs (0: no thread).
     **mask_kwargs
         Passed to :func:`stgraph.data.tissue.tissue_mask`.
 
@@ -212,9 +219,9 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
         xy = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)
         cache_root = user_cache_dir(cache_dir) if cache else None
         name = next(iter(adata.uns[Key.uns.spatial]))
-        features = wsi_features(run, wsi, xy, res.patch_um, res.target_mpp, chunk_size=chunk_size,
-                                batch_size=batch_size, progress=progress, cache_dir=cache_root,
-                                desc=f"patches {name}")
+        stream = dict(chunk_size=chunk_size, batch_size=batch_size, progress=progress, cache_dir=cache_root,
+                      prefetch_chunks=prefetch_chunks)
+        features = wsi_features(run, wsi, xy, res.patch_um, res.target_mpp, desc=f"patches {name}", **stream)
         edge_index = None
         if needs_graph(config, query=True):
             from ..graph import spatial_graph, to_edge_index
@@ -224,9 +231,8 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
                                                      knn=g.knn, self_loops=g.self_loops))
         if cfg.context_scale is not None:
             s = float(cfg.context_scale)
-            ctx = wsi_features(run, wsi, xy, res.patch_um * s, res.target_mpp * s, chunk_size=chunk_size,
-                               batch_size=batch_size, progress=progress, cache_dir=cache_root,
-                               desc=f"context {name}")
+            ctx = wsi_features(run, wsi, xy, res.patch_um * s, res.target_mpp * s, desc=f"context {name}",
+                               **stream)
             features = np.concatenate([features, ctx], 1)
         if cfg.neighbour_context:
             from ..nn.context import neighbour_mean

@@ -254,8 +254,24 @@ def aggregate(neighbour_expr: Optional[ArrayLike], scores: ArrayLike, aggregatio
     if idx.size and (idx.min() < 0 or idx.max() >= expr.shape[0]):
         raise ValueError(f"indices must lie in [0, {expr.shape[0]}), the reference expression's rows")
     # A sparse (Q, R) weight matrix times the expression never builds the (Q, k, G) neighbours.
-    out = _weight_matrix(w, idx, expr.shape[0]) @ expr
-    return np.asarray(out.toarray() if sp.issparse(out) else out, dtype=np.float32)
+    if sp.issparse(expr):
+        out = _weight_matrix(w, idx, expr.shape[0]) @ expr
+        return np.asarray(out.toarray(), dtype=np.float32)
+    return _sparse_weights_times_dense(w, idx, expr)
+
+
+def _sparse_weights_times_dense(weights: np.ndarray, indices: np.ndarray, expr: np.ndarray) -> np.ndarray:
+    """``W @ expr`` for the (Q, R) weight matrix of :func:`_weight_matrix` and a dense (R, G) float32
+    expression, with torch's CSR product: it uses every thread, where scipy's uses one (0.09 s instead of
+    0.22 s for 1e4 queries, k=50, 785 genes on 2 cores)."""
+    n_q, k = indices.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        w = torch.sparse_csr_tensor(torch.arange(0, n_q * k + 1, k, dtype=torch.int64),
+                                    torch.from_numpy(np.ascontiguousarray(indices.ravel(), dtype=np.int64)),
+                                    torch.from_numpy(weights.ravel().astype(np.float32)),
+                                    size=(n_q, expr.shape[0]))
+        return (w @ torch.from_numpy(np.ascontiguousarray(expr))).numpy()
 
 
 def _expression_matrix(reference_expr, n_reference: Optional[int]):
@@ -272,7 +288,10 @@ def _expression_matrix(reference_expr, n_reference: Optional[int]):
     return expr
 
 
-def _resolve_backend(backend, similarity: Optional[str], chunk_size: int, reference: torch.Tensor):
+def resolve_backend(backend, similarity: Optional[str], chunk_size: int, reference) -> KNNBackend:
+    """A backend fitted on ``reference``: a fitted instance is checked against it, an unfitted one is
+    fitted, a name is created (``chunk_size`` going to the torch and auto backends) and fitted."""
+    reference = as_float32_matrix(reference, "reference embeddings")
     if isinstance(backend, KNNBackend):
         if similarity is not None and similarity != backend.similarity:
             raise ValueError(f"similarity={similarity!r} differs from the backend's {backend.similarity!r}")
@@ -284,7 +303,7 @@ def _resolve_backend(backend, similarity: Optional[str], chunk_size: int, refere
         return backend
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a name or a KNNBackend, got {type(backend).__name__}")
-    kwargs = {"chunk_size": chunk_size} if backend == "torch" else {}
+    kwargs = {"chunk_size": chunk_size} if backend in ("torch", "auto") else {}
     return create_knn_backend(backend, similarity=similarity or "cosine", **kwargs).fit(reference)
 
 
@@ -301,7 +320,7 @@ def _weight_matrix(weights: np.ndarray, indices: np.ndarray, n_reference: int) -
 
 def impute(query_emb: ArrayLike, reference_emb: ArrayLike, reference_expr, k: int = 50,
            similarity: Optional[str] = None, aggregation: str = "mean",
-           backend: Union[str, KNNBackend] = "torch", chunk_size: int = 4096, show_progress: bool = False,
+           backend: Union[str, KNNBackend] = "auto", chunk_size: int = 4096, show_progress: bool = False,
            return_indices: bool = False, temperature: float = DEFAULT_TEMPERATURE,
            distance: str = "euclidean"):
     """Predict each query's expression from its ``k`` nearest reference spots.
@@ -322,6 +341,7 @@ def impute(query_emb: ArrayLike, reference_emb: ArrayLike, reference_expr, k: in
     aggregation
         'mean', 'inverse_square', 'bleep_weighted', 'softmax' or 'top1' (see the module docstring).
     backend
+        'auto' (faiss when installed: exact below 5e4 reference rows, IVF above; exact torch otherwise),
         'torch', 'faiss' or a :class:`~stgraph.inference.knn.KNNBackend`. An unfitted instance is fitted on
         ``reference_emb``; a fitted one is used as it is (it must have been fitted on ``reference_emb``,
         which lets an approximate index be built once and reused).
@@ -362,7 +382,7 @@ def impute(query_emb: ArrayLike, reference_emb: ArrayLike, reference_expr, k: in
     if k > n_ref:
         warnings.warn(f"k={k} is larger than the reference ({n_ref} spots); using k={n_ref}", stacklevel=2)
         k = n_ref
-    knn = _resolve_backend(backend, similarity, chunk_size, ref)
+    knn = resolve_backend(backend, similarity, chunk_size, ref)
 
     n_q = query.shape[0]
     out = np.empty((n_q, expr.shape[1]), dtype=np.float32)

@@ -24,7 +24,7 @@ import torch
 from ..errors import StgraphError
 from ..keys import Key
 from ..utils import atomic_path
-from .impute import impute
+from .impute import impute, resolve_backend
 from .knn import KNNBackend
 
 __all__ = ["ReferenceStore", "ReferenceStoreError", "REFERENCE_KINDS"]
@@ -258,7 +258,7 @@ class ReferenceStore:
 
     # -- prediction ---------------------------------------------------------------------------------
     def predict(self, query_emb, k: int = 50, similarity: Optional[str] = None, aggregation: str = "mean",
-                backend: Union[str, KNNBackend] = "torch", **kwargs: Any):
+                backend: Union[str, KNNBackend] = "auto", **kwargs: Any):
         """(Q, G) float32 expression of the queries (Q, d) by kNN imputation over this store.
 
         Arguments are those of :func:`stgraph.inference.impute.impute` (``chunk_size``, ``show_progress``,
@@ -267,8 +267,21 @@ class ReferenceStore:
         """
         if similarity is None and not isinstance(backend, KNNBackend):
             similarity = self.meta.get("similarity") or "cosine"
+        if isinstance(backend, str):
+            backend = self.fitted_backend(backend, similarity, kwargs.get("chunk_size", 4096))
         return impute(query_emb, self.embeddings, self.expression, k=k, similarity=similarity,
                       aggregation=aggregation, backend=backend, **kwargs)
+
+    def fitted_backend(self, name: str, similarity: str = "cosine", chunk_size: int = 4096) -> KNNBackend:
+        """The kNN backend ``name`` fitted on these embeddings, built once and kept: predicting many slides
+        (or many chunks) against one store builds an approximate index only the first time. The cache is
+        keyed by the arguments and dropped when ``embeddings`` is replaced."""
+        key = (name, similarity, int(chunk_size), id(self.embeddings), self.embeddings.shape)
+        cache = self.__dict__.setdefault("_fitted_backends", {})
+        if key not in cache:
+            cache.clear()  # one index at a time: a second, unused one would only hold memory
+            cache[key] = resolve_backend(name, similarity, chunk_size, self.embeddings)
+        return cache[key]
 
     def to_anndata(self):
         """An AnnData: ``X`` = expression, ``obsm['X_emb']`` = embeddings, ``obs`` slide_id / spot_id."""

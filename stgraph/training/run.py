@@ -45,12 +45,19 @@ def _slides_of(slides) -> list[AnnData]:
 
 
 def build_reference(model, config, slides: Sequence[PreparedSlide], genes: Sequence[str],
-                    meta: Optional[dict] = None) -> ReferenceStore:
+                    meta: Optional[dict] = None,
+                    expression: Optional[Sequence[np.ndarray]] = None) -> ReferenceStore:
     """Embed the reference slides with the branch ``inference.reference`` names and pair them with their
-    expression (n_ref, G)."""
+    expression (n_ref, G): ``expression`` (one (n_i, G) array per slide) when given, else each slide's
+    ``expr``. Training passes the uncorrected log1p(normalised) expression here, so Harmony, which shapes
+    the training targets and through them the embeddings, never reaches the predicted values."""
     branch = config.inference.reference
     emb = np.concatenate([embed_slide(model, s, branch) for s in slides])
-    expr = np.concatenate([s.expr for s in slides]).astype(np.float32)
+    if expression is None:
+        expression = [s.expr for s in slides]
+    if [len(e) for e in expression] != [s.n_spots for s in slides]:
+        raise ValueError("build_reference: one expression array per slide, with the slide's spots as rows")
+    expr = np.concatenate(list(expression)).astype(np.float32)
     return ReferenceStore(
         embeddings=emb,
         expression=expr,
@@ -286,7 +293,10 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
     if not dist_env.is_main:
         # Rank 0 holds the same weights and writes the run; the reference is built once, there.
         return Run(model, config, preprocessor, None, result, None, info={"resolution": resolution})
-    reference = build_reference(model, config, prepared, preprocessor.genes)
+    # The stored profiles are the uncorrected log1p(normalised) expression, whatever Harmony did to the
+    # training targets (which are each slide's expr).
+    reference = build_reference(model, config, prepared, preprocessor.genes,
+                                expression=[preprocessor.expression(ad) for ad in adatas])
 
     if run_dir is not None:
         if resume:  # the same config but for the resumable fields (e.g. more epochs)
