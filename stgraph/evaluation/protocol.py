@@ -100,7 +100,9 @@ def baseline_fold(config, collection: SlideCollection, fold: Fold, markers: Opti
     feats = lambda ad, e=None: prepare_slide(ad, frozen, prep, expr=e, image_encoder=encoder,  # noqa: E731
                                              with_graph=False).features
     train_x = np.concatenate([feats(ad, expr[sid]) for ad, sid in zip(train, expr)])
-    train_y = np.concatenate(list(expr.values()))
+    # Targets in the space the truth is scored in: uncorrected log1p(normalised) expression (Harmony, when
+    # on, corrects only the methods' training targets and embeddings).
+    train_y = np.concatenate([prep.expression(ad) for ad in train])
     test_x = feats(test)
     true = prep.expression(test)
     preds = {name: BASELINES.get(name)(train_x, train_y, test_x, k=k) for name in BASELINES}
