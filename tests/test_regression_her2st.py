@@ -2,6 +2,9 @@
 stored fixture says (``tests/data/regression_her2st_<config>.npz``, written from the code before the
 architecture refactor of issue 9). Refactors must not change predictions.
 
+Regenerated on purpose twice: when the reference kept the uncorrected expression under Harmony, and when
+patch augmentations were seeded per training step (so data-loader workers and ranks draw the same ones).
+
 Regenerate (only on purpose, when predictions are meant to change)::
 
     STGRAPH_WRITE_REGRESSION=1 .venv/bin/python -m pytest tests/test_regression_her2st.py
