@@ -6,7 +6,9 @@ step is compute-bound as on a GPU. Rows:
 - ``1 proc × 1 thread``: the baseline of the data-parallel machinery;
 - ``2 proc × 1 thread``: ``stgraph train --nproc 2`` (the same global batches, half each);
 - ``1 proc × 2 threads``: what one process gets from the same two cores with intra-op threads;
-- ``1 proc × 2 threads, bf16``: CPU autocast to bfloat16.
+- ``1 proc × 2 threads, bf16``: CPU autocast to bfloat16;
+- ``2 independent 1-thread runs at once`` (control, no communication): how much two compute-bound
+  processes slow each other on this machine, i.e. the best a two-process run could do here.
 
 Scaling efficiency = t(1 proc × 1 thread) / (2 × t(2 proc × 1 thread)). Epoch time = median of the
 epochs after the first (which includes start-up work). Writes ``benchmarks/results/ddp_cpu.json``.
@@ -23,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,23 +59,39 @@ def main() -> None:
     cases = [("1 proc x 1 thread", 1, 1, "32"), ("2 proc x 1 thread", 2, 1, "32"),
              ("1 proc x 2 threads", 1, 2, "32"), ("1 proc x 2 threads, bf16", 1, 2, "bf16")]
     rows = []
+
+    def command(out: Path, nproc: int, precision: str) -> list[str]:
+        return [sys.executable, "-m", "stgraph.cli", "train", "--config", str(REPO / "configs" / "bleep.yaml"),
+                "--data", *slides, "--out", str(out), "--nproc", str(nproc), *overrides,
+                f"train.precision={precision}"]
+
+    def epoch_seconds(out: Path) -> tuple[float, float]:
+        log = pd.read_csv(out / "log.csv").query("split == 'train'")
+        return float(log["seconds"].iloc[1:].median()), float(log["total"].iloc[-1])
+
     for label, nproc, threads, precision in cases:
         out = tmp / f"run_{len(rows)}"
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        cmd = [sys.executable, "-m", "stgraph.cli", "train", "--config", str(REPO / "configs" / "bleep.yaml"),
-               "--data", *slides, "--out", str(out), "--nproc", str(nproc), *overrides,
-               f"train.precision={precision}"]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        proc = subprocess.run(command(out, nproc, precision), env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise SystemExit(proc.stderr[-2000:])
-        log = pd.read_csv(out / "log.csv").query("split == 'train'")
-        epoch_s = float(log["seconds"].iloc[1:].median())
+        epoch_s, loss = epoch_seconds(out)
         rows.append({"case": label, "processes": nproc, "threads_per_process": threads, "precision": precision,
-                     "epoch_s": round(epoch_s, 3), "wall_s": round(wall, 1),
-                     "final_loss": round(float(log["total"].iloc[-1]), 4)})
+                     "epoch_s": round(epoch_s, 3), "wall_s": round(wall, 1), "final_loss": round(loss, 4)})
         print(rows[-1], flush=True)
+    # Control: two ordinary one-process runs at the same time (each does the whole epoch's work).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outs = [tmp / "control_a", tmp / "control_b"]
+    procs = [subprocess.Popen(command(o, 1, "32"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for o in outs]
+    if any(p.wait() != 0 for p in procs):
+        raise SystemExit("the control runs failed")
+    control = float(np.mean([epoch_seconds(o)[0] for o in outs]))
+    rows.append({"case": "2 independent 1-thread runs at once", "processes": 2, "threads_per_process": 1,
+                 "precision": "32", "epoch_s": round(control, 3)})
+    print(rows[-1], flush=True)
     t = {r["case"]: r["epoch_s"] for r in rows}
     n_spots = 3 * args.side ** 2
     result = {
@@ -83,6 +102,10 @@ def main() -> None:
         "scaling_efficiency": round(t["1 proc x 1 thread"] / (2 * t["2 proc x 1 thread"]), 3),
         "speedup_2proc_vs_1proc_2threads": round(t["1 proc x 2 threads"] / t["2 proc x 1 thread"], 3),
         "bf16_speedup_cpu": round(t["1 proc x 2 threads"] / t["1 proc x 2 threads, bf16"], 3),
+        # Two concurrent processes each doing a whole epoch take `control` s; a perfect two-process run does
+        # half the work per process, so its bound on this machine is control / 2.
+        "machine_parallel_slowdown": round(control / t["1 proc x 1 thread"], 3),
+        "efficiency_vs_machine_bound": round((control / 2) / t["2 proc x 1 thread"], 3),
     }
     path = write_results("ddp_cpu", result)
     print({k: v for k, v in result.items() if k not in ("rows", "machine")})
