@@ -214,6 +214,13 @@ def _cmd_train(args) -> int:
     if args.nproc > 1:
         if env_world_size() > 1:
             raise ValueError("--nproc inside a torchrun job: give one or the other")
+        import torch
+
+        from stgraph.utils import resolve_device
+
+        if resolve_device(config.train.device).type == "cuda" and args.nproc > torch.cuda.device_count():
+            raise ValueError(f"--nproc {args.nproc} on a machine with {torch.cuda.device_count()} GPU(s): one "
+                             "process per GPU, or train.device=cpu for gloo processes on the CPU")
         return _launch_torchrun(args.nproc, args.argv)
     slides = _read_many(args)
     run = train_model(config, slides, out=args.out, force=args.force, resume=args.resume)
