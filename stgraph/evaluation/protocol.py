@@ -19,7 +19,7 @@ from ..inference.predict import predict_slide
 from ..metrics import evaluate_arrays, per_gene_table
 from ..metrics.report import summarize_folds, to_markdown_table, write_csv_atomic, write_json_atomic
 from ..models import create_image_encoder
-from ..run.prepare import fit_preprocessor, prepare_slide, preprocessing_key
+from ..run.prepare import fit_preprocessor, prepare_slide, preprocessing_key, uncorrected_expression
 from ..training.run import train_model
 from .baselines import BASELINES
 from .folds import Fold
@@ -44,13 +44,11 @@ class FoldPreprocessing:
     def __init__(self, train: Sequence):
         self.train = list(train)
         self._fitted: dict[str, tuple] = {}
-        self.fits = 0
 
     def get(self, config) -> tuple:
         key = preprocessing_key(config)
         if key not in self._fitted:
             self._fitted[key] = fit_preprocessor(config, self.train)
-            self.fits += 1
         return self._fitted[key]
 
 
@@ -102,7 +100,7 @@ def baseline_fold(config, collection: SlideCollection, fold: Fold, markers: Opti
     train_x = np.concatenate([feats(ad, expr[sid]) for ad, sid in zip(train, expr)])
     # Targets in the space the truth is scored in: uncorrected log1p(normalised) expression (Harmony, when
     # on, corrects only the methods' training targets and embeddings).
-    train_y = np.concatenate([prep.expression(ad) for ad in train])
+    train_y = np.concatenate(uncorrected_expression(frozen, prep, expr, train))
     test_x = feats(test)
     true = prep.expression(test)
     preds = {name: BASELINES.get(name)(train_x, train_y, test_x, k=k) for name in BASELINES}
@@ -202,13 +200,11 @@ def cross_validate(configs: Mapping[str, object], collection: SlideCollection, f
     bar = tqdm(total=len(folds) * per_fold, desc="evaluate", unit="run", disable=not progress)
     if jobs == 1:
         for fold in folds:
-            done_before = len(rows)
-
-            def on_done(fold_rows, label, fold=fold, done_before=done_before):
+            def on_done(fold_rows, label, fold=fold):
                 bar.set_postfix_str(f"{label} / {fold.name}")
                 bar.update()
-                if out is not None:
-                    write_csv_atomic(pd.DataFrame(rows[:done_before] + fold_rows), out / "results.csv")
+                if out is not None:  # rows of the finished folds, then this fold's so far
+                    write_csv_atomic(pd.DataFrame(rows + fold_rows), out / "results.csv")
 
             fold_rows, kept = run_fold(configs, collection, fold, out, baselines, baseline_config, markers,
                                        keep_runs, keep_predictions=fold is folds[0], on_done=on_done)

@@ -29,6 +29,8 @@ __all__ = [
     "PreparedSlide",
     "Preprocessor",
     "fit_preprocessor",
+    "preprocessing_key",
+    "uncorrected_expression",
     "prepare_slide",
     "grid_coordinates",
     "compute_image_features",
@@ -159,6 +161,16 @@ def _select_genes(config, train_slides: Sequence[AnnData]) -> list[str]:
     if spec == "shared":
         return pp.shared_genes(list(train_slides))
     return pp.load_gene_list(spec)
+
+
+def uncorrected_expression(config, preprocessor: "Preprocessor", expr: dict[str, np.ndarray],
+                           train_slides: Sequence[AnnData]) -> list[np.ndarray]:
+    """The training slides' uncorrected log1p(normalised) expression over the preprocessor's genes, one
+    (n_i, G) array per slide: :func:`fit_preprocessor`'s ``expr`` itself when Harmony did not correct it,
+    recomputed from the slides when it did (the reference and the baselines stay in the scored space)."""
+    if not (config.data.harmony and len(train_slides) > 1):
+        return list(expr.values())
+    return [preprocessor.expression(ad) for ad in train_slides]
 
 
 def preprocessing_key(config) -> str:

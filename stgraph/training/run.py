@@ -23,7 +23,7 @@ from ..models import create_model
 from ..retrieval.reference import ReferenceStore
 from ..run.embed import embed_slide
 from ..run.folder import RUN_FILES, Run, save_model  # noqa: F401 (RUN_FILES re-exported)
-from ..run.prepare import PreparedSlide, fit_preprocessor, prepare_slide
+from ..run.prepare import PreparedSlide, fit_preprocessor, prepare_slide, uncorrected_expression
 from ..run.resolution import training_resolution
 from ..utils import atomic_write_text, check_writable_dir, resolve_device, seed_everything
 from .distributed import DistEnv, DistributedError, barrier, init_distributed
@@ -296,7 +296,7 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
     # The stored profiles are the uncorrected log1p(normalised) expression, whatever Harmony did to the
     # training targets (which are each slide's expr).
     reference = build_reference(model, config, prepared, preprocessor.genes,
-                                expression=[preprocessor.expression(ad) for ad in adatas])
+                                expression=uncorrected_expression(config, preprocessor, expr, adatas))
 
     if run_dir is not None:
         if resume:  # the same config but for the resumable fields (e.g. more epochs)

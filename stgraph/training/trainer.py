@@ -57,15 +57,18 @@ class TrainResult:
     best_val_loss: float
 
 
-def _to_float32(out):
-    def cast(t):
-        if isinstance(t, torch.Tensor) and t.is_floating_point():
-            return t.float()
+def _map_branch(out, fn, fields=None):
+    """``out`` (a :class:`~stgraph.models.contrastive.BranchOutput`) with ``fn`` applied to the tensors of
+    ``fields`` (default all; tuples such as the DGI triple element-wise)."""
+    def apply(t):
+        if isinstance(t, torch.Tensor):
+            return fn(t)
         if isinstance(t, tuple):
-            return tuple(cast(x) for x in t)
+            return tuple(apply(x) for x in t)
         return t
 
-    return dataclasses.replace(out, **{f.name: cast(getattr(out, f.name)) for f in dataclasses.fields(out)})
+    names = fields or [f.name for f in dataclasses.fields(out)]
+    return dataclasses.replace(out, **{name: apply(getattr(out, name)) for name in names})
 
 
 class Trainer:
@@ -100,9 +103,11 @@ class Trainer:
         self.amp_dtype = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.tcfg.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         s0 = slides[0] if slides else None
-        from_patches = s0 is not None and s0.features is None and s0.stage_input is None
+        #: Batches are cut from uint8 patches (fine-tuning the backbone), not cached features / stage inputs.
+        self.from_patches = (s0 is not None and s0.features is None and s0.stage_input is None
+                             and s0.patches is not None)
         # NHWC convolutions are the fast path of cuDNN (tensor cores); on a CPU they rarely help.
-        self.channels_last = bool(self.tcfg.channels_last and from_patches and self.device.type == "cuda")
+        self.channels_last = bool(self.tcfg.channels_last and self.from_patches and self.device.type == "cuda")
         if self.channels_last:
             self.model.image_encoder.to(memory_format=torch.channels_last)
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -162,9 +167,9 @@ class Trainer:
 
     def _spot_batch(self, parts: list[tuple[PreparedSlide, np.ndarray]], train: bool, seed: Optional[int] = None,
                     images: Optional[torch.Tensor] = None) -> dict:
-        batch = {}
-        for key in ("spot_input", "coords"):
-            batch[key] = torch.cat([getattr(s, key)[torch.as_tensor(rows, device=self.device)] for s, rows in parts])
+        idx = [torch.as_tensor(rows, device=self.device) for _, rows in parts]
+        batch = {key: torch.cat([getattr(s, key)[i] for (s, _), i in zip(parts, idx)])
+                 for key in ("spot_input", "coords")}
         if images is not None:  # built by a data-loader worker
             batch["patch"] = images.to(self.device, non_blocking=True)
         else:
@@ -247,9 +252,7 @@ class Trainer:
         """This rank's batches, ``(batch, sizes)`` (see :meth:`_local_jobs`)."""
         local = self._local_jobs(train)
         seeds = [step_seed(self.tcfg.seed, epoch, self.dist.rank, j) for j in range(len(local))]
-        s0 = self.slides[0]
-        from_patches = s0.features is None and s0.stage_input is None and s0.patches is not None
-        if not (from_patches and self.tcfg.num_workers > 0 and local):
+        if not (self.from_patches and self.tcfg.num_workers > 0 and local):
             for (job, sizes), seed in zip(local, seeds):
                 yield self._materialise(job, train, seed), sizes
             return
@@ -274,13 +277,12 @@ class Trainer:
             image, spot = self.model(batch)
         if self.amp_dtype is not None:
             # The losses (softmax over similarities, HSIC kernels, DGI logits) are taken in float32.
-            image, spot = _to_float32(image), _to_float32(spot)
+            image, spot = (_map_branch(b, lambda t: t.float() if t.is_floating_point() else t)
+                           for b in (image, spot))
         if sizes is not None:
             # The whole global batch on every rank; gradient flows into this rank's rows only.
-            image = dataclasses.replace(image, **{f: gather_rows(getattr(image, f), sizes)
-                                                  for f in ("inputs", "hidden", "emb")})
-            spot = dataclasses.replace(spot, **{f: gather_rows(getattr(spot, f), sizes)
-                                                for f in ("inputs", "hidden", "emb")})
+            image, spot = (_map_branch(b, lambda t: gather_rows(t, sizes), ("inputs", "hidden", "emb"))
+                           for b in (image, spot))
         return image, spot
 
     # ------------------------------------------------------------------------------------- one epoch
@@ -294,7 +296,7 @@ class Trainer:
             for batch, sizes in self._local_steps(train, epoch):
                 image, spot = self._outputs(batch, sizes)
                 terms = self.objective.terms_from(self.model, image, spot, batch.get("loss_index"))
-                total, logs = weighted({k: v.float() for k, v in terms.items()})
+                total, logs = weighted(terms)
                 if train:
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scaler.scale(total).backward()
