@@ -4,6 +4,9 @@ import pytest
 
 from tests.conftest import CONFIGS, HER2ST, MOBILENET, require_shared
 
+# Real sections, real backbone: minutes on a CPU. `make test` leaves them out; `.ci/run` runs them.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def her2st_slides():
