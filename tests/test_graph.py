@@ -12,7 +12,7 @@ import torch
 from stgraph.data import make_synthetic_slide
 from stgraph.graph import median_spacing, slide_to_pyg, spatial_graph, to_edge_index
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.conftest import SHARED  # noqa: E402
 HER2ST = SHARED / "data" / "her2st"
 
 

@@ -18,7 +18,7 @@ from stgraph.data.patches import (
     random_flip_rotate,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.conftest import SHARED  # noqa: E402
 HER2ST = SHARED / "data" / "her2st"
 
 

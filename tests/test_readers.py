@@ -21,7 +21,7 @@ from stgraph.data.readers import (
     read_visium,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.conftest import SHARED  # noqa: E402
 HER2ST = SHARED / "data" / "her2st"
 VISIUM = SHARED / "data" / "visium_tiny"
 
