@@ -11,7 +11,8 @@ its prediction by a fifth of a profile difference). So
   its scores over the reference must predict exactly what the fixture says (its neighbour set cannot flip:
   last-bit differences are ~1e-6 relative); these must be at least :data:`MIN_CLEAR` of the spots;
 - over all spots, at least :data:`MIN_SAME_ROWS` predict exactly the fixture's row (the same neighbour set),
-  and every gene's prediction correlates with the fixture's at >= :data:`MIN_GENE_R`.
+  all values correlate with the fixture's at >= :data:`MIN_R` and the genes' own correlations average
+  >= :data:`MIN_MEAN_GENE_R`.
 
 A changed model (another seed, learning rate, loss or initialisation) changes most neighbour sets and fails
 all three. Regenerated on purpose three times: when the reference kept the uncorrected expression under
@@ -36,7 +37,9 @@ ATOL = 2e-5            # the fixture is rounded to 5 decimals
 MARGIN = 1e-3          # k-th − (k+1)-th score gap, in score sds, above which a neighbour set cannot flip
 MIN_CLEAR = 0.9        # share of query spots that must be clear of near-ties (else the test checks little)
 MIN_SAME_ROWS = 0.95   # share of all spots whose prediction is exactly the fixture's
-MIN_GENE_R = 0.99      # per-gene Pearson correlation with the fixture, over all spots
+MIN_R = 0.99           # Pearson correlation with the fixture over all values
+MIN_MEAN_GENE_R = 0.98  # mean over genes of the per-gene correlation (one flipped spot can move a sparse gene's
+                        # own r to ~0.9 with k = 5, so no per-gene minimum)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,9 @@ def compare_to_fixture(values: np.ndarray, expected: np.ndarray, gaps: np.ndarra
     # A gene that is constant in both (e.g. all 0) is identical, not uncorrelated.
     r = np.where(denom > 0, (vc * ec).sum(0) / np.where(denom > 0, denom, 1), 1.0)
     r = np.where((denom == 0) & ~np.all(np.abs(values - expected) <= ATOL, axis=0), 0.0, r)
-    return {"clear_share": float(clear.mean()), "same_share": float(same.mean()), "min_gene_r": float(r.min()),
+    r_all = np.corrcoef(values.ravel(), expected.ravel())[0, 1]
+    return {"clear_share": float(clear.mean()), "same_share": float(same.mean()), "r": float(r_all),
+            "mean_gene_r": float(r.mean()),
             "clear_but_changed": np.flatnonzero(clear & ~same).tolist()}
 
 
@@ -106,7 +111,7 @@ def test_fixed_seed_prediction_unchanged(sections, config, tmp_path):
     assert got["clear_share"] >= MIN_CLEAR, got
     assert not got["clear_but_changed"], got
     assert got["same_share"] >= MIN_SAME_ROWS, got
-    assert got["min_gene_r"] >= MIN_GENE_R, got
+    assert got["r"] >= MIN_R and got["mean_gene_r"] >= MIN_MEAN_GENE_R, got
 
 
 def test_comparison_tolerates_a_near_tie_flip_but_not_a_changed_model():
@@ -120,7 +125,9 @@ def test_comparison_tolerates_a_near_tie_flip_but_not_a_changed_model():
     moved[17] += 0.5
     ok = compare_to_fixture(moved, expected, gaps)
     assert ok["clear_share"] >= MIN_CLEAR and not ok["clear_but_changed"]
-    assert ok["same_share"] >= MIN_SAME_ROWS and ok["min_gene_r"] >= MIN_GENE_R
+    assert ok["same_share"] >= MIN_SAME_ROWS and ok["r"] >= MIN_R and ok["mean_gene_r"] >= MIN_MEAN_GENE_R
     assert compare_to_fixture(moved, expected, np.full(200, 0.1))["clear_but_changed"] == [17]
     drift = expected + gen.normal(0, 0.05, size=expected.shape).astype(np.float32)
     assert compare_to_fixture(drift, expected, gaps)["same_share"] < MIN_SAME_ROWS
+    other = gen.gamma(2.0, 0.5, size=expected.shape).astype(np.float32)  # another model's predictions
+    assert compare_to_fixture(other, expected, gaps)["r"] < MIN_R
