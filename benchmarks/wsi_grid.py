@@ -35,9 +35,7 @@ from common import peak_rss_mb, write_results  # noqa: E402
 def main(argv=None) -> dict:
     import numpy as np
 
-    from stgraph.data.wsi import spot_grid
-    from stgraph.data.wsi import tissue_mask
-    from stgraph.data.wsi import WSIImage, iter_patches_at_mpp, level_for_mpp
+    from stgraph.data.wsi import WSIImage, iter_patches_at_mpp, level_for_mpp, spot_grid, tissue_mask
     from stgraph.data.wsi_synthetic import write_synthetic_wsi
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
