@@ -245,7 +245,28 @@ def extend_reference(loaded: Run, slides, save: bool = True,
 
     Returns the extended store (also set on ``loaded``).
     """
+    if save and loaded.run_dir is not None:
+        from ..utils.lock import FolderLock
+
+        # One writer at a time: refused (naming the owner) while train/--force/--resume/extend writes it.
+        with FolderLock(loaded.run_dir):
+            return _extend_reference(loaded, slides, True, min_gene_overlap)
+    return _extend_reference(loaded, slides, save, min_gene_overlap)
+
+
+def _extend_reference(loaded: Run, slides, save: bool, min_gene_overlap: float) -> ReferenceStore:
     store = loaded.reference
+    if save and loaded.run_dir is not None:
+        from ..run.folder import STATE_COMPLETE, clean_stale_files, read_run_info, run_state
+
+        info = read_run_info(loaded.run_dir)
+        if run_state(info) != STATE_COMPLETE:  # it was complete when loaded; a writer interrupted it since
+            raise ModelFolderError(f"run {loaded.run_dir} is not complete (run.json state: {run_state(info)!r}); "
+                                   "finish it with `stgraph train --resume` before extending it")
+        if info.get("n_reference_spots") != loaded.info.get("n_reference_spots"):
+            raise ModelFolderError(f"run {loaded.run_dir} changed since it was loaded (another writer extended "
+                                   "it): load it again before extending it")
+        clean_stale_files(loaded.run_dir)  # what killed writers left (we hold the lock: none is alive)
     if getattr(loaded.model, "predicts_expression", False):
         raise ValueError(f"the run {loaded.run_dir} ({loaded.config.model.name}) predicts from fitted weights, not "
                          "from its reference: extending the reference would not change its predictions; "
@@ -256,17 +277,26 @@ def extend_reference(loaded: Run, slides, save: bool = True,
         if adata.n_vars == 0:
             raise ValueError("a slide added to the reference needs its expression")
         _check_gene_overlap(adata, list(store.genes), min_gene_overlap)
+    added = []
     for adata in slides:
         prepared = prepare_slide(adata, loaded.config, loaded.preprocessor, image_encoder=loaded.model.image_encoder,
                                  device=device, with_graph=loaded.model.uses_graph)
         emb = embed_slide(loaded.model, prepared, store.kind)
         store = store.extend(emb, prepared.expr, list(store.genes), np.array([prepared.slide_id] * prepared.n_spots),
                              np.array(prepared.barcodes))
+        added.append(str(prepared.slide_id))
     loaded.reference = store
     if save and loaded.run_dir is not None:
         import shutil
 
+        from ..run.folder import write_run_info
+
         current = Path(loaded.run_dir) / "reference.h5"
-        shutil.copy2(current, current.with_name("reference.prev.h5"))
+        with atomic_path(current.with_name("reference.prev.h5")) as tmp:
+            shutil.copy2(current, tmp)
         store.save(current, overwrite=True)
+        info = {**info, "n_reference_spots": int(store.n_spots),
+                "extended_with": list(info.get("extended_with", [])) + added}
+        write_run_info(loaded.run_dir, info)  # the provenance follows the reference it describes
+        loaded.info = info
     return store
