@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="cache folder (default: $STGRAPH_CACHE_DIR, $XDG_CACHE_HOME/stgraph or ~/.cache/stgraph)")
     w.add_argument("--chunk-size", type=int, default=256, help="patches read and encoded per chunk (memory bound)")
+    w.add_argument("--max-spots", type=int, default=None, metavar="N",
+                   help="refuse a grid estimated (from the tissue area, before anything is allocated) to exceed N "
+                        "spots (default: 200000)")
     p.add_argument("--out", required=True,
                    help="output .h5ad (or a .csv / .parquet table export); a folder with several --wsi slides")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -164,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-baselines", action="store_true", help="skip the baselines")
         p.add_argument("--keep-runs", action="store_true", help="keep each fold's run folder under <out>/runs")
         p.add_argument("--out", required=True, help="results folder")
+        p.add_argument("--force", action="store_true", help="replace the results already in --out")
         p.add_argument("--device", default=None,
                        help="torch device for every fold (train.device; default: each config's)")
         p.add_argument("--jobs", type=int, default=1, metavar="N",
@@ -256,6 +260,9 @@ def _outputs(slides: list, args) -> list:
     from stgraph.inference.predict import OUTPUT_SUFFIXES, check_output_path
     from stgraph.inference.wsi import WSIPredictionError
 
+    from stgraph.utils import check_writable_dir
+    from stgraph.utils.io import check_not_in_run_folder
+
     out = Path(args.out)
     if len(slides) == 1 and out.suffix in OUTPUT_SUFFIXES:
         pairs = [(slides[0], out)]
@@ -264,6 +271,11 @@ def _outputs(slides: list, args) -> list:
             raise WSIPredictionError(f"{len(slides)} slides need an output folder, not the file {out}")
         if out.exists() and not out.is_dir():
             raise FileExistsError(f"{out} exists and is not a folder")
+        if out.suffix and not out.is_dir():  # p.txt would silently become a folder p.txt/<slide>.h5ad
+            raise WSIPredictionError(f"--out {out}: a prediction file ends in {', '.join(OUTPUT_SUFFIXES)}; "
+                                     "an output folder (one file per slide) has no suffix")
+        check_writable_dir(out, what="output folder")
+        check_not_in_run_folder(out, what="output folder")
         names = [_slide_name(s) for s in slides]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -271,6 +283,10 @@ def _outputs(slides: list, args) -> list:
         pairs = [(s, out / f"{n}.{args.format}") for s, n in zip(slides, names)]
     for _, path in pairs:
         check_output_path(path, force=args.force)
+        if getattr(args, "plot", None):
+            from stgraph.utils import check_output_file
+
+            check_output_file(path.with_suffix(".png"), (".png",), force=args.force, what="plot file")
     return pairs
 
 
@@ -283,13 +299,16 @@ def _cmd_predict_wsi(args) -> int:
     grid = parse_grid(args.grid)
     if args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be ≥ 1, got {args.chunk_size}")
+    if args.max_spots is not None and args.max_spots < 1:
+        raise ValueError(f"--max-spots must be ≥ 1, got {args.max_spots}")
     for slide, _ in pairs:  # pixel size and readability of every slide before any compute
         WSIImage(slide, mpp=args.mpp).close()
     loaded = load_run(args.model, device=args.device)
     for slide, path in pairs:
         pred = predict_wsi(loaded, slide, grid=grid, mpp=args.mpp, k=args.k, similarity=args.similarity,
                            aggregation=args.aggregation, backend=args.backend, cache=args.cache,
-                           cache_dir=args.cache_dir, chunk_size=args.chunk_size, progress=True)
+                           cache_dir=args.cache_dir, chunk_size=args.chunk_size, progress=True,
+                           max_spots=args.max_spots)
         write_prediction(pred, path, force=args.force)
         print(f"wrote {path}: {pred.n_obs} spots × {pred.n_vars} genes")
         if args.plot:
@@ -322,8 +341,9 @@ def _cmd_predict_many(args, pairs) -> int:
 
 def _cmd_predict(args) -> int:
     from stgraph.inference import load_run, predict_slide, write_prediction
-    from stgraph.inference.predict import check_output_path
+    from stgraph.inference.predict import check_k, check_output_path
 
+    check_k(args.k)  # before any slide is read or any feature computed
     if args.wsi:
         return _cmd_predict_wsi(args)
     if args.slide:
@@ -400,7 +420,10 @@ def _cmd_plot(args) -> int:
     pred_path = Path(args.pred)
     if not pred_path.is_file():
         raise FileNotFoundError(f"prediction file not found: {pred_path}")
-    pred = anndata.read_h5ad(pred_path)
+    try:
+        pred = anndata.read_h5ad(pred_path)
+    except Exception as err:  # h5py's OSError, a truncated file, an .h5ad of another layout
+        raise ValueError(f"--pred {pred_path}: not a readable .h5ad prediction ({type(err).__name__})") from None
     true = read_slide(args.true) if args.true else None
     _plot(pred, true, args.genes, Path(args.out), force=args.force)
     return 0
@@ -410,7 +433,10 @@ def _cmd_evaluate(args) -> int:
     from stgraph.config import load_config
     from stgraph.data import SlideCollection
     from stgraph.evaluation import cross_validate, make_folds
+    from stgraph.evaluation.folds import select_folds
+    from stgraph.evaluation.protocol import check_results_dir
 
+    check_results_dir(args.out, force=args.force)  # before any config or slide is read
     configs = {}
     overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     for path in args.config:
@@ -418,8 +444,7 @@ def _cmd_evaluate(args) -> int:
         configs[cfg.name] = cfg
     collection = SlideCollection(_read_many(args))
     folds = make_folds(collection.ids, scheme=args.folds)
-    if args.only_folds:
-        folds = [f for f in folds if f.name in set(args.only_folds)]
+    folds = select_folds(folds, args.only_folds)
     frame = cross_validate(configs, collection, folds, out_dir=args.out, baselines=not args.no_baselines,
                            markers=args.markers, keep_runs=args.keep_runs, jobs=args.jobs)
     print((Path(args.out) / "summary.md").read_text())
@@ -437,8 +462,16 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+=")
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line; ``key=value`` tokens typed after a list option (``--sections B4 C2
     train.epochs=60``) are overrides, not list items."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    # `key=value` tokens between options (`... train.epochs=1 --out r train.lr=1e-3`): argparse fills the
+    # positional list once and leaves the later ones over; they are overrides too. Anything else is an error.
+    stray = [t for t in extra if not (hasattr(args, "overrides") and _OVERRIDE.match(t))]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     if hasattr(args, "overrides"):
         moved = []
         for attr in ("sections", "only_folds", "markers", "data"):

@@ -275,3 +275,130 @@ def test_force_cleans_the_build_folders_of_killed_writers_but_nothing_else(finis
     assert sorted(p.name for p in parent.iterdir()) == [".base.new-users", "base"]
     assert (users / "data.txt").read_text() == "keep"
     assert not stale_tmp.exists()
+
+
+# ---------------------------------------------------------------- 4. every output checked before any slide is read
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Fail the test if a command reads a slide or loads the run (i.e. got past its destination checks)."""
+    import stgraph.data
+    import stgraph.inference
+
+    def boom(*a, **k):
+        raise AssertionError("the command read a slide or the run before refusing its output")
+
+    monkeypatch.setattr(stgraph.inference, "load_run", boom)
+    monkeypatch.setattr(stgraph.data, "read_slide", boom)
+
+
+@pytest.fixture
+def query_files(synthetic_slides, tmp_path):
+    paths = []
+    for i in (0, 1):
+        paths.append(tmp_path / f"q{i}.h5ad")
+        synthetic_slides[i].write_h5ad(paths[-1])
+    return [str(p) for p in paths]
+
+
+def test_predict_outputs_are_refused_before_any_slide_is_read(finished_run, query_files, tmp_path, capsys,
+                                                              no_compute):
+    from cli.main import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cases = [
+        ([query_files[0]], blocker / "p.h5ad", "not a folder"),
+        ([query_files[0]], Path("/proc/p.h5ad"), "not writable"),
+        ([query_files[0]], finished_run / "p.h5ad", "run folder"),
+        (query_files, finished_run, "run folder"),
+        (query_files, tmp_path / "preds.txt", "no suffix"),
+        (query_files, blocker, "not a folder"),
+    ]
+    for slides, out, message in cases:
+        assert main(["predict", "--model", str(finished_run), "--slide", *slides, "--out", str(out)]) == 2, out
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (out, err)
+    assert not (tmp_path / "preds.txt").exists()
+    assert sorted(p.name for p in finished_run.iterdir()) == sorted(
+        ["checkpoints", "config.yaml", "genes.txt", "log.csv", "loss_curve.png", "model.pt", "preprocess.json",
+         "preprocess.npz", "reference.h5", "run.json"])
+
+
+def test_predict_k_0_is_refused_before_anything_is_read(finished_run, query_files, tmp_path, capsys, no_compute):
+    from cli.main import main
+
+    assert main(["predict", "--model", str(finished_run), "--slide", query_files[0], "--k", "0",
+                 "--out", str(tmp_path / "p.h5ad")]) == 2
+    assert "--k" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_earlier_results_and_names_the_valid_folds(query_files, tmp_path, capsys):
+    from cli.main import main
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "results.csv").write_text("method,fold\nmine,B4\n")
+    base = ["evaluate", "--config", "configs/bleep.yaml", "--data", *query_files, "--no-baselines"]
+    assert main(base + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "results.csv" in err and "--force" in err
+    assert (out / "results.csv").read_text() == "method,fold\nmine,B4\n"
+    assert main(base + ["--out", str(tmp_path / "fresh"), "--only-folds", "C9"]) == 2
+    err = capsys.readouterr().err
+    assert "C9" in err and "slide0" in err and "slide1" in err and err.count("\n") == 1
+
+
+def test_plot_of_a_file_that_is_not_h5ad_names_it(tmp_path, capsys):
+    from cli.main import main
+
+    text = tmp_path / "text.tif"
+    text.write_text("not an image, not an h5ad")
+    assert main(["plot", "--pred", str(text), "--genes", "A", "--out", str(tmp_path / "m.png")]) == 2
+    err = capsys.readouterr().err
+    assert "text.tif" in err and err.count("\n") == 1
+
+
+def test_overrides_between_options_are_overrides():
+    from cli.main import parse_args
+
+    args = parse_args(["train", "--config", "c.yaml", "train.epochs=1", "--out", "r", "--force", "train.lr=0.1"])
+    assert args.overrides == ["train.epochs=1", "train.lr=0.1"] and args.out == "r" and args.force
+    with pytest.raises(SystemExit):
+        parse_args(["train", "--config", "c.yaml", "train.epochs=1", "--out", "r", "stray"])
+
+
+# ---------------------------------------------------------------- 5. bounds on sizes, before allocating
+@pytest.fixture
+def wsi_file(tmp_path):
+    import numpy as np
+
+    from stgraph.data.wsi_synthetic import pink_texture, write_pyramidal_tiff
+
+    rng = np.random.default_rng(0)
+    img = np.full((1024, 1024, 3), 248, np.uint8)  # a tissue disc of 200 µm radius at 0.5 µm/px
+    yy, xx = np.mgrid[0:1024, 0:1024]
+    disc = (xx - 512) ** 2 + (yy - 512) ** 2 <= 400**2
+    img[disc] = pink_texture((1024, 1024), rng)[disc]
+    return write_pyramidal_tiff(tmp_path / "slide.tif", img, levels=2, mpp=0.5)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--grid", "0.5"], r"about [\d,]+ spots \(> 200,000\).*--max-spots.*GiB"),  # ~500,000 on 0.126 mm²
+    (["--grid", "5", "--max-spots", "100"], r"about [\d,]+ spots \(> 100\)"),
+    (["--grid", "1e9"], "no spot of the"),
+    (["--mpp", "1e6"], "outside the range"),
+    (["--k", "0"], "--k"),
+])
+def test_whole_slide_sizes_are_bounded_before_any_feature(finished_run, wsi_file, tmp_path, capsys, monkeypatch,
+                                                          options, message):
+    from cli.main import main
+    from stgraph.inference import wsi
+
+    monkeypatch.setattr(wsi, "wsi_features", lambda *a, **k: pytest.fail("features computed before refusing"))
+    code = main(["predict", "--model", str(finished_run), "--wsi", str(wsi_file), "--out", str(tmp_path / "p.h5ad"),
+                 *options])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    import re
+
+    assert re.search(message, err), err

@@ -348,6 +348,9 @@ class WSIImage:
         if mpp is not None:
             if not (np.isfinite(mpp) and mpp > 0):
                 raise ValueError(f"mpp must be a positive number of µm per pixel, got {mpp}")
+            if _plausible(mpp) is None:  # 1e6 µm/px would ask for petabytes of patches
+                raise ValueError(f"mpp {mpp:g} µm per pixel is outside the range of microscope images "
+                                 f"({_MPP_RANGE[0]:g}–{_MPP_RANGE[1]:g} µm/px); check --mpp")
             self.mpp, self.mpp_source = float(mpp), "user"
         else:
             found, where = self._backend.mpp()

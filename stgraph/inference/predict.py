@@ -22,11 +22,21 @@ from .smoothing import smooth_on_graph
 
 __all__ = ["LoadedModel", "load_run", "predict_slide", "predict_prepared", "write_prediction", "prediction_table",
            "check_output_path", "PredictionOutputError", "ModelFolderError", "extend_reference", "GeneOverlapError",
-           "MIN_GENE_OVERLAP"]
+           "MIN_GENE_OVERLAP", "check_k", "PredictionOptionError"]
 
 
 #: A loaded run (same class as the one training returns).
 LoadedModel = Run
+
+
+class PredictionOptionError(StgraphError, ValueError):
+    """A prediction option out of its range (``k`` < 1, ...)."""
+
+
+def check_k(k: Optional[int]) -> None:
+    """``k`` (neighbours) is an integer ≥ 1 when given; checked before any feature is computed."""
+    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+        raise PredictionOptionError(f"--k (neighbours) must be an integer ≥ 1, got {k!r}")
 
 
 def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
@@ -52,6 +62,7 @@ def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
     """
     if loaded.reference.kind != "image" and loaded.config.inference.reference == "image":
         raise ModelFolderError("the reference holds spot embeddings but the config asks for image retrieval")
+    check_k(k)
 
     device = str(next(loaded.model.parameters()).device)
     config, provenance = query_config(loaded, adata)
@@ -193,8 +204,14 @@ def check_output_path(path: str | Path, force: bool = False) -> Path:
         except ImportError:
             raise PredictionOutputError(f"writing {path} needs pyarrow, which is not installed "
                                         "(pip install pyarrow), or write .csv or .h5ad instead") from None
+    if path.is_dir():
+        raise PredictionOutputError(f"output {path} is an existing folder, not a file")
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists (use --force to replace it)")
+    from ..utils.io import check_not_in_run_folder, check_writable_dir
+
+    check_writable_dir(path.parent, what=f"folder of output {path.name}")  # before any slide is read
+    check_not_in_run_folder(path)
     return path
 
 
