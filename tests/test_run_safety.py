@@ -185,14 +185,19 @@ def test_cli_extend_while_a_writer_holds_the_run_is_one_line(finished_run, tmp_p
         finally:
             os._exit(0)
     try:
+        deadline = time.monotonic() + 60
         while not (tmp_path / "held").exists():
+            assert time.monotonic() < deadline and os.waitpid(child, os.WNOHANG) == (0, 0), "the holder died"
             time.sleep(0.02)
         code = main(["extend", "--model", str(finished_run), "--data", str(tmp_path / "not_read.h5ad")])
         err = capsys.readouterr().err
         assert code == 2 and f"pid {child}" in err and "not_read" not in err
     finally:
         os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
+        try:
+            os.waitpid(child, 0)
+        except ChildProcessError:  # already reaped above
+            pass
 
 
 def test_a_stale_lock_record_is_taken_over_and_a_live_one_refused(tmp_path):

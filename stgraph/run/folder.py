@@ -175,6 +175,8 @@ RUN_FOLDER_NAMES = frozenset(RUN_FILES) | {"preprocess.json", "preprocess.npz", 
 CHECKPOINT_NAMES = frozenset({"best.pt", "last.pt"})
 #: :func:`~stgraph.utils.atomic_path`'s temporaries: ``.<name>.<random>.tmp``.
 _TMP = re.compile(r"^\.(?P<name>[^/]+?)\.[A-Za-z0-9_]+\.tmp$")
+#: :func:`~stgraph.utils.io.check_writable_dir`'s probe files.
+_PROBE = re.compile(r"^\.stgraph-probe-[A-Za-z0-9_]+\.tmp$")
 
 
 def read_run_info(run_dir: str | Path) -> dict:
@@ -224,7 +226,7 @@ def foreign_entries(folder: str | Path) -> list[str]:
 
     def ours(name: str, known) -> bool:
         m = _TMP.match(name)
-        return name in known or bool(m and m.group("name") in known)
+        return name in known or bool(m and m.group("name") in known) or bool(_PROBE.match(name))
 
     foreign = [n for n in names if not ours(n, RUN_FOLDER_NAMES)]
     ckpt = folder / "checkpoints"
@@ -273,7 +275,7 @@ def clean_stale_files(run_dir: str | Path) -> list[Path]:
             continue
         for p in folder.iterdir():
             m = _TMP.match(p.name)
-            if m and m.group("name") in known and p.is_file() and not p.is_symlink():
+            if (m and m.group("name") in known or _PROBE.match(p.name)) and p.is_file() and not p.is_symlink():
                 p.unlink(missing_ok=True)
                 removed.append(p)
     parent = run_dir.parent
