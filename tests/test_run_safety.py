@@ -32,7 +32,7 @@ def _cfg(tiny_config, *extra):
 
 
 def _fitted(tiny_config, slides):
-    from stgraph.run.prepare import fit_preprocessor
+    from stgraph.preprocess.prepare import fit_preprocessor
 
     return fit_preprocessor(_cfg(tiny_config, "train.epochs=1"), slides)
 
@@ -88,8 +88,8 @@ def _train_then_hang(ready, out, cfg, slides, preprocessed, resume=False, force=
 
 # ---------------------------------------------------------------- 1. --force replaces only a run folder
 def test_force_refuses_a_folder_that_is_not_a_run(tiny_config, synthetic_slides, tmp_path, monkeypatch):
-    from stgraph.run import prepare
-    from stgraph.training.run import NotARunFolderError
+    from stgraph.preprocess import prepare
+    from stgraph.training.job import NotARunFolderError
 
     user = tmp_path / "userdir"
     user.mkdir()
@@ -102,7 +102,7 @@ def test_force_refuses_a_folder_that_is_not_a_run(tiny_config, synthetic_slides,
 
 
 def test_force_refuses_a_run_folder_holding_user_files(finished_run, tiny_config, synthetic_slides):
-    from stgraph.training.run import NotARunFolderError
+    from stgraph.training.job import NotARunFolderError
 
     (finished_run / "notes.txt").write_text("mine")
     (finished_run / "checkpoints" / "epoch3_backup.pt").write_text("mine too")
@@ -228,7 +228,7 @@ def test_a_stale_lock_record_is_taken_over_and_a_live_one_refused(tmp_path):
 def test_a_killed_resume_is_refused_by_predict_then_repaired_by_resume(finished_run, tiny_config,
                                                                         synthetic_slides):
     from stgraph.inference import load_run
-    from stgraph.run import ModelFolderError
+    from stgraph.runfolder import ModelFolderError
 
     proc, _ = _writer_in_child(_train_then_hang, finished_run, _cfg(tiny_config, "train.epochs=3"),
                                synthetic_slides[:2], _fitted(tiny_config, synthetic_slides[:2]), True, False, "best")

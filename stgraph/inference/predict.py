@@ -12,21 +12,19 @@ from anndata import AnnData
 from ..data.slide_id import slide_id_of
 from ..errors import StgraphError
 from ..retrieval.reference import ReferenceStore
-from ..run.embed import embed_slide
-from ..run.folder import ModelFolderError, Run, load_run  # noqa: F401 (re-exported)
-from ..run.prepare import needs_graph, prepare_slide
+from ..preprocess.embed import embed_slide
+from ..runfolder import ModelFolderError, Run
+from ..preprocess.prepare import needs_graph, prepare_slide
 from ..utils import atomic_path
 from ..keys import Key
 from ..errors import StgraphError
 from .smoothing import smooth_on_graph
 
-__all__ = ["LoadedModel", "load_run", "predict_slide", "predict_prepared", "write_prediction", "prediction_table",
-           "check_output_path", "PredictionOutputError", "ModelFolderError", "extend_reference", "GeneOverlapError",
+__all__ = ["predict_slide", "predict_prepared", "write_prediction", "prediction_table",
+           "check_output_path", "PredictionOutputError", "extend_reference", "GeneOverlapError",
            "MIN_GENE_OVERLAP", "check_k", "PredictionOptionError"]
 
 
-#: A loaded run (same class as the one training returns).
-LoadedModel = Run
 
 
 class PredictionOptionError(StgraphError, ValueError):
@@ -47,7 +45,7 @@ def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
     Parameters
     ----------
     loaded
-        A :class:`~stgraph.run.Run`: from :func:`load_run` or :func:`~stgraph.training.train_model`.
+        A :class:`~stgraph.runfolder.Run`: from :func:`load_run` or :func:`~stgraph.training.train_model`.
     adata
         The query slide: spot centres in ``obsm['spatial']`` and its image; expression, if any, is ignored.
     k, similarity, aggregation, backend
@@ -82,7 +80,7 @@ def query_config(loaded: Run, adata: AnnData):
     import copy
     import logging
 
-    from ..run.resolution import query_resolution, slide_mpp
+    from ..preprocess.resolution import query_resolution, slide_mpp
 
     log = logging.getLogger("stgraph")
     config = loaded.config
@@ -112,7 +110,7 @@ def query_config(loaded: Run, adata: AnnData):
 def predict_prepared(loaded: Run, adata: AnnData, query, k: Optional[int] = None,
                      similarity: Optional[str] = None, aggregation: Optional[str] = None,
                      backend: Optional[str] = None, provenance: Optional[dict] = None) -> AnnData:
-    """Embed an already prepared query slide (:class:`~stgraph.run.PreparedSlide`, features or patches),
+    """Embed an already prepared query slide (:class:`~stgraph.preprocess.PreparedSlide`, features or patches),
     retrieve (or predict) its expression and build the output AnnData (see :func:`predict_slide`);
     ``provenance`` is merged into ``uns['stgraph']``."""
     config = loaded.config
@@ -274,7 +272,7 @@ def extend_reference(loaded: Run, slides, save: bool = True,
 def _extend_reference(loaded: Run, slides, save: bool, min_gene_overlap: float) -> ReferenceStore:
     store = loaded.reference
     if save and loaded.run_dir is not None:
-        from ..run.folder import STATE_COMPLETE, clean_stale_files, read_run_info, run_state
+        from ..runfolder import STATE_COMPLETE, clean_stale_files, read_run_info, run_state
 
         info = read_run_info(loaded.run_dir)
         if run_state(info) != STATE_COMPLETE:  # it was complete when loaded; a writer interrupted it since
@@ -306,7 +304,7 @@ def _extend_reference(loaded: Run, slides, save: bool, min_gene_overlap: float) 
     if save and loaded.run_dir is not None:
         import shutil
 
-        from ..run.folder import write_run_info
+        from ..runfolder import write_run_info
 
         current = Path(loaded.run_dir) / "reference.h5"
         with atomic_path(current.with_name("reference.prev.h5")) as tmp:

@@ -1,4 +1,4 @@
-"""The training job: slides + config → a self-contained run folder (layout: :mod:`stgraph.run.folder`)."""
+"""The training job: slides + config → a self-contained run folder (layout: :mod:`stgraph.runfolder`)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -19,25 +19,19 @@ from ..data.collection import SlideCollection
 from ..data.slide_id import slide_id_of
 from ..errors import StgraphError
 from ..models import create_model
+from ..preprocess.embed import embed_slide
+from ..preprocess.prepare import PreparedSlide, fit_preprocessor, prepare_slide, uncorrected_expression
+from ..preprocess.resolution import training_resolution
 from ..retrieval.reference import ReferenceStore
-from ..run.embed import embed_slide
-from ..run.folder import (LOCK_NAME, RUN_FILES, STATE_COMPLETE, STATE_TRAINING, Run,  # noqa: F401 (RUN_FILES)
-                          clean_stale_files, foreign_entries, read_run_info, remove_run_tree, run_state, save_model,
-                          write_run_info)
-from ..run.prepare import PreparedSlide, fit_preprocessor, prepare_slide, uncorrected_expression
-from ..run.resolution import training_resolution
+from ..runfolder import (LOCK_NAME, STATE_COMPLETE, STATE_TRAINING, Run, clean_stale_files, foreign_entries,
+                         read_run_info, remove_run_tree, run_state, save_model, write_run_info)
 from ..utils import check_writable_dir, resolve_device, seed_everything
 from ..utils.lock import FolderLock, check_unlocked, is_locked
 from .distributed import DistEnv, DistributedError, barrier, init_distributed
 from .trainer import Trainer, TrainResult
 
-__all__ = ["train_model", "build_reference", "RUN_FILES", "TrainedRun", "ResumeMismatchError",
-           "check_train_inputs", "NotARunFolderError"]
+__all__ = ["train_model", "build_reference", "ResumeMismatchError", "check_train_inputs", "NotARunFolderError"]
 
-
-
-#: The run ``train_model`` returns (the same class inference loads).
-TrainedRun = Run
 
 
 def _slides_of(slides) -> list[AnnData]:
