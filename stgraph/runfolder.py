@@ -132,6 +132,11 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
     """
     run_dir = Path(path)
     if not run_dir.is_dir():
+        olds = sorted(run_dir.parent.glob(f".{run_dir.name}.old-*")) if run_dir.parent.is_dir() else []
+        if olds:  # a `train --force` killed between the two renames of its swap
+            raise ModelFolderError(f"model folder {run_dir} is missing, and {olds[-1].name} beside it is the run a "
+                                   f"killed `train --force` moved aside: the next `stgraph train --out {run_dir}` "
+                                   "(or `--resume`) puts it back")
         raise FileNotFoundError(f"model folder not found: {run_dir}")
     if (run_dir / "run.json").is_file():
         info = read_run_info(run_dir)

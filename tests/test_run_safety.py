@@ -407,3 +407,26 @@ def test_whole_slide_sizes_are_bounded_before_any_feature(finished_run, wsi_file
     import re
 
     assert re.search(message, err), err
+
+
+def test_a_swap_killed_between_its_renames_is_named_by_predict_and_restored_by_the_next_train(
+        finished_run, tiny_config):
+    import socket
+
+    from stgraph.inference import load_run
+    from stgraph.runfolder import ModelFolderError
+    from stgraph.training.job import check_train_inputs
+    from stgraph.utils.lock import LOCK_NAME
+
+    aside = finished_run.parent / ".base.old-k1ll3d"
+    os.replace(finished_run, aside)  # what a kill between the two renames of --force's swap leaves
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    (aside / LOCK_NAME).write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "started": "x"}))
+    with pytest.raises(ModelFolderError, match=r"\.base\.old-k1ll3d.*puts it back"):
+        load_run(finished_run)
+    with pytest.raises(FileExistsError, match="already exists"):  # restored, then refused without --force
+        check_train_inputs(_cfg(tiny_config, "train.epochs=1"), finished_run)
+    assert load_run(finished_run).info["state"] == "complete"
