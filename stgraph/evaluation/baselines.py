@@ -90,7 +90,7 @@ def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def kernel_ridge(train_features: np.ndarray, train_expr: np.ndarray, query_features: np.ndarray,
                  train_slide_ids: Sequence, gammas: Sequence[float] = (0.03, 0.1, 0.3, 1.0),
-                 lambdas: Sequence[float] = (0.3, 1.0, 3.0, 10.0), n_components: int = 256,
+                 lambdas: Sequence[float] = (0.3, 1.0, 3.0, 10.0, 30.0), n_components: int = 256,
                  return_choice: bool = False):
     r"""RBF kernel ridge on standardised PCA features, targets centred per training slide; (γ, λ) by LOSO
     over the training slides (nested: the query never takes part in the choice).
