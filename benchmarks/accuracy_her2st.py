@@ -45,6 +45,15 @@ METHODS = {
     "stgraph-no_centering": ("stgraph.yaml", ["model.ridge.center_targets=false"]),
     "stgraph-alpha_1e3": ("stgraph.yaml", ["model.ridge.alpha=1000"]),
     "stgraph+smoothing": ("stgraph.yaml", ["inference.smoothing=0.25"]),
+    "stgraph_graph": ("stgraph_graph.yaml", []),
+    "stgraph_graph-no_residual": ("stgraph_graph.yaml", ["model.spot_graph.base=none"]),
+    "stgraph_graph-full_head": ("stgraph_graph.yaml", ["model.spot_graph.rank=0"]),
+    "stgraph_graph-mean_neighbours": ("stgraph_graph.yaml", ["model.spot_graph.neighbours=mean"]),
+    "stgraph_graph-no_neighbours": ("stgraph_graph.yaml", ["model.spot_graph.neighbours=none"]),
+    "stgraph_graph-no_augment": ("stgraph_graph.yaml", ["model.spot_graph.feature_noise=0",
+                                                        "model.spot_graph.feature_dropout=0"]),
+    "stgraph_graph-one_member": ("stgraph_graph.yaml", ["model.spot_graph.members=1"]),
+    "stgraph_graph+pearson": ("stgraph_graph.yaml", ["model.spot_graph.pearson_weight=1.0"]),
 }
 
 
