@@ -74,3 +74,29 @@ def test_pairs_by_name_take_the_longest_prefix():
     assert ablation_pairs_by_name(methods) == {
         "stgraph-no_context_crop": "stgraph", "stgraph+smoothing": "stgraph",
         "stgraph_graph-no_residual": "stgraph_graph", "stgchb-no_nHSIC": "stgchb"}
+
+
+def test_ablation_configs_pair_with_their_base_file(tmp_path):
+    from stgraph.evaluation.stats import ablation_pairs_by_base
+
+    (tmp_path / "full.yaml").write_text("name: full\n")
+    (tmp_path / "abl").mkdir()
+    (tmp_path / "abl" / "no_x.yaml").write_text("base: ../full.yaml\nname: no_x\n")
+    (tmp_path / "other.yaml").write_text("base: full.yaml\nname: other\n")
+    paths = {"full": tmp_path / "full.yaml", "no_x": tmp_path / "abl" / "no_x.yaml"}
+    assert ablation_pairs_by_base(paths) == {"no_x": "full"}
+    assert ablation_pairs_by_base({"no_x": paths["no_x"]}) == {}  # its base is not evaluated: no pair
+
+
+def test_evaluate_refuses_bad_seeds_and_pairs_before_reading_slides(tmp_path, capsys):
+    from cli.main import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: c\n")
+    missing = tmp_path / "no_such_root"  # never read: the errors come first
+    assert main(["evaluate", "--config", str(cfg), "--her2st", str(missing), "--out", str(tmp_path / "o"),
+                 "--seeds", "0"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert main(["evaluate", "--config", str(cfg), "--her2st", str(missing), "--out", str(tmp_path / "o2"),
+                 "--ablation", "c=nope"]) == 2
+    assert "--ablation" in capsys.readouterr().err
