@@ -408,11 +408,13 @@ def _cmd_evaluate(args) -> int:
     from stgraph.config import load_config
     from stgraph.data import SlideCollection
     from stgraph.evaluation import cross_validate, make_folds
+    from stgraph.models.weights import check_pretrained_weights
 
     configs = {}
     overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     for path in args.config:
         cfg = load_config(path, overrides)
+        check_pretrained_weights(cfg)  # before any slide is read
         configs[cfg.name] = cfg
     collection = SlideCollection(_read_many(args))
     folds = make_folds(collection.ids, scheme=args.folds)

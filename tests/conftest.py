@@ -1,6 +1,7 @@
 """Shared fixtures: tiny configs over the published ones, synthetic slides, the shared data folder."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,11 @@ CONFIGS = REPO / "configs"
 SHARED = REPO.parent / "shared"
 HER2ST = SHARED / "data" / "her2st"
 MOBILENET = SHARED / "weights" / "mobilenetv2_100.imagenet.pth"
+
+# Configs name a timm model and `pretrained: true`; the shared ImageNet file is found the way a user's would
+# be, through the $STGRAPH_WEIGHTS folder (stgraph.models.weights), never by a path in a config.
+if MOBILENET.parent.is_dir():
+    os.environ.setdefault("STGRAPH_WEIGHTS", str(MOBILENET.parent))
 
 METHOD_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml"))
 

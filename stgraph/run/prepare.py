@@ -302,6 +302,17 @@ def _cache_subdir(config, name: str) -> Optional[str]:
     return None if root is None else str(root / name)
 
 
+def _weights_label(encoder, cfg) -> str:
+    """The weights' name in a feature-cache key: the file the encoder loaded (wherever it was found), the hub
+    default, or ``random``."""
+    source = getattr(encoder, "weights_source", None)
+    if source is not None:
+        return source.label
+    if cfg.weights:
+        return Path(cfg.weights).stem
+    return "imagenet" if cfg.pretrained else "random"
+
+
 def _cached_features(encoder, patches: np.ndarray, config, slide_id: str, device: str, progress: bool,
                      stage: bool = False):
     """Backbone features (n, F), or with ``stage`` the frozen stages' output (n, ...) stored as float16
@@ -309,7 +320,7 @@ def _cached_features(encoder, patches: np.ndarray, config, slide_id: str, device
     cfg = config.model.image_encoder
     cache_dir = resolve_cache_dir(config.data.cache_dir)
     key = "_".join([
-        slide_id, cfg.backbone, Path(cfg.weights).stem if cfg.weights else ("imagenet" if cfg.pretrained else "random"),
+        slide_id, cfg.backbone, _weights_label(encoder, cfg),
         str(cfg.input_size), hash_array(patches),
     ] + (["trunk"] if stage else []))
     path = Path(cache_dir) / "features" / f"{key}.npy" if cache_dir else None

@@ -20,6 +20,7 @@ from ..data.collection import SlideCollection
 from ..data.slide_id import slide_id_of
 from ..errors import StgraphError
 from ..models import create_model
+from ..models.weights import check_pretrained_weights
 from ..retrieval.reference import ReferenceStore
 from ..run.embed import embed_slide
 from ..run.folder import RUN_FILES, Run, save_model  # noqa: F401 (RUN_FILES re-exported)
@@ -228,8 +229,10 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
 
 def check_train_inputs(config, out: Optional[str | Path], force: bool = False, resume: bool = False) -> None:
     """The checks ``train_model`` runs before any compute (the CLI runs them before reading the slides too):
-    the gene list file, the cache folder and the run folder."""
+    the gene list file, the pretrained weights (found, not loaded), the device, the cache folder and the run
+    folder."""
     _check_gene_file(config)
+    check_pretrained_weights(config)  # names model.image_encoder.weights and every place looked; no download
     resolve_device(config.train.device)  # a device this machine lacks fails here, before any slide is read
     if config.data.cache_dir:
         check_writable_dir(config.data.cache_dir, what="cache folder (data.cache_dir)")
