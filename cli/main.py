@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = add_parser
 
     p = sub.add_parser("train", help="train a model and store its reference in a run folder")
-    p.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
+    p.add_argument("--config", required=True,
+                   help="a YAML file, or a shipped config by name: stgraph, cpu/bleep, ... (`stgraph configs`)")
     _add_slide_source(p, many=True)
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--force", action="store_true", help="replace an existing run folder")
@@ -155,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (("evaluate", "cross-validated evaluation of one or more configs with baselines"),
                             ("benchmark", "alias of evaluate")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", nargs="+", required=True, help="one or more YAML configs")
+        p.add_argument("--config", nargs="+", required=True,
+                       help="one or more YAML files or shipped config names (`stgraph configs`)")
         _add_slide_source(p, many=True)
         p.add_argument("--folds", choices=["loso", "patient"], default="loso",
                        help="leave-one-section-out, or also drop the test section's patient from training")
@@ -170,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folds evaluated at once, one process each (cores split between them; a GPU each, "
                             "round robin, on a GPU machine)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides applied to every config")
+
+    sub.add_parser("configs", help="list the shipped configs (use one by name: --config stgraph)")
 
     p = sub.add_parser("plot", help="draw predicted (and true) gene maps over the H&E image")
     p.add_argument("--pred", required=True, help="prediction .h5ad")
@@ -427,7 +431,17 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "predict": _cmd_predict, "extend": _cmd_extend, "plot": _cmd_plot, "evaluate": _cmd_evaluate,
+def _cmd_configs(args) -> int:
+    from stgraph.config.shipped import list_configs
+
+    rows = list_configs()
+    width = max(len(name) for name, _ in rows)
+    for name, text in rows:
+        print(f"{name:<{width}}  {text}")
+    return 0
+
+
+COMMANDS = {"configs": _cmd_configs, "train": _cmd_train, "predict": _cmd_predict, "extend": _cmd_extend, "plot": _cmd_plot, "evaluate": _cmd_evaluate,
             "benchmark": _cmd_evaluate}
 
 

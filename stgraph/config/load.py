@@ -16,6 +16,7 @@ import yaml
 
 from ..errors import StgraphError
 from .schema import Config, choices
+from .shipped import find_config
 
 __all__ = ["ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "save_config"]
 
@@ -242,10 +243,13 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     Parameters
     ----------
     path
-        YAML file; ``None`` starts from the defaults.
+        YAML file, or the name of a shipped config (``"stgraph"``, ``"cpu/bleep"``:
+        :func:`~stgraph.config.shipped.find_config`); ``None`` starts from the defaults.
     overrides
         ``"dotted.key=value"`` strings, e.g. ``["train.epochs=5", "model.hsic.enabled=false"]``.
     """
+    if path is not None:
+        path = find_config(path)  # a file, or a shipped config by name ("stgraph", "cpu/bleep")
     data = _read_yaml(Path(path)) if path is not None else {}
     try:
         config = config_from_dict(apply_overrides(data, overrides))
