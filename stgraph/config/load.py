@@ -217,6 +217,12 @@ def _check_ranges(config: Config) -> None:
     for key, value in positive:
         if not value > 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
+    if d.n_top_expressed < 0:
+        raise ConfigError(f"data.n_top_expressed must be ≥ 0, got {d.n_top_expressed}")
+    inc = d.include_genes
+    if inc is not None and not (isinstance(inc, str) or (isinstance(inc, list)
+                                                         and all(isinstance(g, str) and g for g in inc))):
+        raise ConfigError(f"data.include_genes must be a list of gene names or a gene-list file, got {inc!r}")
     if d.graph.knn is not None and d.graph.knn < 1:
         raise ConfigError(f"data.graph.knn must be ≥ 1, got {d.graph.knn}")
     if t.weight_decay < 0:
@@ -262,7 +268,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
 
 
 #: Config values that name files, as (section path, attribute).
-PATH_FIELDS = (("model.image_encoder", "weights"), ("data", "genes"))
+PATH_FIELDS = (("model.image_encoder", "weights"), ("data", "genes"), ("data", "include_genes"))
 _GENE_SELECTION_KEYWORDS = ("hvg_union", "shared")
 
 
@@ -273,7 +279,7 @@ def resolve_relative_paths(config: Config, config_dir: Path) -> None:
         for part in section_path.split("."):
             section = getattr(section, part)
         value = getattr(section, attr)
-        if value is None or value in _GENE_SELECTION_KEYWORDS or Path(value).is_absolute():
+        if not isinstance(value, str) or value in _GENE_SELECTION_KEYWORDS or Path(value).is_absolute():
             continue
         for root in (Path.cwd(), config_dir):
             candidate = (root / value).resolve()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -155,12 +156,43 @@ class Preprocessor:
 
 
 def _select_genes(config, train_slides: Sequence[AnnData]) -> list[str]:
-    spec = config.data.genes
+    """``data.genes`` ∪ the ``data.n_top_expressed`` most expressed genes ∪ ``data.include_genes``, chosen on
+    the training slides only; the selection in the first slide's order, then the named genes it lacked."""
+    d = config.data
+    slides = list(train_slides)
+    spec = d.genes
     if spec == "hvg_union":
-        return pp.select_hvg_union(list(train_slides), n_top=config.data.n_top_hvg)
-    if spec == "shared":
-        return pp.shared_genes(list(train_slides))
-    return pp.load_gene_list(spec)
+        genes = pp.select_hvg_union(slides, n_top=d.n_top_hvg)
+    elif spec == "shared":
+        genes = pp.shared_genes(slides)
+    else:
+        genes = pp.load_gene_list(spec)
+    if d.n_top_expressed:
+        chosen = set(genes) | set(pp.select_highly_expressed(slides, d.n_top_expressed))
+        ordered = [g for g in slides[0].var_names if g in chosen]
+        genes = ordered + [g for g in genes if g not in set(ordered)]
+    return genes + included_genes(config, slides, exclude=genes)
+
+
+def included_genes(config, train_slides: Sequence[AnnData], exclude: Sequence[str] = ()) -> list[str]:
+    """``data.include_genes`` (a list or a gene-list file) that some training slide measures, minus
+    ``exclude``; a named gene that no training slide measures is skipped with a warning naming it."""
+    spec = config.data.include_genes
+    if spec is None:
+        return []
+    names = pp.load_gene_list(spec) if isinstance(spec, str) else [str(g) for g in spec]
+    measured = set().union(*(set(map(str, ad.var_names)) for ad in train_slides))
+    absent = [g for g in names if g not in measured]
+    if absent:
+        msg = (f"data.include_genes: {len(absent)} gene(s) measured by no training slide, skipped: "
+               f"{', '.join(absent[:20])}{' ...' if len(absent) > 20 else ''}")
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    skip = set(exclude)
+    out: list[str] = []
+    for g in names:
+        if g in measured and g not in skip and g not in out:
+            out.append(g)
+    return out
 
 
 def uncorrected_expression(config, preprocessor: "Preprocessor", expr: dict[str, np.ndarray],
@@ -179,7 +211,8 @@ def preprocessing_key(config) -> str:
     import json
 
     d = config.data
-    fields = {"genes": d.genes, "n_top_hvg": d.n_top_hvg, "harmony": d.harmony, "harmony_pcs": d.harmony_pcs,
+    fields = {"genes": d.genes, "n_top_hvg": d.n_top_hvg, "n_top_expressed": d.n_top_expressed,
+              "include_genes": d.include_genes, "harmony": d.harmony, "harmony_pcs": d.harmony_pcs,
               "spot_input": config.model.spot_input, "seed": config.train.seed}
     if config.model.spot_input == "pca":
         fields["pca_components"] = config.model.pca_components
@@ -210,6 +243,7 @@ def fit_preprocessor(config, train_slides: Sequence[AnnData]) -> tuple[Preproces
         for i, ad in enumerate(aligned)
     }
     info = {"n_genes": len(genes), "gene_selection": config.data.genes,
+            "n_top_expressed": config.data.n_top_expressed, "include_genes": config.data.include_genes,
             "train_slides": list(expr), "harmony": bool(config.data.harmony)}
     if config.data.harmony and len(aligned) > 1:
         corrected = pp.harmony_correct(aligned, n_pcs=min(config.data.harmony_pcs, len(genes) - 1))

@@ -167,6 +167,9 @@ def _check_gene_file(config) -> None:
     spec = config.data.genes
     if spec not in _GENE_KEYWORDS and not Path(spec).is_file():
         raise FileNotFoundError(f"gene list file not found: {spec} (data.genes)")
+    include = config.data.include_genes
+    if isinstance(include, str) and not Path(include).is_file():
+        raise FileNotFoundError(f"gene list file not found: {include} (data.include_genes)")
 
 
 _GENE_KEYWORDS = ("hvg_union", "shared")
