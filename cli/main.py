@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--out is a folder and gets one file per slide")
     w.add_argument("--mpp", type=float, default=None,
                    help="µm per level-0 pixel when the file does not state it (overrides the file)")
+    w.add_argument("--train-mpp", type=float, default=None, metavar="UM",
+                   help="µm per pixel of the training images, for a run that records no physical resolution "
+                        "(without it such a run refuses --wsi rather than change scale)")
     w.add_argument("--grid", default="visium", metavar="visium|st|UM",
                    help="spot grid: Visium hex (100 µm pitch, 55 µm spots), legacy ST (200 µm, 100 µm spots) "
                         "or a square pitch in µm (default: visium)")
@@ -282,6 +285,7 @@ def _cmd_predict_wsi(args) -> int:
     from stgraph.data.wsi import WSIImage
     from stgraph.inference import load_run, write_prediction
     from stgraph.inference.wsi import parse_grid, predict_wsi
+    from stgraph.run.resolution import require_physical_resolution
 
     pairs = _wsi_outputs(args)
     grid = parse_grid(args.grid)
@@ -290,8 +294,10 @@ def _cmd_predict_wsi(args) -> int:
     for slide, _ in pairs:  # pixel size and readability of every slide before any compute
         WSIImage(slide, mpp=args.mpp).close()
     loaded = load_run(args.model, device=args.device)
+    require_physical_resolution(loaded.resolution, loaded.config, args.train_mpp)
     for slide, path in pairs:
-        pred = predict_wsi(loaded, slide, grid=grid, mpp=args.mpp, k=args.k, similarity=args.similarity,
+        pred = predict_wsi(loaded, slide, grid=grid, mpp=args.mpp, train_mpp=args.train_mpp, k=args.k,
+                           similarity=args.similarity,
                            aggregation=args.aggregation, backend=args.backend, cache=args.cache,
                            cache_dir=args.cache_dir, chunk_size=args.chunk_size, progress=True)
         write_prediction(pred, path, force=args.force)

@@ -89,6 +89,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
+    if annotation is typing.Any:  # checked by validate_config (e.g. data.include_genes: a list or a file)
+        return value
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a section (mapping), got {value!r}")
