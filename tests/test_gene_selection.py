@@ -8,7 +8,7 @@ from anndata import AnnData
 
 from stgraph.config import ConfigError, load_config
 from stgraph.data import pp
-from stgraph.run.prepare import fit_preprocessor
+from stgraph.preprocess.prepare import fit_preprocessor
 from tests.conftest import CONFIGS, HER2ST, require_shared
 
 
@@ -64,7 +64,7 @@ def test_include_genes_is_validated_at_load_time(tmp_path):
         load_config(CONFIGS / "stgraph.yaml", ["data.include_genes=5"])
     with pytest.raises(ConfigError, match="data.n_top_expressed"):
         load_config(CONFIGS / "stgraph.yaml", ["data.n_top_expressed=-1"])
-    from stgraph.training.run import check_train_inputs
+    from stgraph.training.job import check_train_inputs
 
     cfg = load_config(CONFIGS / "stgraph.yaml", [f"data.include_genes={tmp_path / 'none.txt'}",
                                                  "model.image_encoder.pretrained=false"])
