@@ -1,4 +1,4 @@
-"""``stgraph`` command line: train, predict, extend, evaluate (alias benchmark), plot.
+"""stgraph command line: train, predict, extend, evaluate (alias benchmark), plot, configs.
 
 Examples
 --------
@@ -41,7 +41,7 @@ COMMANDS = {"train": train, "predict": predict, "extend": extend, "evaluate": ev
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stgraph", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="stgraph", description=__doc__.split("\n")[0].replace("``", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="stgraph's debug log lines")
     parser.add_argument("--version", action="version", version=f"stgraph {__version__}")

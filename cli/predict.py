@@ -117,8 +117,19 @@ def _set_mpp(adata, mpp) -> None:
     entry.setdefault(Key.uns.metadata, {})[Key.metadata.microns_per_pixel] = float(mpp)
 
 
-def _predict_adata(args):
-    """``predict_one`` for a slide given as AnnData (or as a path, read here)."""
+def query_source(args) -> Optional[dict]:
+    """Where the query slide came from, so ``stgraph plot --true`` can read its truth again: ``{slide: path}``
+    or ``{her2st: root, section: id}`` (absolute paths); ``None`` for an image + spot table."""
+    if args.her2st and args.section:
+        return {"her2st": str(Path(args.her2st).resolve()), "section": str(args.section)}
+    if args.slide:
+        return {"slide": str(Path(args.slide[0] if isinstance(args.slide, list) else args.slide).resolve())}
+    return None
+
+
+def _predict_adata(args, source: Optional[dict] = None):
+    """``predict_one`` for a slide given as AnnData (or as a path, read here); the prediction records its
+    source slide (``uns['stgraph']['source_slide']``)."""
     from stgraph.data import read_slide
     from stgraph.inference import predict_slide
 
@@ -126,7 +137,11 @@ def _predict_adata(args):
         adata = read_slide(slide) if isinstance(slide, (str, Path)) else slide
         if args.mpp is not None:
             _set_mpp(adata, args.mpp)
-        return predict_slide(loaded, adata, progress=True, **_retrieval(args))
+        pred = predict_slide(loaded, adata, progress=True, **_retrieval(args))
+        where = {"slide": str(Path(slide).resolve())} if isinstance(slide, (str, Path)) else source
+        if where:
+            pred.uns.setdefault(Key.uns.stgraph, {})[Key.uns.source_slide] = where
+        return pred
 
     return predict_one
 
@@ -180,4 +195,5 @@ def run(args) -> int:
     if args.plot:  # before any compute or write, so a typo'd gene does not leave a half-done output behind
         check_genes(args.plot, loaded.genes, "the model's")
     adata = read_query(args)
-    return predict_and_write(loaded, [(adata, out)], _predict_adata(args), force=args.force, plot=args.plot)
+    return predict_and_write(loaded, [(adata, out)], _predict_adata(args, source=query_source(args)),
+                             force=args.force, plot=args.plot)

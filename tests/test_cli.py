@@ -1,6 +1,7 @@
 """The command line end to end on small synthetic slides."""
 import subprocess
 import sys
+from pathlib import Path
 
 import anndata
 import pytest
@@ -40,6 +41,33 @@ def test_train_predict_plot(tmp_path, slide_files, capsys):
     assert main(["plot", "--pred", str(pred_path), "--true", slide_files[2], "--genes", "gene_3",
                  "--out", str(png)]) == 0
     assert png.stat().st_size > 1000
+
+
+def test_plot_true_is_a_switch_reading_the_recorded_or_given_slide(tmp_path, slide_files, capsys):
+    """`plot --true` reads the truth from the slide the prediction records, or from predict's own slide
+    arguments; a prediction without a recorded source asks for them."""
+    run = tmp_path / "run"
+    overrides = tiny_overrides(tmp_path / "cache", epochs=1) + ["data.harmony=false"]
+    assert main(["train", "--config", str(CONFIGS / "bleep.yaml"), "--data", *slide_files[:2],
+                 "--out", str(run), *overrides]) == 0
+    pred_path = tmp_path / "pred.h5ad"
+    assert main(["predict", "--model", str(run), "--slide", slide_files[2], "--out", str(pred_path)]) == 0
+    pred = anndata.read_h5ad(pred_path)
+    assert pred.uns["stgraph"]["source_slide"]["slide"] == str(Path(slide_files[2]).resolve())
+    recorded = tmp_path / "recorded.png"
+    assert main(["plot", "--pred", str(pred_path), "--true", "--genes", "gene_3", "--out", str(recorded)]) == 0
+    given = tmp_path / "given.png"
+    assert main(["plot", "--pred", str(pred_path), "--true", "--slide", slide_files[2], "--genes", "gene_3",
+                 "--out", str(given)]) == 0
+    assert recorded.stat().st_size > 1000 and given.stat().st_size > 1000
+
+    del pred.uns["stgraph"]["source_slide"]
+    bare = tmp_path / "bare.h5ad"
+    pred.write_h5ad(bare)
+    capsys.readouterr()
+    assert main(["plot", "--pred", str(bare), "--true", "--genes", "gene_3", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--slide PATH" in err and "--her2st ROOT --section ID" in err and not (tmp_path / "x.png").exists()
 
 
 def test_bad_override_and_missing_model(tmp_path, slide_files, capsys):
