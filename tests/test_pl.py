@@ -125,9 +125,17 @@ def test_fold_plot(tmp_path):
     fig = plot_fold_pcc(df, path=tmp_path / "pcc.png")
     assert _is_png(tmp_path / "pcc.png")
     (ax,) = fig.axes
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    # b is undefined on every fold: no empty "n/a" column, a note names it; the title says the metric in words.
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "c"]
+    assert ax.get_title() == "Mean Pearson r, all genes, per held-out section"
+    assert any("not shown" in t.get_text() and "b" in t.get_text() for t in fig.texts)
+    assert not any(t.get_text() == "n/a" for t in ax.texts)
     dots = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections])
     np.testing.assert_allclose(np.sort(dots), [0.1, 0.2, 0.3])  # every defined fold is drawn once
     plt.close(fig)
+    from stgraph.pl.benchmark import metric_label
+
+    assert metric_label("pcc_heg50") == "mean Pearson r, 50 most expressed genes"
+    assert metric_label("hit_at_10") == "Hit@10" and metric_label("custom") == "custom"
     with pytest.raises(KeyError, match="ssim"):
         plot_fold_pcc(df, metric="ssim")
