@@ -42,6 +42,11 @@ def add_parser(sub, parents) -> None:
     w.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="cache folder (default: $STGRAPH_CACHE_DIR, $XDG_CACHE_HOME/stgraph or ~/.cache/stgraph)")
     w.add_argument("--chunk-size", type=int, default=256, help="patches read and encoded per chunk (memory bound)")
+    w.add_argument("--min-saturation", type=int, default=15, metavar="0-255",
+                   help="tissue detection: the least HSV saturation of tissue pixels, above Otsu's threshold "
+                        "(lower it for faint stains; default 15)")
+    w.add_argument("--min-tissue-area", type=float, default=50_000.0, metavar="UM2",
+                   help="tissue detection: smaller tissue pieces are dropped, µm² (default 50000)")
     p.add_argument("--out", required=True,
                    help="output .h5ad (or a .csv / .parquet table export); a folder with several --wsi slides")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -74,8 +79,24 @@ def predict_and_write(loaded, jobs: Sequence[tuple], predict_one: Callable, forc
     return 0
 
 
+#: File suffixes dropped from a slide's output name (a folder keeps its whole name: 1.0.0 and 1.5.0 differ).
+_SLIDE_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".svs", ".ndpi", ".mrxs", ".scn", ".h5ad", ".h5",
+                   ".jpg", ".jpeg", ".png")
+
+
 def _slide_name(path: Path) -> str:
-    return path.parent.name if path.name == "outs" else path.name.split(".")[0]
+    """The output name of a slide: a Space Ranger ``outs`` folder's parent, a folder's whole name, a file's
+    name without its image/AnnData suffix."""
+    path = Path(path)
+    if path.name == "outs":
+        return path.parent.name
+    if path.is_dir():
+        return path.name
+    lower = path.name.lower()
+    for suffix in _SLIDE_SUFFIXES:
+        if lower.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
 
 
 def _wsi_outputs(args) -> list:
@@ -156,6 +177,10 @@ def _predict_wsi(args) -> int:
     grid = parse_grid(args.grid)
     if args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be ≥ 1, got {args.chunk_size}")
+    if not 0 <= args.min_saturation <= 255:
+        raise ValueError(f"--min-saturation must be in [0, 255], got {args.min_saturation}")
+    if not args.min_tissue_area >= 0:
+        raise ValueError(f"--min-tissue-area must be ≥ 0 µm², got {args.min_tissue_area}")
     for slide, _ in pairs:  # pixel size and readability of every slide before any compute
         WSIImage(slide, mpp=args.mpp).close()
     loaded = load_run(args.model, device=args.device)
@@ -163,6 +188,7 @@ def _predict_wsi(args) -> int:
 
     def predict_one(loaded, slide):
         return predict_wsi(loaded, slide, grid=grid, mpp=args.mpp, train_mpp=args.train_mpp, cache=args.cache,
+                           min_saturation=args.min_saturation, min_area_um2=args.min_tissue_area,
                            cache_dir=args.cache_dir,
                            chunk_size=args.chunk_size, progress=True, **_retrieval(args))
 

@@ -81,3 +81,19 @@ def test_bad_override_and_missing_model(tmp_path, slide_files, capsys):
 def test_console_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "cli.main", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "train" in out.stdout and "predict" in out.stdout
+
+
+def test_output_names_keep_the_whole_folder_name(tmp_path):
+    """Space Ranger versions 1.0.0 and 1.5.0 as folders must not both become `1.h5ad`."""
+    import argparse
+
+    from cli.predict import _outputs, _slide_name
+
+    a, b = tmp_path / "1.0.0", tmp_path / "1.5.0"
+    a.mkdir()
+    b.mkdir()
+    (tmp_path / "s1" / "outs").mkdir(parents=True)
+    assert _slide_name(a) == "1.0.0" and _slide_name(tmp_path / "s1" / "outs") == "s1"
+    assert _slide_name(tmp_path / "x.ome.tif") == "x" and _slide_name(tmp_path / "C6.h5ad") == "C6"
+    args = argparse.Namespace(out=str(tmp_path / "preds"), format="h5ad", force=False)
+    assert [p.name for _, p in _outputs([a, b], args)] == ["1.0.0.h5ad", "1.5.0.h5ad"]

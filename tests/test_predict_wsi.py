@@ -205,7 +205,13 @@ def test_bad_input_fails_before_compute_with_clear_errors(run_dir, slides, tmp_p
         return capsys.readouterr().err
 
     assert "--mpp" in err("--wsi", str(slides["nompp"]), "--out", str(tmp_path / "x.h5ad"))
-    assert "tissue" in err("--wsi", str(slides["blank"]), "--out", str(tmp_path / "x.h5ad")).lower()
+    blank = err("--wsi", str(slides["blank"]), "--out", str(tmp_path / "x.h5ad"))
+    assert "tissue" in blank.lower() and "--min-saturation" in blank and "--min-tissue-area" in blank
+    # The options the advice names exist and reach tissue detection: a huge minimum area finds no tissue.
+    assert "no tissue" in err("--wsi", str(slides["a"]), "--out", str(tmp_path / "x.h5ad"),
+                              "--min-tissue-area", "1e12")
+    assert "--min-saturation" in err("--wsi", str(slides["a"]), "--out", str(tmp_path / "x.h5ad"),
+                                     "--min-saturation", "300")
     assert "grid" in err("--wsi", str(slides["a"]), "--out", str(tmp_path / "x.h5ad"), "--grid", "hexagon")
     import importlib.util
 

@@ -159,8 +159,9 @@ def test_visium_2_1_0_probe_matrix_without_spatial():
     import h5py
 
     folder = _require(VISIUM / "2.1.0")
-    with pytest.raises(FileNotFoundError, match="tissue_positions.csv"):
+    with pytest.raises(FileNotFoundError, match="tissue_positions.csv") as info:
         read_visium(folder)
+    assert "copy Space Ranger's spatial/ folder" in str(info.value)  # advice that works from the CLI too
     with pytest.raises(FileNotFoundError, match="tissue_positions"):
         read_slide(folder)
     with pytest.warns(UserWarning, match="raw_probe_bc_matrix.h5"):
