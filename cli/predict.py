@@ -50,10 +50,15 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--out", required=True,
                    help="output .h5ad (or a .csv / .parquet table export); a folder with several --wsi slides")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
-    p.add_argument("--k", type=int, default=None, help="neighbours (default: the run's config)")
-    p.add_argument("--similarity", choices=choices("inference.similarity"), default=None)
-    p.add_argument("--aggregation", choices=choices("inference.aggregation"), default=None)
-    p.add_argument("--backend", choices=choices("inference.backend"), default=None)
+    p.add_argument("--k", type=int, default=None,
+                   help="reference spots averaged per query spot (kNN retrieval; default: the run's inference.k)")
+    p.add_argument("--similarity", choices=choices("inference.similarity"), default=None,
+                   help="how query and reference embeddings are compared (default: the run's inference.similarity)")
+    p.add_argument("--aggregation", choices=choices("inference.aggregation"), default=None,
+                   help="how the k neighbours' expression is weighted (default: the run's inference.aggregation)")
+    p.add_argument("--backend", choices=choices("inference.backend"), default=None,
+                   help="kNN search: exact torch, FAISS, or auto (FAISS IVF for large references; default: the "
+                        "run's inference.backend)")
     p.add_argument("--plot", nargs="+", default=None, metavar="GENE",
                    help="also draw these genes' predicted maps to <out>.png")
     p.set_defaults(func=run)

@@ -76,7 +76,10 @@ def run(args) -> int:
         dist.destroy_process_group()
     if rank != 0:
         return 0  # rank 0 reports
-    best = trained.result.best_epoch if trained.result else -1
     world = f" in {env_world_size()} processes" if env_world_size() > 1 else ""
-    print(f"trained {config.name} on {len(slides)} slide(s){world}; best epoch {best}; run folder: {args.out}")
+    if config.model.name == "ridge":  # closed form: no epochs to report
+        how = "fitted in closed form"
+    else:
+        how = f"best epoch {trained.result.best_epoch if trained.result else -1}"
+    print(f"trained {config.name} on {len(slides)} slide(s){world}; {how}; run folder: {args.out}")
     return 0

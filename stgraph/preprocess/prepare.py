@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,10 +363,14 @@ def _cached_features(encoder, patches: np.ndarray, config, slide_id: str, device
     if path is not None and path.is_file():
         feats = np.load(path)
         if feats.shape[0] == len(patches):
+            logging.getLogger(__name__).debug("feature cache hit: %s", path)
             return feats
     fn = encoder.forward_trunk if stage else encoder
+    start = time.perf_counter()
     feats = compute_image_features(fn, patches, device=device, input_size=cfg.input_size,
                                    progress=progress, desc=f"{'stage input' if stage else 'features'} {slide_id}")
+    logging.getLogger(__name__).debug("%s %s: %d patches in %.1f s", "stage input" if stage else "features",
+                                      slide_id, len(patches), time.perf_counter() - start)
     if stage:
         feats = feats.astype(np.float16)
     if path is not None:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import platform
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -170,6 +172,17 @@ def _check_gene_file(config) -> None:
 _GENE_KEYWORDS = ("hvg_union", "shared")
 
 
+def _log_resolved_config(config) -> None:
+    """The config as it will run (bases merged, overrides applied, paths resolved), at debug level (``-v``)."""
+    log = logging.getLogger(__name__)
+    if log.isEnabledFor(logging.DEBUG):
+        import yaml
+
+        from ..config import config_to_dict
+
+        log.debug("resolved config:\n%s", yaml.safe_dump(config_to_dict(config), sort_keys=False).rstrip())
+
+
 def train_model(config, slides, out: Optional[str | Path] = None, force: bool = False, resume: bool = False,
                 progress: Optional[bool] = None, preprocessed: Optional[tuple] = None) -> Run:
     """Fit preprocessing on ``slides``, train, build the reference, and (with ``out``) save a run folder.
@@ -192,6 +205,7 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
         raise ValueError("no training slides given")
     # Everything that can be checked is checked before any compute or any write.
     check_train_inputs(config, out, force, resume)
+    _log_resolved_config(config)
     device = resolve_device(config.train.device)
     dist_env = init_distributed(device)  # a no-op unless launched by torchrun
     if device.type == "cuda" and dist_env.enabled:
@@ -212,8 +226,11 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
         elif not resume and final_dir.exists() and any(final_dir.iterdir()):
             # --force (or a failed start): build the new run beside the old one, swap it in when complete.
             run_dir = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.new-"))
+    start = time.perf_counter()
     try:
         run = _train(config, adatas, run_dir, resume, progress, device, dist_env, preprocessed)
+        logging.getLogger(__name__).debug("trained %s on %d slide(s) in %.1f s on %s", config.name, len(adatas),
+                                          time.perf_counter() - start, device)
     except BaseException:
         if run_dir is not None and run_dir != final_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
