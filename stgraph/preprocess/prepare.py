@@ -169,6 +169,7 @@ def _select_genes(config, train_slides: Sequence[AnnData]) -> list[str]:
         genes = pp.shared_genes(slides)
     else:
         genes = pp.load_gene_list(spec)
+        _check_gene_list_share(genes, spec, slides)
     if d.n_top_expressed:
         chosen = set(genes) | set(pp.select_highly_expressed(slides, d.n_top_expressed))
         ordered = [g for g in slides[0].var_names if g in chosen]
@@ -195,6 +196,25 @@ def included_genes(config, train_slides: Sequence[AnnData], exclude: Sequence[st
         if g in measured and g not in skip and g not in out:
             out.append(g)
     return out
+
+
+#: The least share of a ``data.genes`` file that every training slide must measure.
+MIN_GENE_LIST_SHARE = 0.5
+
+
+def _check_gene_list_share(genes: Sequence[str], spec: str, train_slides: Sequence[AnnData]) -> None:
+    """Refuse a gene list most of whose genes a training slide lacks (they would be predicted as zeros)."""
+    from ..data.errors import SlideFormatError
+    from ..data.slide_id import slide_id_of
+
+    for i, ad in enumerate(train_slides):
+        have = set(map(str, ad.var_names))
+        missing = [g for g in genes if g not in have]
+        if len(genes) - len(missing) < MIN_GENE_LIST_SHARE * len(genes):
+            raise SlideFormatError(
+                f"data.genes {spec}: training slide {slide_id_of(ad, default=f'slide{i}')} measures only "
+                f"{len(genes) - len(missing)} of its {len(genes)} genes (< {MIN_GENE_LIST_SHARE:.0%}; missing e.g. "
+                f"{missing[:5]}); is it the right gene list (names, not numbers)?")
 
 
 def uncorrected_expression(config, preprocessor: "Preprocessor", expr: dict[str, np.ndarray],
