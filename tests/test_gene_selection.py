@@ -2,6 +2,8 @@
 added by data.include_genes (a list or a file)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from anndata import AnnData
@@ -51,12 +53,15 @@ def test_config_keeps_expressed_genes_and_named_markers(tmp_path):
 
 
 def test_a_marker_no_training_slide_measures_is_named():
-    train = [_slide({"HIGH": 500.0}, seed=s, sid=f"t{s}") for s in range(2)]
+    train = [_slide({"HIGH": 500.0, "ONLYHERE": 3.0}, seed=0, sid="t0"), _slide({"HIGH": 500.0}, seed=1, sid="t1")]
     cfg = load_config(CONFIGS / "bleep.yaml", ["data.n_top_hvg=20", "data.harmony=false",
-                                               "data.include_genes=[HIGH, NOTAGENE]"])
-    with pytest.warns(UserWarning, match=r"data\.include_genes: 1 gene\(s\) measured by no training slide.*NOTAGENE"):
+                                               "data.include_genes=[HIGH, NOTAGENE, ONLYHERE]"])
+    with pytest.warns(UserWarning) as caught:
         prep, _ = fit_preprocessor(cfg, train)
-    assert "HIGH" in prep.genes and "NOTAGENE" not in prep.genes
+    text = " | ".join(str(w.message) for w in caught)
+    assert re.search(r"data\.include_genes: 1 gene\(s\) measured by no training slide, skipped: NOTAGENE", text)
+    assert re.search(r"only some training slides, skipped: ONLYHERE", text)
+    assert "HIGH" in prep.genes and "NOTAGENE" not in prep.genes and "ONLYHERE" not in prep.genes
 
 
 def test_include_genes_is_validated_at_load_time(tmp_path):

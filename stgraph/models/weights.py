@@ -201,6 +201,7 @@ def resolve_weights(backbone: str, weights: Optional[str] = None, architecture: 
     if weights is not None:
         path = Path(weights).expanduser()
         if path.is_file():
+            log.debug("pretrained weights of %s from %s: %s", backbone, key, path)
             return WeightsSource(path, "config")
         raise WeightsNotFoundError(f"{key}: pretrained weights file not found: {path} (set {key}=null to look "
                                    f"in ${ENV_VAR} and the hub cache, or pretrained=false)")

@@ -178,22 +178,25 @@ def _select_genes(config, train_slides: Sequence[AnnData]) -> list[str]:
 
 
 def included_genes(config, train_slides: Sequence[AnnData], exclude: Sequence[str] = ()) -> list[str]:
-    """``data.include_genes`` (a list or a gene-list file) that some training slide measures, minus
-    ``exclude``; a named gene that no training slide measures is skipped with a warning naming it."""
+    """``data.include_genes`` (a list or a gene-list file) that every training slide measures, minus
+    ``exclude``. A named gene that no training slide measures, or only some do (its training target would be a
+    fake zero elsewhere), is skipped with a warning naming it."""
     spec = config.data.include_genes
     if spec is None:
         return []
     names = pp.load_gene_list(spec) if isinstance(spec, str) else [str(g) for g in spec]
-    measured = set().union(*(set(map(str, ad.var_names)) for ad in train_slides))
-    absent = [g for g in names if g not in measured]
-    if absent:
-        msg = (f"data.include_genes: {len(absent)} gene(s) measured by no training slide, skipped: "
-               f"{', '.join(absent[:20])}{' ...' if len(absent) > 20 else ''}")
-        warnings.warn(msg, UserWarning, stacklevel=2)
+    sets = [set(map(str, ad.var_names)) for ad in train_slides]
+    everywhere, anywhere = set.intersection(*sets), set.union(*sets)
+    for what, genes in (("measured by no training slide", [g for g in names if g not in anywhere]),
+                        ("measured by only some training slides",
+                         [g for g in names if g in anywhere and g not in everywhere])):
+        if genes:
+            warnings.warn(f"data.include_genes: {len(genes)} gene(s) {what}, skipped: "
+                          f"{', '.join(genes[:20])}{' ...' if len(genes) > 20 else ''}", UserWarning, stacklevel=3)
     skip = set(exclude)
     out: list[str] = []
     for g in names:
-        if g in measured and g not in skip and g not in out:
+        if g in everywhere and g not in skip and g not in out:
             out.append(g)
     return out
 
