@@ -92,7 +92,7 @@ def test_evaluate_refuses_bad_seeds_and_pairs_before_reading_slides(tmp_path, ca
     from cli.main import main
 
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("name: c\n")
+    cfg.write_text("name: c\nmodel:\n  image_encoder:\n    pretrained: false\n")
     missing = tmp_path / "no_such_root"  # never read: the errors come first
     assert main(["evaluate", "--config", str(cfg), "--her2st", str(missing), "--out", str(tmp_path / "o"),
                  "--seeds", "0"]) == 2
