@@ -240,9 +240,8 @@ class SpotGraphRegressor(nn.Module):
             inner = [s for i, s in enumerate(slides) if i != held]
             x, y, ids = self._prepare(inner)
             out_x, out_y = slides[held][0], slides[held][1]
-            probe = copy.copy(self)
-            probe.ridge = RidgeRegressor(alpha=self.alpha, n_components=self.n_components,
-                                         center_targets=self.center_targets)
+            # A deep copy: an nn.Module's shallow copy would share its module and buffer tables with self.
+            probe = copy.deepcopy(self)
 
             def on_checkpoint(m, epoch, net, probe=probe, held=held):
                 probe.nets = nn.ModuleList([net])
