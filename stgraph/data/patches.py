@@ -41,6 +41,7 @@ __all__ = [
     "load_image_file",
     "extract_patches",
     "patch_cache_path",
+    "patch_key",
     "imagenet_normalize",
     "random_flip_rotate",
     "RandomFlipRotate",
@@ -97,6 +98,17 @@ def _cache_key(adata: AnnData, entry: dict, xy: np.ndarray, size: int, side: int
         image_id = "none"
     return {"n_spots": int(adata.n_obs), "size": int(size), "crop_px": int(side), "pad_value": int(pad_value),
             "coords_hash": hash_array(np.asarray(xy, dtype=np.float64)), "image": image_id}
+
+
+def patch_key(adata: AnnData, size: int, patch_um: Optional[float] = None,
+              microns_per_pixel: Optional[float] = None, pad_value: int = 255) -> dict:
+    """What :func:`extract_patches` with these arguments depends on, without cutting a patch: the number of
+    spots, output and crop side, pad value, the coordinates' hash and the image's identity (an in-memory
+    image's hash; an image file's path, size and mtime). Cache keys of patches and of their features."""
+    lib, entry = slide_library(adata)
+    xy = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)
+    side = _crop_side(size, patch_um, microns_per_pixel, entry, _fullres_scale(entry))
+    return _cache_key(adata, entry, xy, size, side, pad_value)
 
 
 def _read_cache(path: Path, key: dict, n: int, size: int) -> Optional[np.ndarray]:

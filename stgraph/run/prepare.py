@@ -283,11 +283,12 @@ def _context_features(adata: AnnData, features: np.ndarray, config, encoder, sli
         # to data.patch_size, so the backbone sees the spot's surroundings at a coarser resolution.
         patch_um = config.data.patch_um
         side = cfg.context_scale * (patch_um if patch_um is not None else config.data.patch_size)
-        ctx = extract_patches(adata, size=config.data.patch_size, patch_um=side,
-                              microns_per_pixel=None if patch_um is not None else 1.0,
-                              cache_dir=_cache_subdir(config, "patches"),
-                              show_progress=progress)
-        features = np.concatenate([features, _cached_features(encoder, ctx, config, slide_id, device, progress)], 1)
+        mpp = None if patch_um is not None else 1.0
+        ctx = lambda: extract_patches(adata, size=config.data.patch_size, patch_um=side,  # noqa: E731
+                                      microns_per_pixel=mpp, cache_dir=_cache_subdir(config, "patches"),
+                                      show_progress=progress)
+        features = np.concatenate([features, _cached_features(encoder, adata, config, slide_id, device, progress,
+                                                              ctx, patch_um=side, microns_per_pixel=mpp)], 1)
     if cfg.neighbour_context:
         from ..nn.context import neighbour_mean
 
@@ -302,28 +303,54 @@ def _cache_subdir(config, name: str) -> Optional[str]:
     return None if root is None else str(root / name)
 
 
-def _cached_features(encoder, patches: np.ndarray, config, slide_id: str, device: str, progress: bool,
-                     stage: bool = False):
-    """Backbone features (n, F), or with ``stage`` the frozen stages' output (n, ...) stored as float16
-    (half the disk and memory; the trainable last stage reads it back in float32)."""
+def feature_store(config):
+    """The :class:`~stgraph.data.feature_store.FeatureStore` at ``<data.cache_dir>/features``, or ``None``
+    when caching is off."""
+    from ..data.feature_store import FeatureStore
+
+    root = _cache_subdir(config, "features")
+    return None if root is None else FeatureStore(root)
+
+
+def feature_key(adata: AnnData, config, stage: bool = False, patch_um: Optional[float] = None,
+                microns_per_pixel: Optional[float] = None) -> dict:
+    """The feature store's key of one slide's frozen features: backbone, weights identity (a weights file's
+    hash), backbone input size, and :func:`~stgraph.data.patches.patch_key` (patch side and µm, coordinates'
+    hash, image identity). ``patch_um``: default ``data.patch_um``; ``stage``: the frozen stages' output."""
+    from ..data.feature_store import weights_identity
+    from ..data.patches import patch_key
+
     cfg = config.model.image_encoder
-    cache_dir = resolve_cache_dir(config.data.cache_dir)
-    key = "_".join([
-        slide_id, cfg.backbone, Path(cfg.weights).stem if cfg.weights else ("imagenet" if cfg.pretrained else "random"),
-        str(cfg.input_size), hash_array(patches),
-    ] + (["trunk"] if stage else []))
-    path = Path(cache_dir) / "features" / f"{key}.npy" if cache_dir else None
-    if path is not None and path.is_file():
-        feats = np.load(path)
-        if feats.shape[0] == len(patches):
-            return feats
+    patch_um = config.data.patch_um if patch_um is None else patch_um
+    return {"kind": "trunk" if stage else "features", "backbone": cfg.backbone,
+            "weights": weights_identity(cfg.weights, cfg.pretrained), "input_size": cfg.input_size,
+            "patch_um": patch_um,
+            "patches": patch_key(adata, config.data.patch_size, patch_um, microns_per_pixel)}
+
+
+def _cached_features(encoder, adata: AnnData, config, slide_id: str, device: str, progress: bool,
+                     patches=None, stage: bool = False, patch_um: Optional[float] = None,
+                     microns_per_pixel: Optional[float] = None):
+    """Backbone features (n, F) of ``adata``'s spots, from the feature store when it holds them (no patch
+    is cut then), else computed from ``patches`` (a callable returning the (n, S, S, 3) uint8 patches) and
+    stored. With ``stage``, the frozen stages' output (n, ...) stored as float16 (half the disk and memory;
+    the trainable last stage reads it back in float32)."""
+    store = feature_store(config)
+    key = None
+    if store is not None:
+        key = feature_key(adata, config, stage, patch_um, microns_per_pixel)
+        if store.has(slide_id, key):
+            feats = store.open(slide_id, key).read_all()
+            if feats.shape[0] == adata.n_obs:
+                return feats
+    pts = patches() if callable(patches) else patches
     fn = encoder.forward_trunk if stage else encoder
-    feats = compute_image_features(fn, patches, device=device, input_size=cfg.input_size,
+    feats = compute_image_features(fn, pts, device=device, input_size=config.model.image_encoder.input_size,
                                    progress=progress, desc=f"{'stage input' if stage else 'features'} {slide_id}")
     if stage:
         feats = feats.astype(np.float16)
-    if path is not None:
-        atomic_save_npy(path, feats)
+    if store is not None:
+        store.write(slide_id, key, feats)
     return feats
 
 
@@ -353,17 +380,23 @@ def prepare_slide(adata: AnnData, config, preprocessor: Optional[Preprocessor] =
         expr = preprocessor.expression(adata)
     spot_input = preprocessor.spot_input(expr) if (expr is not None and preprocessor is not None) else None
 
-    patches = extract_patches(adata, size=config.data.patch_size, patch_um=config.data.patch_um,
-                              cache_dir=_cache_subdir(config, "patches"),
-                              show_progress=progress)
-    features = None
-    if config.model.image_encoder.cache_features and image_encoder is not None:
-        features = _cached_features(image_encoder, patches, config, slide_id, device, progress)
-        patches = None
-    stage_input = None
-    if config.model.image_encoder.cache_stage_input and image_encoder is not None:
-        stage_input = _cached_features(image_encoder, patches, config, slide_id, device, progress, stage=True)
-        patches = None
+    cut: dict = {}
+
+    def get_patches() -> np.ndarray:  # cut (or read from the patch cache) only when some step needs them
+        if "p" not in cut:
+            cut["p"] = extract_patches(adata, size=config.data.patch_size, patch_um=config.data.patch_um,
+                                       cache_dir=_cache_subdir(config, "patches"), show_progress=progress)
+        return cut["p"]
+
+    features = stage_input = None
+    frozen = image_encoder is not None and (config.model.image_encoder.cache_features
+                                            or config.model.image_encoder.cache_stage_input)
+    if image_encoder is not None and config.model.image_encoder.cache_features:
+        features = _cached_features(image_encoder, adata, config, slide_id, device, progress, get_patches)
+    if image_encoder is not None and config.model.image_encoder.cache_stage_input:
+        stage_input = _cached_features(image_encoder, adata, config, slide_id, device, progress, get_patches,
+                                       stage=True)
+    patches = None if frozen else get_patches()
 
     if with_graph is None:
         with_graph = needs_graph(config)
