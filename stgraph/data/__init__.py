@@ -1,6 +1,8 @@
 """Data layer: readers (slides → AnnData), collections, preprocessing, patches and array transforms."""
 from . import pp
 from .collection import SlideCollection, slide_id_of
+from .feature_store import FeatureStore
+from .lazy_collection import LazySlideCollection
 from .errors import SlideFormatError
 from .patches import extract_patches, load_fullres_image
 from .transforms import (
@@ -25,6 +27,8 @@ from .readers import (
 from .synthetic import make_synthetic_collection, make_synthetic_slide
 
 __all__ = [
+    "FeatureStore",
+    "LazySlideCollection",
     "pp",
     "SlideCollection",
     "slide_id_of",

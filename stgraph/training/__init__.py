@@ -3,6 +3,7 @@ from ..run import (CheckpointError, PreparedSlide, Preprocessor, Run, compute_im
                    load_checkpoint, prepare_slide)
 from .run import TrainedRun, build_reference, train_model
 from .trainer import Trainer, TrainResult
+from .cohort import train_cohort
 
 __all__ = [
     "CheckpointError",
@@ -18,4 +19,5 @@ __all__ = [
     "load_checkpoint",
     "prepare_slide",
     "train_model",
+    "train_cohort",
 ]
