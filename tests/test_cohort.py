@@ -77,8 +77,8 @@ def test_sample_sheet_paths_formats_and_errors(cohort_dir, tmp_path):
 
 
 def test_streamed_preprocessing_matches_the_in_memory_one(cohort_dir, tiny_config):
-    from stgraph.run.cohort import CohortError, fit_cohort_preprocessor
-    from stgraph.run.prepare import fit_preprocessor
+    from stgraph.preprocess.cohort import CohortError, fit_cohort_preprocessor
+    from stgraph.preprocess.prepare import fit_preprocessor
 
     cohort = LazySlideCollection.from_folder(cohort_dir, cache_size=0).subset(["s0", "s1", "s2", "s3"])
     config = tiny_config("cpu/bleep.yaml", "data.harmony=false", "model.spot_input=pca")
@@ -143,7 +143,7 @@ def test_streamed_training_learns_and_beats_the_mean_profile(streamed_run, cohor
 
 def test_training_reads_rows_by_block_never_whole_slides(streamed_run, monkeypatch):
     from stgraph.data.feature_store import StoredArray, StoredCSR
-    from stgraph.run.cohort import prepare_cohort
+    from stgraph.preprocess.cohort import prepare_cohort
     from stgraph.models import create_model
     from stgraph.training import Trainer
     from stgraph.training.stream import CohortSource
@@ -174,7 +174,7 @@ def test_training_reads_rows_by_block_never_whole_slides(streamed_run, monkeypat
 
 def test_worker_processes_give_the_same_batches(streamed_run):
     from stgraph.models import create_model
-    from stgraph.run.cohort import prepare_cohort
+    from stgraph.preprocess.cohort import prepare_cohort
     from stgraph.training.stream import CohortSource
 
     config, run, cohort, _ = streamed_run

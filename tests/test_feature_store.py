@@ -84,7 +84,7 @@ def test_training_features_come_from_the_store_without_cutting_patches(tiny_conf
                                                                         monkeypatch, tmp_path):
     """prepare_slide fills the store once; a second preparation reads it and cuts no patch; new spot
     coordinates are a miss."""
-    import stgraph.run.prepare as prepare
+    import stgraph.preprocess.prepare as prepare
     from stgraph.models import create_model
 
     config = tiny_config("cpu/bleep.yaml", f"data.cache_dir={tmp_path / 'cache'}")

@@ -4,7 +4,8 @@ from .collection import SlideCollection, slide_id_of
 from .feature_store import FeatureStore
 from .lazy_collection import LazySlideCollection
 from .errors import SlideFormatError
-from .patches import extract_patches, load_fullres_image
+from .image import load_fullres_image
+from .patches import extract_patches
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,

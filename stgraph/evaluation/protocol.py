@@ -19,8 +19,8 @@ from ..inference.predict import predict_slide
 from ..metrics import evaluate_arrays, per_gene_table
 from ..metrics.report import summarize_folds, to_markdown_table, write_csv_atomic, write_json_atomic
 from ..models import create_image_encoder
-from ..run.prepare import fit_preprocessor, prepare_slide, preprocessing_key, uncorrected_expression
-from ..training.run import train_model
+from ..preprocess.prepare import fit_preprocessor, prepare_slide, preprocessing_key, uncorrected_expression
+from ..training.job import train_model
 from .baselines import BASELINES
 from .folds import Fold
 from ..keys import Key
@@ -39,7 +39,7 @@ def _score(method: str, fold: Fold, pred: np.ndarray, true: np.ndarray, genes: S
 
 class FoldPreprocessing:
     """One fold's fitted preprocessing, shared by every method whose data settings match
-    (:func:`~stgraph.run.prepare.preprocessing_key`): gene selection, Harmony and PCA are fitted once."""
+    (:func:`~stgraph.preprocess.prepare.preprocessing_key`): gene selection, Harmony and PCA are fitted once."""
 
     def __init__(self, train: Sequence):
         self.train = list(train)

@@ -1,7 +1,7 @@
 """The training job for a cohort that does not fit in memory (frozen features streamed from the store).
 
 ``train_cohort(config, cohort)``: the preprocessing is fitted by streaming over the slides
-(:func:`~stgraph.run.cohort.fit_cohort_preprocessor`; rank 0 fits, the other ranks receive it), each rank
+(:func:`~stgraph.preprocess.cohort.fit_cohort_preprocessor`; rank 0 fits, the other ranks receive it), each rank
 writes and then streams only the slides of its shard (:meth:`~stgraph.data.LazySlideCollection.shard`), and
 the :class:`~stgraph.training.Trainer` runs on a :class:`~stgraph.training.stream.CohortSource`.
 
@@ -19,13 +19,13 @@ import torch
 
 from ..config import save_config
 from ..models import create_model
-from ..run.cohort import fit_cohort_preprocessor, prepare_cohort
-from ..run.folder import Run, save_model
-from ..run.prepare import PreparedSlide
-from ..run.resolution import resolution_record
+from ..preprocess.cohort import fit_cohort_preprocessor, prepare_cohort
+from ..runfolder import Run, save_model
+from ..preprocess.prepare import PreparedSlide
+from ..preprocess.resolution import resolution_record
 from ..utils import atomic_write_text, resolve_device, seed_everything
 from .distributed import DistEnv, init_distributed
-from .run import build_reference, check_train_inputs
+from .job import build_reference, check_train_inputs
 from .stream import CohortSource
 from .trainer import Trainer
 

@@ -23,7 +23,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from ..run.cohort import StoredSlide
+from ..preprocess.cohort import StoredSlide
 
 __all__ = ["BlockBatches", "CohortSource", "block_plan"]
 
@@ -83,7 +83,7 @@ class CohortSource:
     Parameters
     ----------
     slides
-        This rank's :class:`~stgraph.run.cohort.StoredSlide` handles.
+        This rank's :class:`~stgraph.preprocess.cohort.StoredSlide` handles.
     block_rows
         Rows per block (default: the feature store's chunk rows, so a block is one chunk).
     buffer_blocks

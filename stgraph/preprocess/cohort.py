@@ -87,7 +87,7 @@ def _genes(config, cohort) -> list[str]:
 
 
 def fit_cohort_preprocessor(config, cohort) -> Preprocessor:
-    """:func:`~stgraph.run.prepare.fit_preprocessor` for a :class:`~stgraph.data.LazySlideCollection`,
+    """:func:`~stgraph.preprocess.prepare.fit_preprocessor` for a :class:`~stgraph.data.LazySlideCollection`,
     streaming over its slides (see the module docstring)."""
     _check_streamable(config)
     if not len(cohort):
@@ -133,7 +133,7 @@ def prepare_cohort(config, cohort, preprocessor: Preprocessor, image_encoder, de
     Parameters
     ----------
     store
-        Default: ``<data.cache_dir>/features`` (:func:`~stgraph.run.prepare.feature_store`).
+        Default: ``<data.cache_dir>/features`` (:func:`~stgraph.preprocess.prepare.feature_store`).
     feature_dtype
         Stored feature dtype (e.g. ``np.float16``, half the disk and read volume); default float32.
     chunk_rows
