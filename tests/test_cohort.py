@@ -6,7 +6,7 @@ import torch
 
 from stgraph.data.lazy_collection import LazySlideCollection, shard_by_size
 from stgraph.errors import StgraphError
-from stgraph.training.stream import BlockBatches, block_plan
+from stgraph.training.stream import BlockBatches, block_plan, to_batch
 
 
 def _mean_pearson(pred, true):
@@ -182,11 +182,12 @@ def test_worker_processes_give_the_same_batches(streamed_run):
                             chunk_rows=16)
     source = CohortSource(stored, config, buffer_blocks=3)
     plan = source.plan(train=True, epoch=3)
-    direct = [b for j in range(len(plan)) for b in BlockBatches(stored, plan)[j]]
+    direct = [to_batch(b, "cpu") for j in range(len(plan)) for b in BlockBatches(stored, plan)[j]]
     config.train.num_workers = 2
-    loaded = [b for batches in source.loader(plan) for b in batches]
+    loaded = [to_batch(b, "cpu") for batches in source.loader(plan) for b in batches]
     config.train.num_workers = 0
     assert len(direct) == len(loaded)
     for a, b in zip(direct, loaded):
+        assert a.keys() == b.keys() == {"features", "spot_input", "coords"}
         for k in a:
-            assert torch.equal(a[k], b[k])
+            assert a[k].dtype == (torch.long if k == "coords" else torch.float32) and torch.equal(a[k], b[k])

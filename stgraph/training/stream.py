@@ -25,7 +25,7 @@ import torch
 
 from ..preprocess.cohort import StoredSlide
 
-__all__ = ["BlockBatches", "CohortSource", "block_plan"]
+__all__ = ["BlockBatches", "CohortSource", "block_plan", "to_batch"]
 
 
 def block_plan(blocks: Sequence[tuple[int, int, int]], batch_size: int, buffer_blocks: int,
@@ -53,8 +53,10 @@ def block_plan(blocks: Sequence[tuple[int, int, int]], batch_size: int, buffer_b
 
 
 class BlockBatches(torch.utils.data.Dataset):
-    """Item ``j`` = the batches of buffer ``j`` of a :func:`block_plan`: a list of dicts with ``features``
-    (B, F) float32, ``spot_input`` (B, P) float32 and ``coords`` (B, 2) long, read from the store."""
+    """Item ``j`` = the batches of buffer ``j`` of a :func:`block_plan`, read from the store, as compact as
+    stored (what crosses from a worker to the training process): ``features`` (B, F) in the stored dtype
+    (e.g. float16), ``spot_input`` (B, P) float32 when dense or ``spot_csr`` (indptr, indices, data) when the
+    spot input is the sparse expression, ``coords`` (B, 2) long. :func:`to_batch` makes the model's batch."""
 
     def __init__(self, slides: Sequence[StoredSlide], plan: list):
         self.slides, self.plan = list(slides), plan
@@ -63,18 +65,44 @@ class BlockBatches(torch.utils.data.Dataset):
         return len(self.plan)
 
     def __getitem__(self, j: int) -> list[dict]:
+        import scipy.sparse as sp
+
         blocks, batches = self.plan[j]
         feats, spots, coords = [], [], []
         for i, a, b in blocks:
             s = self.slides[i]
             feats.append(s.features.read_range(a, b))
-            x = s.spot_input.read_range(a, b)
-            spots.append(x.toarray() if hasattr(x, "toarray") else x)
+            spots.append(s.spot_input.read_range(a, b))
             coords.append(s.coords[a:b])
-        f = torch.from_numpy(np.concatenate(feats).astype(np.float32, copy=False))
-        x = torch.from_numpy(np.concatenate(spots).astype(np.float32, copy=False))
+        f = torch.from_numpy(np.concatenate(feats))
         c = torch.from_numpy(np.concatenate(coords).astype(np.int64, copy=False))
-        return [{"features": f[p], "spot_input": x[p], "coords": c[p]} for p in map(torch.as_tensor, batches)]
+        sparse = sp.issparse(spots[0])
+        x = sp.vstack(spots, format="csr") if sparse else torch.from_numpy(
+            np.concatenate(spots).astype(np.float32, copy=False))
+        out = []
+        for p in batches:
+            item = {"features": f[torch.as_tensor(p)], "coords": c[torch.as_tensor(p)]}
+            if sparse:
+                m = x[p]
+                item["spot_csr"] = (torch.from_numpy(m.indptr.astype(np.int64)),
+                                    torch.from_numpy(m.indices.astype(np.int64)),
+                                    torch.from_numpy(m.data.astype(np.float32, copy=False)), m.shape[1])
+            else:
+                item["spot_input"] = x[torch.as_tensor(p)]
+            out.append(item)
+        return out
+
+
+def to_batch(item: dict, device) -> dict:
+    """A :class:`BlockBatches` item → the model's batch on ``device`` (float32 features, dense spot input)."""
+    batch = {"features": item["features"].to(device, non_blocking=True).float(),
+             "coords": item["coords"].to(device, non_blocking=True)}
+    if "spot_csr" in item:
+        crow, col, val, width = item["spot_csr"]
+        batch["spot_input"] = torch.sparse_csr_tensor(crow, col, val, (len(crow) - 1, width)).to_dense().to(device)
+    else:
+        batch["spot_input"] = item["spot_input"].to(device, non_blocking=True)
+    return batch
 
 
 class CohortSource:
@@ -150,4 +178,4 @@ class CohortSource:
                 if limit is not None and done >= limit:
                     return
                 done += 1
-                yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}, sizes
+                yield to_batch(batch, self.device), sizes
