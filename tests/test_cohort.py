@@ -191,3 +191,61 @@ def test_worker_processes_give_the_same_batches(streamed_run):
         assert a.keys() == b.keys() == {"features", "spot_input", "coords"}
         for k in a:
             assert a[k].dtype == (torch.long if k == "coords" else torch.float32) and torch.equal(a[k], b[k])
+
+
+@pytest.fixture
+def tiff_slide(tmp_path, synthetic_slides):
+    """A synthetic slide whose image lives in a tiled TIFF file (not in memory)."""
+    import tifffile
+
+    ad = synthetic_slides[0].copy()
+    lib = next(iter(ad.uns["spatial"]))
+    entry = ad.uns["spatial"][lib]
+    image = np.asarray(entry["images"].pop("fullres"))
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, image, tile=(64, 64), compression="zlib")
+    entry["metadata"]["source_image_path"] = str(path)
+    entry["scalefactors"].pop("tissue_fullres_scalef", None)
+    return ad
+
+
+@pytest.mark.parametrize("patch_um", [None, 40.0])
+def test_region_patches_are_the_extracted_patches(tiff_slide, patch_um):
+    import pickle
+
+    from stgraph.data.patches import RegionPatches, extract_patches
+
+    if patch_um is not None:
+        lib = next(iter(tiff_slide.uns["spatial"]))
+        tiff_slide.uns["spatial"][lib]["metadata"]["microns_per_pixel"] = 1.0
+    whole = extract_patches(tiff_slide, size=24, patch_um=patch_um)
+    lazy = RegionPatches(tiff_slide, size=24, patch_um=patch_um)
+    rows = np.array([7, 0, 99, 7, 50])
+    np.testing.assert_array_equal(lazy[rows].numpy(), whole[rows])
+    np.testing.assert_array_equal(lazy[torch.as_tensor(rows)].numpy(), whole[rows])
+    np.testing.assert_array_equal(lazy[3:9].numpy(), whole[3:9])
+    worker = pickle.loads(pickle.dumps(lazy))  # what a DataLoader worker gets: no open image, no pixels
+    assert worker._image is None and worker._array is None
+    np.testing.assert_array_equal(worker[rows].numpy(), whole[rows])
+
+
+def test_fine_tuning_reads_patches_by_region(tiny_config, tiff_slide, synthetic_slides, monkeypatch):
+    """data.region_patches: no slide's patches are cut into memory; each batch reads its own regions,
+    in data-loader workers too."""
+    import stgraph.preprocess.prepare as prepare
+    from stgraph.data.patches import RegionPatches
+    from stgraph.training import train_model
+
+    def no_whole_slide(*a, **k):
+        raise AssertionError("a whole slide's patches were cut")
+
+    monkeypatch.setattr(prepare, "extract_patches", no_whole_slide)
+    second = synthetic_slides[1].copy()
+    config = tiny_config("bleep.yaml", "data.region_patches=true", "data.harmony=false", "train.epochs=2",
+                         "train.num_workers=1")
+    assert config.model.image_encoder.freeze == "none"
+    prepared = prepare.prepare_slide(tiff_slide, config)
+    assert isinstance(prepared.patches, RegionPatches)
+    run = train_model(config, [tiff_slide, second])
+    loss = run.result.history.query("split == 'train'")["total"].to_numpy()
+    assert np.isfinite(loss).all() and loss[-1] != loss[0]

@@ -56,7 +56,8 @@ class PreparedSlide:
     xy
         (n, 2) float pixel coordinates.
     patches
-        (n, S, S, 3) uint8, or ``None`` once features are cached.
+        (n, S, S, 3) uint8, a :class:`~stgraph.data.patches.RegionPatches` that reads them by region
+        (``data.region_patches``), or ``None`` once features are cached.
     features
         (n, F) float32 frozen-backbone features, or ``None``.
     edge_index
@@ -91,7 +92,9 @@ class PreparedSlide:
             coords=on(self.coords, torch.long),
             features=on(self.features, torch.float32),
             stage_input=on(self.stage_input, torch.float32),
-            patches=None if self.patches is None else torch.from_numpy(np.ascontiguousarray(self.patches)),
+            # RegionPatches (data.region_patches) stay lazy: each batch reads its own regions.
+            patches=torch.from_numpy(np.ascontiguousarray(self.patches)) if isinstance(self.patches, np.ndarray)
+            else self.patches,
             edge_index=None if self.edge_index is None else self.edge_index.to(device),
         )
 
@@ -396,7 +399,14 @@ def prepare_slide(adata: AnnData, config, preprocessor: Optional[Preprocessor] =
     if image_encoder is not None and config.model.image_encoder.cache_stage_input:
         stage_input = _cached_features(image_encoder, adata, config, slide_id, device, progress, get_patches,
                                        stage=True)
-    patches = None if frozen else get_patches()
+    if frozen:
+        patches = None
+    elif config.data.region_patches:
+        from ..data.patches import RegionPatches
+
+        patches = RegionPatches(adata, size=config.data.patch_size, patch_um=config.data.patch_um)
+    else:
+        patches = get_patches()
 
     if with_graph is None:
         with_graph = needs_graph(config)
