@@ -134,7 +134,7 @@ def loader(args) -> dict:
     from stgraph.training.stream import CohortSource
 
     slides = _stored(args)
-    source = CohortSource(slides, _config(args), buffer_blocks=args.buffer_blocks)
+    source = CohortSource(slides, _config(args), buffer_blocks=args.buffer_blocks, block_rows=args.block_rows)
     t0 = time.perf_counter()
     rows = steps = 0
     for batch, _ in source.steps(train=True, epoch=0):
@@ -160,7 +160,7 @@ def train(args) -> dict:
     if not Path(config.model.image_encoder.weights).is_file():
         config.model.image_encoder.weights = None
         config.model.image_encoder.pretrained = False
-    source = CohortSource(slides, config, buffer_blocks=args.buffer_blocks)
+    source = CohortSource(slides, config, buffer_blocks=args.buffer_blocks, block_rows=args.block_rows)
     waits = []
     steps_fn = source.steps
 
@@ -213,6 +213,7 @@ def main() -> None:
     ap.add_argument("--genes", type=int, default=2000)
     ap.add_argument("--chunk-rows", type=int, default=256)
     ap.add_argument("--buffer-blocks", type=int, default=8)
+    ap.add_argument("--block-rows", type=int, default=1024, help="rows per shuffled block (whole chunks)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
     ap.add_argument("--epochs", type=int, default=1)

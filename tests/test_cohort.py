@@ -6,7 +6,7 @@ import torch
 
 from stgraph.data.lazy_collection import LazySlideCollection, shard_by_size
 from stgraph.errors import StgraphError
-from stgraph.training.stream import BlockBatches, block_plan, to_batch
+from stgraph.training.stream import BlockBatches, block_plan, buffer_batches
 
 
 def _mean_pearson(pred, true):
@@ -182,9 +182,9 @@ def test_worker_processes_give_the_same_batches(streamed_run):
                             chunk_rows=16)
     source = CohortSource(stored, config, buffer_blocks=3)
     plan = source.plan(train=True, epoch=3)
-    direct = [to_batch(b, "cpu") for j in range(len(plan)) for b in BlockBatches(stored, plan)[j]]
+    direct = [b for j in range(len(plan)) for b in buffer_batches(BlockBatches(stored, plan)[j], "cpu")]
     config.train.num_workers = 2
-    loaded = [to_batch(b, "cpu") for batches in source.loader(plan) for b in batches]
+    loaded = [b for item in source.loader(plan) for b in buffer_batches(item, "cpu")]
     config.train.num_workers = 0
     assert len(direct) == len(loaded)
     for a, b in zip(direct, loaded):

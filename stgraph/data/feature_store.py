@@ -120,9 +120,15 @@ class StoredArray(_Handle):
     def __len__(self) -> int:
         return self.shape[0]
 
-    def read_range(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` (one contiguous read)."""
-        return self._g()["x"][start:stop]
+    def read_range(self, start: int, stop: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows ``start:stop`` (one contiguous read), into ``out`` ((stop − start, ...) of the stored dtype,
+        e.g. a slice of a larger buffer) when given: no intermediate copy."""
+        ds = self._g()["x"]
+        if out is None:
+            return ds[start:stop]
+        if stop > start:
+            ds.read_direct(out, source_sel=np.s_[start:stop])
+        return out
 
     def __getitem__(self, rows) -> np.ndarray:
         if isinstance(rows, slice):

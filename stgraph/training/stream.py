@@ -25,7 +25,7 @@ import torch
 
 from ..preprocess.cohort import StoredSlide
 
-__all__ = ["BlockBatches", "CohortSource", "block_plan", "to_batch"]
+__all__ = ["BlockBatches", "CohortSource", "block_plan", "buffer_batches"]
 
 
 def block_plan(blocks: Sequence[tuple[int, int, int]], batch_size: int, buffer_blocks: int,
@@ -53,10 +53,11 @@ def block_plan(blocks: Sequence[tuple[int, int, int]], batch_size: int, buffer_b
 
 
 class BlockBatches(torch.utils.data.Dataset):
-    """Item ``j`` = the batches of buffer ``j`` of a :func:`block_plan`, read from the store, as compact as
-    stored (what crosses from a worker to the training process): ``features`` (B, F) in the stored dtype
-    (e.g. float16), ``spot_input`` (B, P) float32 when dense or ``spot_csr`` (indptr, indices, data) when the
-    spot input is the sparse expression, ``coords`` (B, 2) long. :func:`to_batch` makes the model's batch."""
+    """Item ``j`` = buffer ``j`` of a :func:`block_plan`, read from the store and kept as compact as stored
+    (what crosses from a worker to the training process): ``features`` (n, F) in the stored dtype (e.g.
+    float16), the spot input as ``spot_input`` (n, P) float32 when dense or ``spot_csr`` (indptr, indices,
+    data, width) when it is the sparse expression, ``coords`` (n, 2) long, and ``batches``, the row
+    positions of each batch. :func:`buffer_batches` cuts the model's batches from it."""
 
     def __init__(self, slides: Sequence[StoredSlide], plan: list):
         self.slides, self.plan = list(slides), plan
@@ -64,45 +65,51 @@ class BlockBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.plan)
 
-    def __getitem__(self, j: int) -> list[dict]:
+    def __getitem__(self, j: int) -> dict:
         import scipy.sparse as sp
 
         blocks, batches = self.plan[j]
-        feats, spots, coords = [], [], []
+        f0 = self.slides[blocks[0][0]].features
+        feats = torch.empty((sum(b - a for _, a, b in blocks),) + tuple(f0.shape[1:]),
+                            dtype=getattr(torch, f0.dtype.name))
+        if torch.utils.data.get_worker_info() is not None:
+            feats.share_memory_()  # filled in place: the hand-over to the training process copies nothing
+        view, pos = feats.numpy(), 0
+        spots, coords = [], []
         for i, a, b in blocks:
             s = self.slides[i]
-            feats.append(s.features.read_range(a, b))
+            view[pos:pos + b - a] = s.features.read_range(a, b)
+            pos += b - a
             spots.append(s.spot_input.read_range(a, b))
             coords.append(s.coords[a:b])
-        f = torch.from_numpy(np.concatenate(feats))
-        c = torch.from_numpy(np.concatenate(coords).astype(np.int64, copy=False))
-        sparse = sp.issparse(spots[0])
-        x = sp.vstack(spots, format="csr") if sparse else torch.from_numpy(
-            np.concatenate(spots).astype(np.float32, copy=False))
-        out = []
-        for p in batches:
-            item = {"features": f[torch.as_tensor(p)], "coords": c[torch.as_tensor(p)]}
-            if sparse:
-                m = x[p]
-                item["spot_csr"] = (torch.from_numpy(m.indptr.astype(np.int64)),
-                                    torch.from_numpy(m.indices.astype(np.int64)),
-                                    torch.from_numpy(m.data.astype(np.float32, copy=False)), m.shape[1])
-            else:
-                item["spot_input"] = x[torch.as_tensor(p)]
-            out.append(item)
-        return out
+        item = {"features": feats,
+                "coords": torch.from_numpy(np.concatenate(coords).astype(np.int64, copy=False)),
+                "batches": [torch.as_tensor(p, dtype=torch.long) for p in batches]}
+        if sp.issparse(spots[0]):
+            # The blocks' CSR parts joined by hand (cheaper than sp.vstack's checks): indptr offsets add up.
+            offsets = np.cumsum([0] + [m.nnz for m in spots[:-1]])
+            indptr = np.concatenate([[0]] + [m.indptr[1:].astype(np.int64) + o for m, o in zip(spots, offsets)])
+            item["spot_csr"] = (torch.from_numpy(indptr), torch.from_numpy(np.concatenate([m.indices for m in spots])),
+                                torch.from_numpy(np.concatenate([m.data for m in spots])), spots[0].shape[1])
+        else:
+            item["spot_input"] = torch.from_numpy(np.concatenate(spots).astype(np.float32, copy=False))
+        return item
 
 
-def to_batch(item: dict, device) -> dict:
-    """A :class:`BlockBatches` item → the model's batch on ``device`` (float32 features, dense spot input)."""
-    batch = {"features": item["features"].to(device, non_blocking=True).float(),
-             "coords": item["coords"].to(device, non_blocking=True)}
+def buffer_batches(item: dict, device) -> Iterator[dict]:
+    """The model's batches of one :class:`BlockBatches` item, on ``device``: ``features`` float32, dense
+    ``spot_input`` float32, ``coords`` long."""
+    import scipy.sparse as sp
+
+    csr = None
     if "spot_csr" in item:
-        crow, col, val, width = item["spot_csr"]
-        batch["spot_input"] = torch.sparse_csr_tensor(crow, col, val, (len(crow) - 1, width)).to_dense().to(device)
-    else:
-        batch["spot_input"] = item["spot_input"].to(device, non_blocking=True)
-    return batch
+        indptr, indices, data, width = item["spot_csr"]
+        csr = sp.csr_matrix((data.numpy(), indices.numpy(), indptr.numpy()), shape=(len(indptr) - 1, width))
+    for p in item["batches"]:
+        spot = torch.from_numpy(csr[p.numpy()].toarray()) if csr is not None else item["spot_input"][p]
+        yield {"features": item["features"][p].to(device, non_blocking=True).float(),
+               "spot_input": spot.to(device, non_blocking=True),
+               "coords": item["coords"][p].to(device, non_blocking=True)}
 
 
 class CohortSource:
@@ -173,9 +180,9 @@ class CohortSource:
             dist.all_reduce(n, op=dist.ReduceOp.MIN)  # every rank runs the same number of collective steps
             limit, sizes = int(n), [self.local_batch] * world
         done = 0
-        for batches in self.loader(plan):
-            for batch in batches:
+        for item in self.loader(plan):
+            for batch in buffer_batches(item, self.device):
                 if limit is not None and done >= limit:
                     return
                 done += 1
-                yield to_batch(batch, self.device), sizes
+                yield batch, sizes
