@@ -249,3 +249,31 @@ def test_fine_tuning_reads_patches_by_region(tiny_config, tiff_slide, synthetic_
     run = train_model(config, [tiff_slide, second])
     loss = run.result.history.query("split == 'train'")["total"].to_numpy()
     assert np.isfinite(loss).all() and loss[-1] != loss[0]
+
+
+def test_streamed_batches_pair_each_spots_features_with_its_own_expression(tmp_path):
+    import scipy.sparse as sp
+
+    from stgraph.data.feature_store import FeatureStore
+    from stgraph.preprocess.cohort import StoredSlide
+
+    store = FeatureStore(tmp_path)
+    slides = []
+    for i, n in enumerate([37, 50]):
+        rows = np.arange(n)
+        feats = np.stack([np.full(n, i), rows], 1).astype(np.float16)
+        expr = sp.csr_matrix((i * 1000.0 + rows + 1, (rows, rows % 3)), shape=(n, 3), dtype=np.float32)
+        f = store.write(f"s{i}", {"f": i}, feats, chunk_rows=8)
+        e = store.write(f"s{i}", {"e": i}, expr)
+        slides.append(StoredSlide(f"s{i}", n, f, e, e, np.stack([rows, rows], 1)))
+    plan = block_plan([(i, a, min(a + 8, s.n_spots)) for i, s in enumerate(slides) for a in range(0, s.n_spots, 8)],
+                      batch_size=10, buffer_blocks=3, rng=np.random.default_rng(1), shuffle=True, drop_last=False)
+    seen = 0
+    for j in range(len(plan)):
+        for b in buffer_batches(BlockBatches(slides, plan)[j], "cpu"):
+            slide, row = b["features"][:, 0].long(), b["features"][:, 1].long()
+            assert torch.equal(b["coords"][:, 0], row)
+            assert torch.equal(b["spot_input"].sum(1), (slide * 1000 + row + 1).float())
+            assert torch.equal(b["spot_input"].argmax(1), row % 3)
+            seen += len(row)
+    assert seen == 87
