@@ -10,7 +10,7 @@ the slides, read from the store): :class:`~stgraph.retrieval.ReferenceStore` hol
 """
 from __future__ import annotations
 
-import json
+import datetime as _dt
 from pathlib import Path
 from typing import Optional
 
@@ -20,10 +20,10 @@ import torch
 from ..config import save_config
 from ..models import create_model
 from ..preprocess.cohort import fit_cohort_preprocessor, prepare_cohort
-from ..runfolder import Run, save_model
+from ..runfolder import STATE_COMPLETE, STATE_TRAINING, Run, save_model, write_run_info
 from ..preprocess.prepare import PreparedSlide
 from ..preprocess.resolution import resolution_record
-from ..utils import atomic_write_text, resolve_device, seed_everything
+from ..utils import resolve_device, seed_everything
 from .distributed import DistEnv, init_distributed
 from .job import build_reference, check_train_inputs
 from .stream import CohortSource
@@ -95,6 +95,7 @@ def train_cohort(config, cohort, out: Optional[str | Path] = None, progress: Opt
     run_dir = Path(out) if out is not None and dist_env.is_main else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_info(run_dir, {"state": STATE_TRAINING, "method": config.model.name, "cohort": True})
         save_config(config, run_dir / "config.yaml")
         prep.save(run_dir)
     source = CohortSource(stored, config, dist_env, device, buffer_blocks=buffer_blocks)
@@ -105,7 +106,9 @@ def train_cohort(config, cohort, out: Optional[str | Path] = None, progress: Opt
         # Rank 0's shard only when distributed: the reference is a sample of training spots anyway.
         sample = reference_sample(stored, reference_spots, config.train.seed)
         reference = build_reference(model, config, sample, prep.genes, meta={"reference_sample": True})
-    info = {"resolution": resolution_record(config, [s.microns_per_pixel for s in stored]),
+    info = {"state": STATE_COMPLETE,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "resolution": resolution_record(config, [s.microns_per_pixel for s in stored]),
             "cohort_slides": len(cohort), "train_slides": cohort.ids, "world_size": dist_env.world_size,
             "n_reference_spots": 0 if reference is None else int(reference.embeddings.shape[0]),
             "reference_sample": True, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
@@ -113,6 +116,6 @@ def train_cohort(config, cohort, out: Optional[str | Path] = None, progress: Opt
     if run_dir is not None:
         save_model(run_dir / "model.pt", model, config, prep.spot_in_dim, result.best_epoch)
         reference.save(run_dir / "reference.h5", overwrite=True)
-        atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2, default=float))  # last: complete
+        write_run_info(run_dir, info)  # last, atomically: the run is complete
     return Run(model, config, prep, reference, result, run_dir, info=info)
 
