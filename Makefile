@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HER2ST ?= ../shared/data/her2st
 RUN ?= runs/bleep_her2st
+export STGRAPH_WEIGHTS ?= $(abspath ../shared/weights)
 
 STAMP := $(VENV)/pyvenv.cfg
 

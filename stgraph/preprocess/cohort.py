@@ -146,7 +146,7 @@ def prepare_cohort(config, cohort, preprocessor: Preprocessor, image_encoder, de
     out = []
     for sid in cohort.ids:
         adata = cohort.read(sid)  # one slide at a time; not kept
-        fkey = feature_key(adata, config)
+        fkey = feature_key(adata, config, encoder=image_encoder)
         if feature_dtype is not None:
             fkey["dtype"] = np.dtype(feature_dtype).name
         if store.has(sid, fkey):

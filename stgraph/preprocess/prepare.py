@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -22,7 +25,7 @@ from ..data.patches import extract_patches
 from ..data.slide_id import slide_id_of
 from ..data.transforms import grid_coordinates, hash_array, normalize_batch, patch_batch  # noqa: F401
 from ..graph import spatial_graph, to_edge_index
-from ..utils import atomic_save_npy, resolve_cache_dir
+from ..utils import resolve_cache_dir
 from ..keys import Key
 
 __all__ = [
@@ -158,14 +161,47 @@ class Preprocessor:
 
 
 def _select_genes(config, train_slides: Sequence[AnnData]) -> list[str]:
-    spec = config.data.genes
+    """``data.genes`` ∪ the ``data.n_top_expressed`` most expressed genes ∪ ``data.include_genes``, chosen on
+    the training slides only; the selection in the first slide's order, then the named genes it lacked."""
+    d = config.data
+    slides = list(train_slides)
+    spec = d.genes
     if spec == "hvg_union":
-        return pp.select_hvg_union(list(train_slides), n_top=config.data.n_top_hvg)
-    if spec == "shared":
-        return pp.shared_genes(list(train_slides))
-    genes = pp.load_gene_list(spec)
-    _check_gene_list_share(genes, spec, train_slides)
-    return genes
+        genes = pp.select_hvg_union(slides, n_top=d.n_top_hvg)
+    elif spec == "shared":
+        genes = pp.shared_genes(slides)
+    else:
+        genes = pp.load_gene_list(spec)
+        _check_gene_list_share(genes, spec, slides)
+    if d.n_top_expressed:
+        chosen = set(genes) | set(pp.select_highly_expressed(slides, d.n_top_expressed))
+        ordered = [g for g in slides[0].var_names if g in chosen]
+        genes = ordered + [g for g in genes if g not in set(ordered)]
+    return genes + included_genes(config, slides, exclude=genes)
+
+
+def included_genes(config, train_slides: Sequence[AnnData], exclude: Sequence[str] = ()) -> list[str]:
+    """``data.include_genes`` (a list or a gene-list file) that every training slide measures, minus
+    ``exclude``. A named gene that no training slide measures, or only some do (its training target would be a
+    fake zero elsewhere), is skipped with a warning naming it."""
+    spec = config.data.include_genes
+    if spec is None:
+        return []
+    names = pp.load_gene_list(spec) if isinstance(spec, str) else [str(g) for g in spec]
+    sets = [set(map(str, ad.var_names)) for ad in train_slides]
+    everywhere, anywhere = set.intersection(*sets), set.union(*sets)
+    for what, genes in (("measured by no training slide", [g for g in names if g not in anywhere]),
+                        ("measured by only some training slides",
+                         [g for g in names if g in anywhere and g not in everywhere])):
+        if genes:
+            warnings.warn(f"data.include_genes: {len(genes)} gene(s) {what}, skipped: "
+                          f"{', '.join(genes[:20])}{' ...' if len(genes) > 20 else ''}", UserWarning, stacklevel=3)
+    skip = set(exclude)
+    out: list[str] = []
+    for g in names:
+        if g in everywhere and g not in skip and g not in out:
+            out.append(g)
+    return out
 
 
 #: The least share of a ``data.genes`` file that every training slide must measure.
@@ -203,7 +239,8 @@ def preprocessing_key(config) -> str:
     import json
 
     d = config.data
-    fields = {"genes": d.genes, "n_top_hvg": d.n_top_hvg, "harmony": d.harmony, "harmony_pcs": d.harmony_pcs,
+    fields = {"genes": d.genes, "n_top_hvg": d.n_top_hvg, "n_top_expressed": d.n_top_expressed,
+              "include_genes": d.include_genes, "harmony": d.harmony, "harmony_pcs": d.harmony_pcs,
               "spot_input": config.model.spot_input, "seed": config.train.seed}
     if config.model.spot_input == "pca":
         fields["pca_components"] = config.model.pca_components
@@ -234,6 +271,7 @@ def fit_preprocessor(config, train_slides: Sequence[AnnData]) -> tuple[Preproces
         for i, ad in enumerate(aligned)
     }
     info = {"n_genes": len(genes), "gene_selection": config.data.genes,
+            "n_top_expressed": config.data.n_top_expressed, "include_genes": config.data.include_genes,
             "train_slides": list(expr), "harmony": bool(config.data.harmony)}
     if config.data.harmony and len(aligned) > 1:
         corrected = pp.harmony_correct(aligned, n_pcs=min(config.data.harmony_pcs, len(genes) - 1))
@@ -337,17 +375,22 @@ def feature_store(config):
 
 
 def feature_key(adata: AnnData, config, stage: bool = False, patch_um: Optional[float] = None,
-                microns_per_pixel: Optional[float] = None) -> dict:
-    """The feature store's key of one slide's frozen features: backbone, weights identity (a weights file's
-    hash), backbone input size, and :func:`~stgraph.data.patches.patch_key` (patch side and µm, coordinates'
-    hash, image identity). ``patch_um``: default ``data.patch_um``; ``stage``: the frozen stages' output."""
+                microns_per_pixel: Optional[float] = None, encoder=None) -> dict:
+    """The feature store's key of one slide's frozen features: backbone, weights identity (the hash of the
+    weights file the ``encoder`` loaded, wherever it was found, else of ``model.image_encoder.weights``, else
+    the hub default or ``random``), backbone input size, and :func:`~stgraph.data.patches.patch_key` (patch
+    side and µm, coordinates' hash, image identity). ``patch_um``: default ``data.patch_um``; ``stage``: the
+    frozen stages' output."""
     from ..data.feature_store import weights_identity
     from ..data.patches import patch_key
 
     cfg = config.model.image_encoder
     patch_um = config.data.patch_um if patch_um is None else patch_um
+    source = getattr(encoder, "weights_source", None)
+    weights = (weights_identity(source.file) if source is not None and source.file is not None
+               else "imagenet" if source is not None else weights_identity(cfg.weights, cfg.pretrained))
     return {"kind": "trunk" if stage else "features", "backbone": cfg.backbone,
-            "weights": weights_identity(cfg.weights, cfg.pretrained), "input_size": cfg.input_size,
+            "weights": weights, "input_size": cfg.input_size,
             "patch_um": patch_um,
             "patches": patch_key(adata, config.data.patch_size, patch_um, microns_per_pixel)}
 
@@ -362,15 +405,19 @@ def _cached_features(encoder, adata: AnnData, config, slide_id: str, device: str
     store = feature_store(config)
     key = None
     if store is not None:
-        key = feature_key(adata, config, stage, patch_um, microns_per_pixel)
+        key = feature_key(adata, config, stage, patch_um, microns_per_pixel, encoder)
         if store.has(slide_id, key):
             feats = store.open(slide_id, key).read_all()
             if feats.shape[0] == adata.n_obs:
+                logging.getLogger(__name__).debug("feature store hit: %s", store.path(slide_id, key))
                 return feats
     pts = patches() if callable(patches) else patches
     fn = encoder.forward_trunk if stage else encoder
+    start = time.perf_counter()
     feats = compute_image_features(fn, pts, device=device, input_size=config.model.image_encoder.input_size,
                                    progress=progress, desc=f"{'stage input' if stage else 'features'} {slide_id}")
+    logging.getLogger(__name__).debug("%s %s: %d patches in %.1f s", "stage input" if stage else "features",
+                                      slide_id, len(pts), time.perf_counter() - start)
     if stage:
         feats = feats.astype(np.float16)
     if store is not None:
