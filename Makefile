@@ -35,4 +35,4 @@ demo: $(STAMP)
 		--sections B4 C2 C3 C4 C5 --out $(RUN) --force \
 		data.genes=$(HER2ST)/her_hvg_cut_1000.npy
 	$(VENV)/bin/stgraph predict --model $(RUN) --her2st $(HER2ST) --section C6 \
-		--out $(RUN)/pred_C6.h5ad --force --plot FASN IGKC COL3A1
+		--out $(RUN)_C6.h5ad --force --plot FASN IGKC COL3A1
