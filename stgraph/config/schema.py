@@ -96,6 +96,8 @@ class DataConfig:
     ``patch_um``: patch side in µm (needs the slides' pixel size); ``None``: ``patch_size`` pixels.
     ``cache_dir``: patch and feature cache; ``auto`` (default) is the user cache dir (``$STGRAPH_CACHE_DIR``,
     ``$XDG_CACHE_HOME/stgraph`` or ``~/.cache/stgraph``), ``null`` turns caching off, else a folder.
+    ``region_patches``: fine-tuning reads each batch's patches from the slide image by region (TIFF tiles)
+    instead of cutting every patch of a slide into memory first (cohorts that do not fit in memory).
     """
 
     genes: str = "hvg_union"
@@ -108,6 +110,7 @@ class DataConfig:
     patch_um: Optional[float] = None
     graph: GraphConfig = field(default_factory=GraphConfig)
     cache_dir: Optional[str] = "auto"
+    region_patches: bool = False
 
 
 @dataclass
