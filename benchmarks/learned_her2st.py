@@ -80,8 +80,8 @@ def main() -> None:
                  .fit(x, y, ids)(torch.as_tensor(xq)).numpy()}
         if not args.no_kernel_ridge:
             preds["baseline:kernel_ridge"] = kernel_ridge(x, y, xq, ids)
-        for name, pred in preds.items():
-            rows.append({"method": name, "fold": fold.name, "seed": 0, **evaluate_arrays(pred, yq, genes)})
+        for method, pred in preds.items():
+            rows.append({"method": method, "fold": fold.name, "seed": 0, **evaluate_arrays(pred, yq, genes)})
         for seed in range(args.seeds):
             model = SpotGraphRegressor(
                 n_components=sg.n_components, base=sg.base, alpha=sg.alpha, hidden=sg.hidden, rank=sg.rank,
