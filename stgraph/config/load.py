@@ -220,6 +220,11 @@ def _check_ranges(config: Config) -> None:
         raise ConfigError(f"data.graph.knn must be ≥ 1, got {d.graph.knn}")
     if t.weight_decay < 0:
         raise ConfigError(f"train.weight_decay must be ≥ 0, got {t.weight_decay}")
+    if t.accumulate < 1:
+        raise ConfigError(f"train.accumulate must be ≥ 1, got {t.accumulate}")
+    if t.accumulate > 1 and t.batching != "slide" and not t.within_slide:
+        raise ConfigError("train.accumulate > 1 needs whole jobs per step (train.batching=slide or "
+                          "train.within_slide=true); spot batches across slides grow with train.batch_size")
     if t.num_workers < 0:
         raise ConfigError(f"train.num_workers must be ≥ 0, got {t.num_workers}")
     if not 0.0 <= t.val_fraction < 1.0:

@@ -233,6 +233,9 @@ class TrainConfig:
     ``num_workers``: processes that cut, resize and augment patch batches (fine-tuning from patches);
     ``pin_memory`` puts their batches in page-locked memory for faster copies to a GPU.
     ``channels_last``: NHWC patch batches and backbone weights when fine-tuning on a GPU.
+    ``accumulate``: with slide batching or ``within_slide``, the jobs (one slide's step each) whose mean
+    gradient makes one optimisation step in each process; N processes then step on N × ``accumulate``
+    jobs, so one process with ``accumulate: N`` takes the steps of N processes.
     """
 
     optimizer: str = "adamw"
@@ -254,6 +257,7 @@ class TrainConfig:
     num_workers: int = 0
     pin_memory: bool = True
     channels_last: bool = True
+    accumulate: int = 1
     progress: bool = True
 
 
