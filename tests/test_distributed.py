@@ -143,7 +143,10 @@ def _assert_same_run(one: dict, two: dict) -> None:
     assert list(h1["split"]) == list(h2["split"]) and list(h1["epoch"]) == list(h2["epoch"])
     terms = [c for c in h1.columns if c not in ("epoch", "split", "seconds")]
     for c in terms:
-        np.testing.assert_allclose(h2[c].to_numpy(float), h1[c].to_numpy(float), rtol=1e-5, atol=1e-7,
+        # rel 1e-5; the absolute 1e-5 is for the HSIC terms, differences of two nHSIC values that nearly
+        # cancel (|term| ~ 3e-3): the float32 rounding of summing two jobs' gradients in another order
+        # shows there at ~1e-6 absolute.
+        np.testing.assert_allclose(h2[c].to_numpy(float), h1[c].to_numpy(float), rtol=1e-5, atol=1e-5,
                                    err_msg=c)
     for k, v in one["state"].items():
         torch.testing.assert_close(two["state"][k], v, rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
@@ -239,3 +242,33 @@ def test_resume_of_a_killed_two_process_run(tmp_path):
     kept = before[before["epoch"] <= killed_at].reset_index(drop=True)
     pd.testing.assert_frame_equal(log[log["epoch"] <= killed_at].reset_index(drop=True)[kept.columns], kept)
     assert (out / "run.json").is_file() and (out / "model.pt").is_file()
+
+
+def test_two_node_torchrun_launch_matches_single_process_run(tmp_path):
+    """Two torchrun launchers (``--nnodes 2 --nproc_per_node 1``, c10d rendezvous on localhost), as two
+    machines would start them, complete the run and give the one-process result."""
+    slides = _write_slides(tmp_path / "data")
+    common = ["--config", str(CONFIGS / "bleep.yaml"), "--data", *slides,
+              *tiny_overrides(tmp_path / "cache", epochs=2), *EXACT, "train.batch_size=64"]
+    one = subprocess.run(_cli("train", "--out", str(tmp_path / "one"), *common), env=_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    port = _free_port()
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "stgraph-test",
+              "-m", "stgraph.cli", "train", "--out", str(tmp_path / "two"), *common]
+    nodes = [subprocess.Popen(launch, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True) for _ in range(2)]
+    try:
+        outs = [node.communicate(timeout=600) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+    for node, (_, err) in zip(nodes, outs):
+        assert node.returncode == 0, err[-3000:]
+    a, b = (pd.read_csv(tmp_path / n / "log.csv") for n in ("one", "two"))
+    np.testing.assert_allclose(b["total"], a["total"], rtol=1e-5)
+    import json
+
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2

@@ -345,6 +345,32 @@ class FaissKNN(KNNBackend):
             self.index.train(x)
         self.index.add(x)
 
+    def settings(self) -> dict:
+        """What shapes the built index (with the reference itself, the key of a saved index)."""
+        return {"backend": "faiss", "similarity": self.similarity, "index": self.index_type, "nlist": self.nlist,
+                "nprobe": self.nprobe, "M": self.M, "ef_construction": self.ef_construction, "seed": self.seed,
+                "max_points_per_centroid": self.max_points_per_centroid, "niter": self.niter,
+                "ivf_min_reference": self.ivf_min_reference, "faiss": getattr(self.faiss, "__version__", "")}
+
+    def write_index(self, path) -> None:
+        """Write the built index to ``path`` (``faiss.write_index``; the caller makes it atomic)."""
+        if self.index is None:
+            raise RuntimeError("FaissKNN.write_index called before fit()")
+        self.faiss.write_index(self.index, str(path))
+
+    def read_index(self, path, n_reference: int, dim: int) -> "FaissKNN":
+        """Use the index saved at ``path`` for an (``n_reference``, ``dim``) reference instead of building one
+        (``faiss.read_index``). Raises ``ValueError`` when the file holds another shape of index."""
+        index = self.faiss.read_index(str(path))
+        if (int(index.ntotal), int(index.d)) != (int(n_reference), int(dim)):
+            raise ValueError(f"{path}: index of {index.ntotal} × {index.d}, the reference is {n_reference} × {dim}")
+        self.resolved_index = self._resolve_index(int(n_reference))
+        if self.resolved_index == "ivf":
+            index.nprobe = min(self.nprobe, int(index.nlist))
+        self.index = index
+        self._n_reference, self._dim = int(n_reference), int(dim)
+        return self
+
     def _search(self, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.resolved_index == "hnsw":
             self.index.hnsw.efSearch = max(self.ef_search, k)
