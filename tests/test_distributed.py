@@ -2,6 +2,7 @@
 global batches; one run folder; resume of a killed run."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -184,7 +185,7 @@ def _env() -> dict:
 
 
 def test_two_process_run_matches_single_process_run(tmp_path):
-    from stgraph.run.folder import load_run
+    from stgraph.runfolder import load_run
 
     slides = _write_slides(tmp_path / "data")
     common = ["--config", str(CONFIGS / "bleep.yaml"), "--data", *slides,
@@ -230,7 +231,7 @@ def test_resume_of_a_killed_two_process_run(tmp_path):
         proc.wait()
     killed_at = int(torch.load(last, weights_only=False)["epoch"])
     before = pd.read_csv(out / "log.csv")
-    assert not (out / "run.json").exists()
+    assert json.loads((out / "run.json").read_text())["state"] == "training"  # killed: marked incomplete
 
     epochs = killed_at + 3
     done = subprocess.run(_cli("train", "--resume", *common, f"train.epochs={epochs}"), env=_env(),
@@ -241,7 +242,7 @@ def test_resume_of_a_killed_two_process_run(tmp_path):
     assert list(train["epoch"]) == list(range(epochs))  # continued from the checkpoint, nothing repeated
     kept = before[before["epoch"] <= killed_at].reset_index(drop=True)
     pd.testing.assert_frame_equal(log[log["epoch"] <= killed_at].reset_index(drop=True)[kept.columns], kept)
-    assert (out / "run.json").is_file() and (out / "model.pt").is_file()
+    assert json.loads((out / "run.json").read_text())["state"] == "complete" and (out / "model.pt").is_file()
 
 
 def test_two_node_torchrun_launch_matches_single_process_run(tmp_path):

@@ -1,6 +1,6 @@
 """Model compositions: image encoders, spot encoders, and the two-branch contrastive model."""
 from .contrastive import BranchOutput, ContrastiveSTModel
-from .factory import create_image_encoder, create_model, validate_model_config
+from .factory import create_image_encoder, create_model
 from .image_encoders import TimmImageEncoder
 from ..registry import Registry
 from .spot_encoders import SPOT_ENCODERS, create_spot_encoder
@@ -14,5 +14,4 @@ __all__ = [
     "create_image_encoder",
     "create_model",
     "create_spot_encoder",
-    "validate_model_config",
 ]

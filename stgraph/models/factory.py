@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..config.load import validate_config as validate_model_config  # noqa: F401 (cross-field checks)
-
 from .contrastive import ContrastiveSTModel
 from .image_encoders import TimmImageEncoder
 from .spot_encoders import create_spot_encoder

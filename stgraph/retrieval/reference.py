@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -36,7 +37,7 @@ from ..utils import atomic_path
 from .impute import impute, resolve_backend
 from .knn import FaissKNN, KNNBackend, create_knn_backend
 
-__all__ = ["ReferenceStore", "ReferenceStoreError", "REFERENCE_KINDS"]
+__all__ = ["ReferenceStore", "ReferenceStoreError", "REFERENCE_KINDS", "saved_index_store"]
 
 REFERENCE_KINDS = ("spot", "image")
 FORMAT_NAME = "stgraph.ReferenceStore"
@@ -274,7 +275,7 @@ class ReferenceStore:
                 backend: Union[str, KNNBackend] = "auto", **kwargs: Any):
         """(Q, G) float32 expression of the queries (Q, d) by kNN imputation over this store.
 
-        Arguments are those of :func:`stgraph.inference.impute.impute` (``chunk_size``, ``show_progress``,
+        Arguments are those of :func:`stgraph.retrieval.impute.impute` (``chunk_size``, ``show_progress``,
         ``return_indices``, ``temperature``, ``distance`` via ``kwargs``). ``similarity=None`` means the
         backend instance's similarity when ``backend`` is one, else ``meta['similarity']``, else 'cosine'.
         """
@@ -352,6 +353,16 @@ class ReferenceStore:
         return adata
 
 
+_INDEX_NAME = re.compile(r"^(?P<store>.+)\.(?P<key>[0-9a-f]{20})\.faiss$")
+
+
+def saved_index_store(name: str) -> Optional[str]:
+    """The store file name a saved kNN index file name belongs to (``reference.h5`` for
+    ``reference.h5.<20 hex>.faiss``), else ``None``."""
+    m = _INDEX_NAME.match(name)
+    return m.group("store") if m else None
+
+
 def _store_name(index_path: Path) -> str:
     """``reference.h5`` from ``reference.h5.<key>.faiss``."""
     return index_path.name[: -len(".faiss")].rsplit(".", 1)[0]
@@ -359,10 +370,8 @@ def _store_name(index_path: Path) -> str:
 
 def _remove_saved_indexes(store_path: Path, keep: Optional[Path] = None) -> None:
     """Delete the saved kNN indexes of the store at ``store_path`` (``<name>.<20 hex>.faiss``), but ``keep``."""
-    prefix = store_path.name + "."
     for p in store_path.parent.glob(f"{store_path.name}.*.faiss"):
-        key = p.name[len(prefix): -len(".faiss")]
-        if p != keep and len(key) == 20 and all(c in "0123456789abcdef" for c in key):
+        if p != keep and saved_index_store(p.name) == store_path.name and p.is_file() and not p.is_symlink():
             try:
                 os.remove(p)
             except OSError:

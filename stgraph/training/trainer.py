@@ -54,10 +54,10 @@ from .distributed import DistEnv, all_reduce_mean
 from .loader import PatchBatches, patch_images, step_seed
 from .task import TrainingTask
 from .monitor import TermMonitor
-from ..run.folder import CheckpointError, load_checkpoint  # noqa: F401 (re-exported)
-from ..run.prepare import PreparedSlide
+from ..runfolder import load_checkpoint
+from ..preprocess.prepare import PreparedSlide
 
-__all__ = ["Trainer", "TrainResult", "CheckpointError", "load_checkpoint"]
+__all__ = ["Trainer", "TrainResult"]
 
 
 @dataclasses.dataclass
