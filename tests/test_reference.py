@@ -225,3 +225,15 @@ def test_saved_knn_index_is_invalidated_by_new_embeddings_settings_and_damage(tm
     (tmp_path / "reference.h5.mine.faiss").write_bytes(b"x")
     grown.save(path, overwrite=True)
     assert _saved_indexes(path) == ["reference.h5.mine.faiss"]
+
+
+def test_saved_knn_index_counts_as_a_run_folder_file_of_ours(tmp_path):
+    from stgraph.runfolder import foreign_entries
+
+    (tmp_path / "run.json").write_text('{"state": "complete"}')
+    (tmp_path / "reference.h5").write_bytes(b"")
+    (tmp_path / f"reference.h5.{'0a' * 10}.faiss").write_bytes(b"")
+    (tmp_path / f".reference.h5.{'0a' * 10}.faiss.x1y2.tmp").write_bytes(b"")
+    assert foreign_entries(tmp_path) == []  # --force may replace this folder
+    (tmp_path / "reference.h5.mine.faiss").write_bytes(b"")
+    assert foreign_entries(tmp_path) == ["reference.h5.mine.faiss"]
