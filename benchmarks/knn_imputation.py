@@ -199,7 +199,8 @@ def format_table(rows: list[dict]) -> str:
            f"{'impute s':>9} {'total s':>8} {'queries/s':>10} {'peak MiB':>9} {'recall':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        recall = f"{r['recall_at_k']:.3f}" if "recall_at_k" in r else "exact"
+        recall = f"{r['recall_at_k']:.3f}" if "recall_at_k" in r else (
+            "-" if r.get("saved") and r.get("resolved_index") != "flat" else "exact")
         index = r.get("resolved_index", r["index"]) if r["index"] == "auto" else r["index"]
         data = f"saved:{r['saved']}" if r.get("saved") else r.get("data", "clustered")
         lines.append(f"{r['backend']:<7} {index:<6} {data:<9} {r['n_ref']:>7} {r['n_query']:>7} {r['k']:>4} "
@@ -239,6 +240,10 @@ def main(argv=None) -> int:
         print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(format_table(rows))
+    for r in rows:
+        if r.get("saved"):
+            print(f"saved run, index {r['saved']}: store load {r['load_s']:.2f} s + index {r['build_s']:.2f} s "
+                  f"+ imputation {r['impute_s']:.2f} s = {r['total_s']:.2f} s")
     for folder in {r["folder"] for r in rows if r.get("saved")}:
         shutil.rmtree(folder, ignore_errors=True)
     if args.only_saved and args.output.is_file():
