@@ -82,6 +82,8 @@ def test_methods_of_a_fold_share_one_preprocessing(tiny_config, synthetic_slides
     assert len(calls) == 2 and len(set(calls)) == 2  # a, b and the baselines share; c has its own
 
 
+# Two training processes end to end: minutes on a shared 2-core machine; run by .ci/run (make test-slow).
+@pytest.mark.slow
 def test_cross_validate_in_two_processes_gives_the_same_rows(tiny_config, synthetic_slides, tmp_path):
     collection = SlideCollection(synthetic_slides)
     folds = make_folds(collection.ids)[:2]

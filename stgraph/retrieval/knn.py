@@ -20,6 +20,7 @@ reference rows, ``ivf`` from there on), and exact :class:`TorchKNN` otherwise.
 from __future__ import annotations
 
 import abc
+import logging
 import math
 from typing import Optional, Union
 
@@ -28,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import Registry
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SIMILARITIES", "KNN_BACKENDS", "KNNBackend", "TorchKNN", "FaissKNN", "auto_knn_backend",
            "create_knn_backend", "stable_top_k", "AUTO_IVF_MIN_REFERENCE", "TIE_CANDIDATES"]
@@ -371,6 +374,8 @@ class FaissKNN(KNNBackend):
     def _fit(self, reference: torch.Tensor) -> None:
         x = self._as_faiss_input(reference)
         self.index = self._build(x.shape[1], x.shape[0])
+        log.debug("kNN: faiss %s index over %d reference rows (d = %d, %s)", self.resolved_index, x.shape[0],
+                  x.shape[1], self.similarity)
         if not self.index.is_trained:
             self.index.train(x)
         self.index.add(x)
@@ -423,7 +428,11 @@ def auto_knn_backend(similarity: str = "cosine", chunk_size: int = 4096, referen
     CPU (exact flat search for small references, IVF for large ones; ``faiss_options`` go to it), else the
     exact :class:`TorchKNN` (``chunk_size``, ``reference_chunk_size``, ``device`` go to it)."""
     if torch.device(device).type == "cpu" and faiss_available():
+        log.debug("kNN backend auto → faiss (flat below %d reference rows, IVF above)",
+                  faiss_options.get("ivf_min_reference", AUTO_IVF_MIN_REFERENCE))
         return FaissKNN(similarity, **{"index": "auto", **faiss_options})
+    log.debug("kNN backend auto → exact torch search on %s (%s)", device,
+              "faiss is not installed" if not faiss_available() else "faiss runs on the CPU only")
     return TorchKNN(similarity, chunk_size=chunk_size, reference_chunk_size=reference_chunk_size, device=device)
 
 
