@@ -249,6 +249,7 @@ def test_resume_of_a_killed_two_process_run(tmp_path):
     assert json.loads((out / "run.json").read_text())["state"] == "complete" and (out / "model.pt").is_file()
 
 
+@pytest.mark.slow  # two launchers and a one-process run: ~35 s on a quiet 2-core machine
 def test_two_node_torchrun_launch_matches_single_process_run(tmp_path):
     """Two torchrun launchers (``--nnodes 2 --nproc_per_node 1``, c10d rendezvous on localhost), as two
     machines would start them, complete the run and give the one-process result."""
