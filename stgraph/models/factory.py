@@ -42,6 +42,10 @@ def create_model(config, spot_in_dim: int, pretrained: bool | None = None) -> Co
         from .ridge import RidgeSTModel
 
         return RidgeSTModel(config, create_image_encoder(config, pretrained))
+    if m.name == "spot_graph":
+        from .spot_graph import SpotGraphSTModel
+
+        return SpotGraphSTModel(config, create_image_encoder(config, pretrained))
     return ContrastiveSTModel(
         spot_in_dim,
         create_image_encoder(config, pretrained),
