@@ -26,12 +26,14 @@ METHOD_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob
 
 
 def _closed_form(name: str) -> bool:
+    """A regression model (ridge, spot_graph) is fitted by its own ``fit``, not by the contrastive Trainer."""
     from stgraph.config import load_config
+    from stgraph.config.load import REGRESSION_MODELS
 
-    return load_config(CONFIGS / name).model.name == "ridge"
+    return load_config(CONFIGS / name).model.name in REGRESSION_MODELS
 
 
-#: Configs whose model is fitted in closed form (no epochs, no loss terms), and the trained ones.
+#: Configs whose model is fitted by its own ``fit`` (ridge, spot_graph), and the ones the Trainer trains.
 CLOSED_FORM_CONFIGS = [c for c in METHOD_CONFIGS if _closed_form(c)]
 TRAINED_CONFIGS = [c for c in METHOD_CONFIGS if c not in CLOSED_FORM_CONFIGS]
 
