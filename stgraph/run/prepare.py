@@ -267,10 +267,13 @@ def compute_image_features(encoder, patches: np.ndarray, batch_size: int = 64, d
 
 
 def needs_graph(config, query: bool = False) -> bool:
-    """Whether a slide needs its spot graph: DGI (the spot branch only in training), neighbour context of
-    features, or smoothing of predictions (query slides)."""
+    """Whether a slide needs its spot graph: DGI or a graph spot encoder (the spot branch only in
+    training), neighbour context of features, or smoothing of predictions (query slides)."""
+    from ..models.spot_encoders import uses_graph
+
     m = config.model
-    return bool(m.image_dgi.enabled or (m.spot_dgi.enabled and not query) or m.image_encoder.neighbour_context
+    spot_graph = m.spot_dgi.enabled or (m.kind == "contrastive" and uses_graph(m.spot_encoder.name))
+    return bool(m.image_dgi.enabled or (spot_graph and not query) or m.image_encoder.neighbour_context
                 or (query and config.inference.smoothing > 0))
 
 
@@ -302,6 +305,18 @@ def _cache_subdir(config, name: str) -> Optional[str]:
     return None if root is None else str(root / name)
 
 
+def _encoder_settings_key(cfg) -> list[str]:
+    """A short hash of the image encoder's registry entry and options when they differ from plain timm,
+    so features of another encoder or other settings never share a cache file (empty for the default)."""
+    if cfg.name == "timm" and not cfg.options:
+        return []
+    import hashlib
+    import json
+
+    text = json.dumps([cfg.name, cfg.options], sort_keys=True, default=repr)
+    return [hashlib.sha1(text.encode()).hexdigest()[:10]]
+
+
 def _cached_features(encoder, patches: np.ndarray, config, slide_id: str, device: str, progress: bool,
                      stage: bool = False):
     """Backbone features (n, F), or with ``stage`` the frozen stages' output (n, ...) stored as float16
@@ -311,7 +326,7 @@ def _cached_features(encoder, patches: np.ndarray, config, slide_id: str, device
     key = "_".join([
         slide_id, cfg.backbone, Path(cfg.weights).stem if cfg.weights else ("imagenet" if cfg.pretrained else "random"),
         str(cfg.input_size), hash_array(patches),
-    ] + (["trunk"] if stage else []))
+    ] + (["trunk"] if stage else []) + _encoder_settings_key(cfg))
     path = Path(cache_dir) / "features" / f"{key}.npy" if cache_dir else None
     if path is not None and path.is_file():
         feats = np.load(path)
