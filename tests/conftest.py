@@ -21,7 +21,7 @@ METHOD_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob
 def _closed_form(name: str) -> bool:
     from stgraph.config import load_config
 
-    return load_config(CONFIGS / name).model.name == "ridge"
+    return load_config(CONFIGS / name).model.kind == "ridge"
 
 
 #: Configs whose model is fitted in closed form (no epochs, no loss terms), and the trained ones.
