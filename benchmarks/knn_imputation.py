@@ -90,8 +90,8 @@ def run_case(case: dict) -> dict:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from stgraph.inference.impute import impute
-    from stgraph.inference.knn import create_knn_backend
+    from stgraph.retrieval.impute import impute
+    from stgraph.retrieval.knn import create_knn_backend
 
     rng = np.random.default_rng(0)
     if case.get("data", "clustered") == "manifold":

@@ -28,7 +28,8 @@ from common import machine, peak_rss_mb as peak_rss_mib  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    from stgraph.data.patches import extract_patches, load_fullres_image
+    from stgraph.data.image import load_fullres_image
+    from stgraph.data.patches import extract_patches
     from stgraph.data.readers import read_her2st
     from stgraph.utils.io import atomic_write_text
 

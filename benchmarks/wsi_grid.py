@@ -10,8 +10,8 @@ Steps, each timed (wall clock) with the process's peak resident set size (``ru_m
 1. write a ``size`` × ``size`` px pyramidal TIFF (tiles of 512 px, zlib level 1; levels down to ≤ 1024 px)
    of pink tissue discs on white, streamed tile by tile (:func:`stgraph.data.wsi_synthetic.write_synthetic_wsi`);
 2. open it and read a 2000 px thumbnail from the pyramid;
-3. detect tissue (:func:`stgraph.data.tissue.tissue_mask`);
-4. lay the Visium hex grid (100 µm pitch) over it (:func:`stgraph.data.grid.spot_grid`);
+3. detect tissue (:func:`stgraph.data.wsi.tissue.tissue_mask`);
+4. lay the Visium hex grid (100 µm pitch) over it (:func:`stgraph.data.wsi.grid.spot_grid`);
 5. read every spot patch of ``patch_um`` µm at ``target_mpp`` µm/px (112 µm at 0.5 µm/px → 224 px) through
    the pyramid, in row-major batches (:func:`stgraph.data.wsi.iter_patches_at_mpp`); patches are reduced to
    their mean colour and dropped, as a model would consume them batch by batch.
@@ -35,9 +35,7 @@ from common import peak_rss_mb, write_results  # noqa: E402
 def main(argv=None) -> dict:
     import numpy as np
 
-    from stgraph.data.grid import spot_grid
-    from stgraph.data.tissue import tissue_mask
-    from stgraph.data.wsi import WSIImage, iter_patches_at_mpp, level_for_mpp
+    from stgraph.data.wsi import WSIImage, iter_patches_at_mpp, level_for_mpp, spot_grid, tissue_mask
     from stgraph.data.wsi_synthetic import write_synthetic_wsi
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

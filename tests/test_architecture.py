@@ -1,5 +1,5 @@
-"""Architecture rules: imports flow one way, the packages form no import circle, importing plots leaves
-matplotlib's backend alone."""
+"""Architecture rules: imports flow one way, neither the packages nor the modules form an import circle,
+importing plots leaves matplotlib's backend alone."""
 from __future__ import annotations
 
 import ast
@@ -11,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "stgraph"
+CLI = REPO / "cli"  # installed as stgraph.cli
 
 
 def _loaded_after(statement: str) -> set[str]:
@@ -42,13 +43,21 @@ def _subpackage(module: str) -> str:
 def _module_name(path: Path) -> str:
     rel = path.relative_to(REPO).with_suffix("")
     parts = list(rel.parts)
+    if parts[0] == "cli":
+        parts = ["stgraph", *parts]
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
 
 
-def _imports(path: Path, top_level_only: bool) -> set[str]:
-    """Absolute stgraph modules a file imports (all imports, or only those run at import time)."""
+def _source_files() -> list[Path]:
+    return sorted(PKG.rglob("*.py")) + sorted(CLI.rglob("*.py"))
+
+
+def _imports(path: Path, top_level_only: bool, modules: frozenset = frozenset()) -> set[str]:
+    """Absolute stgraph modules a file imports (all imports, or only those run at import time).
+
+    ``from package import name`` names the module ``package.name`` when that is one of ``modules``."""
     tree = ast.parse(path.read_text())
     module = _module_name(path)
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
@@ -63,7 +72,8 @@ def _imports(path: Path, top_level_only: bool) -> set[str]:
             else:
                 target = node.module or ""
             if target.startswith("stgraph"):
-                found.add(target)
+                subs = {f"{target}.{a.name}" for a in node.names} & modules
+                found |= subs if len(subs) == len(node.names) else subs | {target}
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("stgraph")}
     return found
@@ -114,12 +124,68 @@ def test_subpackages_form_no_import_circle():
     assert cycle is None, " → ".join(cycle)
 
 
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+@pytest.mark.parametrize("lower, upper", [("stgraph.preprocess", "stgraph.runfolder"),
+                                          ("stgraph.preprocess", "stgraph.training"),
+                                          ("stgraph.preprocess", "stgraph.inference"),
+                                          ("stgraph.runfolder", "stgraph.training"),
+                                          ("stgraph.runfolder", "stgraph.inference"),
+                                          ("stgraph.retrieval", "stgraph.preprocess"),
+                                          ("stgraph.data", "stgraph.preprocess")])
+def test_layers_import_only_the_layers_below(lower, upper):
+    """docs/architecture.md's order: preprocess → runfolder → training | inference (every import counted)."""
+    graph = _subpackage_graph(top_level_only=False)
+    assert lower in graph and upper not in _reachable(graph, lower)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module → the stgraph modules it imports, every import counted (also those inside functions: a lazy
+    import hides a circle from the interpreter but not from the reader). An edge goes to the module named
+    (``from .image import x`` → ``stgraph.data.image``), not to the packages above it whose ``__init__``
+    Python runs first: a package's ``__init__`` is a node of its own, with the edges of its own imports."""
+    files = {_module_name(p): p for p in _source_files()}
+    modules = frozenset(files)
+    return {name: (_imports(path, top_level_only=False, modules=modules) & modules) - {name}
+            for name, path in files.items()}
+
+
+def test_modules_form_no_import_circle():
+    graph = _module_graph()
+    assert {"stgraph.data.image", "stgraph.data.patches", "stgraph.cli.main"} <= set(graph)
+    cycle = _find_cycle(graph)
+    assert cycle is None, " → ".join(cycle)
+
+
+def test_the_module_graph_sees_a_circle_between_two_modules(tmp_path, monkeypatch):
+    """The check is able to fail: two modules of one package importing each other (one lazily) are found."""
+    pkg = tmp_path / "stgraph" / "toy"
+    pkg.mkdir(parents=True)
+    (tmp_path / "stgraph" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("from .a import f\n")
+    (pkg / "a.py").write_text("from .b import g\n\ndef f():\n    return g()\n")
+    (pkg / "b.py").write_text("def g():\n    from .a import f\n    return f\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "PKG", tmp_path / "stgraph")
+    monkeypatch.setattr(sys.modules[__name__], "CLI", tmp_path / "cli")
+    cycle = _find_cycle(_module_graph())
+    assert cycle is not None and set(cycle) == {"stgraph.toy.a", "stgraph.toy.b"}
+
+
 def test_anndata_keys_come_from_the_keys_module():
     """No ``adata.obsm["..."]``-style literal outside stgraph/keys.py: every key is a ``Key`` constant."""
     import re
 
     pattern = re.compile(r'\.(obs|obsm|obsp|layers|uns|var)(\.get\(|\[)\s*["\']')
-    offenders = [f"{p.relative_to(REPO)}:{i}" for p in list(PKG.rglob("*.py")) + list((REPO / "cli").rglob("*.py"))
+    offenders = [f"{p.relative_to(REPO)}:{i}" for p in _source_files()
                  for i, line in enumerate(p.read_text().splitlines(), 1)
                  if pattern.search(line) and not line.lstrip().startswith(("#", '"', "'", "f\"", "raise"))
                  and "f\"" not in line and "f'" not in line]

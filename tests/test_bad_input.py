@@ -59,7 +59,7 @@ def test_force_replaces_the_run_once_complete(tiny_config, synthetic_slides, fin
 
 # ---------------------------------------------------------------- 2. --resume checks config and data
 def test_resume_with_other_config_is_refused_touching_nothing(tiny_config, synthetic_slides, finished_run):
-    from stgraph.training.run import ResumeMismatchError
+    from stgraph.training.job import ResumeMismatchError
 
     before = _snapshot(finished_run)
     with pytest.raises(ResumeMismatchError, match="n_top_hvg"):
@@ -69,7 +69,7 @@ def test_resume_with_other_config_is_refused_touching_nothing(tiny_config, synth
 
 
 def test_resume_with_other_sections_is_refused(tiny_config, synthetic_slides, finished_run):
-    from stgraph.training.run import ResumeMismatchError
+    from stgraph.training.job import ResumeMismatchError
 
     before = _snapshot(finished_run)
     with pytest.raises(ResumeMismatchError, match="slide2"):
@@ -79,7 +79,7 @@ def test_resume_with_other_sections_is_refused(tiny_config, synthetic_slides, fi
 
 
 def test_resume_with_other_genes_is_refused(tiny_config, synthetic_slides, finished_run):
-    from stgraph.training.run import ResumeMismatchError
+    from stgraph.training.job import ResumeMismatchError
 
     fewer = [ad[:, ad.var_names[:30]].copy() for ad in synthetic_slides[:2]]
     before = _snapshot(finished_run)

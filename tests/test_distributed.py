@@ -132,7 +132,7 @@ def _env() -> dict:
 
 
 def test_two_process_run_matches_single_process_run(tmp_path):
-    from stgraph.run.folder import load_run
+    from stgraph.runfolder import load_run
 
     slides = _write_slides(tmp_path / "data")
     common = ["--config", str(CONFIGS / "bleep.yaml"), "--data", *slides,

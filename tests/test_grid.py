@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from stgraph.data.grid import grid_to_anndata, spot_grid, wsi_spot_grid
+from stgraph.data.wsi import grid_to_anndata, spot_grid, wsi_spot_grid
 from stgraph.data.wsi_synthetic import pink_texture, write_pyramidal_tiff
 
 MPP = 0.37  # µm per level-0 pixel (deliberately not a round number)
@@ -122,7 +122,7 @@ def test_wsi_spot_grid_end_to_end(tmp_path):
     assert entry["scalefactors"]["tissue_hires_scalef"] == pytest.approx(0.25)
     assert entry["metadata"]["source_image_path"] == str(path.resolve())
     # The existing patch loader opens the pyramid's level 0 from source_image_path.
-    from stgraph.data.patches import load_fullres_image
+    from stgraph.data.image import load_fullres_image
 
     image = load_fullres_image(adata)
     x, y = adata.obsm["spatial"][0].astype(int)

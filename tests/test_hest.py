@@ -52,7 +52,7 @@ def test_read_hest_sample(tmp_path):
     assert entry["metadata"]["source_image"] == str((tmp_path / "wsis" / "TENX00.tif").resolve())
     assert entry["metadata"]["st_technology"] == "Visium"
     # Patches can be cut from the WSI the metadata names.
-    from stgraph.data.patches import load_fullres_image
+    from stgraph.data.image import load_fullres_image
 
     x, y = np.round(adata.obsm["spatial"][0]).astype(int)
     np.testing.assert_array_equal(load_fullres_image(adata).crop(x - 4, y - 4, x + 4, y + 4),

@@ -8,10 +8,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from stgraph.inference.impute import aggregate, impute, neighbour_distances, neighbour_weights
+from stgraph.retrieval.impute import aggregate, impute, neighbour_distances, neighbour_weights
 from stgraph.retrieval.impute import AGGREGATIONS
 from stgraph.retrieval.knn import KNN_BACKENDS, SIMILARITIES
-from stgraph.inference.knn import FaissKNN, KNNBackend, TorchKNN, create_knn_backend
+from stgraph.retrieval.knn import FaissKNN, KNNBackend, TorchKNN, create_knn_backend
 
 SIMILARITIES = SIMILARITIES.names()
 AGGREGATIONS = AGGREGATIONS.names()

@@ -9,14 +9,9 @@ import torch
 
 from stgraph.data import SlideFormatError, make_synthetic_slide
 from stgraph.data import patches as P
-from stgraph.data.patches import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    extract_patches,
-    imagenet_normalize,
-    load_fullres_image,
-    random_flip_rotate,
-)
+from stgraph.data.image import load_fullres_image
+from stgraph.data.patches import extract_patches
+from stgraph.data.transforms import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalize, random_flip_rotate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 HER2ST = SHARED / "data" / "her2st"

@@ -3,8 +3,8 @@ import anndata
 import numpy as np
 import pytest
 
-from stgraph.inference import (ModelFolderError, ReferenceStore, embed_slide, load_run, predict_slide,
-                               write_prediction)
+from stgraph.inference import ModelFolderError, embed_slide, load_run, predict_slide, write_prediction
+from stgraph.retrieval import ReferenceStore
 from stgraph.training import prepare_slide, train_model
 
 

@@ -122,7 +122,7 @@ def test_run_without_pixel_size_keeps_the_pixel_behaviour(run_dir, slides, caplo
 
 
 def test_features_are_streamed_in_chunks(run_dir, slides, monkeypatch):
-    import stgraph.data.wsi as wsi_mod
+    import stgraph.data.wsi.image as wsi_mod
     from stgraph.data.wsi import WSIImage
     from stgraph.inference import load_run
     from stgraph.inference.wsi import wsi_features
@@ -251,7 +251,7 @@ def test_spot_query_at_another_resolution_is_resampled(run_dir, synthetic_slides
 
 def test_default_cache_dir_is_the_user_cache_dir(tmp_path, monkeypatch):
     from stgraph.config import load_config
-    from stgraph.run.prepare import _cache_subdir
+    from stgraph.preprocess.prepare import _cache_subdir
     from stgraph.utils import resolve_cache_dir, user_cache_dir
     from tests.conftest import CONFIGS
 
@@ -311,17 +311,17 @@ def test_fullres_image_goes_with_a_space_ranger_folder(run_dir, synthetic_slides
 
 
 def test_unreadable_level_fails_before_compute(run_dir, slides, tmp_path, capsys, monkeypatch):
-    from stgraph.data import wsi as wsi_mod
     from stgraph.data.errors import SlideFormatError
+    from stgraph.data.wsi import backends as wsi_mod
 
-    real = wsi_mod._TiffBackend.read
+    real = wsi_mod.TiffBackend.read
 
     def broken(self, level, *args):
         if level == 1:
             raise SlideFormatError(f"cannot decode level 1 of {self.path}: corrupt tile")
         return real(self, level, *args)
 
-    monkeypatch.setattr(wsi_mod._TiffBackend, "read", broken)
+    monkeypatch.setattr(wsi_mod.TiffBackend, "read", broken)
     import stgraph.inference.wsi as pw
 
     monkeypatch.setattr(pw, "wsi_features", lambda *a, **k: pytest.fail("features computed"))
@@ -334,7 +334,7 @@ def test_unreadable_level_fails_before_compute(run_dir, slides, tmp_path, capsys
 def test_prefetching_reads_in_a_thread_and_predicts_exactly_as_the_plain_path(run_dir, slides, monkeypatch):
     import threading
 
-    import stgraph.data.wsi as wsi_mod
+    import stgraph.data.wsi.image as wsi_mod
     from stgraph.inference import load_run
     from stgraph.inference.wsi import predict_wsi
 

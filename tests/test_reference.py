@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from stgraph.inference.reference import ReferenceStore, ReferenceStoreError
+from stgraph.retrieval.reference import ReferenceStore, ReferenceStoreError
 
 GENES = ["EPCAM", "ERBB2", "CD3E", "MS4A1"]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from stgraph.data.errors import SlideFormatError
-from stgraph.data.tissue import NoTissueError, saturation, tissue_mask
+from stgraph.data.wsi import NoTissueError, saturation, tissue_mask
 from stgraph.data.wsi_synthetic import pink_texture
 
 

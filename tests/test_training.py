@@ -161,7 +161,7 @@ def test_precision_is_validated(tiny_config):
 def test_harmony_shapes_the_targets_but_the_reference_keeps_uncorrected_expression(config_name, tiny_config,
                                                                                      synthetic_slides):
     from stgraph.data import pp
-    from stgraph.run.prepare import fit_preprocessor
+    from stgraph.preprocess.prepare import fit_preprocessor
 
     config = tiny_config(config_name, "data.harmony=true", "train.epochs=1")
     assert config.data.harmony

@@ -2,7 +2,8 @@
 from . import pp
 from .collection import SlideCollection, slide_id_of
 from .errors import SlideFormatError
-from .patches import extract_patches, load_fullres_image
+from .image import load_fullres_image
+from .patches import extract_patches
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -135,8 +135,6 @@ def thumbnail(path: Path, max_side: int) -> np.ndarray:
     PIL's JPEG draft mode decodes at 1/2–1/8 scale directly, so this costs a fraction of a full decode.
     """
     if path.suffix.lower() in _TIFF_SUFFIXES:
-        from .patches import load_image_file
-
         return load_image_file(path).thumbnail(max_side)
     check_jpeg(path)
     img = open_image(path)

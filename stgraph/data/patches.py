@@ -1,4 +1,5 @@
-"""Image patches centred on spots, their on-disk cache, ImageNet normalisation and dihedral augmentation.
+"""Image patches centred on spots and their on-disk cache (the images they are cut from: :mod:`.image`;
+ImageNet normalisation and dihedral augmentation: :mod:`.transforms`).
 
 The full-resolution image of a slide comes from ``uns['spatial'][lib]['images']['fullres']`` (small
 in-memory images, e.g. synthetic slides) or from ``uns['spatial'][lib]['metadata']['source_image_path']``
@@ -24,28 +25,11 @@ from anndata import AnnData
 
 from .errors import SlideFormatError
 from .slide_id import slide_id_of
-from .image import (ArrayImage, FullResImage, PILImage, ScaledImage, load_fullres_image,  # noqa: F401
-                    load_image_file, slide_library, _scaled_fallback)
-from .transforms import (IMAGENET_MEAN, IMAGENET_STD, RandomFlipRotate, hash_array,  # noqa: F401 (re-exported)
-                         imagenet_normalize, random_flip_rotate)
+from .image import _scaled_fallback, load_fullres_image, slide_library
+from .transforms import hash_array
 from ..keys import Key
 
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "FullResImage",
-    "ArrayImage",
-    "PILImage",
-    "ScaledImage",
-    "load_fullres_image",
-    "load_image_file",
-    "extract_patches",
-    "patch_cache_path",
-    "imagenet_normalize",
-    "random_flip_rotate",
-    "RandomFlipRotate",
-    "slide_library",
-]
+__all__ = ["extract_patches", "patch_cache_path"]
 
 
 def _fullres_scale(entry: dict) -> float:

@@ -19,8 +19,8 @@ from ..inference.predict import predict_slide
 from ..metrics import evaluate_arrays, per_gene_table
 from ..metrics.report import summarize_folds, to_markdown_table, write_csv_atomic, write_json_atomic
 from ..models import create_image_encoder
-from ..run.prepare import fit_preprocessor, prepare_slide, preprocessing_key, uncorrected_expression
-from ..training.run import train_model
+from ..preprocess.prepare import fit_preprocessor, prepare_slide, preprocessing_key, uncorrected_expression
+from ..training.job import train_model
 from .baselines import BASELINES
 from .folds import Fold
 from ..keys import Key
@@ -39,7 +39,7 @@ def _score(method: str, fold: Fold, pred: np.ndarray, true: np.ndarray, genes: S
 
 class FoldPreprocessing:
     """One fold's fitted preprocessing, shared by every method whose data settings match
-    (:func:`~stgraph.run.prepare.preprocessing_key`): gene selection, Harmony and PCA are fitted once."""
+    (:func:`~stgraph.preprocess.prepare.preprocessing_key`): gene selection, Harmony and PCA are fitted once."""
 
     def __init__(self, train: Sequence):
         self.train = list(train)
@@ -144,7 +144,11 @@ def _fold_task(args: tuple) -> tuple[list[dict], dict]:
     """One fold in a worker process (``cross_validate(jobs=N)``)."""
     import torch
 
+    from ..plugins import load_plugins
+
     configs, collection, fold, out, baselines, baseline_config, markers, keep_runs, keep, threads, device = args
+    for config in configs.values():  # a fresh (spawned) interpreter: the configs' plugins register again
+        load_plugins(config.plugins)
     torch.set_num_threads(threads)
     if device is not None:
         for config in configs.values():

@@ -1,27 +1,18 @@
-"""Reference store, kNN imputation, and prediction of new slides."""
-from ..retrieval import (FaissKNN, KNNBackend, ReferenceStore, ReferenceStoreError, TorchKNN, aggregate,
-                         create_knn_backend, impute)
-from ..run import ModelFolderError, Run, embed_slide, embed_slides, load_run
-from .predict import (MIN_GENE_OVERLAP, GeneOverlapError, LoadedModel, extend_reference, predict_slide,
-                      write_prediction)
+"""Prediction of new slides: load a run folder, embed, retrieve from its reference, write AnnData.
+
+The reference store, kNN backends and imputation live in :mod:`stgraph.retrieval` (one place)."""
+from ..preprocess import embed_slide, embed_slides
+from ..runfolder import ModelFolderError, Run, load_run
+from .predict import MIN_GENE_OVERLAP, GeneOverlapError, extend_reference, predict_slide, write_prediction
 
 __all__ = [
-    "FaissKNN",
-    "KNNBackend",
-    "LoadedModel",
+    "GeneOverlapError",
+    "MIN_GENE_OVERLAP",
     "ModelFolderError",
-    "ReferenceStore",
-    "ReferenceStoreError",
     "Run",
-    "TorchKNN",
-    "aggregate",
-    "create_knn_backend",
     "embed_slide",
     "embed_slides",
     "extend_reference",
-    "GeneOverlapError",
-    "MIN_GENE_OVERLAP",
-    "impute",
     "load_run",
     "predict_slide",
     "write_prediction",

@@ -12,21 +12,19 @@ from anndata import AnnData
 from ..data.slide_id import slide_id_of
 from ..errors import StgraphError
 from ..retrieval.reference import ReferenceStore
-from ..run.embed import embed_slide
-from ..run.folder import ModelFolderError, Run, load_run  # noqa: F401 (re-exported)
-from ..run.prepare import needs_graph, prepare_slide
+from ..preprocess.embed import embed_slide
+from ..runfolder import ModelFolderError, Run
+from ..preprocess.prepare import needs_graph, prepare_slide
 from ..utils import atomic_path
 from ..keys import Key
 from ..errors import StgraphError
 from .smoothing import smooth_on_graph
 
-__all__ = ["LoadedModel", "load_run", "predict_slide", "predict_prepared", "write_prediction", "prediction_table",
-           "check_output_path", "PredictionOutputError", "ModelFolderError", "extend_reference", "GeneOverlapError",
+__all__ = ["predict_slide", "predict_prepared", "write_prediction", "prediction_table",
+           "check_output_path", "PredictionOutputError", "extend_reference", "GeneOverlapError",
            "MIN_GENE_OVERLAP"]
 
 
-#: A loaded run (same class as the one training returns).
-LoadedModel = Run
 
 
 def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
@@ -37,7 +35,7 @@ def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
     Parameters
     ----------
     loaded
-        A :class:`~stgraph.run.Run`: from :func:`load_run` or :func:`~stgraph.training.train_model`.
+        A :class:`~stgraph.runfolder.Run`: from :func:`load_run` or :func:`~stgraph.training.train_model`.
     adata
         The query slide: spot centres in ``obsm['spatial']`` and its image; expression, if any, is ignored.
     k, similarity, aggregation, backend
@@ -71,7 +69,7 @@ def query_config(loaded: Run, adata: AnnData):
     import copy
     import logging
 
-    from ..run.resolution import query_resolution, slide_mpp
+    from ..preprocess.resolution import query_resolution, slide_mpp
 
     log = logging.getLogger("stgraph")
     config = loaded.config
@@ -101,7 +99,7 @@ def query_config(loaded: Run, adata: AnnData):
 def predict_prepared(loaded: Run, adata: AnnData, query, k: Optional[int] = None,
                      similarity: Optional[str] = None, aggregation: Optional[str] = None,
                      backend: Optional[str] = None, provenance: Optional[dict] = None) -> AnnData:
-    """Embed an already prepared query slide (:class:`~stgraph.run.PreparedSlide`, features or patches),
+    """Embed an already prepared query slide (:class:`~stgraph.preprocess.PreparedSlide`, features or patches),
     retrieve (or predict) its expression and build the output AnnData (see :func:`predict_slide`);
     ``provenance`` is merged into ``uns['stgraph']``."""
     config = loaded.config

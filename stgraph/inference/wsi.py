@@ -22,9 +22,9 @@ from anndata import AnnData
 
 from ..errors import StgraphError
 from ..keys import Key
-from ..run.folder import Run
-from ..run.prepare import PreparedSlide, needs_graph
-from ..run.resolution import QueryResolution, query_resolution
+from ..runfolder import Run
+from ..preprocess.prepare import PreparedSlide, needs_graph
+from ..preprocess.resolution import QueryResolution, query_resolution
 from ..data.transforms import grid_coordinates, normalize_batch, patch_batch
 from ..utils import atomic_save_npy, folder_size, prefetch, user_cache_dir
 from .predict import predict_prepared
@@ -41,7 +41,7 @@ class WSIPredictionError(StgraphError, ValueError):
 
 def parse_grid(value: Union[str, float]) -> Union[str, float]:
     """``"visium"``, ``"st"`` or a pitch in µm (``"150"``, ``150``) → the ``kind`` of :func:`spot_grid`."""
-    from ..data.grid import GRID_KINDS
+    from ..data.wsi.grid import GRID_KINDS
 
     if isinstance(value, str) and value.lower() in GRID_KINDS:
         return value.lower()
@@ -111,7 +111,7 @@ def wsi_features(run: Run, wsi, xy: np.ndarray, patch_um: float, target_mpp: flo
     """
     from tqdm.auto import tqdm
 
-    from ..data.wsi import iter_patches_at_mpp
+    from ..data.wsi.image import iter_patches_at_mpp
 
     path = _cache_file(cache_dir, wsi, xy, patch_um, target_mpp, run) if cache_dir is not None else None
     if path is not None and path.is_file():
@@ -161,11 +161,11 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
     Parameters
     ----------
     run
-        A trained :class:`~stgraph.run.Run`.
+        A trained :class:`~stgraph.runfolder.Run`.
     path
         ``.tif``/``.tiff``/``.svs``/``.ndpi``/... (see :mod:`stgraph.data.wsi`).
     grid
-        ``"visium"``, ``"st"`` or a square pitch in µm (:func:`stgraph.data.grid.spot_grid`).
+        ``"visium"``, ``"st"`` or a square pitch in µm (:func:`stgraph.data.wsi.grid.spot_grid`).
     mpp
         µm per level-0 pixel when the file does not state it (``--mpp``); it also overrides the file.
     cache, cache_dir
@@ -175,7 +175,7 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
     prefetch_chunks
         Chunks read ahead by a background thread while the backbone runs (0: no thread).
     **mask_kwargs
-        Passed to :func:`stgraph.data.tissue.tissue_mask`.
+        Passed to :func:`stgraph.data.wsi.tissue.tissue_mask`.
 
     Returns
     -------
@@ -192,8 +192,8 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
     NoTissueError
         No tissue detected.
     """
-    from ..data.grid import wsi_spot_grid
-    from ..data.wsi import WSIImage, level_for_mpp
+    from ..data.wsi.grid import wsi_spot_grid
+    from ..data.wsi.image import WSIImage, level_for_mpp
 
     config = run.config
     kind = parse_grid(grid)

@@ -1,5 +1,5 @@
 """Neural building blocks: projection head, MLP, mclSTExp's spot transformer and Deep Graph Infomax."""
-from .dgi import GCNEncoder, GCNInfomax, GraphInfomax, mean_sigmoid_summary, shuffle_node_features
+from .dgi import GCNEncoder, GraphInfomax, mean_sigmoid_summary, shuffle_node_features
 from .mlp import ACTIVATIONS, MLP, make_activation
 from .proj_head import ProjHead
 from .spot_transformer import FeedForward, SpotAttention, SpotTransformer, TransformerBlock
@@ -14,7 +14,6 @@ __all__ = [
     "FeedForward",
     "TransformerBlock",
     "GraphInfomax",
-    "GCNInfomax",
     "GCNEncoder",
     "mean_sigmoid_summary",
     "shuffle_node_features",

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import DeepGraphInfomax, GCNConv
 
-__all__ = ["GraphInfomax", "GCNInfomax", "GCNEncoder", "mean_sigmoid_summary", "shuffle_node_features"]
+__all__ = ["GraphInfomax", "GCNEncoder", "mean_sigmoid_summary", "shuffle_node_features"]
 
 
 class GCNEncoder(nn.Module):
@@ -128,6 +128,3 @@ class GraphInfomax(DeepGraphInfomax):
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.in_dim} -> {self.hidden_dim})"
 
-
-#: Alternative name used in the module map.
-GCNInfomax = GraphInfomax

@@ -407,7 +407,7 @@ def impute(query_emb: ArrayLike, reference_emb: ArrayLike, reference_expr, k: in
         registered aggregation.
     backend
         'auto' (faiss when installed: exact below 5e4 reference rows, IVF above; exact torch otherwise),
-        'torch', 'faiss' or a :class:`~stgraph.inference.knn.KNNBackend`. An unfitted instance is fitted on
+        'torch', 'faiss' or a :class:`~stgraph.retrieval.knn.KNNBackend`. An unfitted instance is fitted on
         ``reference_emb``; a fitted one is used as it is (it must have been fitted on ``reference_emb``,
         which lets an approximate index be built once and reused).
     chunk_size

@@ -261,7 +261,7 @@ class ReferenceStore:
                 backend: Union[str, KNNBackend] = "auto", **kwargs: Any):
         """(Q, G) float32 expression of the queries (Q, d) by kNN imputation over this store.
 
-        Arguments are those of :func:`stgraph.inference.impute.impute` (``chunk_size``, ``show_progress``,
+        Arguments are those of :func:`stgraph.retrieval.impute.impute` (``chunk_size``, ``show_progress``,
         ``return_indices``, ``temperature``, ``distance``, ``aggregation_options``, ``backend_options``,
         ``similarity_options`` via ``kwargs``). ``similarity=None`` means the backend instance's similarity
         when ``backend`` is one, else ``meta['similarity']``, else 'cosine'.

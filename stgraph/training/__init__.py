@@ -1,7 +1,9 @@
-"""Training: prepared slides, the trainer loop, and the end-to-end training job."""
-from ..run import (CheckpointError, PreparedSlide, Preprocessor, Run, compute_image_features, fit_preprocessor,
-                   load_checkpoint, prepare_slide)
-from .run import TrainedRun, build_reference, train_model
+"""Training: the trainer loop and the end-to-end training job (:func:`train_model` writes a run folder).
+
+The preprocessing and run-folder names training users need are gathered here too."""
+from ..preprocess import PreparedSlide, Preprocessor, compute_image_features, fit_preprocessor, prepare_slide
+from ..runfolder import CheckpointError, Run, load_checkpoint
+from .job import build_reference, train_model
 from .trainer import Trainer, TrainResult
 
 __all__ = [
@@ -10,7 +12,6 @@ __all__ = [
     "Preprocessor",
     "Run",
     "TrainResult",
-    "TrainedRun",
     "Trainer",
     "build_reference",
     "compute_image_features",

@@ -44,10 +44,10 @@ from .distributed import DistEnv, all_reduce_gradients, all_reduce_mean, average
     gather_rows
 from .loader import PatchBatches, patch_images, step_seed
 from .monitor import TermMonitor
-from ..run.folder import CheckpointError, load_checkpoint  # noqa: F401 (re-exported)
-from ..run.prepare import PreparedSlide
+from ..runfolder import load_checkpoint
+from ..preprocess.prepare import PreparedSlide
 
-__all__ = ["Trainer", "TrainResult", "CheckpointError", "load_checkpoint"]
+__all__ = ["Trainer", "TrainResult"]
 
 
 @dataclasses.dataclass

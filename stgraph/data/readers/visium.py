@@ -17,10 +17,11 @@ from ..image import image_size, open_image
 from .base import _check_inside, _duplicates, _finish_obs, register_reader
 from ...keys import Key
 
-__all__ = ["read_visium"]
+__all__ = ["read_visium", "is_visium"]
 
 
-def _is_visium(path: Path, kwargs: dict) -> bool:
+def is_visium(path: Path, kwargs: Optional[dict] = None) -> bool:
+    """True when ``path`` is a Space Ranger output folder (a count matrix or ``spatial/`` positions file)."""
     return path.is_dir() and (any((path / m).is_file() for m in _VISIUM_MATRICES) or any(
         (path / "spatial" / p).is_file() for p in _VISIUM_POSITIONS))
 
@@ -104,7 +105,7 @@ def _load_png(path: Path) -> Optional[np.ndarray]:
 VISIUM_SPOT_DIAMETER_UM = 55.0
 
 
-@register_reader("visium", detect=_is_visium)
+@register_reader("visium", detect=is_visium)
 def read_visium(
     path: str | os.PathLike,
     library_id: Optional[str] = None,

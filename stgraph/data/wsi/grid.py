@@ -24,7 +24,7 @@ from typing import Optional, Union
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from ..keys import Key
+from ...keys import Key
 from anndata import AnnData
 
 __all__ = ["GRID_KINDS", "SpotGrid", "spot_grid", "grid_to_anndata", "wsi_spot_grid"]
@@ -107,7 +107,7 @@ def spot_grid(mask: np.ndarray, mask_scale: Union[float, tuple[float, float]], m
     Parameters
     ----------
     mask
-        (h, w) bool tissue mask, e.g. :func:`stgraph.data.tissue.tissue_mask` of a thumbnail.
+        (h, w) bool tissue mask, e.g. :func:`stgraph.data.wsi.tissue.tissue_mask` of a thumbnail.
     mask_scale
         Mask pixels per level-0 pixel (thumbnail width / level-0 width), or (x scale, y scale). A level-0
         point (x, y) falls in mask pixel (⌊x · sx⌋, ⌊y · sy⌋).
@@ -200,7 +200,7 @@ def grid_to_anndata(grid: SpotGrid, slide_id: str, thumbnail: Optional[np.ndarra
         ``lowres_max_side``). Its scale factors are image width / level-0 width.
     source_image
         The whole-slide image path, stored as ``metadata['source_image']`` (and as ``source_image_path``
-        for ``.tif``/``.tiff``, which :func:`stgraph.data.patches.load_fullres_image` opens directly).
+        for ``.tif``/``.tiff``, which :func:`stgraph.data.image.load_fullres_image` opens directly).
 
     Returns
     -------
@@ -261,10 +261,10 @@ def wsi_spot_grid(slide, kind: Union[str, float] = "visium", mpp: Optional[float
     thumbnail_max_side
         Longest side of the thumbnail the tissue is detected on (and stored as ``hires``), px.
     **mask_kwargs
-        Passed to :func:`stgraph.data.tissue.tissue_mask` (``min_area_um2``, ``min_saturation``, …).
+        Passed to :func:`stgraph.data.wsi.tissue.tissue_mask` (``min_area_um2``, ``min_saturation``, …).
     """
     from .tissue import tissue_mask
-    from .wsi import WSIImage
+    from .image import WSIImage
 
     own = not isinstance(slide, WSIImage)
     wsi = WSIImage(slide, mpp=mpp) if own else slide

@@ -22,16 +22,18 @@ from typing import Any, Optional
 
 import torch
 
-from ..config import ConfigError, config_from_dict, config_to_dict
-from ..errors import StgraphError
-from ..models import create_model
-from ..retrieval.reference import ReferenceStore
-from ..utils import atomic_path, resolve_device
-from .layout import RUN_FILES
-from .prepare import Preprocessor
+from .config import ConfigError, config_from_dict, config_to_dict
+from .errors import StgraphError
+from .models import create_model
+from .preprocess.prepare import Preprocessor
+from .retrieval.reference import ReferenceStore
+from .utils import atomic_path, resolve_device
 
 __all__ = ["Run", "RUN_FILES", "CheckpointError", "ModelFolderError", "load_checkpoint", "save_model",
            "load_run"]
+
+#: Files a complete run folder holds; ``run.json`` is written last.
+RUN_FILES = ("config.yaml", "genes.txt", "model.pt", "reference.h5", "run.json")
 
 
 class CheckpointError(StgraphError, ValueError):
@@ -55,7 +57,7 @@ class Run:
     config
         Its :class:`~stgraph.config.Config`.
     preprocessor
-        The fitted :class:`~stgraph.run.prepare.Preprocessor`.
+        The fitted :class:`~stgraph.preprocess.prepare.Preprocessor`.
     reference
         The :class:`~stgraph.retrieval.ReferenceStore` (embeddings + expression of the training spots).
     result
@@ -79,7 +81,7 @@ class Run:
     @property
     def resolution(self) -> Optional[dict]:
         """The physical resolution it was trained at (``run.json`` ``"resolution"``; see
-        :mod:`stgraph.run.resolution`), or ``None`` for runs written before it was recorded."""
+        :mod:`stgraph.preprocess.resolution`), or ``None`` for runs written before it was recorded."""
         return self.info.get("resolution")
 
     @property

@@ -14,7 +14,7 @@ reads only the tiles of the level and region asked for:
 
 Coordinates follow openslide: ``(x, y)`` = (column, row); a region is given by its top-left corner in
 **level-0 pixels** and its width/height in pixels of the level read. :meth:`WSIImage.crop` implements the
-:class:`~stgraph.data.patches.FullResImage` protocol (level-0 box, padded outside the slide), so a
+:class:`~stgraph.data.image.FullResImage` protocol (level-0 box, padded outside the slide), so a
 ``WSIImage`` can stand wherever a full-resolution image is cropped.
 
 The pixel size (``mpp``, µm per level-0 pixel) comes, in order, from the user's ``mpp=``, openslide's
@@ -26,265 +26,17 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import warnings
-import xml.etree.ElementTree as ET
-from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
 
-from .errors import SlideFormatError, require_file
+from ..errors import SlideFormatError, require_file
+from .backends import OPENSLIDE_FIRST, OPENSLIDE_HINT, OPENSLIDE_ONLY, OpenSlideBackend, TiffBackend, \
+    openslide_available
 
-__all__ = [
-    "WSI_SUFFIXES",
-    "WSIImage",
-    "open_wsi",
-    "read_region_at_mpp",
-    "iter_patches_at_mpp",
-    "level_for_mpp",
-    "openslide_available",
-    "mpp_from_aperio_description",
-    "mpp_from_ome_xml",
-    "mpp_from_tiff_resolution",
-]
-
-WSI_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".vms", ".vmu", ".bif", ".svslide")
-#: Formats openslide reads natively; preferred over tifffile for them when openslide is importable
-#: (their tiles are JPEG, which tifffile decodes only with imagecodecs).
-_OPENSLIDE_FIRST = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
-#: Formats that are not TIFF at all: only openslide reads them.
-_OPENSLIDE_ONLY = (".mrxs", ".vms", ".vmu")
-#: Plausible microscope pixel sizes (µm/px). Outside this a resolution tag is not a calibration (72 dpi
-#: = 352.8 µm/px is what image editors write by default).
-_MPP_RANGE = (0.01, 100.0)
-_OPENSLIDE_HINT = "pip install openslide-python openslide-bin"
+__all__ = ["WSIImage", "open_wsi", "read_region_at_mpp", "iter_patches_at_mpp", "level_for_mpp"]
 
 
-def openslide_available() -> bool:
-    """True when ``import openslide`` works (openslide-python with its C library)."""
-    try:
-        import openslide  # noqa: F401
-    except Exception:  # ImportError, or OSError when the C library is missing
-        return False
-    return True
-
-
-# ------------------------------------------------------------------------------------------ pixel size
-def _plausible(mpp: Optional[float]) -> Optional[float]:
-    if mpp is None or not np.isfinite(mpp) or not (_MPP_RANGE[0] <= mpp <= _MPP_RANGE[1]):
-        return None
-    return float(mpp)
-
-
-def mpp_from_aperio_description(description: str) -> Optional[float]:
-    """µm per pixel from an Aperio SVS ``ImageDescription`` (``…|MPP = 0.2520|…``), else ``None``."""
-    if not description or not description.lstrip().startswith("Aperio"):
-        return None
-    match = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", description)
-    if not match:
-        return None
-    try:
-        return _plausible(float(match.group(1)))
-    except ValueError:
-        return None
-
-
-#: OME length units → µm.
-_OME_UNITS = {"µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "micron": 1.0, "nm": 1e-3, "Å": 1e-4, "mm": 1e3, "cm": 1e4,
-              "m": 1e6, "pm": 1e-6}
-
-
-def mpp_from_ome_xml(xml: str) -> Optional[float]:
-    """µm per pixel from OME-XML: the first ``Pixels`` element's ``PhysicalSizeX`` in ``PhysicalSizeXUnit``.
-
-    The unit defaults to µm (the OME schema default); an unknown unit or a missing size gives ``None``.
-    """
-    if not xml or "PhysicalSizeX" not in xml:
-        return None
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return None
-    for elem in root.iter():
-        if elem.tag.rsplit("}", 1)[-1] == "Pixels" and "PhysicalSizeX" in elem.attrib:
-            unit = elem.attrib.get("PhysicalSizeXUnit", "µm")
-            if unit not in _OME_UNITS:
-                return None
-            try:
-                return _plausible(float(elem.attrib["PhysicalSizeX"]) * _OME_UNITS[unit])
-            except ValueError:
-                return None
-    return None
-
-
-#: TIFF ResolutionUnit → µm per unit (1 = none: no absolute unit; 4, 5 are tifffile's mm/µm extensions).
-_RESUNIT_UM = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}
-
-
-def mpp_from_tiff_resolution(x_resolution, resolution_unit) -> Optional[float]:
-    """µm per pixel from the TIFF ``XResolution`` (pixels per unit; a number or a (num, den) rational) and
-    ``ResolutionUnit`` (2 = inch, 3 = centimetre): mpp = µm per unit / pixels per unit.
-
-    ``None`` when the unit is 1 (none), the resolution is zero, or the result is implausible (see module doc).
-    """
-    if x_resolution is None or resolution_unit is None:
-        return None
-    if isinstance(x_resolution, (tuple, list)):
-        num, den = x_resolution
-        if not den:
-            return None
-        x_resolution = num / den
-    unit = _RESUNIT_UM.get(int(resolution_unit))
-    if unit is None or not x_resolution:
-        return None
-    return _plausible(unit / float(x_resolution))
-
-
-# ------------------------------------------------------------------------------------------ backends
-def _as_rgb(region: np.ndarray) -> np.ndarray:
-    """(h, w[, c]) integer/float image → (h, w, 3) uint8 (grey replicated, alpha dropped)."""
-    if region.ndim == 2:
-        region = region[..., None]
-    if region.shape[2] == 1:
-        region = np.repeat(region, 3, axis=2)
-    elif region.shape[2] > 3:
-        region = region[..., :3]
-    if region.dtype != np.uint8:
-        if region.dtype == np.uint16:
-            region = region / 257.0
-        elif np.issubdtype(region.dtype, np.floating) and region.size and region.max() <= 1.0:
-            region = region * 255.0
-        region = np.clip(np.rint(region), 0, 255).astype(np.uint8)
-    return region
-
-
-class _TiffBackend:
-    """Levels of ``series[0]`` of a TIFF, each read through tifffile's zarr store (tile by tile)."""
-
-    name = "tifffile"
-
-    def __init__(self, path: Path):
-        import tifffile
-        import zarr
-
-        try:
-            self.tif = tifffile.TiffFile(path)
-            series = self.tif.series[0]
-            self.levels = []
-            for i, level in enumerate(series.levels):
-                axes = level.axes
-                if "Y" not in axes or "X" not in axes:
-                    raise SlideFormatError(f"TIFF image {path} has axes {axes!r}; expected Y and X")
-                # series.aszarr(level=i) is one level's array (the series' own store is a multiscale group).
-                self.levels.append((zarr.open(series.aszarr(level=i), mode="r"), axes))
-        except SlideFormatError:
-            raise
-        except Exception as err:  # tifffile/zarr raise many types for junk input
-            raise SlideFormatError(f"cannot read whole-slide TIFF {path}: {err}") from err
-        self.path = path
-        self.dimensions = []
-        for array, axes in self.levels:
-            self.dimensions.append((int(array.shape[axes.index("X")]), int(array.shape[axes.index("Y")])))
-
-    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """Level pixels [y, y+h) × [x, x+w), all inside the level, as (h, w, 3) uint8."""
-        array, axes = self.levels[level]
-        index, kept = [], []
-        for ax in axes:
-            if ax == "Y":
-                index.append(slice(y, y + h))
-                kept.append(ax)
-            elif ax == "X":
-                index.append(slice(x, x + w))
-                kept.append(ax)
-            elif ax in "SC":
-                index.append(slice(None))
-                kept.append(ax)
-            else:  # Z, T, …: the first plane (brightfield slides have one)
-                index.append(0)
-        try:
-            region = np.asarray(array[tuple(index)])
-        except Exception as err:
-            hint = (" (its tiles need the imagecodecs package: pip install imagecodecs, or open it with "
-                    f"openslide: {_OPENSLIDE_HINT})") if "imagecodecs" in str(err) else ""
-            raise SlideFormatError(f"cannot decode level {level} of {self.path}: {err}{hint}") from err
-        order = [kept.index("Y"), kept.index("X")] + [i for i, ax in enumerate(kept) if ax not in "YX"]
-        return _as_rgb(np.transpose(region, order))
-
-    def mpp(self) -> tuple[Optional[float], str]:
-        page = self.tif.pages[0]
-        found = mpp_from_aperio_description(page.description)
-        if found:
-            return found, "Aperio ImageDescription MPP"
-        if self.tif.is_ome:
-            found = mpp_from_ome_xml(self.tif.ome_metadata or "")
-            if found:
-                return found, "OME-XML PhysicalSizeX"
-        tags = page.tags
-        xres, unit = tags.get("XResolution"), tags.get("ResolutionUnit")
-        found = mpp_from_tiff_resolution(xres.value if xres else None, unit.value if unit else None)
-        if found:
-            yres = tags.get("YResolution")
-            found_y = mpp_from_tiff_resolution(yres.value if yres else None, unit.value)
-            if found_y and abs(found_y - found) > 0.01 * found:
-                warnings.warn(f"{self.path}: X and Y pixel sizes differ ({found:g} vs {found_y:g} µm); using X",
-                              UserWarning, stacklevel=4)
-            return found, "TIFF XResolution/ResolutionUnit"
-        return None, ""
-
-    def close(self) -> None:
-        self.tif.close()
-
-
-class _OpenSlideBackend:
-    name = "openslide"
-
-    def __init__(self, path: Path):
-        import openslide
-
-        try:
-            self.slide = openslide.OpenSlide(str(path))
-        except Exception as err:  # OpenSlideUnsupportedFormatError, OpenSlideError
-            raise SlideFormatError(f"openslide cannot open whole-slide image {path}: {err}") from err
-        self.path = path
-        self.dimensions = [tuple(int(v) for v in d) for d in self.slide.level_dimensions]
-        self.downsamples = [float(d) for d in self.slide.level_downsamples]
-
-    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        ds = self.downsamples[level]
-        try:
-            rgba = np.asarray(self.slide.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h)))
-        except Exception as err:
-            raise SlideFormatError(f"openslide cannot read level {level} of {self.path}: {err}") from err
-        # openslide returns premultiplied-alpha RGBA, transparent (0) where the scanner wrote nothing:
-        # composite on white, the colour of empty glass.
-        alpha = rgba[..., 3:4].astype(np.uint16)
-        return (rgba[..., :3].astype(np.uint16) + (255 - alpha)).clip(0, 255).astype(np.uint8)
-
-    def mpp(self) -> tuple[Optional[float], str]:
-        props = self.slide.properties
-        for key in ("openslide.mpp-x", "aperio.MPP"):
-            if key in props:
-                found = _plausible(_float_or_none(props[key]))
-                if found:
-                    return found, f"openslide property {key}"
-        found = mpp_from_tiff_resolution(_float_or_none(props.get("tiff.XResolution")),
-                                         {"inch": 2, "centimeter": 3}.get(props.get("tiff.ResolutionUnit", "")))
-        return (found, "TIFF XResolution/ResolutionUnit (openslide)") if found else (None, "")
-
-    def close(self) -> None:
-        self.slide.close()
-
-
-def _float_or_none(value) -> Optional[float]:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-# ------------------------------------------------------------------------------------------ the image
 class WSIImage:
     """A whole-slide image read level by level and region by region.
 
@@ -304,7 +56,7 @@ class WSIImage:
     Attributes
     ----------
     shape
-        (H, W, 3) of level 0, like :class:`~stgraph.data.patches.ArrayImage`.
+        (H, W, 3) of level 0, like :class:`~stgraph.data.image.ArrayImage`.
     level_count
         Number of pyramid levels (≥ 1).
     level_dimensions
@@ -327,13 +79,13 @@ class WSIImage:
         if backend not in ("auto", "tifffile", "openslide"):
             raise ValueError(f"backend must be 'auto', 'tifffile' or 'openslide', got {backend!r}")
         if backend == "auto":
-            backend = "openslide" if (suffix in _OPENSLIDE_FIRST and openslide_available()) else "tifffile"
-        if backend == "tifffile" and suffix in _OPENSLIDE_ONLY:
+            backend = "openslide" if (suffix in OPENSLIDE_FIRST and openslide_available()) else "tifffile"
+        if backend == "tifffile" and suffix in OPENSLIDE_ONLY:
             raise SlideFormatError(f"{path}: {suffix} slides are read with openslide, which is not installed "
-                                   f"({_OPENSLIDE_HINT})")
+                                   f"({OPENSLIDE_HINT})")
         if backend == "openslide" and not openslide_available():
-            raise SlideFormatError(f"{path}: backend='openslide' but openslide is not importable ({_OPENSLIDE_HINT})")
-        self._backend = _OpenSlideBackend(path) if backend == "openslide" else _TiffBackend(path)
+            raise SlideFormatError(f"{path}: backend='openslide' but openslide is not importable ({OPENSLIDE_HINT})")
+        self._backend = OpenSlideBackend(path) if backend == "openslide" else TiffBackend(path)
         self.backend = backend
         self.level_dimensions: list[tuple[int, int]] = list(self._backend.dimensions)
         self.level_count = len(self.level_dimensions)
@@ -341,7 +93,7 @@ class WSIImage:
         if w0 <= 0 or h0 <= 0:
             raise SlideFormatError(f"whole-slide image {path} has an empty level 0 ({w0} × {h0} px)")
         self.shape = (int(h0), int(w0), 3)
-        if isinstance(self._backend, _OpenSlideBackend):
+        if isinstance(self._backend, OpenSlideBackend):
             self.level_downsamples = list(self._backend.downsamples)
         else:
             self.level_downsamples = [(w0 / w + h0 / h) / 2.0 for w, h in self.level_dimensions]

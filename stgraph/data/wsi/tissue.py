@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import SlideFormatError
+from ..errors import SlideFormatError
 
 __all__ = ["NoTissueError", "tissue_mask", "saturation"]
 

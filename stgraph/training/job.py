@@ -1,4 +1,4 @@
-"""The training job: slides + config → a self-contained run folder (layout: :mod:`stgraph.run.folder`)."""
+"""The training job: slides + config → a self-contained run folder (layout: :mod:`stgraph.runfolder`)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -20,22 +20,17 @@ from ..data.collection import SlideCollection
 from ..data.slide_id import slide_id_of
 from ..errors import StgraphError
 from ..models import create_model
+from ..preprocess.embed import embed_slide
+from ..preprocess.prepare import PreparedSlide, fit_preprocessor, prepare_slide, uncorrected_expression
+from ..preprocess.resolution import training_resolution
 from ..retrieval.reference import ReferenceStore
-from ..run.embed import embed_slide
-from ..run.folder import RUN_FILES, Run, save_model  # noqa: F401 (RUN_FILES re-exported)
-from ..run.prepare import PreparedSlide, fit_preprocessor, prepare_slide, uncorrected_expression
-from ..run.resolution import training_resolution
+from ..runfolder import Run, save_model
 from ..utils import atomic_write_text, check_writable_dir, resolve_device, seed_everything
 from .distributed import DistEnv, DistributedError, barrier, init_distributed
 from .trainer import Trainer, TrainResult
 
-__all__ = ["train_model", "build_reference", "RUN_FILES", "TrainedRun", "ResumeMismatchError",
-           "check_train_inputs"]
+__all__ = ["train_model", "build_reference", "ResumeMismatchError", "check_train_inputs"]
 
-
-
-#: The run ``train_model`` returns (the same class inference loads).
-TrainedRun = Run
 
 
 def _slides_of(slides) -> list[AnnData]:

@@ -1,0 +1,155 @@
+"""What the commands share: argument groups (as argparse ``parents=``), reading slides from those arguments,
+output paths and the gene-map plot."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from stgraph.keys import Key
+
+__all__ = ["verbose_parent", "plugin_parent", "plugins_in", "with_cli_plugins", "slides_parent", "query_parent", "device_parent", "read_many", "read_query",
+           "check_genes", "plot_maps", "log"]
+
+log = logging.getLogger("stgraph")
+
+
+def verbose_parent() -> argparse.ArgumentParser:
+    """``-v`` after a command's name too (the top-level parser has its own)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="stgraph's debug log lines")
+    return p
+
+
+def plugin_parent() -> argparse.ArgumentParser:
+    """``--plugin MODULE`` after a command's name too (the top-level parser has its own)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--plugin", action="append", metavar="MODULE", default=argparse.SUPPRESS,
+                   help="import MODULE first (it registers components); repeatable")
+    return p
+
+
+def plugins_in(argv) -> list[str]:
+    """The ``--plugin MODULE`` / ``--plugin=MODULE`` values of a command line, in order (read before the
+    parser is built, so that the plugins' names are among its ``choices=``)."""
+    out, argv = [], list(argv)
+    for i, a in enumerate(argv):
+        if a == "--":
+            break
+        if a == "--plugin" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif a.startswith("--plugin="):
+            out.append(a.split("=", 1)[1])
+    return out
+
+
+def with_cli_plugins(config, args):
+    """``config`` with the command line's ``--plugin`` modules added to its ``plugins`` (so that the run
+    folder, and the worker processes of ``evaluate --jobs``, import them again)."""
+    extra = list(getattr(args, "plugin", None) or [])
+    if extra:
+        config.plugins = list(dict.fromkeys([*config.plugins, *extra]))
+    return config
+
+
+def _her2st(g) -> None:
+    g.add_argument("--her2st", metavar="ROOT", help="HER2+ data root (ST-cnts/, ST-spotfiles/, ST-imgs/)")
+
+
+def slides_parent() -> argparse.ArgumentParser:
+    """Several slides (train, extend, evaluate): ``--data PATH...`` and/or ``--her2st ROOT [--sections ID...]``."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("slides")
+    g.add_argument("--data", nargs="+", default=[], metavar="PATH",
+                   help="slides: .h5ad files, Space Ranger folders, or legacy ST folders")
+    g.add_argument("--sections", nargs="+", default=None, metavar="ID",
+                   help="with --her2st: the sections to use (default: the six imaged ones)")
+    _her2st(g)
+    return p
+
+
+def query_parent() -> argparse.ArgumentParser:
+    """The query of ``predict``: ``--slide``, ``--image`` + ``--spots`` or ``--her2st`` + ``--section``."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("slides")
+    g.add_argument("--slide", nargs="+", default=None, metavar="PATH",
+                   help="the query slide(s): .h5ad, Space Ranger or legacy ST folder; several paths or globs "
+                        "write one file per slide into the --out folder")
+    g.add_argument("--fullres-image", metavar="IMG", default=None,
+                   help="with a Space Ranger --slide folder: its full-resolution H&E image (TIFF, ...), for "
+                        "patches at full detail instead of the hires PNG")
+    g.add_argument("--image", metavar="IMG", help="an H&E image (with --spots) for a slide without expression")
+    g.add_argument("--spots", metavar="CSV", help="CSV of spot centres in image pixels (columns x,y)")
+    g.add_argument("--section", metavar="ID", help="with --her2st: the section to read")
+    _her2st(g)
+    return p
+
+
+def device_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda, cuda:1")
+    return p
+
+
+def read_many(args) -> list:
+    """The slides of ``--data`` and ``--her2st`` (ids checked unique)."""
+    from stgraph.data import SlideCollection, read_slide
+    from stgraph.data.readers import HER2ST_IMAGED_SECTIONS, read_her2st
+
+    slides = [read_slide(p) for p in args.data]
+    if args.her2st:
+        sections = args.sections or list(HER2ST_IMAGED_SECTIONS)
+        slides += [read_her2st(args.her2st, s) for s in sections]
+    if not slides:
+        raise ValueError("no slides given (use --data PATH... or --her2st ROOT)")
+    return SlideCollection(slides).slides  # checks that slide ids are unique
+
+
+def read_query(args):
+    """The one query slide of ``predict`` (see :func:`query_parent`)."""
+    from stgraph.data import read_slide
+    from stgraph.data.readers import read_her2st, read_spot_csv
+
+    if args.her2st and args.section:
+        return read_her2st(args.her2st, args.section)
+    if args.image or args.spots:
+        if not (args.image and args.spots):
+            raise ValueError("--image and --spots go together")
+        return read_spot_csv(args.image, args.spots)
+    if args.slide:
+        path = args.slide[0] if isinstance(args.slide, list) else args.slide
+        if getattr(args, "fullres_image", None):
+            from stgraph.data.readers.visium import is_visium
+
+            if not is_visium(Path(path)):
+                raise ValueError(f"--fullres-image goes with a Space Ranger folder; {path} is not one")
+            return read_slide(path, format="visium", fullres_image=args.fullres_image)
+        return read_slide(path)
+    raise ValueError("give the query slide with --slide PATH, --image IMG --spots CSV, "
+                     "or --her2st ROOT --section ID")
+
+
+def check_genes(genes, known, whose: str) -> None:
+    known = set(known)
+    missing = [g for g in genes if g not in known]
+    if missing:
+        raise KeyError(f"gene(s) {missing} are not among {whose} {len(known)} genes")
+
+
+def plot_maps(pred, true, genes, path: Path, force: bool) -> None:
+    """Predicted (and true) maps of ``genes`` over the H&E image, written to ``path``."""
+    import matplotlib.pyplot as plt
+
+    from stgraph.pl.spatial import plot_genes
+
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} already exists (use --force to replace it)")
+    check_genes(genes, pred.var_names, "the prediction's")
+    if true is not None:
+        from stgraph.data import pp
+
+        true = pp.normalize_log1p(true, copy=True) if Key.layers.counts not in true.layers else true
+    fig = plot_genes(pred, genes, adata_true=true, path=path)
+    plt.close(fig)
+    print(f"wrote {path}")

@@ -1,0 +1,50 @@
+"""``stgraph evaluate`` (alias ``benchmark``): cross-validated evaluation of configs with baselines."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import read_many, slides_parent, with_cli_plugins
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub, parents) -> None:
+    p = sub.add_parser("evaluate", aliases=["benchmark"],
+                       help="cross-validated evaluation of one or more configs with baselines",
+                       parents=[*parents, slides_parent()])
+    p.add_argument("--config", nargs="+", required=True, help="one or more YAML configs")
+    p.add_argument("--folds", choices=["loso", "patient"], default="loso",
+                   help="leave-one-section-out, or also drop the test section's patient from training")
+    p.add_argument("--only-folds", nargs="+", default=None, metavar="ID", help="run only these test slides")
+    p.add_argument("--markers", nargs="+", default=None, metavar="GENE", help="marker genes (MG)")
+    p.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    p.add_argument("--keep-runs", action="store_true", help="keep each fold's run folder under <out>/runs")
+    p.add_argument("--out", required=True, help="results folder")
+    p.add_argument("--device", default=None,
+                   help="torch device for every fold (train.device; default: each config's)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="folds evaluated at once, one process each (cores split between them; a GPU each, "
+                        "round robin, on a GPU machine)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides applied to every config")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from stgraph.config import load_config
+    from stgraph.data import SlideCollection
+    from stgraph.evaluation import cross_validate, make_folds
+
+    configs = {}
+    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
+    for path in args.config:
+        cfg = with_cli_plugins(load_config(path, overrides), args)
+        configs[cfg.name] = cfg
+    collection = SlideCollection(read_many(args))
+    folds = make_folds(collection.ids, scheme=args.folds)
+    if args.only_folds:
+        folds = [f for f in folds if f.name in set(args.only_folds)]
+    frame = cross_validate(configs, collection, folds, out_dir=args.out, baselines=not args.no_baselines,
+                           markers=args.markers, keep_runs=args.keep_runs, jobs=args.jobs)
+    print((Path(args.out) / "summary.md").read_text())
+    print(f"{len(frame)} rows written to {Path(args.out) / 'results.csv'}")
+    return 0

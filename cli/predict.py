@@ -1,0 +1,177 @@
+"""``stgraph predict``: a slide's expression from its image.
+
+Three kinds of query, one load → predict → write path (:func:`predict_and_write`):
+
+* one slide (``--slide PATH``, ``--image IMG --spots CSV``, ``--her2st ROOT --section ID``) → ``--out`` file;
+* several slides (``--slide`` with several paths or globs, or an ``--out`` folder) → one file per slide;
+* whole-slide images (``--wsi``): tissue detection + a spot grid, one file per slide.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from stgraph.config.schema import choices
+from stgraph.keys import Key
+
+from .common import check_genes, device_parent, plot_maps, query_parent, read_query
+
+__all__ = ["add_parser", "run", "predict_and_write"]
+
+
+def add_parser(sub, parents) -> None:
+    p = sub.add_parser("predict", help="predict a slide's expression from its image",
+                       parents=[*parents, query_parent(), device_parent()])
+    p.add_argument("--model", required=True, help="run folder written by `stgraph train`")
+    w = p.add_argument_group("whole-slide images (no spatial transcriptomics: tissue detection + a spot grid)")
+    w.add_argument("--wsi", nargs="+", default=None, metavar="SLIDE",
+                   help="whole-slide images (.tif/.tiff/.svs/.ndpi/...) or globs ('slides/*.svs'); with several, "
+                        "--out is a folder and gets one file per slide")
+    w.add_argument("--mpp", type=float, default=None,
+                   help="µm per level-0 pixel when the file does not state it (overrides the file)")
+    w.add_argument("--grid", default="visium", metavar="visium|st|UM",
+                   help="spot grid: Visium hex (100 µm pitch, 55 µm spots), legacy ST (200 µm, 100 µm spots) "
+                        "or a square pitch in µm (default: visium)")
+    w.add_argument("--format", choices=["h5ad", "csv", "parquet"], default="h5ad",
+                   help="file type written into an output folder (several slides)")
+    w.add_argument("--cache", action="store_true",
+                   help="keep the slide's features in the user cache dir and reuse them (size is logged)")
+    w.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="cache folder (default: $STGRAPH_CACHE_DIR, $XDG_CACHE_HOME/stgraph or ~/.cache/stgraph)")
+    w.add_argument("--chunk-size", type=int, default=256, help="patches read and encoded per chunk (memory bound)")
+    p.add_argument("--out", required=True,
+                   help="output .h5ad (or a .csv / .parquet table export); a folder with several --wsi slides")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--k", type=int, default=None, help="neighbours (default: the run's config)")
+    p.add_argument("--similarity", choices=choices("inference.similarity"), default=None)
+    p.add_argument("--aggregation", choices=choices("inference.aggregation"), default=None)
+    p.add_argument("--backend", choices=choices("inference.backend"), default=None)
+    p.add_argument("--plot", nargs="+", default=None, metavar="GENE",
+                   help="also draw these genes' predicted maps to <out>.png")
+    p.set_defaults(func=run)
+
+
+def _retrieval(args) -> dict:
+    """The retrieval options of the command line (``None``: the run's config)."""
+    return dict(k=args.k, similarity=args.similarity, aggregation=args.aggregation, backend=args.backend)
+
+
+def predict_and_write(loaded, jobs: Sequence[tuple], predict_one: Callable, force: bool,
+                      plot: Optional[Sequence[str]] = None) -> int:
+    """The one load → predict → write path: for each ``(source, out path)`` of ``jobs``,
+    ``predict_one(loaded, source)`` → AnnData, written to the path (and its gene maps to ``<out>.png``)."""
+    from stgraph.inference import write_prediction
+
+    for source, path in jobs:
+        pred = predict_one(loaded, source)
+        write_prediction(pred, path, force=force)
+        print(f"wrote {path}: {pred.n_obs} spots × {pred.n_vars} genes")
+        if plot:
+            plot_maps(pred, None, plot, Path(path).with_suffix(".png"), force=force)
+    return 0
+
+
+def _slide_name(path: Path) -> str:
+    return path.parent.name if path.name == "outs" else path.name.split(".")[0]
+
+
+def _wsi_outputs(args) -> list:
+    """(slide path, output path) pairs for --wsi, checked before anything is computed."""
+    from stgraph.inference.wsi import WSIPredictionError, expand_slide_paths
+
+    if args.slide or args.image or args.spots or args.her2st:
+        raise WSIPredictionError("--wsi replaces --slide/--image/--spots/--her2st: give one kind of query")
+    return _outputs(expand_slide_paths(args.wsi), args)
+
+
+def _outputs(slides: list, args) -> list:
+    """(slide path, output path) pairs: one file, or one file per slide in the --out folder."""
+    from stgraph.inference.predict import OUTPUT_SUFFIXES, check_output_path
+    from stgraph.inference.wsi import WSIPredictionError
+
+    out = Path(args.out)
+    if len(slides) == 1 and out.suffix in OUTPUT_SUFFIXES:
+        pairs = [(slides[0], out)]
+    else:
+        if out.suffix in OUTPUT_SUFFIXES:
+            raise WSIPredictionError(f"{len(slides)} slides need an output folder, not the file {out}")
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f"{out} exists and is not a folder")
+        names = [_slide_name(s) for s in slides]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise WSIPredictionError(f"several slides are named {dup}: their outputs would collide")
+        pairs = [(s, out / f"{n}.{args.format}") for s, n in zip(slides, names)]
+    for _, path in pairs:
+        check_output_path(path, force=args.force)
+    return pairs
+
+
+def _set_mpp(adata, mpp) -> None:
+    from stgraph.data.image import slide_library
+
+    _, entry = slide_library(adata)
+    entry.setdefault(Key.uns.metadata, {})[Key.metadata.microns_per_pixel] = float(mpp)
+
+
+def _predict_adata(args):
+    """``predict_one`` for a slide given as AnnData (or as a path, read here)."""
+    from stgraph.data import read_slide
+    from stgraph.inference import predict_slide
+
+    def predict_one(loaded, slide):
+        adata = read_slide(slide) if isinstance(slide, (str, Path)) else slide
+        if args.mpp is not None:
+            _set_mpp(adata, args.mpp)
+        return predict_slide(loaded, adata, progress=True, **_retrieval(args))
+
+    return predict_one
+
+
+def _predict_wsi(args) -> int:
+    from stgraph.data.wsi import WSIImage
+    from stgraph.inference import load_run
+    from stgraph.inference.wsi import parse_grid, predict_wsi
+
+    pairs = _wsi_outputs(args)
+    grid = parse_grid(args.grid)
+    if args.chunk_size < 1:
+        raise ValueError(f"--chunk-size must be ≥ 1, got {args.chunk_size}")
+    for slide, _ in pairs:  # pixel size and readability of every slide before any compute
+        WSIImage(slide, mpp=args.mpp).close()
+    loaded = load_run(args.model, device=args.device)
+
+    def predict_one(loaded, slide):
+        return predict_wsi(loaded, slide, grid=grid, mpp=args.mpp, cache=args.cache, cache_dir=args.cache_dir,
+                           chunk_size=args.chunk_size, progress=True, **_retrieval(args))
+
+    return predict_and_write(loaded, pairs, predict_one, force=args.force, plot=args.plot)
+
+
+def run(args) -> int:
+    from stgraph.inference import load_run
+    from stgraph.inference.predict import check_output_path
+
+    if args.wsi:
+        return _predict_wsi(args)
+    if args.slide:
+        from stgraph.inference.wsi import expand_slide_paths
+
+        slides = expand_slide_paths(args.slide)
+        if args.fullres_image and len(slides) > 1:
+            raise ValueError("--fullres-image goes with one Space Ranger folder, not several slides")
+        if len(slides) > 1 or Path(args.out).suffix == "":
+            pairs = _outputs(slides, args)
+            loaded = load_run(args.model, device=args.device)
+            return predict_and_write(loaded, pairs, _predict_adata(args), force=args.force)
+        args.slide = [str(slides[0])]
+    out = check_output_path(args.out, force=args.force)
+    if args.plot:
+        from stgraph.utils import check_output_file
+
+        check_output_file(out.with_suffix(".png"), (".png",), force=args.force, what="plot file")
+    loaded = load_run(args.model, device=args.device)
+    if args.plot:  # before any compute or write, so a typo'd gene does not leave a half-done output behind
+        check_genes(args.plot, loaded.genes, "the model's")
+    adata = read_query(args)
+    return predict_and_write(loaded, [(adata, out)], _predict_adata(args), force=args.force, plot=args.plot)
