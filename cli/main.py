@@ -1,4 +1,4 @@
-"""``stgraph`` command line: train, predict, extend, evaluate (alias benchmark), plot.
+"""``stgraph`` command line: train, predict, extend, evaluate (alias benchmark), plot, components.
 
 Examples
 --------

@@ -212,3 +212,36 @@ def test_cli_prints_one_line_for_a_stgraph_error(tmp_path, capsys):
                  str(tmp_path / "run"), "loss.alignment=nope"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error:") and "\n" not in err and "not one of" in err
+
+
+def test_image_encoder_options_reach_the_builder():
+    from stgraph.config import ConfigError, load_config
+    from stgraph.models import IMAGE_ENCODERS, create_image_encoder
+
+    class ToyImageEncoder(nn.Module):
+        """Mean colour per channel, repeated ``repeats`` times."""
+
+        def __init__(self, backbone, pretrained, weights, freeze, architecture, model_kwargs, input_size,
+                     repeats: int = 2):
+            super().__init__()
+            self.repeats, self.num_features = repeats, 3 * repeats
+
+        def forward(self, patches):
+            return patches.mean((2, 3)).repeat(1, self.repeats)
+
+    IMAGE_ENCODERS.register("toy_image", ToyImageEncoder)
+    try:
+        cfg = load_config(CONFIGS / "bleep.yaml", ["model.image_encoder.name=toy_image",
+                                                   "model.image_encoder.options={repeats: 4}"])
+        enc = create_image_encoder(cfg)
+        assert enc.num_features == 12 and enc(torch.ones(2, 3, 8, 8)).shape == (2, 12)
+        with pytest.raises(ConfigError, match="'toy_image' has no option.*\\['repaets'\\].*\\['repeats'\\]"):
+            load_config(CONFIGS / "bleep.yaml", ["model.image_encoder.name=toy_image",
+                                                 "model.image_encoder.options={repaets: 4}"])
+    finally:
+        IMAGE_ENCODERS.unregister("toy_image")
+    # timm's entry passes its options on to timm.create_model, as timm does with **kwargs
+    timm_cfg = load_config(CONFIGS / "bleep.yaml", ["model.image_encoder.backbone=test_resnet",
+                                                    "model.image_encoder.pretrained=false",
+                                                    "model.image_encoder.options={drop_rate: 0.25}"])
+    assert create_image_encoder(timm_cfg).model.drop_rate == 0.25
