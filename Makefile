@@ -1,4 +1,5 @@
-# `make setup` installs everything into .venv, `make test` runs the test suite, `make demo` runs the main job.
+# `make setup` installs everything into .venv, `make test` runs the test suite (all but the tests marked slow),
+# `make test-slow` runs only the slow ones (real HER2+ sections; .ci/run runs both), `make demo` runs the main job.
 # `make test` and `make demo` build .venv first when it is missing or older than pyproject.toml.
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ RUN ?= runs/bleep_her2st
 
 STAMP := $(VENV)/pyvenv.cfg
 
-.PHONY: setup test demo
+.PHONY: setup test test-slow demo
 
 # The file target: (re)install when .venv is missing or pyproject.toml is newer than the last install
 # (pyvenv.cfg is touched after every install).
@@ -23,6 +24,10 @@ setup:
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Exit status 5 means no test was collected (e.g. a selection without slow tests): not a failure.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]
 
 demo: $(STAMP)
 	$(VENV)/bin/stgraph train --config configs/cpu/bleep.yaml --her2st $(HER2ST) \

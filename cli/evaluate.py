@@ -20,6 +20,7 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     p.add_argument("--keep-runs", action="store_true", help="keep each fold's run folder under <out>/runs")
     p.add_argument("--out", required=True, help="results folder")
+    p.add_argument("--force", action="store_true", help="replace the results already in --out")
     p.add_argument("--device", default=None,
                    help="torch device for every fold (train.device; default: each config's)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
@@ -33,7 +34,10 @@ def run(args) -> int:
     from stgraph.config import load_config
     from stgraph.data import SlideCollection
     from stgraph.evaluation import cross_validate, make_folds
+    from stgraph.evaluation.folds import select_folds
+    from stgraph.evaluation.protocol import check_results_dir
 
+    check_results_dir(args.out, force=args.force)  # before any config or slide is read
     configs = {}
     overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     for path in args.config:
@@ -41,8 +45,7 @@ def run(args) -> int:
         configs[cfg.name] = cfg
     collection = SlideCollection(read_many(args))
     folds = make_folds(collection.ids, scheme=args.folds)
-    if args.only_folds:
-        folds = [f for f in folds if f.name in set(args.only_folds)]
+    folds = select_folds(folds, args.only_folds)
     frame = cross_validate(configs, collection, folds, out_dir=args.out, baselines=not args.no_baselines,
                            markers=args.markers, keep_runs=args.keep_runs, jobs=args.jobs)
     print((Path(args.out) / "summary.md").read_text())

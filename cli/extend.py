@@ -15,7 +15,9 @@ def add_parser(sub, parents) -> None:
 
 def run(args) -> int:
     from stgraph.inference import extend_reference, load_run
+    from stgraph.utils.lock import check_unlocked
 
+    check_unlocked(args.model)  # a live writer owns the run: refused before anything is read
     loaded = load_run(args.model, device=args.device)
     before = loaded.reference.n_spots
     store = extend_reference(loaded, read_many(args))

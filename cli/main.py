@@ -65,9 +65,17 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+=")
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line; ``key=value`` tokens typed after a list option (``--sections B4 C2
     train.epochs=60``) are overrides, not list items."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.plugin = plugins_in(args.argv)  # given before and after the command name alike
+    # `key=value` tokens between options (`... train.epochs=1 --out r train.lr=1e-3`): argparse fills the
+    # positional list once and leaves the later ones over; they are overrides too. Anything else is an error.
+    stray = [t for t in extra if not (hasattr(args, "overrides") and _OVERRIDE.match(t))]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     if hasattr(args, "overrides"):
         moved = []
         for attr in ("sections", "only_folds", "markers", "data"):

@@ -26,7 +26,10 @@ def run(args) -> int:
     pred_path = Path(args.pred)
     if not pred_path.is_file():
         raise FileNotFoundError(f"prediction file not found: {pred_path}")
-    pred = anndata.read_h5ad(pred_path)
+    try:
+        pred = anndata.read_h5ad(pred_path)
+    except Exception as err:  # h5py's OSError, a truncated file, an .h5ad of another layout
+        raise ValueError(f"--pred {pred_path}: not a readable .h5ad prediction ({type(err).__name__})") from None
     true = read_slide(args.true) if args.true else None
     plot_maps(pred, true, args.genes, Path(args.out), force=args.force)
     return 0

@@ -39,6 +39,9 @@ def add_parser(sub, parents) -> None:
     w.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="cache folder (default: $STGRAPH_CACHE_DIR, $XDG_CACHE_HOME/stgraph or ~/.cache/stgraph)")
     w.add_argument("--chunk-size", type=int, default=256, help="patches read and encoded per chunk (memory bound)")
+    w.add_argument("--max-spots", type=int, default=None, metavar="N",
+                   help="refuse a grid estimated (from the tissue area, before anything is allocated) to exceed N "
+                        "spots (default: 200000)")
     p.add_argument("--out", required=True,
                    help="output .h5ad (or a .csv / .parquet table export); a folder with several --wsi slides")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -88,6 +91,8 @@ def _outputs(slides: list, args) -> list:
     """(slide path, output path) pairs: one file, or one file per slide in the --out folder."""
     from stgraph.inference.predict import OUTPUT_SUFFIXES, check_output_path
     from stgraph.inference.wsi import WSIPredictionError
+    from stgraph.utils import check_writable_dir
+    from stgraph.utils.io import check_not_in_run_folder
 
     out = Path(args.out)
     if len(slides) == 1 and out.suffix in OUTPUT_SUFFIXES:
@@ -97,6 +102,11 @@ def _outputs(slides: list, args) -> list:
             raise WSIPredictionError(f"{len(slides)} slides need an output folder, not the file {out}")
         if out.exists() and not out.is_dir():
             raise FileExistsError(f"{out} exists and is not a folder")
+        if out.suffix and not out.is_dir():  # p.txt would silently become a folder p.txt/<slide>.h5ad
+            raise WSIPredictionError(f"--out {out}: a prediction file ends in {', '.join(OUTPUT_SUFFIXES)}; "
+                                     "an output folder (one file per slide) has no suffix")
+        check_writable_dir(out, what="output folder")
+        check_not_in_run_folder(out, what="output folder")
         names = [_slide_name(s) for s in slides]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -104,6 +114,10 @@ def _outputs(slides: list, args) -> list:
         pairs = [(s, out / f"{n}.{args.format}") for s, n in zip(slides, names)]
     for _, path in pairs:
         check_output_path(path, force=args.force)
+        if getattr(args, "plot", None):
+            from stgraph.utils import check_output_file
+
+            check_output_file(path.with_suffix(".png"), (".png",), force=args.force, what="plot file")
     return pairs
 
 
@@ -137,21 +151,24 @@ def _predict_wsi(args) -> int:
     grid = parse_grid(args.grid)
     if args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be ≥ 1, got {args.chunk_size}")
+    if args.max_spots is not None and args.max_spots < 1:
+        raise ValueError(f"--max-spots must be ≥ 1, got {args.max_spots}")
     for slide, _ in pairs:  # pixel size and readability of every slide before any compute
         WSIImage(slide, mpp=args.mpp).close()
     loaded = load_run(args.model, device=args.device)
 
     def predict_one(loaded, slide):
         return predict_wsi(loaded, slide, grid=grid, mpp=args.mpp, cache=args.cache, cache_dir=args.cache_dir,
-                           chunk_size=args.chunk_size, progress=True, **_retrieval(args))
+                           chunk_size=args.chunk_size, progress=True, max_spots=args.max_spots, **_retrieval(args))
 
     return predict_and_write(loaded, pairs, predict_one, force=args.force, plot=args.plot)
 
 
 def run(args) -> int:
     from stgraph.inference import load_run
-    from stgraph.inference.predict import check_output_path
+    from stgraph.inference.predict import check_k, check_output_path
 
+    check_k(args.k)  # before any slide is read or any feature computed
     if args.wsi:
         return _predict_wsi(args)
     if args.slide:

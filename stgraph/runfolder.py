@@ -12,11 +12,18 @@ Run folder layout::
     <out>/reference.h5       the reference: embeddings + expression + genes + slide ids
     <out>/checkpoints/       best.pt, last.pt (for resume)
     <out>/log.csv            per-epoch losses, one column per term; loss_curve.png
-    <out>/run.json           provenance; written last, so its presence marks a complete run
+    <out>/run.json           provenance + ``"state"``: ``training`` from the start, ``complete`` when written
+    <out>/.stgraph.lock      while a writer owns the folder (:mod:`stgraph.utils.lock`)
+
+``run.json`` is written first (``"state": "training"``) and rewritten atomically as ``"complete"`` once every
+other file is in place; a run whose ``run.json`` has no ``"state"`` was written before the state was recorded
+(and then last), so it is complete. :func:`load_run` refuses a run that is not complete, by name.
 """
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,10 +34,12 @@ from .errors import StgraphError
 from .models import create_model
 from .preprocess.prepare import Preprocessor
 from .retrieval.reference import ReferenceStore
-from .utils import atomic_path, resolve_device
+from .utils import atomic_path, atomic_write_text, resolve_device
+from .utils.lock import LOCK_NAME, is_locked
 
 __all__ = ["Run", "RUN_FILES", "CheckpointError", "ModelFolderError", "load_checkpoint", "save_model",
-           "load_run"]
+           "load_run", "read_run_info", "write_run_info", "run_state", "foreign_entries", "clean_stale_files",
+           "remove_run_tree", "STATE_TRAINING", "STATE_COMPLETE", "RUN_FOLDER_NAMES"]
 
 #: Files a complete run folder holds; ``run.json`` is written last.
 RUN_FILES = ("config.yaml", "genes.txt", "model.pt", "reference.h5", "run.json")
@@ -123,7 +132,21 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
     """
     run_dir = Path(path)
     if not run_dir.is_dir():
+        olds = sorted(run_dir.parent.glob(f".{run_dir.name}.old-*")) if run_dir.parent.is_dir() else []
+        if olds:  # a `train --force` killed between the two renames of its swap
+            raise ModelFolderError(f"model folder {run_dir} is missing, and {olds[-1].name} beside it is the run a "
+                                   f"killed `train --force` moved aside: the next `stgraph train --out {run_dir}` "
+                                   "(or `--resume`) puts it back")
         raise FileNotFoundError(f"model folder not found: {run_dir}")
+    if (run_dir / "run.json").is_file():
+        info = read_run_info(run_dir)
+        if run_state(info) != STATE_COMPLETE:
+            busy = is_locked(run_dir)
+            raise ModelFolderError(
+                f"run {run_dir} is not complete (run.json state: {run_state(info)!r}): "
+                + ("it is being written right now; wait for it to finish" if busy else
+                   "its training was interrupted; finish it with `stgraph train --resume --out "
+                   f"{run_dir} ...` (same config and slides) or train it again"))
     missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
     if missing:
         hint = ("was training interrupted? resume it with `stgraph train --resume`"
@@ -144,8 +167,133 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
     reference = ReferenceStore.load(run_dir / "reference.h5")
     if list(reference.genes) != list(preprocessor.genes):
         raise ModelFolderError(f"{run_dir}: reference.h5 genes differ from genes.txt")
+    info = read_run_info(run_dir)
+    return Run(model, config, preprocessor, reference, None, run_dir, info=info)
+
+
+# ------------------------------------------------------------------------------------- state and ownership
+#: ``run.json`` ``"state"`` while a writer (train, --resume) builds the run, and once it is complete.
+STATE_TRAINING, STATE_COMPLETE = "training", "complete"
+
+#: Every name stgraph writes at the top of a run folder (anything else there is the user's).
+RUN_FOLDER_NAMES = frozenset(RUN_FILES) | {"preprocess.json", "preprocess.npz", "reference.prev.h5", "log.csv",
+                                           "loss_curve.png", "checkpoints", LOCK_NAME}
+#: Names inside ``checkpoints/``.
+CHECKPOINT_NAMES = frozenset({"best.pt", "last.pt"})
+#: :func:`~stgraph.utils.atomic_path`'s temporaries: ``.<name>.<random>.tmp``.
+_TMP = re.compile(r"^\.(?P<name>[^/]+?)\.[A-Za-z0-9_]+\.tmp$")
+#: :func:`~stgraph.utils.io.check_writable_dir`'s probe files.
+_PROBE = re.compile(r"^\.stgraph-probe-[A-Za-z0-9_]+\.tmp$")
+
+
+def read_run_info(run_dir: str | Path) -> dict:
+    """``run.json`` as a mapping; :class:`ModelFolderError` naming the file when it is not one."""
+    path = Path(run_dir) / "run.json"
     try:
-        info = json.loads((run_dir / "run.json").read_text())
+        info = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise ModelFolderError(f"{run_dir / 'run.json'}: not readable JSON ({err})") from err
-    return Run(model, config, preprocessor, reference, None, run_dir, info=info if isinstance(info, dict) else {})
+        raise ModelFolderError(f"{path}: not readable JSON ({err})") from err
+    if not isinstance(info, dict):
+        raise ModelFolderError(f"{path}: expected a JSON object (mapping), got {type(info).__name__}; "
+                               "this is not a run.json stgraph wrote")
+    return info
+
+
+def write_run_info(run_dir: str | Path, info: dict) -> None:
+    """Rewrite ``run.json`` atomically (a kill leaves the old or the new one, never half of either)."""
+    atomic_write_text(Path(run_dir) / "run.json", json.dumps(info, indent=2, default=float))
+
+
+def run_state(info: dict) -> str:
+    """``training`` or ``complete`` (a ``run.json`` without ``"state"`` predates it and was written last)."""
+    return str(info.get("state", STATE_COMPLETE))
+
+
+def _is_run_info(path: Path) -> bool:
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and "state" in info or (
+        isinstance(info, dict) and {"created", "method", "n_reference_spots"} <= set(info))
+
+
+def foreign_entries(folder: str | Path) -> list[str]:
+    """Names in ``folder`` that show it is not (only) a stgraph run, so replacing it could lose something.
+
+    Empty when ``folder`` is empty, or is a run folder of ours (its ``run.json`` or lock record) holding
+    nothing but the names stgraph writes (:data:`RUN_FOLDER_NAMES`, ``checkpoints/best.pt|last.pt`` and
+    their temporaries). A folder without ``run.json`` or lock holding only the files a first ``train`` writes
+    before its first checkpoint (``config.yaml``, ``genes.txt``, ``preprocess.*``) is a failed start of ours.
+    """
+    folder = Path(folder)
+    names = sorted(p.name for p in folder.iterdir())
+    if not names:
+        return []
+
+    def ours(name: str, known) -> bool:
+        m = _TMP.match(name)
+        return name in known or bool(m and m.group("name") in known) or bool(_PROBE.match(name))
+
+    foreign = [n for n in names if not ours(n, RUN_FOLDER_NAMES)]
+    ckpt = folder / "checkpoints"
+    if ckpt.is_symlink() or (ckpt.exists() and not ckpt.is_dir()):
+        foreign.append("checkpoints")
+    elif ckpt.is_dir():
+        foreign += [f"checkpoints/{p.name}" for p in sorted(ckpt.iterdir())
+                    if not ours(p.name, CHECKPOINT_NAMES) or p.is_dir()]
+    if foreign:
+        return foreign
+    marked = _is_run_info(folder / "run.json") or (folder / LOCK_NAME).is_file()
+    failed_start = set(names) <= {"config.yaml", "genes.txt", "preprocess.json", "preprocess.npz", "checkpoints"}
+    if marked or (failed_start and not (ckpt / "last.pt").exists()):
+        return []
+    return [n for n in names if n != "checkpoints"] or ["checkpoints/"]
+
+
+def remove_run_tree(folder: str | Path) -> None:
+    """Remove a run folder of ours with its lock file last, so a kill halfway leaves it recognisable."""
+    folder = Path(folder)
+    for child in folder.iterdir():
+        if child.name == LOCK_NAME:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    (folder / LOCK_NAME).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def clean_stale_files(run_dir: str | Path) -> list[Path]:
+    """Remove what killed writers left, called by a writer that holds ``run_dir``'s lock.
+
+    Only what is provably ours goes: temporaries named ``.<run file>.<random>.tmp`` in the run folder and in
+    ``checkpoints/``, and sibling build folders ``.<run>.new-*`` / leftovers ``.<run>.old-*`` (beside an
+    existing run) that are empty or carry our lock file with no live owner. Returns the removed paths.
+    """
+    run_dir = Path(run_dir)
+    removed = []
+    for folder, known in ((run_dir, RUN_FOLDER_NAMES), (run_dir / "checkpoints", CHECKPOINT_NAMES)):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            m = _TMP.match(p.name)
+            if (m and m.group("name") in known or _PROBE.match(p.name)) and p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    parent = run_dir.parent
+    if parent.is_dir():
+        for kind in ("new", "old"):
+            for p in parent.glob(f".{run_dir.name}.{kind}-*"):
+                if not p.is_dir() or p.is_symlink() or (kind == "old" and not run_dir.exists()):
+                    continue
+                entries = list(p.iterdir())
+                if entries and not ((p / LOCK_NAME).is_file() and not is_locked(p)):
+                    continue  # not provably ours, or its writer is alive
+                remove_run_tree(p)
+                removed.append(p)
+    return removed

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny configs over the published ones, synthetic slides, the shared data folder."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-SHARED = REPO.parent / "shared"
+# The shared data and weights: ../shared beside the checkout, or wherever STGRAPH_SHARED points.
+SHARED = Path(os.environ.get("STGRAPH_SHARED") or REPO.parent / "shared")
 HER2ST = SHARED / "data" / "her2st"
 MOBILENET = SHARED / "weights" / "mobilenetv2_100.imagenet.pth"
 

@@ -5,6 +5,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stgraph.training import train_model
@@ -473,3 +474,73 @@ def test_a_device_the_machine_lacks_is_a_clear_error_before_any_slide_is_read(tm
     code = main(["train", "--config", str(CONFIGS / "cpu/bleep.yaml"), "--data", str(missing),
                  "--out", str(tmp_path / "run"), "train.device=cuda"])
     assert code == 2 and not (tmp_path / "run").exists()
+
+
+# ================================================================ issue 20: configs and data that were silently wrong
+@pytest.mark.parametrize("files, start", [
+    ({"self.yaml": "base: self.yaml\n"}, "self.yaml"),
+    ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\ntrain: {epochs: 1}\n"}, "a.yaml"),
+])
+def test_a_base_cycle_is_a_config_error(tmp_path, files, start):
+    from stgraph.config import ConfigError, load_config
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / start)
+
+
+def test_binary_and_empty_configs_are_refused_by_name(tmp_path):
+    from stgraph.config import ConfigError, load_config
+
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(ConfigError, match="weights.yaml.*UTF-8"):
+        load_config(binary)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match="empty.yaml.*empty"):
+        load_config(empty)
+
+
+def test_list_items_are_validated():
+    from stgraph.config import ConfigError, load_config
+
+    from conftest import CONFIGS
+
+    with pytest.raises(ConfigError, match=r"model.hsic.branches.*imgae"):
+        load_config(CONFIGS / "bleep.yaml", ["model.hsic.branches=[imgae]"])
+    assert load_config(CONFIGS / "bleep.yaml", ["model.hsic.branches=[image]"]).model.hsic.branches == ["image"]
+
+
+@pytest.mark.parametrize("listed", [["NOPE1", "NOPE2", "NOPE3", "gene0"], ["1", "2", "3"]])
+def test_a_gene_list_the_slides_mostly_lack_is_refused(tiny_config, synthetic_slides, tmp_path, listed):
+    from stgraph.data.errors import SlideFormatError
+
+    genes = tmp_path / "genes.txt"
+    genes.write_text("\n".join(listed) + "\n")
+    with pytest.raises(SlideFormatError, match=rf"measures only .* of its {len(listed)} genes.*'{listed[0]}'"):
+        train_model(tiny_config("bleep.yaml", "train.epochs=1", f"data.genes={genes}"), synthetic_slides[:2],
+                    out=tmp_path / "run")
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_negative_counts_name_the_file_and_a_gene(tmp_path, synthetic_slides):
+    import scipy.sparse as sp
+
+    from stgraph.data import read_slide
+    from stgraph.data.errors import SlideFormatError
+
+    ad = synthetic_slides[0].copy()
+    x = ad.X.toarray() if sp.issparse(ad.X) else np.asarray(ad.X).copy()
+    x[3, 5] = -2
+    ad.X = sp.csr_matrix(x)
+    path = tmp_path / "neg.h5ad"
+    ad.write_h5ad(path)
+    with pytest.raises(SlideFormatError, match=rf"neg.h5ad.*negative.*{ad.var_names[5]}"):
+        read_slide(path)
+    paths = _legacy(tmp_path, "\tGA\tGB", ["1x1\t1\t-2", "2x1\t0\t1"])
+    from stgraph.data.readers import read_st_legacy
+
+    with pytest.raises(SlideFormatError, match=r"S1.tsv.gz.*negative.*GB"):
+        read_st_legacy(*paths)

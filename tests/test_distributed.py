@@ -2,6 +2,7 @@
 global batches; one run folder; resume of a killed run."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -178,7 +179,7 @@ def test_resume_of_a_killed_two_process_run(tmp_path):
         proc.wait()
     killed_at = int(torch.load(last, weights_only=False)["epoch"])
     before = pd.read_csv(out / "log.csv")
-    assert not (out / "run.json").exists()
+    assert json.loads((out / "run.json").read_text())["state"] == "training"  # killed: marked incomplete
 
     epochs = killed_at + 3
     done = subprocess.run(_cli("train", "--resume", *common, f"train.epochs={epochs}"), env=_env(),
@@ -189,4 +190,4 @@ def test_resume_of_a_killed_two_process_run(tmp_path):
     assert list(train["epoch"]) == list(range(epochs))  # continued from the checkpoint, nothing repeated
     kept = before[before["epoch"] <= killed_at].reset_index(drop=True)
     pd.testing.assert_frame_equal(log[log["epoch"] <= killed_at].reset_index(drop=True)[kept.columns], kept)
-    assert (out / "run.json").is_file() and (out / "model.pt").is_file()
+    assert json.loads((out / "run.json").read_text())["state"] == "complete" and (out / "model.pt").is_file()

@@ -12,7 +12,7 @@ import torch
 from stgraph.data import make_synthetic_slide
 from stgraph.graph import median_spacing, slide_to_pyg, spatial_graph, to_edge_index
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.conftest import SHARED  # noqa: E402
 HER2ST = SHARED / "data" / "her2st"
 
 
@@ -118,6 +118,7 @@ def test_to_edge_index_and_pyg():
         slide_to_pyg(ad, x=x[:5])
 
 
+@pytest.mark.slow
 def test_her2st_grid_degrees():
     """HER2+ B4 at R = 1.5 × median spacing: the jittered ~291 px grid puts diagonals (~412 px) at about
     R (~410 px), so interior spots have 4–8 neighbours; these are the real counts."""

@@ -488,3 +488,32 @@ def test_a_registered_distance_is_the_one_measured():
         assert d[0].tolist() == pytest.approx([3.0, 2.0, 6.0])
     finally:
         WEIGHT_DISTANCES.unregister("test_chebyshev")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_exactly_tied_neighbours_are_taken_lowest_reference_row_first(similarity, backend):
+    """Duplicated reference rows tie exactly: which of them make the k cut is fixed (lowest row first), not
+    left to the top-k kernel, whose order differs between CPUs and libraries."""
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(4, 6, generator=gen)
+    # Rows 0..3 distinct; eight copies of base[0] at shuffled places among 20 rows.
+    ref = torch.randn(20, 6, generator=gen) * 0.1  # small: the copies win under every similarity
+    copies = torch.tensor([17, 2, 11, 5, 19, 8, 14, 13])
+    ref[copies] = base[0]
+    query = base[:1] + 1e-3 * torch.randn(1, 6, generator=gen)
+    knn = create_knn_backend(backend, similarity=similarity).fit(ref)
+    scores, idx = knn.search(query, 3)
+    assert idx[0].tolist() == sorted(copies.tolist())[:3]
+    assert torch.equal(scores[0], scores[0, :1].expand(3))
+
+
+def test_stable_top_k_orders_by_score_then_row():
+    from stgraph.retrieval.knn import stable_top_k
+
+    scores = torch.tensor([[0.5, 0.9, 0.5, 0.9, 0.1]])
+    rows = torch.tensor([[7, 9, 3, 4, -1]])
+    s, i = stable_top_k(scores, rows, 4)
+    assert i.tolist() == [[4, 9, 3, 7]] and torch.equal(s, scores[:, [1, 1, 0, 0]])
+    s, i = stable_top_k(scores, rows, 2, larger_is_closer=False)
+    assert i.tolist() == [[3, 7]]  # distances: smallest first; the padded -1 never wins

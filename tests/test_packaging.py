@@ -30,3 +30,20 @@ def test_make_targets_build_the_venv_when_missing(tmp_path, target):
     assert missing.returncode == 0 and "-m venv" in missing.stdout and 'pip install -e ".[dev]"' in missing.stdout
     setup = subprocess.run(["make", "-n", "setup"], cwd=repo, capture_output=True, text=True)
     assert setup.returncode == 0 and "pip install -e" in setup.stdout
+
+
+def test_make_test_leaves_slow_tests_to_ci():
+    """`make test` (plain pytest) deselects the slow tests; `.ci/run` runs them too, through `make test-slow`."""
+    import re
+    import shlex
+    import shutil
+    import subprocess
+
+    opts = shlex.split(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"])
+    assert opts[opts.index("-m") + 1] == "not slow"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"^make test(?!-)", ci, re.M) and re.search(r"^make test-slow", ci, re.M)
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    dry = subprocess.run(["make", "-n", "test-slow"], cwd=REPO, capture_output=True, text=True)
+    assert dry.returncode == 0 and "pytest -q -m slow" in dry.stdout

@@ -13,7 +13,7 @@ from stgraph.data.image import load_fullres_image
 from stgraph.data.patches import extract_patches
 from stgraph.data.transforms import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalize, random_flip_rotate
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.conftest import SHARED  # noqa: E402
 HER2ST = SHARED / "data" / "her2st"
 
 

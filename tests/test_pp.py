@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from stgraph.data import SlideCollection, SlideFormatError, make_synthetic_collection
 from stgraph.data import pp
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.conftest import SHARED  # noqa: E402
 GENE_LIST = SHARED / "data" / "her2st" / "her_hvg_cut_1000.npy"
 
 

@@ -21,7 +21,7 @@ from stgraph.data.readers import (
     read_visium,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.conftest import SHARED  # noqa: E402
 HER2ST = SHARED / "data" / "her2st"
 VISIUM = SHARED / "data" / "visium_tiny"
 
@@ -42,6 +42,7 @@ def her2st_slides():
 
 
 # ------------------------------------------------------------------------------------------------ HER2+
+@pytest.mark.slow
 def test_her2st_all_six_sections_spot_counts(her2st_slides):
     assert {s: ad.n_obs for s, ad in her2st_slides.items()} == HER2ST_SPOTS
     shared = set.intersection(*(set(ad.var_names) for ad in her2st_slides.values()))
@@ -49,6 +50,7 @@ def test_her2st_all_six_sections_spot_counts(her2st_slides):
     assert her2st_slides["B4"].n_vars == 15289
 
 
+@pytest.mark.slow
 def test_her2st_convention_matches_files(her2st_slides):
     ad = her2st_slides["B4"]
     assert sp.isspmatrix_csr(ad.X) and ad.X.dtype == np.float32
@@ -66,6 +68,7 @@ def test_her2st_convention_matches_files(her2st_slides):
     assert ad.uns["spatial"]["B4"]["scalefactors"]["spot_diameter_fullres"] == 100.0
 
 
+@pytest.mark.slow
 def test_her2st_hires_thumbnail():
     root = _require(HER2ST)
     ad = read_her2st(root, "C2", hires_max_side=500)
@@ -77,6 +80,7 @@ def test_her2st_hires_thumbnail():
     assert thumb.shape[0] == pytest.approx(h * lib["scalefactors"]["tissue_hires_scalef"], abs=1)
 
 
+@pytest.mark.slow
 def test_collection_from_her2st_and_concat(her2st_slides):
     col = SlideCollection(her2st_slides.values())
     assert col.ids == list(HER2ST_IMAGED_SECTIONS) and len(col) == 6 and "C6" in col
@@ -94,6 +98,7 @@ def test_collection_from_her2st_and_concat(her2st_slides):
         col["Z9"]
 
 
+@pytest.mark.slow
 def test_her2st_root_through_read_slide_and_collection():
     root = _require(HER2ST)
     assert read_slide(root, section="C6", hires_max_side=None).n_obs == 178
@@ -112,6 +117,7 @@ def test_legacy_bad_spot_table(tmp_path):
         read_st_legacy(*paths)
 
 
+@pytest.mark.slow
 def test_read_her2st_missing_section(tmp_path):
     with pytest.raises(FileNotFoundError, match="HER2\\+ data folder"):
         read_her2st(tmp_path / "nowhere", "B4")

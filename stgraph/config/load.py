@@ -25,19 +25,43 @@ class ConfigError(StgraphError, ValueError):
     """Raised for an invalid config: unknown key, wrong type, or a value outside its choices."""
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path, _chain: tuple = ()) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        raise FileNotFoundError(f"config file not found: {path}" + (f" (base of {_chain[-1]})" if _chain else ""))
+    _check_base_cycle(path, _chain)
+    data = _parse_yaml_file(path)
     base = data.pop("base", None)
     if base is None:
         return data
-    return deep_merge(_read_yaml((path.parent / base).resolve()), data)
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base must be a file name, got {base!r}")
+    return deep_merge(_read_yaml((path.parent / base).resolve(), _chain + (path.resolve(),)), data)
+
+
+def _check_base_cycle(path: Path, chain: tuple) -> None:
+    """``base:`` files form a chain; a file that bases itself, directly or through others, is a cycle."""
+    if path.resolve() in chain:
+        names = " → ".join(str(p) for p in (*chain, path.resolve()))
+        raise ConfigError(f"{chain[-1]}: base files form a cycle ({names})")
+
+
+def _parse_yaml_file(path: Path) -> dict:
+    """The YAML mapping in ``path``; :class:`ConfigError` naming the file for undecodable bytes, invalid YAML,
+    a top level that is not a mapping, or an empty file (which would silently train on every default)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text (UTF-8) YAML file ({err.reason} at byte {err.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if data is None:
+        raise ConfigError(f"{path}: the config file is empty; start from one of configs/*.yaml "
+                          "(e.g. `base: bleep.yaml` plus the keys you change)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
 
 
 def deep_merge(base: Mapping, update: Mapping) -> dict:
@@ -246,6 +270,7 @@ def validate_config(config: Config) -> Config:
     _check_model_name(m.name)
     _check_component_options(config)
     _check_ranges(config)
+    _check_list_items(config)
     return config
 
 
@@ -258,6 +283,24 @@ def _check_ridge(config: Config) -> None:
                           "model.image_encoder.cache_features=true and freeze=all")
     if config.inference.reference != "image":
         raise ConfigError("model.kind=ridge has no spot branch: set inference.reference=image")
+
+
+#: List options whose every item must be one of a fixed set (path → valid items).
+LIST_ITEM_CHOICES = {"model.hsic.branches": ("spot", "image")}
+
+
+def _check_list_items(config: Config) -> None:
+    """Each item of a list option is one of its choices (a typo would silently drop the term it names)."""
+    for path, valid in LIST_ITEM_CHOICES.items():
+        value = config
+        for part in path.split("."):
+            value = getattr(value, part)
+        bad = [v for v in value if v not in valid]
+        if bad:
+            raise ConfigError(f"{path}: {bad} not among {list(valid)}")
+        dup = sorted({v for v in value if list(value).count(v) > 1})
+        if dup:
+            raise ConfigError(f"{path}: {dup} listed more than once")
 
 
 def _check_graph_spot_encoder(config: Config) -> None:

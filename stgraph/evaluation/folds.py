@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-__all__ = ["Fold", "make_folds", "her2st_patient"]
+from ..errors import StgraphError
+
+__all__ = ["Fold", "make_folds", "her2st_patient", "select_folds", "FoldSelectionError"]
 
 
 class Fold(tuple):
@@ -48,3 +50,22 @@ def make_folds(slide_ids: Sequence[str], scheme: str = "loso",
             raise ValueError("patient-aware folds: every slide comes from the same patient")
         return folds
     raise ValueError(f"unknown fold scheme {scheme!r}; valid choices: ['loso', 'patient']")
+
+
+class FoldSelectionError(StgraphError, KeyError):
+    """``--only-folds`` names a fold that does not exist."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+def select_folds(folds: Sequence[Fold], names: Optional[Sequence[str]]) -> list[Fold]:
+    """The folds named in ``names`` (``None``: all), in their order; an unknown name is refused with the valid
+    ones (before anything is trained)."""
+    if not names:
+        return list(folds)
+    valid = [f.name for f in folds]
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise FoldSelectionError(f"--only-folds {unknown}: no such fold; the folds are {valid}")
+    return [f for f in folds if f.name in set(names)]

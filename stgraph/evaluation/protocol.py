@@ -25,7 +25,24 @@ from .baselines import BASELINES
 from .folds import Fold
 from ..keys import Key
 
-__all__ = ["cross_validate", "evaluate_fold", "baseline_fold", "run_fold", "FoldPreprocessing", "SUMMARY_METRICS"]
+__all__ = ["cross_validate", "evaluate_fold", "baseline_fold", "run_fold", "FoldPreprocessing", "SUMMARY_METRICS",
+           "check_results_dir", "RESULT_NAMES"]
+
+#: What :func:`cross_validate` writes at the top of its results folder.
+RESULT_NAMES = ("results.csv", "results.json", "summary.md", "pcc_per_fold.png", "maps", "runs")
+
+
+def check_results_dir(out_dir: str | Path, force: bool = False) -> None:
+    """Before any compute: ``out_dir`` is a writable folder that is not a run folder, holding no earlier
+    results unless ``force`` (which replaces them)."""
+    from ..utils.io import check_not_in_run_folder, check_writable_dir
+
+    out = Path(out_dir)
+    check_writable_dir(out, what="results folder")
+    check_not_in_run_folder(out / "results.csv", what="results")
+    existing = [n for n in RESULT_NAMES if (out / n).exists()] if out.is_dir() else []
+    if existing and not force:
+        raise FileExistsError(f"results folder {out} already holds {existing} (use --force to replace them)")
 
 SUMMARY_METRICS = ("pcc_acg", "pcc_heg50", "pcc_hvg50", "pcc_mg", "n_r_gt_0.3", "rmse", "mae", "ssim",
                    "hit_at_10")

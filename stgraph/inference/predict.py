@@ -22,9 +22,19 @@ from .smoothing import smooth_on_graph
 
 __all__ = ["predict_slide", "predict_prepared", "write_prediction", "prediction_table",
            "check_output_path", "PredictionOutputError", "extend_reference", "GeneOverlapError",
-           "MIN_GENE_OVERLAP"]
+           "MIN_GENE_OVERLAP", "check_k", "PredictionOptionError"]
 
 
+
+
+class PredictionOptionError(StgraphError, ValueError):
+    """A prediction option out of its range (``k`` < 1, ...)."""
+
+
+def check_k(k: Optional[int]) -> None:
+    """``k`` (neighbours) is an integer ≥ 1 when given; checked before any feature is computed."""
+    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+        raise PredictionOptionError(f"--k (neighbours) must be an integer ≥ 1, got {k!r}")
 
 
 def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
@@ -50,6 +60,7 @@ def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
     """
     if loaded.reference.kind != "image" and loaded.config.inference.reference == "image":
         raise ModelFolderError("the reference holds spot embeddings but the config asks for image retrieval")
+    check_k(k)
 
     device = str(next(loaded.model.parameters()).device)
     config, provenance = query_config(loaded, adata)
@@ -207,8 +218,14 @@ def check_output_path(path: str | Path, force: bool = False) -> Path:
         except ImportError:
             raise PredictionOutputError(f"writing {path} needs pyarrow, which is not installed "
                                         "(pip install pyarrow), or write .csv or .h5ad instead") from None
+    if path.is_dir():
+        raise PredictionOutputError(f"output {path} is an existing folder, not a file")
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists (use --force to replace it)")
+    from ..utils.io import check_not_in_run_folder, check_writable_dir
+
+    check_writable_dir(path.parent, what=f"folder of output {path.name}")  # before any slide is read
+    check_not_in_run_folder(path)
     return path
 
 
@@ -259,7 +276,28 @@ def extend_reference(loaded: Run, slides, save: bool = True,
 
     Returns the extended store (also set on ``loaded``).
     """
+    if save and loaded.run_dir is not None:
+        from ..utils.lock import FolderLock
+
+        # One writer at a time: refused (naming the owner) while train/--force/--resume/extend writes it.
+        with FolderLock(loaded.run_dir):
+            return _extend_reference(loaded, slides, True, min_gene_overlap)
+    return _extend_reference(loaded, slides, save, min_gene_overlap)
+
+
+def _extend_reference(loaded: Run, slides, save: bool, min_gene_overlap: float) -> ReferenceStore:
     store = loaded.reference
+    if save and loaded.run_dir is not None:
+        from ..runfolder import STATE_COMPLETE, clean_stale_files, read_run_info, run_state
+
+        info = read_run_info(loaded.run_dir)
+        if run_state(info) != STATE_COMPLETE:  # it was complete when loaded; a writer interrupted it since
+            raise ModelFolderError(f"run {loaded.run_dir} is not complete (run.json state: {run_state(info)!r}); "
+                                   "finish it with `stgraph train --resume` before extending it")
+        if info.get("n_reference_spots") != loaded.info.get("n_reference_spots"):
+            raise ModelFolderError(f"run {loaded.run_dir} changed since it was loaded (another writer extended "
+                                   "it): load it again before extending it")
+        clean_stale_files(loaded.run_dir)  # what killed writers left (we hold the lock: none is alive)
     if getattr(loaded.model, "predicts_expression", False):
         raise ValueError(f"the run {loaded.run_dir} ({loaded.config.model.name}) predicts from fitted weights, not "
                          "from its reference: extending the reference would not change its predictions; "
@@ -270,17 +308,26 @@ def extend_reference(loaded: Run, slides, save: bool = True,
         if adata.n_vars == 0:
             raise ValueError("a slide added to the reference needs its expression")
         _check_gene_overlap(adata, list(store.genes), min_gene_overlap)
+    added = []
     for adata in slides:
         prepared = prepare_slide(adata, loaded.config, loaded.preprocessor, image_encoder=loaded.model.image_encoder,
                                  device=device, with_graph=loaded.model.uses_graph)
         emb = embed_slide(loaded.model, prepared, store.kind)
         store = store.extend(emb, prepared.expr, list(store.genes), np.array([prepared.slide_id] * prepared.n_spots),
                              np.array(prepared.barcodes))
+        added.append(str(prepared.slide_id))
     loaded.reference = store
     if save and loaded.run_dir is not None:
         import shutil
 
+        from ..runfolder import write_run_info
+
         current = Path(loaded.run_dir) / "reference.h5"
-        shutil.copy2(current, current.with_name("reference.prev.h5"))
+        with atomic_path(current.with_name("reference.prev.h5")) as tmp:
+            shutil.copy2(current, tmp)
         store.save(current, overwrite=True)
+        info = {**info, "n_reference_spots": int(store.n_spots),
+                "extended_with": list(info.get("extended_with", [])) + added}
+        write_run_info(loaded.run_dir, info)  # the provenance follows the reference it describes
+        loaded.info = info
     return store

@@ -27,7 +27,7 @@ from ..preprocess.prepare import PreparedSlide, needs_graph
 from ..preprocess.resolution import QueryResolution, query_resolution
 from ..data.transforms import grid_coordinates, normalize_batch, patch_batch
 from ..utils import atomic_save_npy, folder_size, prefetch, user_cache_dir
-from .predict import predict_prepared
+from .predict import check_k, predict_prepared
 
 __all__ = ["WSIPredictionError", "user_cache_dir", "parse_grid", "expand_slide_paths", "wsi_features",
            "predict_wsi"]
@@ -155,7 +155,7 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
                 backend: Optional[str] = None, cache: bool = False,
                 cache_dir: Optional[Union[str, os.PathLike]] = None, chunk_size: int = 256,
                 batch_size: int = 64, progress: bool = False, prefetch_chunks: int = 1,
-                **mask_kwargs) -> AnnData:
+                max_spots: Optional[int] = None, **mask_kwargs) -> AnnData:
     """Predict a whole-slide image's expression on a spot grid laid over its tissue.
 
     Parameters
@@ -174,6 +174,9 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
         Patches read per band, and per backbone forward.
     prefetch_chunks
         Chunks read ahead by a background thread while the backbone runs (0: no thread).
+    max_spots
+        Bound on the grid's spots (default :data:`~stgraph.data.wsi.grid.DEFAULT_MAX_SPOTS`), checked on an
+        estimate from the tissue area before the grid, its features or its output are allocated.
     **mask_kwargs
         Passed to :func:`stgraph.data.wsi.tissue.tissue_mask`.
 
@@ -192,11 +195,15 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
     NoTissueError
         No tissue detected.
     """
-    from ..data.wsi.grid import wsi_spot_grid
+    from ..data.wsi.grid import DEFAULT_MAX_SPOTS, GridTooLargeError, wsi_spot_grid
     from ..data.wsi.image import WSIImage, level_for_mpp
 
     config = run.config
     kind = parse_grid(grid)
+    check_k(k)
+    max_spots = DEFAULT_MAX_SPOTS if max_spots is None else int(max_spots)
+    if max_spots < 1:
+        raise WSIPredictionError(f"--max-spots must be ≥ 1, got {max_spots}")
     cfg = config.model.image_encoder
     with WSIImage(path, mpp=mpp) as wsi:
         res = query_resolution(run.resolution, config, wsi.mpp)
@@ -208,7 +215,18 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
         # Decode one tile of the level the patches come from now (an unreadable level or a missing codec
         # fails here, before tissue detection and the backbone run).
         wsi.read_level_region(level, lw // 2, lh // 2, min(64, lw), min(64, lh))
-        adata = wsi_spot_grid(wsi, kind=kind, slide_id=slide_id, **mask_kwargs)
+        try:
+            adata = wsi_spot_grid(wsi, kind=kind, slide_id=slide_id, max_spots=max_spots, **mask_kwargs)
+        except GridTooLargeError as err:
+            # What the estimate would hold in memory: backbone features and the (n, G) float32 prediction.
+            width = int(getattr(run.model.image_encoder, "num_features", 0) or 0) + len(run.genes)
+            raise WSIPredictionError(f"{Path(wsi.source).name}: {err} (about {err.estimate * width * 4 / 2**30:.3g} GiB "
+                                     "of features and predictions)") from None
+        if adata.n_obs == 0:
+            h0, w0 = wsi.shape[:2]
+            raise WSIPredictionError(
+                f"{Path(wsi.source).name}: no spot of the {kind} grid falls on the tissue (the slide is "
+                f"{w0 * wsi.mpp:.4g} × {h0 * wsi.mpp:.4g} µm); is the --grid pitch larger than the tissue?")
         meta = next(iter(adata.uns[Key.uns.spatial].values()))[Key.uns.metadata]
         pitch = float(meta["grid_pitch_um"])
         log.info("grid %s: %d spots over the tissue, pitch %g µm", meta["grid_kind"], adata.n_obs, pitch)

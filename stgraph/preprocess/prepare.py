@@ -160,7 +160,28 @@ def _select_genes(config, train_slides: Sequence[AnnData]) -> list[str]:
         return pp.select_hvg_union(list(train_slides), n_top=config.data.n_top_hvg)
     if spec == "shared":
         return pp.shared_genes(list(train_slides))
-    return pp.load_gene_list(spec)
+    genes = pp.load_gene_list(spec)
+    _check_gene_list_share(genes, spec, train_slides)
+    return genes
+
+
+#: The least share of a ``data.genes`` file that every training slide must measure.
+MIN_GENE_LIST_SHARE = 0.5
+
+
+def _check_gene_list_share(genes: Sequence[str], spec: str, train_slides: Sequence[AnnData]) -> None:
+    """Refuse a gene list most of whose genes a training slide lacks (they would be predicted as zeros)."""
+    from ..data.errors import SlideFormatError
+    from ..data.slide_id import slide_id_of
+
+    for i, ad in enumerate(train_slides):
+        have = set(map(str, ad.var_names))
+        missing = [g for g in genes if g not in have]
+        if len(genes) - len(missing) < MIN_GENE_LIST_SHARE * len(genes):
+            raise SlideFormatError(
+                f"data.genes {spec}: training slide {slide_id_of(ad, default=f'slide{i}')} measures only "
+                f"{len(genes) - len(missing)} of its {len(genes)} genes (< {MIN_GENE_LIST_SHARE:.0%}; missing e.g. "
+                f"{missing[:5]}); is it the right gene list (names, not numbers)?")
 
 
 def uncorrected_expression(config, preprocessor: "Preprocessor", expr: dict[str, np.ndarray],

@@ -37,7 +37,8 @@ from typing import Callable, Mapping
 from ..registry import Registry
 
 __all__ = ["SIMILARITIES", "KNN_BACKENDS", "KNNBackend", "TorchKNN", "FaissKNN", "auto_knn_backend",
-           "create_knn_backend", "similarity", "resolve_similarity", "AUTO_IVF_MIN_REFERENCE"]
+           "create_knn_backend", "similarity", "resolve_similarity", "stable_top_k", "AUTO_IVF_MIN_REFERENCE",
+           "TIE_CANDIDATES"]
 
 #: name → similarity function ``(query (Q, d), reference (R, d)) -> (Q, R)`` (see :func:`similarity`).
 SIMILARITIES: Registry[torch.Tensor] = Registry("similarity", inputs=("query", "reference"))
@@ -139,6 +140,26 @@ def resolve_similarity(name, options: Optional[Mapping] = None) -> tuple[str, Ca
     return name, fn
 
 
+#: Spare candidates every search asks its backend for, so that a group of exactly tied scores at the k-th
+#: place is resolved by reference row (:func:`stable_top_k`) rather than by the top-k kernel.
+TIE_CANDIDATES = 8
+
+
+def stable_top_k(scores: torch.Tensor, indices: torch.Tensor, k: int,
+                 larger_is_closer: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best of each row's candidates, ordered by score (best first) and, among exactly equal
+    scores, by reference row (lowest first): (Q, c), (Q, c) → (Q, k), (Q, k) with ``k <= c``.
+
+    Candidates padded by faiss (index ``-1``) sort last.
+    """
+    key = -scores if larger_is_closer else scores
+    key = torch.where(indices < 0, torch.full_like(key, float("inf")), key)
+    # Two stable sorts: by row, then by score, so equal scores keep the row order.
+    by_row = torch.argsort(indices, dim=1, stable=True)
+    order = torch.gather(by_row, 1, torch.argsort(torch.gather(key, 1, by_row), dim=1, stable=True))[:, :k]
+    return torch.gather(scores, 1, order), torch.gather(indices, 1, order)
+
+
 def check_similarity(similarity: str) -> str:
     return similarity if callable(similarity) else SIMILARITIES.check(similarity)
 
@@ -232,7 +253,17 @@ class KNNBackend(abc.ABC):
             raise ValueError(f"k must be between 1 and the reference size {self._n_reference}, got {k}")
         if q.shape[0] == 0:
             return torch.empty(0, k, dtype=torch.float32), torch.empty(0, k, dtype=torch.int64)
-        return self._search(q, k)
+        # A few spare candidates, then a stable order by (score, reference row): reference rows with exactly
+        # equal scores (duplicated embeddings) are taken lowest row first, whatever order the backend's
+        # top-k kernel (which differs between CPUs and libraries) returned them in.
+        extra = min(TIE_CANDIDATES, self._n_reference - k)
+        scores, indices = stable_top_k(*self._search(q, k + extra), k, self.larger_is_closer)
+        if (indices < 0).any():
+            raise RuntimeError(self._too_few_message(k))
+        return scores, indices
+
+    def _too_few_message(self, k: int) -> str:
+        return f"{type(self).__name__} found fewer than k={k} neighbours for some queries"
 
     @abc.abstractmethod
     def _fit(self, reference: torch.Tensor) -> None:
@@ -460,13 +491,15 @@ class FaissKNN(KNNBackend):
             self.index.train(x)
         self.index.add(x)
 
+    def _too_few_message(self, k: int) -> str:
+        return (f"faiss {self.resolved_index} index found fewer than k={k} neighbours for some queries; raise "
+                "nprobe (ivf) / ef_search (hnsw) or use index='flat'")
+
     def _search(self, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to ``k`` neighbours; missing ones (an approximate index that found fewer) have index -1."""
         if self.resolved_index == "hnsw":
             self.index.hnsw.efSearch = max(self.ef_search, k)
         scores, indices = self.index.search(self._as_faiss_input(query), k)
-        if (indices < 0).any():
-            raise RuntimeError(f"faiss {self.resolved_index} index found fewer than k={k} neighbours for some "
-                               "queries; raise nprobe (ivf) / ef_search (hnsw) or use index='flat'")
         if self._is_l2:
             scores = np.sqrt(np.maximum(scores, 0))
         return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)), torch.from_numpy(

@@ -5,7 +5,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,12 +23,14 @@ from ..preprocess.embed import embed_slide
 from ..preprocess.prepare import PreparedSlide, fit_preprocessor, prepare_slide, uncorrected_expression
 from ..preprocess.resolution import training_resolution
 from ..retrieval.reference import ReferenceStore
-from ..runfolder import Run, save_model
-from ..utils import atomic_write_text, check_writable_dir, resolve_device, seed_everything
+from ..runfolder import (LOCK_NAME, STATE_COMPLETE, STATE_TRAINING, Run, clean_stale_files, foreign_entries,
+                         read_run_info, remove_run_tree, run_state, save_model, write_run_info)
+from ..utils import check_writable_dir, resolve_device, seed_everything
+from ..utils.lock import FolderLock, check_unlocked, is_locked
 from .distributed import DistEnv, DistributedError, barrier, init_distributed
 from .trainer import Trainer, TrainResult
 
-__all__ = ["train_model", "build_reference", "ResumeMismatchError", "check_train_inputs"]
+__all__ = ["train_model", "build_reference", "ResumeMismatchError", "check_train_inputs", "NotARunFolderError"]
 
 
 
@@ -68,6 +69,10 @@ class ResumeMismatchError(StgraphError, ValueError):
     """``--resume`` with a config or data that differ from the run being resumed."""
 
 
+class NotARunFolderError(StgraphError, FileExistsError):
+    """``--force`` aimed at a folder that is not (only) a stgraph run: replacing it could lose the user's files."""
+
+
 #: Config fields a resume may change (they do not change what is trained on or how).
 _RESUMABLE_FIELDS = ("train.epochs", "train.progress", "train.device", "data.cache_dir")
 #: Files of a run folder written before training starts; a folder holding only these is a failed start.
@@ -85,19 +90,34 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _entries(out: Path) -> set[str]:
+    """The folder's names, but for the lock file of a writer."""
+    return {p.name for p in out.iterdir()} - {LOCK_NAME}
+
+
+def _interrupted(out: Path) -> bool:
+    """Whether ``run.json`` says the run's training has not completed (a kill, or a writer at work)."""
+    try:
+        return run_state(read_run_info(out)) != STATE_COMPLETE
+    except StgraphError:
+        return False
+
+
 def _is_failed_start(out: Path) -> bool:
     """A folder left by a first ``train`` that failed before its first checkpoint: nothing to keep or resume."""
-    names = {p.name for p in out.iterdir()}
+    names = _entries(out)
+    if "run.json" in names and _interrupted(out):
+        names.discard("run.json")
     return (bool(names) and names <= set(_START_FILES) | {"checkpoints"}
-            and not (out / "checkpoints" / "last.pt").exists())
+            and not (out / "checkpoints" / "last.pt").exists() and not foreign_entries(out))
 
 
 def _recover_interrupted_swap(out: Path) -> None:
     """A kill between the two renames of :func:`_swap_in` leaves the old run as ``.<name>.old-*`` and no
-    ``<name>``: put it back."""
+    ``<name>``: put it back (unless its writer is alive: the swap is under way)."""
     if out.exists() or not out.parent.is_dir():
         return
-    olds = sorted(out.parent.glob(f".{out.name}.old-*"))
+    olds = sorted(p for p in out.parent.glob(f".{out.name}.old-*") if p.is_dir() and not is_locked(p))
     if olds:
         os.replace(olds[-1], out)
 
@@ -110,15 +130,31 @@ def _check_out_dir(out: Path, force: bool, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"run folder {out} exists and is not a folder")
     check_writable_dir(out.parent if not out.exists() else out, what="run folder")
+    if out.exists():
+        check_unlocked(out)  # a live writer (train, --resume, extend) owns it: refused before any compute
     if resume:
         if not (out / "checkpoints" / "last.pt").is_file():
             raise FileNotFoundError(f"cannot resume {out}: it has no checkpoints/last.pt")
         return
-    if out.exists() and any(out.iterdir()) and not force and not _is_failed_start(out):
+    if not (out.exists() and _entries(out)):
+        return
+    if force:
+        _check_replaceable(out)
+    elif not _is_failed_start(out):
         hint = ("use --force to replace it, or --resume to continue its training"
-                if (out / "checkpoints" / "last.pt").is_file() and not (out / "run.json").is_file()
+                if (out / "checkpoints" / "last.pt").is_file()
+                and (not (out / "run.json").is_file() or _interrupted(out))
                 else "use --force to replace it")
         raise FileExistsError(f"run folder {out} already exists and is not empty ({hint})")
+
+
+def _check_replaceable(out: Path) -> None:
+    """``--force`` replaces a stgraph run folder only: refuse, naming them, when other files are there."""
+    foreign = foreign_entries(out)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise NotARunFolderError(f"--force replaces only a stgraph run folder, and {out} holds {shown}, which "
+                                 "stgraph did not write: move them out or choose another --out")
 
 
 def _check_resume(config, out: Path, adatas: Sequence[AnnData]) -> None:
@@ -199,25 +235,39 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
         torch.cuda.set_device(device)
     final_dir = Path(out) if out is not None else None
     run_dir = final_dir
-    if final_dir is not None:
-        if resume:
-            _check_resume(config, final_dir, adatas)
-        barrier()  # every rank has checked the folder before rank 0 writes into it
-        if not dist_env.is_main:
-            run_dir = final_dir if resume else None  # other ranks only read checkpoints/last.pt
-        elif not resume and final_dir.exists() and any(final_dir.iterdir()):
-            # --force (or a failed start): build the new run beside the old one, swap it in when complete.
-            run_dir = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.new-"))
+    locks: list[FolderLock] = []
     try:
-        run = _train(config, adatas, run_dir, resume, progress, device, dist_env, preprocessed)
-    except BaseException:
+        if final_dir is not None:
+            if dist_env.is_main:
+                # Own the folder for the whole job (a second writer is refused), then check it again under
+                # the lock: the first checks raced with any writer that started meanwhile.
+                final_dir.mkdir(parents=True, exist_ok=True)
+                locks.append(FolderLock(final_dir).acquire())
+                _check_out_dir(final_dir, force, resume)
+                clean_stale_files(final_dir)  # temporaries and build folders of killed writers
+            if resume:
+                _check_resume(config, final_dir, adatas)
+            barrier()  # every rank has checked the folder before rank 0 writes into it
+            if not dist_env.is_main:
+                run_dir = final_dir if resume else None  # other ranks only read checkpoints/last.pt
+            elif not resume and _entries(final_dir):
+                # --force (or a failed start): build the new run beside the old one, swap it in when complete.
+                run_dir = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.new-"))
+                locks.append(FolderLock(run_dir, what="run build folder").acquire())
+        try:
+            run = _train(config, adatas, run_dir, resume, progress, device, dist_env, preprocessed)
+        except BaseException:
+            if run_dir is not None and run_dir != final_dir:
+                remove_run_tree(run_dir)
+            raise
         if run_dir is not None and run_dir != final_dir:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    if run_dir is not None and run_dir != final_dir:
-        _swap_in(run_dir, final_dir)
-        run.run_dir = final_dir
-    barrier()  # the run folder is complete before any rank returns
+            _swap_in(run_dir, final_dir)
+            locks[-1].folder = final_dir  # the build folder's lock is now the run's
+            run.run_dir = final_dir
+        barrier()  # the run folder is complete before any rank returns
+    finally:
+        for lock in locks:
+            lock.release()
     return run
 
 
@@ -243,7 +293,7 @@ def _swap_in(new: Path, final: Path) -> None:
     except BaseException:
         os.replace(old, final)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    remove_run_tree(old)  # its lock file last: a kill halfway leaves a folder the next writer can prove ours
 
 
 def _umask() -> int:
@@ -258,12 +308,20 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
     writes = run_dir is not None and dist_env.is_main
     if writes and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
+        # run.json first, saying "training": a kill from here on leaves a folder marked as ours and incomplete
+        write_run_info(run_dir, {"state": STATE_TRAINING, **_started(config)})
         save_config(config, run_dir / "config.yaml")
 
     seed_everything(config.train.seed)  # before the model exists, so its initial weights are seeded too
     preprocessor, expr = preprocessed if preprocessed is not None else fit_preprocessor(config, adatas)
     if run_dir is not None and resume:
         _check_resume_genes(run_dir, preprocessor.genes)
+        if writes:  # the run is incomplete until the end, whatever it was (predict refuses it meanwhile)
+            try:
+                info = read_run_info(run_dir)
+            except StgraphError:
+                info = _started(config)
+            write_run_info(run_dir, {**info, "state": STATE_TRAINING})
     model = create_model(config, preprocessor.spot_in_dim).to(device)
     if dist_env.enabled and not dist_env.is_main:
         barrier()  # rank 0 prepares first and fills the feature cache; the others then read it
@@ -300,6 +358,7 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
         reference.save(run_dir / "reference.h5", overwrite=True)
         _plot_losses(run_dir)
         provenance = {
+            "state": STATE_COMPLETE,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "method": config.model.name,
             "config_name": config.name,
@@ -315,8 +374,15 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
             "torch": torch.__version__,
             "python": platform.python_version(),
         }
-        atomic_write_text(run_dir / "run.json", json.dumps(provenance, indent=2, default=float))
+        write_run_info(run_dir, provenance)  # last, atomically: the run is complete
     return Run(model, config, preprocessor, reference, result, run_dir, info={"resolution": resolution})
+
+
+def _started(config) -> dict:
+    from .. import __version__
+
+    return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "method": config.model.name, "config_name": config.name, "stgraph": __version__}
 
 
 def _plot_losses(run_dir: Path) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import StgraphError
 
 __all__ = ["atomic_path", "atomic_save_npy", "atomic_write_text", "check_writable_dir", "check_output_file",
-           "DestinationError"]
+           "check_not_in_run_folder", "DestinationError"]
 
 
 class DestinationError(StgraphError, OSError):
@@ -44,8 +44,23 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> 
     base = _existing_ancestor(path)
     if not base.is_dir():
         raise DestinationError(f"{what} {path}: {base} is not a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
+    if not os.access(base, os.W_OK | os.X_OK) or not _can_create_in(base):
         raise DestinationError(f"{what} {path}: {base} is not writable")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can really be created in ``folder``: ``os.access`` says yes to root everywhere, and to
+    anyone on a read-only mount or in ``/proc``."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".stgraph-probe-", suffix=".tmp")
+    except OSError:
+        return False
+    os.close(fd)
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass
+    return True
 
 
 def check_output_file(path: str | os.PathLike, suffixes: Optional[tuple[str, ...]] = None,
@@ -60,6 +75,16 @@ def check_output_file(path: str | os.PathLike, suffixes: Optional[tuple[str, ...
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists (use --force to replace it)")
     check_writable_dir(path.parent, what=f"folder of {what}")
+    check_not_in_run_folder(path, what)
+
+
+def check_not_in_run_folder(path: str | os.PathLike, what: str = "output") -> None:
+    """Refuse an output inside (or onto) a stgraph run folder, whose files are stgraph's alone (``--force``
+    would refuse to replace a run that holds the user's files)."""
+    path = Path(os.path.abspath(path))
+    for folder in (path, path.parent):
+        if folder.is_dir() and (folder / "run.json").is_file() and (folder / "model.pt").exists():
+            raise DestinationError(f"{what} {path}: {folder} is a stgraph run folder; write outputs elsewhere")
 
 
 @contextlib.contextmanager

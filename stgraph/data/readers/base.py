@@ -98,7 +98,9 @@ def _counts_to_csr(counts: pd.DataFrame, path: Path) -> sp.csr_matrix:
         raise SlideFormatError(f"counts file {path} holds infinite values")
     n_neg = int((values < 0).sum())
     if n_neg:
-        raise SlideFormatError(f"counts file {path} holds {n_neg} negative value(s); counts must be ≥ 0")
+        genes = [str(g) for g in counts.columns[(values < 0).any(axis=0)][:3]]
+        raise SlideFormatError(f"counts file {path} holds {n_neg} negative value(s) (gene(s) {genes}); "
+                               "counts must be ≥ 0")
     warn_if_not_counts(values, f"counts file {path}")
     return sp.csr_matrix(values.astype(np.float32))
 
@@ -125,6 +127,17 @@ def _finish_obs(adata: AnnData, slide_id: str) -> AnnData:
     return set_slide_id(adata, slide_id)
 
 
+def _check_non_negative(adata: AnnData, data: np.ndarray, source: str) -> None:
+    """Raw counts are ≥ 0; name the file and a gene (a negative count ends in NaN embeddings much later)."""
+    if data.size and data.min() < 0:
+        x = adata.X
+        col = (x.tocsc() if sp.issparse(x) else np.asarray(x)).min(axis=0)
+        col = np.asarray(col.toarray() if sp.issparse(col) else col).ravel()
+        genes = [str(g) for g in adata.var_names[col < 0][:3]]
+        raise SlideFormatError(f"{source}: X holds negative counts (gene(s) {genes}, minimum {data.min():g}); "
+                               "raw counts are ≥ 0")
+
+
 def validate_slide(adata: AnnData, source: str = "slide") -> AnnData:
     """Check the stgraph convention; raise :class:`SlideFormatError` naming ``source`` on a violation.
 
@@ -148,6 +161,7 @@ def validate_slide(adata: AnnData, source: str = "slide") -> AnnData:
         if not np.isfinite(data).all():
             raise SlideFormatError(f"{source}: X holds NaN or infinite values")
         if Key.layers.counts not in adata.layers:
+            _check_non_negative(adata, data, source)
             warn_if_not_counts(data, f"{source}: X")
     if Key.obs.slide_id not in adata.obs:
         libs = list(adata.uns.get(Key.uns.spatial, {}))

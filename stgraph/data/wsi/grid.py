@@ -24,13 +24,27 @@ from typing import Optional, Union
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from ...errors import StgraphError
 from ...keys import Key
 from anndata import AnnData
 
-__all__ = ["GRID_KINDS", "SpotGrid", "spot_grid", "grid_to_anndata", "wsi_spot_grid"]
+__all__ = ["GRID_KINDS", "SpotGrid", "spot_grid", "grid_to_anndata", "wsi_spot_grid", "GridTooLargeError",
+           "DEFAULT_MAX_SPOTS"]
+
+#: Default bound on one grid's spots (``predict --max-spots``): 2e5 Visium spots cover 17 cm² of tissue,
+#: far more than a slide holds; a larger grid is almost always a wrong ``--grid`` pitch or ``--mpp``.
+DEFAULT_MAX_SPOTS = 200_000
 
 #: (lattice, pitch µm, spot diameter µm) of the named layouts.
 GRID_KINDS = {"visium": ("hex", 100.0, 55.0), "st": ("square", 200.0, 100.0)}
+
+
+class GridTooLargeError(StgraphError, ValueError):
+    """A spot grid would exceed its bound (``max_spots``); ``estimate`` holds the spots it would have."""
+
+    def __init__(self, message: str, estimate: int = 0):
+        super().__init__(message)
+        self.estimate = int(estimate)
 
 
 @dataclass
@@ -101,7 +115,7 @@ def _layout(kind: Union[str, float], spot_diameter_um: Optional[float]) -> tuple
 
 def spot_grid(mask: np.ndarray, mask_scale: Union[float, tuple[float, float]], mpp: float,
               kind: Union[str, float] = "visium", spot_diameter_um: Optional[float] = None,
-              image_size: Optional[tuple[int, int]] = None) -> SpotGrid:
+              image_size: Optional[tuple[int, int]] = None, max_spots: Optional[int] = None) -> SpotGrid:
     """Lay a spot lattice over the tissue and keep the spots whose centre is on tissue.
 
     Parameters
@@ -120,6 +134,11 @@ def spot_grid(mask: np.ndarray, mask_scale: Union[float, tuple[float, float]], m
         Overrides the layout's spot diameter, µm.
     image_size
         (width, height) of level 0, px; default mask size / scale.
+    max_spots
+        Bound on the spots (``None``: none). Checked before any lattice is allocated, on the estimate
+        tissue area / area per spot (pitch² on the square lattice, pitch² · √3/2 on the hex one) and on the
+        lattice over the tissue's bounding box (at most 20 × ``max_spots`` positions); beyond it
+        :class:`GridTooLargeError` gives the estimate.
 
     Returns
     -------
@@ -153,8 +172,10 @@ def spot_grid(mask: np.ndarray, mask_scale: Union[float, tuple[float, float]], m
     x0, y0 = x_min + pitch / 2.0, y_min + pitch / 2.0
     row_step = pitch * math.sqrt(3.0) / 2.0 if lattice == "hex" else pitch
     col_step = pitch / 2.0 if lattice == "hex" else pitch  # x per unit of array_col
-    n_rows = int(math.floor((y_max - y0) / row_step)) + 1
-    n_cols = int(math.floor((x_max - x0) / col_step)) + 1
+    n_rows = max(int(math.floor((y_max - y0) / row_step)) + 1, 1)
+    n_cols = max(int(math.floor((x_max - x0) / col_step)) + 1, 1)
+    if max_spots is not None:
+        _check_grid_size(mask, sx, sy, float(mpp), lattice, pitch_um, n_rows * n_cols, int(max_spots))
     rows, cols = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
     if lattice == "hex":
         keep = (rows % 2) == (cols % 2)  # Visium: even columns on even rows, odd on odd rows
@@ -169,6 +190,18 @@ def spot_grid(mask: np.ndarray, mask_scale: Union[float, tuple[float, float]], m
     xy = np.column_stack([x[on_tissue], y[on_tissue]]).astype(np.float64)
     return SpotGrid(xy, rows[on_tissue], cols[on_tissue], name, lattice, pitch_um, diameter_um, float(mpp),
                     (int(image_size[0]), int(image_size[1])))
+
+
+def _check_grid_size(mask: np.ndarray, sx: float, sy: float, mpp: float, lattice: str, pitch_um: float,
+                     n_lattice: int, max_spots: int) -> None:
+    """Refuse a grid beyond ``max_spots`` from the tissue area, before anything of its size is allocated."""
+    tissue_um2 = float(mask.sum()) / (sx * sy) * mpp * mpp
+    per_spot_um2 = pitch_um * pitch_um * (math.sqrt(3.0) / 2.0 if lattice == "hex" else 1.0)
+    estimate = int(round(tissue_um2 / per_spot_um2))
+    if estimate > max_spots or n_lattice > 20 * max_spots:
+        raise GridTooLargeError(
+            f"a {pitch_um:g} µm grid over {tissue_um2 / 1e8:.3g} cm² of tissue (at {mpp:g} µm/px) would lay about "
+            f"{max(estimate, 1):,} spots (> {max_spots:,}); check --grid and --mpp, or raise --max-spots", estimate)
 
 
 def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
@@ -245,7 +278,8 @@ def grid_to_anndata(grid: SpotGrid, slide_id: str, thumbnail: Optional[np.ndarra
 
 def wsi_spot_grid(slide, kind: Union[str, float] = "visium", mpp: Optional[float] = None,
                   slide_id: Optional[str] = None, thumbnail_max_side: int = 2000,
-                  spot_diameter_um: Optional[float] = None, **mask_kwargs) -> AnnData:
+                  spot_diameter_um: Optional[float] = None, max_spots: Optional[int] = None,
+                  **mask_kwargs) -> AnnData:
     """Whole-slide image → tissue mask → spot grid → AnnData, in one call.
 
     Parameters
@@ -260,6 +294,8 @@ def wsi_spot_grid(slide, kind: Union[str, float] = "visium", mpp: Optional[float
         Default: the file name without its suffix.
     thumbnail_max_side
         Longest side of the thumbnail the tissue is detected on (and stored as ``hires``), px.
+    max_spots
+        Bound on the spots (see :func:`spot_grid`).
     **mask_kwargs
         Passed to :func:`stgraph.data.wsi.tissue.tissue_mask` (``min_area_um2``, ``min_saturation``, …).
     """
@@ -274,7 +310,8 @@ def wsi_spot_grid(slide, kind: Union[str, float] = "visium", mpp: Optional[float
         scale = (thumb.shape[1] / w0, thumb.shape[0] / h0)
         mask_kwargs.setdefault("source", wsi.source)
         mask = tissue_mask(thumb, mpp=wsi.mpp / scale[0], **mask_kwargs)
-        grid = spot_grid(mask, scale, wsi.mpp, kind=kind, spot_diameter_um=spot_diameter_um, image_size=(w0, h0))
+        grid = spot_grid(mask, scale, wsi.mpp, kind=kind, spot_diameter_um=spot_diameter_um, image_size=(w0, h0),
+                         max_spots=max_spots)
         name = slide_id if slide_id is not None else Path(wsi.source).name.split(".")[0]
         return grid_to_anndata(grid, name, thumbnail=thumb, source_image=wsi.source,
                                hires_max_side=min(thumbnail_max_side, 2000))

@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import SlideFormatError, require_file
 from .backends import OPENSLIDE_FIRST, OPENSLIDE_HINT, OPENSLIDE_ONLY, OpenSlideBackend, TiffBackend, \
     openslide_available
+from .mpp import MPP_RANGE, plausible_mpp
 
 __all__ = ["WSIImage", "open_wsi", "read_region_at_mpp", "iter_patches_at_mpp", "level_for_mpp"]
 
@@ -100,6 +101,9 @@ class WSIImage:
         if mpp is not None:
             if not (np.isfinite(mpp) and mpp > 0):
                 raise ValueError(f"mpp must be a positive number of µm per pixel, got {mpp}")
+            if plausible_mpp(mpp) is None:  # 1e6 µm/px would ask for petabytes of patches
+                raise ValueError(f"mpp {mpp:g} µm per pixel is outside the range of microscope images "
+                                 f"({MPP_RANGE[0]:g}–{MPP_RANGE[1]:g} µm/px); check --mpp")
             self.mpp, self.mpp_source = float(mpp), "user"
         else:
             found, where = self._backend.mpp()
