@@ -379,10 +379,9 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
 
 
 def _started(config) -> dict:
-    from .. import __version__
-
+    """What ``run.json`` says from the start (``"state": "training"`` is added by the caller)."""
     return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "method": config.model.name, "config_name": config.name, "stgraph": __version__}
+            "method": config.model.name, "config_name": config.name}
 
 
 def _plot_losses(run_dir: Path) -> None:
