@@ -151,6 +151,9 @@ def test_flat_spot_encoder_keys_of_earlier_configs_still_load():
     cfg = load_config(CONFIGS / "bleep.yaml", ["model.spot_encoder.name=transformer", "model.spot_encoder.heads=2",
                                                "model.spot_encoder.dim_head=8"])
     assert cfg.model.spot_encoder.options == {"heads": 2, "dim_head": 8}
+    # a flat key typed as an override beats the same option in the file (mclstexp.yaml has options.heads: 8)
+    mcl = load_config(CONFIGS / "mclstexp.yaml", ["model.spot_encoder.heads=2"]).model.spot_encoder.options
+    assert (mcl["heads"], mcl["dim_head"]) == (2, 64)
     # an encoder that never used them: dropped, as they were always ignored
     assert load_config(CONFIGS / "bleep.yaml", ["model.spot_encoder.heads=2"]).model.spot_encoder.options == {}
 

@@ -187,8 +187,9 @@ def _build(cls: type, data: Mapping, where: str) -> Any:
 
 
 #: Flat ``model.spot_encoder`` keys of configs written before each encoder took ``options``: each is moved
-#: into ``options`` when the chosen encoder takes it (and ``options`` does not set it), and dropped
-#: otherwise, as the encoders that did not use them always ignored them.
+#: into ``options`` when the chosen encoder takes it (over the same option there: a flat key typed as an
+#: override, ``model.spot_encoder.heads=2``, must not be lost), and dropped otherwise, as the encoders that
+#: did not use them always ignored them.
 LEGACY_SPOT_ENCODER_KEYS = ("hidden_dims", "depth", "heads", "dim_head", "mlp_dim", "dropout", "max_coord")
 
 
@@ -223,11 +224,16 @@ def _migrate_spot_encoder_keys(data: dict) -> None:
     except KeyError:  # an unknown name is reported by the choice check, with the valid names
         accepted = {}
     options = dict(enc.get("options") or {})
+    moved = []
     for key in LEGACY_SPOT_ENCODER_KEYS:
         if key in enc:
             value = enc.pop(key)
-            if key in accepted and key not in options:
+            if key in accepted:  # a flat key is the older spelling of the same setting, and wins (an override)
                 options[key] = value
+                moved.append(key)
+    if moved:
+        warnings.warn(f"model.spot_encoder.{moved[0]} (and the other flat keys {moved[1:]}) are deprecated: write "
+                      f"model.spot_encoder.options.{moved[0]}", DeprecationWarning, stacklevel=4)
     enc["options"] = options
 
 
