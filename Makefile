@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HER2ST ?= ../shared/data/her2st
 RUN ?= runs/bleep_her2st
+export STGRAPH_WEIGHTS ?= $(abspath ../shared/weights)
 
 STAMP := $(VENV)/pyvenv.cfg
 
@@ -34,4 +35,4 @@ demo: $(STAMP)
 		--sections B4 C2 C3 C4 C5 --out $(RUN) --force \
 		data.genes=$(HER2ST)/her_hvg_cut_1000.npy
 	$(VENV)/bin/stgraph predict --model $(RUN) --her2st $(HER2ST) --section C6 \
-		--out $(RUN)/pred_C6.h5ad --force --plot FASN IGKC COL3A1
+		--out $(RUN)_C6.h5ad --force --plot FASN IGKC COL3A1

@@ -59,7 +59,9 @@ def main() -> None:
     gene_specs = {"list785": str(root / "her_hvg_cut_1000.npy"), "hvg": "hvg_union"}
     chosen = list(gene_specs) if args.genes == "both" else [args.genes]
     for genes in chosen:
-        extra = [f"data.genes={gene_specs[genes]}", "data.n_top_hvg=1000", "train.progress=false"]
+        # Every method is scored on exactly this gene set: no extra expressed genes or named markers.
+        extra = [f"data.genes={gene_specs[genes]}", "data.n_top_hvg=1000", "data.n_top_expressed=0",
+                 "data.include_genes=null", "train.progress=false"]
         if args.epochs is not None:
             extra.append(f"train.epochs={args.epochs}")
         configs = {}

@@ -1,6 +1,6 @@
 """``python -m stgraph.cli`` (what ``torchrun -m stgraph.cli train ...`` starts in every process)."""
 import sys
 
-from stgraph.cli.main import main
+from stgraph.cli.main import console_main
 
-sys.exit(main())
+sys.exit(console_main())

@@ -12,7 +12,8 @@ def add_parser(sub, parents) -> None:
     p = sub.add_parser("evaluate", aliases=["benchmark"],
                        help="cross-validated evaluation of one or more configs with baselines",
                        parents=[*parents, slides_parent()])
-    p.add_argument("--config", nargs="+", required=True, help="one or more YAML configs")
+    p.add_argument("--config", nargs="+", required=True,
+                   help="one or more YAML files or shipped config names (`stgraph configs`)")
     p.add_argument("--folds", choices=["loso", "patient"], default="loso",
                    help="leave-one-section-out, or also drop the test section's patient from training")
     p.add_argument("--only-folds", nargs="+", default=None, metavar="ID", help="run only these test slides")
@@ -34,6 +35,7 @@ def run(args) -> int:
     from stgraph.config import load_config
     from stgraph.data import SlideCollection
     from stgraph.evaluation import cross_validate, make_folds
+    from stgraph.models.weights import check_pretrained_weights
     from stgraph.evaluation.folds import select_folds
     from stgraph.evaluation.protocol import check_results_dir
 
@@ -42,6 +44,7 @@ def run(args) -> int:
     overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     for path in args.config:
         cfg = with_cli_plugins(load_config(path, overrides), args)
+        check_pretrained_weights(cfg)  # before any slide is read
         configs[cfg.name] = cfg
     collection = SlideCollection(read_many(args))
     folds = make_folds(collection.ids, scheme=args.folds)

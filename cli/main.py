@@ -1,4 +1,4 @@
-"""``stgraph`` command line: train, predict, extend, evaluate (alias benchmark), plot, components.
+"""stgraph command line: train, predict, extend, evaluate (alias benchmark), plot, configs, components.
 
 Examples
 --------
@@ -34,18 +34,18 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 from stgraph import __version__  # noqa: E402
 from stgraph.errors import StgraphError  # noqa: E402
 
-from . import components, evaluate, extend, plot, predict, train  # noqa: E402
+from . import components, configs, evaluate, extend, plot, predict, train  # noqa: E402
 from .common import log, plugin_parent, plugins_in, verbose_parent  # noqa: E402
 
-__all__ = ["main", "build_parser", "parse_args", "COMMANDS"]
+__all__ = ["main", "console_main", "build_parser", "parse_args", "COMMANDS"]
 
 #: Command name → its module (``benchmark`` is an alias of ``evaluate``).
 COMMANDS = {"train": train, "predict": predict, "extend": extend, "evaluate": evaluate, "benchmark": evaluate,
-            "plot": plot, "components": components}
+            "plot": plot, "configs": configs, "components": components}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stgraph", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="stgraph", description=__doc__.split("\n")[0].replace("``", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="stgraph's debug log lines")
     parser.add_argument("--version", action="version", version=f"stgraph {__version__}")
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "packages' stgraph.plugins entry points are imported too")
     sub = parser.add_subparsers(dest="command", required=True)
     parents = [verbose_parent(), plugin_parent()]  # every subcommand also accepts -v and --plugin after its name
-    for module in (train, predict, extend, evaluate, plot, components):
+    for module in (train, predict, extend, evaluate, plot, configs, components):
         module.add_parser(sub, parents)
     return parser
 
@@ -114,18 +114,25 @@ def _load_plugins(argv: Sequence[str]) -> Optional[int]:
     return None
 
 
+def configure_logging(verbose: bool) -> None:
+    """stgraph's own lines at INFO (DEBUG with ``-v``); other libraries' at WARNING (INFO with ``-v``), so
+    e.g. faiss's "Could not load library with AVX512 support" stays out of a normal run."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; returns the exit status (2 for a user error, printed as one ``error:`` line).
+    Callable from Python: it installs no signal handler (:func:`console_main` does)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     failed = _load_plugins(argv)
     if failed is not None:
         return failed
     args = parse_args(argv)
-    _exit_on_sigterm()
     import matplotlib
 
     matplotlib.use("Agg")  # the CLI only writes figures to files; the library leaves the backend to the user
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)  # third-party loggers stay at INFO
+    configure_logging(args.verbose)
     try:
         return args.func(args)
     except (StgraphError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
@@ -135,5 +142,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
 
+def console_main() -> int:
+    """The ``stgraph`` console script (and ``python -m stgraph.cli``): :func:`main` with SIGTERM turned into
+    a clean exit. Only the program's own entry point installs that handler, never a caller of ``main``."""
+    _exit_on_sigterm()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -3,25 +3,55 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import plot_maps
+from stgraph.keys import Key
 
-__all__ = ["add_parser", "run"]
+from .common import plot_maps, query_parent, read_query
+
+__all__ = ["add_parser", "run", "truth_args"]
 
 
 def add_parser(sub, parents) -> None:
-    p = sub.add_parser("plot", help="draw predicted (and true) gene maps over the H&E image", parents=parents)
-    p.add_argument("--pred", required=True, help="prediction .h5ad")
-    p.add_argument("--true", default=None, help="a slide with the true expression (any readable slide)")
-    p.add_argument("--genes", nargs="+", required=True)
+    p = sub.add_parser("plot", help="draw predicted (and true) gene maps over the H&E image",
+                       parents=[*parents, query_parent()])
+    p.add_argument("--pred", required=True, help="prediction .h5ad (from `stgraph predict`)")
+    p.add_argument("--true", nargs="?", const="", default=None, metavar="SLIDE",
+                   help="also draw the true maps, from the same slide arguments as predict (--slide PATH, "
+                        "--her2st ROOT --section ID), else from the slide the prediction records; "
+                        "`--true PATH` names the slide directly")
+    p.add_argument("--genes", nargs="+", required=True, metavar="GENE",
+                   help="genes to draw, one row each (names as in the prediction's var_names)")
     p.add_argument("--out", required=True, help="output PNG")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="replace an existing output PNG")
     p.set_defaults(func=run)
+
+
+def truth_args(args, pred):
+    """The true slide's reader arguments: ``--true PATH``, else ``--slide``/``--her2st --section``, else the
+    source the prediction records (``uns['stgraph']['source_slide']``); ``None`` when no truth is asked."""
+    given = bool(args.slide or args.her2st or args.section or args.image or args.spots)
+    if args.true is None and not given:
+        return None
+    if args.true:
+        args.slide = [args.true]
+        return args
+    if given:
+        if args.image or args.spots:
+            raise ValueError("--image/--spots carry no expression: give the true slide with --slide PATH or "
+                             "--her2st ROOT --section ID")
+        return args
+    source = dict((pred.uns.get(Key.uns.stgraph) or {}).get(Key.uns.source_slide) or {})
+    if "slide" in source:
+        args.slide = [str(source["slide"])]
+    elif "her2st" in source and "section" in source:
+        args.her2st, args.section = str(source["her2st"]), str(source["section"])
+    else:
+        raise ValueError("--true: this prediction does not record its source slide; give it with --slide PATH "
+                         "or --her2st ROOT --section ID")
+    return args
 
 
 def run(args) -> int:
     import anndata
-
-    from stgraph.data import read_slide
 
     pred_path = Path(args.pred)
     if not pred_path.is_file():
@@ -30,6 +60,10 @@ def run(args) -> int:
         pred = anndata.read_h5ad(pred_path)
     except Exception as err:  # h5py's OSError, a truncated file, an .h5ad of another layout
         raise ValueError(f"--pred {pred_path}: not a readable .h5ad prediction ({type(err).__name__})") from None
-    true = read_slide(args.true) if args.true else None
-    plot_maps(pred, true, args.genes, Path(args.out), force=args.force)
+    out = Path(args.out)
+    if out.exists() and not args.force:  # before the true slide is read
+        raise FileExistsError(f"{out} already exists (use --force to replace it)")
+    truth = truth_args(args, pred)
+    true = read_query(truth) if truth is not None else None
+    plot_maps(pred, true, args.genes, out, force=args.force)
     return 0

@@ -29,6 +29,9 @@ def add_parser(sub, parents) -> None:
                         "--out is a folder and gets one file per slide")
     w.add_argument("--mpp", type=float, default=None,
                    help="µm per level-0 pixel when the file does not state it (overrides the file)")
+    w.add_argument("--train-mpp", type=float, default=None, metavar="UM",
+                   help="µm per pixel of the training images, for a run that records no physical resolution "
+                        "(without it such a run refuses --wsi rather than change scale)")
     w.add_argument("--grid", default="visium", metavar="visium|st|UM",
                    help="spot grid: Visium hex (100 µm pitch, 55 µm spots), legacy ST (200 µm, 100 µm spots) "
                         "or a square pitch in µm (default: visium)")
@@ -39,16 +42,26 @@ def add_parser(sub, parents) -> None:
     w.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="cache folder (default: $STGRAPH_CACHE_DIR, $XDG_CACHE_HOME/stgraph or ~/.cache/stgraph)")
     w.add_argument("--chunk-size", type=int, default=256, help="patches read and encoded per chunk (memory bound)")
+    w.add_argument("--min-saturation", type=int, default=15, metavar="0-255",
+                   help="tissue detection: the least HSV saturation of tissue pixels, above Otsu's threshold "
+                        "(lower it for faint stains; default 15)")
+    w.add_argument("--min-tissue-area", type=float, default=50_000.0, metavar="UM2",
+                   help="tissue detection: smaller tissue pieces are dropped, µm² (default 50000)")
     w.add_argument("--max-spots", type=int, default=None, metavar="N",
                    help="refuse a grid estimated (from the tissue area, before anything is allocated) to exceed N "
                         "spots (default: 200000)")
     p.add_argument("--out", required=True,
                    help="output .h5ad (or a .csv / .parquet table export); a folder with several --wsi slides")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
-    p.add_argument("--k", type=int, default=None, help="neighbours (default: the run's config)")
-    p.add_argument("--similarity", choices=choices("inference.similarity"), default=None)
-    p.add_argument("--aggregation", choices=choices("inference.aggregation"), default=None)
-    p.add_argument("--backend", choices=choices("inference.backend"), default=None)
+    p.add_argument("--k", type=int, default=None,
+                   help="reference spots averaged per query spot (kNN retrieval; default: the run's inference.k)")
+    p.add_argument("--similarity", choices=choices("inference.similarity"), default=None,
+                   help="how query and reference embeddings are compared (default: the run's inference.similarity)")
+    p.add_argument("--aggregation", choices=choices("inference.aggregation"), default=None,
+                   help="how the k neighbours' expression is weighted (default: the run's inference.aggregation)")
+    p.add_argument("--backend", choices=choices("inference.backend"), default=None,
+                   help="kNN search: exact torch, FAISS, or auto (FAISS IVF for large references; default: the "
+                        "run's inference.backend)")
     p.add_argument("--plot", nargs="+", default=None, metavar="GENE",
                    help="also draw these genes' predicted maps to <out>.png")
     p.set_defaults(func=run)
@@ -74,8 +87,24 @@ def predict_and_write(loaded, jobs: Sequence[tuple], predict_one: Callable, forc
     return 0
 
 
+#: File suffixes dropped from a slide's output name (a folder keeps its whole name: 1.0.0 and 1.5.0 differ).
+_SLIDE_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".svs", ".ndpi", ".mrxs", ".scn", ".h5ad", ".h5",
+                   ".jpg", ".jpeg", ".png")
+
+
 def _slide_name(path: Path) -> str:
-    return path.parent.name if path.name == "outs" else path.name.split(".")[0]
+    """The output name of a slide: a Space Ranger ``outs`` folder's parent, a folder's whole name, a file's
+    name without its image/AnnData suffix."""
+    path = Path(path)
+    if path.name == "outs":
+        return path.parent.name
+    if path.is_dir():
+        return path.name
+    lower = path.name.lower()
+    for suffix in _SLIDE_SUFFIXES:
+        if lower.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
 
 
 def _wsi_outputs(args) -> list:
@@ -128,8 +157,19 @@ def _set_mpp(adata, mpp) -> None:
     entry.setdefault(Key.uns.metadata, {})[Key.metadata.microns_per_pixel] = float(mpp)
 
 
-def _predict_adata(args):
-    """``predict_one`` for a slide given as AnnData (or as a path, read here)."""
+def query_source(args) -> Optional[dict]:
+    """Where the query slide came from, so ``stgraph plot --true`` can read its truth again: ``{slide: path}``
+    or ``{her2st: root, section: id}`` (absolute paths); ``None`` for an image + spot table."""
+    if args.her2st and args.section:
+        return {"her2st": str(Path(args.her2st).resolve()), "section": str(args.section)}
+    if args.slide:
+        return {"slide": str(Path(args.slide[0] if isinstance(args.slide, list) else args.slide).resolve())}
+    return None
+
+
+def _predict_adata(args, source: Optional[dict] = None):
+    """``predict_one`` for a slide given as AnnData (or as a path, read here); the prediction records its
+    source slide (``uns['stgraph']['source_slide']``)."""
     from stgraph.data import read_slide
     from stgraph.inference import predict_slide
 
@@ -137,7 +177,11 @@ def _predict_adata(args):
         adata = read_slide(slide) if isinstance(slide, (str, Path)) else slide
         if args.mpp is not None:
             _set_mpp(adata, args.mpp)
-        return predict_slide(loaded, adata, progress=True, **_retrieval(args))
+        pred = predict_slide(loaded, adata, progress=True, **_retrieval(args))
+        where = {"slide": str(Path(slide).resolve())} if isinstance(slide, (str, Path)) else source
+        if where:
+            pred.uns.setdefault(Key.uns.stgraph, {})[Key.uns.source_slide] = where
+        return pred
 
     return predict_one
 
@@ -146,20 +190,28 @@ def _predict_wsi(args) -> int:
     from stgraph.data.wsi import WSIImage
     from stgraph.inference import load_run
     from stgraph.inference.wsi import parse_grid, predict_wsi
+    from stgraph.preprocess.resolution import require_physical_resolution
 
     pairs = _wsi_outputs(args)
     grid = parse_grid(args.grid)
     if args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be ≥ 1, got {args.chunk_size}")
+    if not 0 <= args.min_saturation <= 255:
+        raise ValueError(f"--min-saturation must be in [0, 255], got {args.min_saturation}")
+    if not args.min_tissue_area >= 0:
+        raise ValueError(f"--min-tissue-area must be ≥ 0 µm², got {args.min_tissue_area}")
     if args.max_spots is not None and args.max_spots < 1:
         raise ValueError(f"--max-spots must be ≥ 1, got {args.max_spots}")
     for slide, _ in pairs:  # pixel size and readability of every slide before any compute
         WSIImage(slide, mpp=args.mpp).close()
     loaded = load_run(args.model, device=args.device)
+    require_physical_resolution(loaded.resolution, loaded.config, args.train_mpp)
 
     def predict_one(loaded, slide):
-        return predict_wsi(loaded, slide, grid=grid, mpp=args.mpp, cache=args.cache, cache_dir=args.cache_dir,
-                           chunk_size=args.chunk_size, progress=True, max_spots=args.max_spots, **_retrieval(args))
+        return predict_wsi(loaded, slide, grid=grid, mpp=args.mpp, train_mpp=args.train_mpp, cache=args.cache,
+                           min_saturation=args.min_saturation, min_area_um2=args.min_tissue_area,
+                           cache_dir=args.cache_dir, chunk_size=args.chunk_size, progress=True,
+                           max_spots=args.max_spots, **_retrieval(args))
 
     return predict_and_write(loaded, pairs, predict_one, force=args.force, plot=args.plot)
 
@@ -191,4 +243,5 @@ def run(args) -> int:
     if args.plot:  # before any compute or write, so a typo'd gene does not leave a half-done output behind
         check_genes(args.plot, loaded.genes, "the model's")
     adata = read_query(args)
-    return predict_and_write(loaded, [(adata, out)], _predict_adata(args), force=args.force, plot=args.plot)
+    return predict_and_write(loaded, [(adata, out)], _predict_adata(args, source=query_source(args)),
+                             force=args.force, plot=args.plot)

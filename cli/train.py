@@ -12,7 +12,8 @@ __all__ = ["add_parser", "run"]
 def add_parser(sub, parents) -> None:
     p = sub.add_parser("train", help="train a model and store its reference in a run folder",
                        parents=[*parents, slides_parent()])
-    p.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
+    p.add_argument("--config", required=True,
+                   help="a YAML file, or a shipped config by name: stgraph, cpu/bleep, ... (`stgraph configs`)")
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--force", action="store_true", help="replace an existing run folder")
     p.add_argument("--resume", action="store_true", help="continue training from <out>/checkpoints/last.pt")
@@ -75,7 +76,10 @@ def run(args) -> int:
         dist.destroy_process_group()
     if rank != 0:
         return 0  # rank 0 reports
-    best = trained.result.best_epoch if trained.result else -1
     world = f" in {env_world_size()} processes" if env_world_size() > 1 else ""
-    print(f"trained {config.name} on {len(slides)} slide(s){world}; best epoch {best}; run folder: {args.out}")
+    if config.model.name == "ridge":  # closed form: no epochs to report
+        how = "fitted in closed form"
+    else:
+        how = f"best epoch {trained.result.best_epoch if trained.result else -1}"
+    print(f"trained {config.name} on {len(slides)} slide(s){world}; {how}; run folder: {args.out}")
     return 0

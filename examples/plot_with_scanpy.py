@@ -1,8 +1,9 @@
-"""Plot a prediction with scanpy (and squidpy, when installed): a prediction is an ordinary AnnData with
+"""Plot a prediction with squidpy (when installed) and scanpy: a prediction is an ordinary AnnData with
 obsm['spatial'] and the input's uns['spatial'], so the usual spatial plots draw it over the H&E.
 
     python examples/plot_with_scanpy.py --tiny
 """
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +17,15 @@ from stgraph.keys import Key  # noqa: E402
 from stgraph.pl import plot_genes  # noqa: E402
 
 
+def _save_with_image(path: Path) -> None:
+    """Save the current figure, checking that the H&E is actually drawn under the spots."""
+    fig = plt.gcf()
+    if not any(ax.get_images() for ax in fig.axes):
+        raise RuntimeError(f"{path.name}: no image under the spots")
+    fig.savefig(path, dpi=80)
+    plt.close("all")
+
+
 def main(argv=None):
     from _common import parser
 
@@ -25,23 +35,26 @@ def main(argv=None):
     pred = train_and_predict(argv)
     genes = list(pred.var_names[:2])
 
-    # scanpy: spot colours over the image stored in uns['spatial'][library_id]
     library_id = next(iter(pred.uns[Key.uns.spatial]))
-    images = pred.uns[Key.uns.spatial][library_id][Key.uns.images]
-    img_key = "hires" if "hires" in images else next(iter(images), None)  # a spot table keeps its input's
-    sc.pl.spatial(pred, color=genes, library_id=library_id, img_key="hires" if "hires" in images else None,
-                  spot_size=20, show=False)
-    plt.savefig(out / "scanpy_spatial.png", dpi=80)
-    plt.close("all")
+    entry = pred.uns[Key.uns.spatial][library_id]
+    images, factors = entry[Key.uns.images], entry[Key.uns.scalefactors]
+    img_key = next(k for k in ("hires", "lowres", "fullres") if k in images)  # a spot table keeps its input's
+    factors.setdefault(f"tissue_{img_key}_scalef", 1.0)  # a full-resolution image is at scale 1
 
-    try:  # squidpy, if installed
+    # squidpy: spot colours over the H&E (scanpy's own spatial plot points here too)
+    try:
         import squidpy as sq
-
-        sq.pl.spatial_scatter(pred, color=genes, library_id=library_id, img_res_key=img_key)
-        plt.savefig(out / "squidpy_spatial.png", dpi=80)
-        plt.close("all")
     except ImportError:
-        pass
+        print("squidpy is not installed (pip install squidpy): drawing with scanpy's spatial plot only")
+    else:
+        sq.pl.spatial_scatter(pred, color=genes, library_id=library_id, img_res_key=img_key)
+        _save_with_image(out / "squidpy_spatial.png")
+
+    # scanpy: the same over the same image (sc.pl.spatial; scanpy recommends squidpy's, above)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*squidpy.pl.spatial_scatter.*")
+        sc.pl.spatial(pred, color=genes, library_id=library_id, img_key=img_key, alpha=0.75, show=False)
+    _save_with_image(out / "scanpy_spatial.png")
 
     # stgraph's own: predicted (and true) maps side by side
     fig = plot_genes(pred, genes, path=out / "stgraph_maps.png")

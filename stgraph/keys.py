@@ -47,6 +47,7 @@ class _Uns:
     scalefactors = "scalefactors"
     metadata = "metadata"
     stgraph = "stgraph"            # provenance of a prediction
+    source_slide = "source_slide"  # uns['stgraph']['source_slide']: {slide: path} or {her2st: root, section: id}
     spatial_neighbors = "spatial_neighbors"   # squidpy: parameters of the spot graph
     reference = "reference"        # the reference store as AnnData: kind and meta
 

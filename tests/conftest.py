@@ -17,6 +17,11 @@ SHARED = Path(os.environ.get("STGRAPH_SHARED") or REPO.parent / "shared")
 HER2ST = SHARED / "data" / "her2st"
 MOBILENET = SHARED / "weights" / "mobilenetv2_100.imagenet.pth"
 
+# Configs name a timm model and `pretrained: true`; the shared ImageNet file is found the way a user's would
+# be, through the $STGRAPH_WEIGHTS folder (stgraph.models.weights), never by a path in a config.
+if MOBILENET.parent.is_dir():
+    os.environ.setdefault("STGRAPH_WEIGHTS", str(MOBILENET.parent))
+
 METHOD_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml"))
 
 
@@ -47,6 +52,7 @@ def tiny_overrides(cache_dir: Path, epochs: int = 2) -> list[str]:
         "model.spot_encoder.dim_head=8",
         "data.patch_size=32",
         "data.n_top_hvg=20",
+        "data.include_genes=null",  # the shipped marker list names human genes the synthetic slides lack
         "data.harmony_pcs=5",
         f"data.cache_dir={cache_dir}",
         f"train.epochs={epochs}",

@@ -69,11 +69,11 @@ def test_missing_config_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-def test_cpu_configs_resolve_the_offline_weights():
+def test_cpu_configs_name_the_model_not_a_weights_path():
     cfg = load_config(CONFIGS / "cpu" / "bleep.yaml")
     assert cfg.model.image_encoder.backbone == "mobilenetv2_100"
     assert cfg.model.image_encoder.freeze == "all" and cfg.model.image_encoder.cache_features
-    assert cfg.model.image_encoder.weights.endswith("mobilenetv2_100.imagenet.pth")
+    assert cfg.model.image_encoder.pretrained and cfg.model.image_encoder.weights is None
 
 
 def test_every_config_file_loads():

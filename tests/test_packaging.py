@@ -12,8 +12,11 @@ def test_every_subpackage_is_listed_in_pyproject():
     listed = set(config["packages"])
     found = {"stgraph." + ".".join(p.parent.relative_to(REPO / "stgraph").parts)
              for p in (REPO / "stgraph").rglob("__init__.py") if p.parent != REPO / "stgraph"}
-    assert found | {"stgraph", "stgraph.cli"} == listed
+    assert found | {"stgraph", "stgraph.cli", "stgraph.configs"} == listed
     assert config["package-dir"]["stgraph.cli"] == "cli" and (REPO / "cli" / "main.py").is_file()
+    # The shipped configs are package data of stgraph.configs (the top-level configs/ folder).
+    assert config["package-dir"]["stgraph.configs"] == "configs" and (REPO / "configs" / "__init__.py").is_file()
+    assert "**/*.yaml" in config["package-data"]["stgraph.configs"]
 
 
 @pytest.mark.parametrize("target", ["test", "demo"])

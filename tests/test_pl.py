@@ -55,10 +55,28 @@ def test_gene_maps_over_the_image(slide, tmp_path):
     assert len(maps) == 4  # 2 genes × (predicted, true)
     assert all(ax.get_images() for ax in maps)  # each over the H&E
     r = stats.pearsonr(np.asarray(pred.X)[:, 1], counts[:, 1])[0]
-    assert maps[2].get_title() == f"gene_1 predicted (r = {r:.2f})"
+    assert maps[2].get_title() == f"gene_1 predicted (Pearson r = {r:.2f})"
     assert maps[3].get_title() == "gene_1 true"
     np.testing.assert_allclose(maps[0].collections[0].get_offsets(), slide.obsm["spatial"])
     np.testing.assert_allclose(maps[0].collections[0].get_array(), np.asarray(pred.X)[:, 0])
+    # One colour scale per gene over both panels ([min, max] of the two), spots translucent over the H&E.
+    for row, g in enumerate(["gene_0", "gene_1"]):
+        col = lambda ad: np.asarray(ad[:, g].X.toarray() if hasattr(ad.X, "toarray") else ad[:, g].X).ravel()  # noqa: E731
+        both = np.concatenate([col(pred), col(slide)])
+        for ax in maps[2 * row: 2 * row + 2]:
+            assert ax.collections[0].get_clim() == pytest.approx((both.min(), both.max()))
+            assert ax.collections[0].get_alpha() < 1
+    bars = [a for a in fig.axes if a not in maps]
+    assert len(bars) == 4 and all(b.get_ylabel() == "log1p normalised expression" for b in bars)
+    plt.close(fig)
+
+
+def test_gene_maps_per_panel_ranges_are_stated(slide):
+    pred, _ = _noisy_prediction(slide)
+    fig = plot_genes(pred, ["gene_0"], adata_true=slide, shared_scale=False)
+    pred_ax, true_ax = _map_axes(fig)
+    assert pred_ax.collections[0].get_clim() != true_ax.collections[0].get_clim()
+    assert all("own range" in a.get_ylabel() for a in fig.axes if a not in (pred_ax, true_ax))
     plt.close(fig)
 
 
@@ -107,9 +125,17 @@ def test_fold_plot(tmp_path):
     fig = plot_fold_pcc(df, path=tmp_path / "pcc.png")
     assert _is_png(tmp_path / "pcc.png")
     (ax,) = fig.axes
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    # b is undefined on every fold: no empty "n/a" column, a note names it; the title says the metric in words.
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "c"]
+    assert ax.get_title() == "Mean Pearson r, all genes, per held-out section"
+    assert any("not shown" in t.get_text() and "b" in t.get_text() for t in fig.texts)
+    assert not any(t.get_text() == "n/a" for t in ax.texts)
     dots = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections])
     np.testing.assert_allclose(np.sort(dots), [0.1, 0.2, 0.3])  # every defined fold is drawn once
     plt.close(fig)
+    from stgraph.pl.benchmark import metric_label
+
+    assert metric_label("pcc_heg50") == "mean Pearson r, 50 most expressed genes"
+    assert metric_label("hit_at_10") == "Hit@10" and metric_label("custom") == "custom"
     with pytest.raises(KeyError, match="ssim"):
         plot_fold_pcc(df, metric="ssim")

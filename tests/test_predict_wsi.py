@@ -106,19 +106,33 @@ def test_resampling_matches_a_slide_scanned_at_the_training_resolution(run_dir, 
     assert np.median(cos) > 0.95
 
 
-def test_run_without_pixel_size_keeps_the_pixel_behaviour(run_dir, slides, caplog):
-    """HER2+-style runs (no µm/px in the training slides): patch_size level-0 pixels, no resampling."""
+def test_run_without_pixel_size_refuses_wsi_unless_train_mpp(run_dir, slides, tmp_path, capsys):
+    """A run whose training slides stated no pixel size would cut a whole slide at the slide's own scale:
+    refused before the slide is opened, unless --train-mpp states the training pixel size."""
+    import shutil
+
     from stgraph.inference import load_run
     from stgraph.inference.wsi import predict_wsi
+    from stgraph.preprocess.resolution import UnknownResolutionError
 
     run = load_run(run_dir)
     run.info["resolution"] = dict(run.resolution, microns_per_pixel=None, patch_um=None, patch_mpp=None)
-    with caplog.at_level(logging.INFO, logger="stgraph"):
-        pred = predict_wsi(run, slides["a"])
-    prov = pred.uns["stgraph"]
-    assert prov["physical_resolution"] is False and prov["level"] == 0
-    assert prov["patch_um"] == pytest.approx(16.0) and prov["resample_factor"] == 1.0
-    assert "no physical resolution" in caplog.text
+    with pytest.raises(UnknownResolutionError, match="--train-mpp"):
+        predict_wsi(run, tmp_path / "not_even_there.tif")
+    prov = predict_wsi(run, slides["a"], train_mpp=1.0).uns["stgraph"]
+    assert prov["physical_resolution"] is True and prov["patch_um"] == pytest.approx(32.0)
+    assert prov["target_mpp"] == pytest.approx(1.0) and prov["resample_factor"] == pytest.approx(2.0)
+
+    nores = tmp_path / "nores"
+    shutil.copytree(run_dir, nores)
+    info = json.loads((nores / "run.json").read_text())
+    info["resolution"].update(microns_per_pixel=None, patch_um=None, patch_mpp=None)
+    (nores / "run.json").write_text(json.dumps(info))
+    out = tmp_path / "p.h5ad"
+    assert main(["predict", "--model", str(nores), "--wsi", str(slides["a"]), "--out", str(out)]) == 2
+    assert "--train-mpp" in capsys.readouterr().err and not out.exists()
+    assert main(["predict", "--model", str(nores), "--wsi", str(slides["a"]), "--out", str(out),
+                 "--train-mpp", "1.0"]) == 0
 
 
 def test_features_are_streamed_in_chunks(run_dir, slides, monkeypatch):
@@ -191,7 +205,13 @@ def test_bad_input_fails_before_compute_with_clear_errors(run_dir, slides, tmp_p
         return capsys.readouterr().err
 
     assert "--mpp" in err("--wsi", str(slides["nompp"]), "--out", str(tmp_path / "x.h5ad"))
-    assert "tissue" in err("--wsi", str(slides["blank"]), "--out", str(tmp_path / "x.h5ad")).lower()
+    blank = err("--wsi", str(slides["blank"]), "--out", str(tmp_path / "x.h5ad"))
+    assert "tissue" in blank.lower() and "--min-saturation" in blank and "--min-tissue-area" in blank
+    # The options the advice names exist and reach tissue detection: a huge minimum area finds no tissue.
+    assert "no tissue" in err("--wsi", str(slides["a"]), "--out", str(tmp_path / "x.h5ad"),
+                              "--min-tissue-area", "1e12")
+    assert "--min-saturation" in err("--wsi", str(slides["a"]), "--out", str(tmp_path / "x.h5ad"),
+                                     "--min-saturation", "300")
     assert "grid" in err("--wsi", str(slides["a"]), "--out", str(tmp_path / "x.h5ad"), "--grid", "hexagon")
     import importlib.util
 

@@ -65,7 +65,10 @@ def test_her2st_convention_matches_files(her2st_slides):
     meta = ad.uns["spatial"]["B4"]["metadata"]
     assert Path(meta["source_image_path"]).name == "BT10737_D2_HE.jpg"
     assert meta["fullres_shape"] == [9923, 9272]
-    assert ad.uns["spatial"]["B4"]["scalefactors"]["spot_diameter_fullres"] == 100.0
+    # Pixel size from the array: ≈ 290 px between neighbours 200 µm apart → ≈ 0.69 µm/px, 100 µm spots ≈ 145 px.
+    assert 0.65 < meta["microns_per_pixel"] < 0.73
+    assert ad.uns["spatial"]["B4"]["scalefactors"]["spot_diameter_fullres"] == pytest.approx(
+        100.0 / meta["microns_per_pixel"])
 
 
 @pytest.mark.slow
@@ -162,8 +165,9 @@ def test_visium_2_1_0_probe_matrix_without_spatial():
     import h5py
 
     folder = _require(VISIUM / "2.1.0")
-    with pytest.raises(FileNotFoundError, match="tissue_positions.csv"):
+    with pytest.raises(FileNotFoundError, match="tissue_positions.csv") as info:
         read_visium(folder)
+    assert "copy Space Ranger's spatial/ folder" in str(info.value)  # advice that works from the CLI too
     with pytest.raises(FileNotFoundError, match="tissue_positions"):
         read_slide(folder)
     with pytest.warns(UserWarning, match="raw_probe_bc_matrix.h5"):
@@ -223,6 +227,25 @@ def test_read_st_legacy_small(tmp_path):
     # the same slide through auto-detection: a folder and a tuple
     assert read_slide(tmp_path).obs_names.tolist() == ad.obs_names.tolist()
     assert read_slide(paths).n_obs == 3
+
+
+def test_legacy_pixel_size_from_the_array_pitch(tmp_path):
+    """Array neighbours are 200 µm apart (legacy ST): 50 px between them → 4 µm/px, 100 µm spots → 25 px."""
+    ad = read_st_legacy(*_write_legacy(tmp_path))
+    entry = ad.uns["spatial"]["S1"]
+    assert entry["metadata"]["microns_per_pixel"] == pytest.approx(4.0)
+    assert entry["scalefactors"]["spot_diameter_fullres"] == pytest.approx(25.0)
+    # Jittered centres: the median neighbour distance, not the first pair, sets the scale.
+    from stgraph.data.readers.legacy_st import array_microns_per_pixel
+
+    rng = np.random.default_rng(0)
+    xy = np.array([(x, y) for x in range(10) for y in range(10)])
+    px = xy * 290.0 + rng.normal(0, 8, size=xy.shape)
+    assert array_microns_per_pixel(xy, px) == pytest.approx(200 / 290, rel=0.02)
+    assert array_microns_per_pixel(np.array([[0, 0], [5, 5]]), np.array([[0.0, 0], [9, 9]])) is None
+    # A stated pixel size wins.
+    assert read_st_legacy(*_write_legacy(tmp_path / "b"), microns_per_pixel=0.5).uns["spatial"]["S1"][
+        "metadata"]["microns_per_pixel"] == 0.5
 
 
 @pytest.mark.parametrize("which", [0, 1, 2])

@@ -17,6 +17,7 @@ import yaml
 
 from ..errors import StgraphError
 from .schema import COMPONENT_OPTIONS, Config, choices, registry_of
+from .shipped import find_config
 
 __all__ = ["ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "save_config"]
 
@@ -113,6 +114,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
+    if annotation is typing.Any:  # checked by validate_config (e.g. data.include_genes: a list or a file)
+        return value
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a section (mapping), got {value!r}")
@@ -351,6 +354,12 @@ def _check_ranges(config: Config) -> None:
     for key, value in positive:
         if not value > 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
+    if d.n_top_expressed < 0:
+        raise ConfigError(f"data.n_top_expressed must be ≥ 0, got {d.n_top_expressed}")
+    inc = d.include_genes
+    if inc is not None and not (isinstance(inc, str) or (isinstance(inc, list)
+                                                         and all(isinstance(g, str) and g for g in inc))):
+        raise ConfigError(f"data.include_genes must be a list of gene names or a gene-list file, got {inc!r}")
     if d.graph.knn is not None and d.graph.knn < 1:
         raise ConfigError(f"data.graph.knn must be ≥ 1, got {d.graph.knn}")
     if t.weight_decay < 0:
@@ -388,10 +397,13 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     Parameters
     ----------
     path
-        YAML file; ``None`` starts from the defaults.
+        YAML file, or the name of a shipped config (``"stgraph"``, ``"cpu/bleep"``:
+        :func:`~stgraph.config.shipped.find_config`); ``None`` starts from the defaults.
     overrides
         ``"dotted.key=value"`` strings, e.g. ``["train.epochs=5", "model.hsic.enabled=false"]``.
     """
+    if path is not None:
+        path = find_config(path)  # a file, or a shipped config by name ("stgraph", "cpu/bleep")
     data = _read_yaml(Path(path)) if path is not None else {}
     try:
         config = config_from_dict(apply_overrides(data, overrides))
@@ -404,7 +416,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
 
 
 #: Config values that name files, as (section path, attribute).
-PATH_FIELDS = (("model.image_encoder", "weights"), ("data", "genes"))
+PATH_FIELDS = (("model.image_encoder", "weights"), ("data", "genes"), ("data", "include_genes"))
 _GENE_SELECTION_KEYWORDS = ("hvg_union", "shared")
 
 
@@ -415,7 +427,7 @@ def resolve_relative_paths(config: Config, config_dir: Path) -> None:
         for part in section_path.split("."):
             section = getattr(section, part)
         value = getattr(section, attr)
-        if value is None or value in _GENE_SELECTION_KEYWORDS or Path(value).is_absolute():
+        if not isinstance(value, str) or value in _GENE_SELECTION_KEYWORDS or Path(value).is_absolute():
             continue
         for root in (Path.cwd(), config_dir):
             candidate = (root / value).resolve()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 __all__ = [
     "GraphConfig",
@@ -136,6 +136,10 @@ class DataConfig:
 
     ``genes``: ``hvg_union`` (top ``n_top_hvg`` HVGs per training slide, union), ``shared`` (all genes shared
     by the training slides), or a path to a gene list (``.npy`` or text, one gene per line).
+    ``n_top_expressed``: also keep the genes with the ``n_top_expressed`` highest mean log1p(normalised)
+    expression over the training spots (0: none); HVG selection drops the most expressed genes.
+    ``include_genes``: genes the model must predict whatever the selection (markers you will plot): a list of
+    names or a gene-list file; one that no training slide measures is skipped with a warning naming it.
     ``patch_um``: patch side in µm (needs the slides' pixel size); ``None``: ``patch_size`` pixels.
     ``cache_dir``: patch and feature cache; ``auto`` (default) is the user cache dir (``$STGRAPH_CACHE_DIR``,
     ``$XDG_CACHE_HOME/stgraph`` or ``~/.cache/stgraph``), ``null`` turns caching off, else a folder.
@@ -143,6 +147,8 @@ class DataConfig:
 
     genes: str = "hvg_union"
     n_top_hvg: int = 1000
+    n_top_expressed: int = 0
+    include_genes: Any = None
     harmony: bool = False
     harmony_pcs: int = 50
     patch_size: int = 224

@@ -93,7 +93,12 @@ def _read_cache(path: Path, key: dict, n: int, size: int) -> Optional[np.ndarray
         patches = np.load(path)
     except (OSError, ValueError, json.JSONDecodeError):
         return None  # a damaged cache entry is recomputed, never trusted
-    return patches if patches.shape == (n, size, size, 3) and patches.dtype == np.uint8 else None
+    if patches.shape == (n, size, size, 3) and patches.dtype == np.uint8:
+        import logging
+
+        logging.getLogger(__name__).debug("patch cache hit: %s", path)
+        return patches
+    return None
 
 
 def _write_cache(path: Path, key: dict, patches: np.ndarray) -> None:

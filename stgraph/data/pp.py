@@ -22,6 +22,7 @@ from ..keys import Key
 __all__ = [
     "normalize_log1p",
     "select_hvg_union",
+    "select_highly_expressed",
     "shared_genes",
     "load_gene_list",
     "top_expressed_genes",
@@ -106,6 +107,26 @@ def select_hvg_union(slides: Sequence[AnnData], n_top: int = 1000, flavor: str =
         table.index = ad.var_names
         chosen.update(table.index[table["highly_variable"].to_numpy()])
     return [g for g in genes if g in chosen]
+
+
+def select_highly_expressed(slides: Sequence[AnnData], n_top: int = 1000) -> list[str]:
+    """The ``n_top`` genes with the highest mean log1p(normalised) expression over all spots of the given
+    slides pooled (each spot counts once), among the genes every slide measures, in the first slide's gene
+    order. HVG selection bins genes by mean and so drops the most expressed ones (IGKC, FASN, ERBB2 on
+    HER2+); this keeps them. Pass only training slides."""
+    slides = list(slides)
+    genes = shared_genes(slides)
+    if not genes:
+        raise ValueError("the slides share no gene")
+    total = np.zeros(len(genes))
+    n = 0
+    for ad in slides:
+        x = _log_normalised(ad)[:, genes].X
+        total += np.asarray(x.sum(axis=0)).ravel()
+        n += ad.n_obs
+    order = np.argsort(-total / max(n, 1), kind="stable")[: int(n_top)]
+    keep = set(order.tolist())
+    return [g for i, g in enumerate(genes) if i in keep]
 
 
 def load_gene_list(path: Union[str, os.PathLike]) -> list[str]:

@@ -19,6 +19,7 @@ from ..inference.predict import predict_slide
 from ..metrics import evaluate_arrays, per_gene_table
 from ..metrics.report import summarize_folds, to_markdown_table, write_csv_atomic, write_json_atomic
 from ..models import create_image_encoder
+from ..models.weights import check_pretrained_weights
 from ..preprocess.prepare import fit_preprocessor, prepare_slide, preprocessing_key, uncorrected_expression
 from ..training.job import train_model
 from .baselines import BASELINES
@@ -214,6 +215,8 @@ def cross_validate(configs: Mapping[str, object], collection: SlideCollection, f
     out = Path(out_dir) if out_dir is not None else None
     if jobs < 1:
         raise ValueError(f"jobs must be ≥ 1, got {jobs}")
+    for config in configs.values():  # before any fold: a missing backbone file fails here, named
+        check_pretrained_weights(config)
     rows: list[dict] = []
     first_fold_predictions: dict = {}
     jobs = min(jobs, len(folds)) if folds else 1

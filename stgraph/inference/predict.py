@@ -193,10 +193,11 @@ OUTPUT_SUFFIXES = (".h5ad", ".csv", ".parquet")
 
 
 def prediction_table(adata: AnnData) -> pd.DataFrame:
-    """The prediction as a table: one row per spot (index = spot name), ``x``, ``y`` (full-resolution px),
-    ``array_row``/``array_col``/``slide_id`` when present, then one column per gene."""
+    """The prediction as a table: one row per spot (index ``spot``: the spot's name, e.g. its barcode), ``x``,
+    ``y`` (full-resolution px), ``array_row``/``array_col``/``slide_id`` when present, then one column per
+    gene."""
     x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
-    frame = pd.DataFrame(index=adata.obs_names.copy())
+    frame = pd.DataFrame(index=pd.Index(adata.obs_names.copy(), name="spot"))
     xy = np.asarray(adata.obsm[Key.obsm.spatial])
     frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
     for col in (Key.obs.array_row, Key.obs.array_col, Key.obs.slide_id):

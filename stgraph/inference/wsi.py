@@ -24,7 +24,7 @@ from ..errors import StgraphError
 from ..keys import Key
 from ..runfolder import Run
 from ..preprocess.prepare import PreparedSlide, needs_graph
-from ..preprocess.resolution import QueryResolution, query_resolution
+from ..preprocess.resolution import QueryResolution, query_resolution, require_physical_resolution
 from ..data.transforms import grid_coordinates, normalize_batch, patch_batch
 from ..utils import atomic_save_npy, folder_size, prefetch, user_cache_dir
 from .predict import check_k, predict_prepared
@@ -155,7 +155,8 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
                 backend: Optional[str] = None, cache: bool = False,
                 cache_dir: Optional[Union[str, os.PathLike]] = None, chunk_size: int = 256,
                 batch_size: int = 64, progress: bool = False, prefetch_chunks: int = 1,
-                max_spots: Optional[int] = None, **mask_kwargs) -> AnnData:
+                train_mpp: Optional[float] = None, max_spots: Optional[int] = None,
+                **mask_kwargs) -> AnnData:
     """Predict a whole-slide image's expression on a spot grid laid over its tissue.
 
     Parameters
@@ -174,6 +175,9 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
         Patches read per band, and per backbone forward.
     prefetch_chunks
         Chunks read ahead by a background thread while the backbone runs (0: no thread).
+    train_mpp
+        µm per pixel of the training images, for a run that records no physical resolution (``--train-mpp``);
+        without it such a run is refused (:class:`~stgraph.preprocess.resolution.UnknownResolutionError`).
     max_spots
         Bound on the grid's spots (default :data:`~stgraph.data.wsi.grid.DEFAULT_MAX_SPOTS`), checked on an
         estimate from the tissue area before the grid, its features or its output are allocated.
@@ -199,6 +203,7 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
     from ..data.wsi.image import WSIImage, level_for_mpp
 
     config = run.config
+    require_physical_resolution(run.resolution, config, train_mpp)  # before the slide is opened
     kind = parse_grid(grid)
     check_k(k)
     max_spots = DEFAULT_MAX_SPOTS if max_spots is None else int(max_spots)
@@ -206,7 +211,7 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
         raise WSIPredictionError(f"--max-spots must be ≥ 1, got {max_spots}")
     cfg = config.model.image_encoder
     with WSIImage(path, mpp=mpp) as wsi:
-        res = query_resolution(run.resolution, config, wsi.mpp)
+        res = query_resolution(run.resolution, config, wsi.mpp, train_mpp=train_mpp)
         level = level_for_mpp(wsi, res.target_mpp)
         log.info("%s: %d × %d px at %.4g µm/px (%s), %d level(s)", Path(wsi.source).name, wsi.shape[1],
                  wsi.shape[0], wsi.mpp, wsi.mpp_source, wsi.level_count)

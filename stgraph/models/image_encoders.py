@@ -1,8 +1,9 @@
 """Image encoders: any timm CNN/ViT as a pooled-feature extractor.
 
 ``TimmImageEncoder`` maps a patch batch (B, 3, H, W), ImageNet-normalised, to pooled features (B, F)
-(``num_classes=0``). Pretrained weights come from the hub (timm's normal download) or, offline, from a
-local checkpoint file via ``pretrained_cfg_overlay=dict(file=...)``.
+(``num_classes=0``). Pretrained weights come from a local file found by
+:func:`~stgraph.models.weights.resolve_weights` (the config's file, ``$STGRAPH_WEIGHTS``, the hub cache) via
+``pretrained_cfg_overlay=dict(file=...)``, or from the hub (timm's normal download).
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from torch import nn
 
 from ..errors import StgraphError
 from ..registry import Registry
+from .weights import PretrainedWeightsError, WeightsSource, resolve_weights
 
-__all__ = ["IMAGE_ENCODERS", "TimmImageEncoder", "FREEZE_POLICIES", "trainable_groups"]
+__all__ = ["IMAGE_ENCODERS", "TimmImageEncoder", "FREEZE_POLICIES", "trainable_groups", "PretrainedWeightsError"]
 
 #: ``model.image_encoder.name`` → builder taking the section's shared fields (the registry's ``inputs``)
 #: and the entry's own ``options`` as keyword arguments; returns a module with ``num_features`` and
@@ -27,22 +29,23 @@ IMAGE_ENCODERS: Registry[nn.Module] = Registry(
 FREEZE_POLICIES = ("none", "all", "all_but_last_stage")
 
 
-class PretrainedWeightsError(StgraphError, RuntimeError):
-    """Raised when pretrained weights cannot be loaded (no file, corrupt file, no hub access)."""
-
-
 HUB_PREFIX = "hf-hub:"
 
 
 def _create_timm_model(backbone: str, pretrained: bool, weights: Optional[str],
-                       architecture: Optional[str] = None, model_kwargs: Optional[dict] = None) -> nn.Module:
-    """A timm model with pooled features. ``backbone`` is a timm name or a hub id (``hf-hub:org/name``,
-    e.g. a pathology foundation model); with a local ``weights`` file a hub id needs the timm
-    ``architecture`` it was built on (e.g. ``vit_large_patch16_224`` for UNI), since nothing is downloaded."""
+                       architecture: Optional[str] = None, model_kwargs: Optional[dict] = None
+                       ) -> tuple[nn.Module, Optional[WeightsSource]]:
+    """A timm model with pooled features, and where its pretrained weights came from (``None``: not
+    pretrained). ``backbone`` is a timm name or a hub id (``hf-hub:org/name``, e.g. a pathology foundation
+    model); with a local weights file a hub id needs the timm ``architecture`` it was built on (e.g.
+    ``vit_large_patch16_224`` for UNI), since nothing is downloaded. Weights are found by
+    :func:`~stgraph.models.weights.resolve_weights` (config file, ``$STGRAPH_WEIGHTS``, hub cache, hub)."""
     import timm
 
+    source = resolve_weights(backbone, weights, architecture) if pretrained else None
+    file = source.file if source is not None else None
     name = backbone
-    if backbone.startswith(HUB_PREFIX) and (weights is not None or not pretrained):
+    if backbone.startswith(HUB_PREFIX) and (file is not None or not pretrained):
         if architecture is None:
             raise ValueError(f"{backbone!r} is a hub id: offline (a local weights file, or pretrained=false) set "
                              "model.image_encoder.architecture to its timm architecture, e.g. vit_large_patch16_224")
@@ -50,20 +53,14 @@ def _create_timm_model(backbone: str, pretrained: bool, weights: Optional[str],
     if not name.startswith(HUB_PREFIX) and not timm.is_model(name):
         raise ValueError(f"unknown timm backbone {name!r}; see timm.list_models()")
     kwargs: dict = dict(model_kwargs or {}, num_classes=0)
-    if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"pretrained weights file not found: {path}")
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
-        pretrained = True
+    if file is not None:
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(file))
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
-    except FileNotFoundError:
-        raise
+        return timm.create_model(name, pretrained=pretrained, **kwargs), source
     except Exception as err:  # hub unreachable, corrupt checkpoint, key mismatch
-        source = f"file {weights}" if weights else "the model hub"
+        where = f"file {file} ({source.origin})" if file is not None else "the model hub"
         raise PretrainedWeightsError(
-            f"could not load pretrained weights for {backbone!r} from {source}: {err}. "
+            f"could not load pretrained weights for {backbone!r} from {where}: {err}. "
             "Offline, point model.image_encoder.weights at a local checkpoint, or set "
             "model.image_encoder.pretrained=false."
         ) from err
@@ -101,9 +98,9 @@ class TimmImageEncoder(nn.Module):
     backbone
         timm model name.
     pretrained
-        Load ImageNet weights (from ``weights`` when given, else the hub).
+        Load pretrained weights (``weights`` when given, else ``$STGRAPH_WEIGHTS``, the hub cache, the hub).
     weights
-        Local checkpoint file (state dict) for offline use.
+        Local checkpoint file (state dict); ``None`` looks it up (:mod:`stgraph.models.weights`).
     freeze
         ``none`` (train all), ``all`` (no gradient; eval-mode BatchNorm), ``all_but_last_stage``
         (for a ViT: the last transformer block and the final norm).
@@ -124,7 +121,8 @@ class TimmImageEncoder(nn.Module):
         self.backbone_name = backbone
         self.freeze = freeze
         self.input_size = input_size
-        self.model = _create_timm_model(backbone, pretrained, weights, architecture, model_kwargs)
+        self.model, self.weights_source = _create_timm_model(backbone, pretrained, weights, architecture,
+                                                             model_kwargs)
         self.num_features = int(self.model.num_features)
         self._apply_freeze()
         self._split = None

@@ -96,7 +96,8 @@ def _matched(adata_pred, adata_true):
 
 def plot_genes(adata_pred, genes: Sequence[str], adata_true=None, image=None,
                path: Optional[Union[str, os.PathLike]] = None, spot_size: Optional[float] = None,
-               cmap: str = "viridis", shared_scale: bool = False, library_id: Optional[str] = None):
+               cmap: str = "viridis", shared_scale: bool = True, library_id: Optional[str] = None,
+               alpha: Optional[float] = None, units: str = "log1p normalised expression"):
     """One row per gene: predicted values (and the truth, when given) as coloured spots over the H&E.
 
     Parameters
@@ -118,17 +119,21 @@ def plot_genes(adata_pred, genes: Sequence[str], adata_true=None, image=None,
     cmap
         Matplotlib colour map.
     shared_scale
-        One colour range for the predicted and true panels of a gene. Off by default: kNN predictions are
-        smoother than the truth, and per-panel ranges show whether the spatial *pattern* is right (what
-        Pearson r measures).
+        One colour range per gene, [min, max] over its predicted and true panels (default), so equal colours
+        mean equal values. ``False``: each panel its own range (the spatial *pattern*, what Pearson r
+        measures; predictions are smoother than the truth), stated in the colour bar label.
     library_id
         ``uns['spatial']`` entry to take the image from (default: the slide's own, else the first).
+    alpha
+        Spot opacity; default 0.75 over an image (the tissue shows through), 1 without one.
+    units
+        Colour bar label (the values' unit).
 
     Returns
     -------
     matplotlib.figure.Figure
-        ``len(genes) × (1 or 2)`` map axes (one colour bar each). The predicted panel's title reads
-        ``"<gene> predicted (r = 0.42)"`` when the truth is given.
+        ``len(genes) × (1 or 2)`` map axes (one labelled colour bar each). The predicted panel's title reads
+        ``"<gene> predicted (Pearson r = 0.42)"`` when the truth is given.
     """
     genes = [str(g) for g in genes]
     if not genes:
@@ -153,6 +158,9 @@ def plot_genes(adata_pred, genes: Sequence[str], adata_true=None, image=None,
     if spot_size is None:
         spot_size = _auto_spot_size(xy)
     margin = _median_spacing(xy)
+    if alpha is None:
+        alpha = 0.75 if img is not None else 1.0
+    bar_label = units if shared_scale or true is None else f"{units} (own range per panel)"
 
     ncols = 1 if true is None else 2
     fig, axes = plt.subplots(len(genes), ncols, figsize=(4.2 * ncols, 4.0 * len(genes)), squeeze=False)
@@ -167,17 +175,19 @@ def plot_genes(adata_pred, genes: Sequence[str], adata_true=None, image=None,
             if img is not None:
                 ax.imshow(img)
             dots = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=spot_size, cmap=cmap, vmin=lo, vmax=hi,
-                              edgecolors="none", alpha=0.9)
+                              edgecolors="none", alpha=alpha)
             # Show the tissue under the spots, not the whole slide; y grows downwards as in the image.
             ax.set_xlim(xy[:, 0].min() - margin, xy[:, 0].max() + margin)
             ax.set_ylim(xy[:, 1].max() + margin, xy[:, 1].min() - margin)
             ax.set_aspect("equal")
             title = f"{gene} {label}"
             if label == "predicted" and true is not None:
-                title += f" (r = {_pearson(panels[0][1], panels[1][1]):.2f})"
+                title += f" (Pearson r = {_pearson(panels[0][1], panels[1][1]):.2f})"
             ax.set_title(title, fontsize=10)
             ax.set_axis_off()
-            fig.colorbar(dots, ax=ax, fraction=0.046, pad=0.02)
+            bar = fig.colorbar(dots, ax=ax, fraction=0.046, pad=0.02)
+            bar.set_label(bar_label, fontsize=8)
+            bar.solids.set_alpha(1.0)  # the bar shows the colours, not the spots' transparency
     fig.tight_layout()
     if path is not None:
         save_figure(fig, path)

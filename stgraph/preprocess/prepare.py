@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -155,14 +158,47 @@ class Preprocessor:
 
 
 def _select_genes(config, train_slides: Sequence[AnnData]) -> list[str]:
-    spec = config.data.genes
+    """``data.genes`` ∪ the ``data.n_top_expressed`` most expressed genes ∪ ``data.include_genes``, chosen on
+    the training slides only; the selection in the first slide's order, then the named genes it lacked."""
+    d = config.data
+    slides = list(train_slides)
+    spec = d.genes
     if spec == "hvg_union":
-        return pp.select_hvg_union(list(train_slides), n_top=config.data.n_top_hvg)
-    if spec == "shared":
-        return pp.shared_genes(list(train_slides))
-    genes = pp.load_gene_list(spec)
-    _check_gene_list_share(genes, spec, train_slides)
-    return genes
+        genes = pp.select_hvg_union(slides, n_top=d.n_top_hvg)
+    elif spec == "shared":
+        genes = pp.shared_genes(slides)
+    else:
+        genes = pp.load_gene_list(spec)
+        _check_gene_list_share(genes, spec, slides)
+    if d.n_top_expressed:
+        chosen = set(genes) | set(pp.select_highly_expressed(slides, d.n_top_expressed))
+        ordered = [g for g in slides[0].var_names if g in chosen]
+        genes = ordered + [g for g in genes if g not in set(ordered)]
+    return genes + included_genes(config, slides, exclude=genes)
+
+
+def included_genes(config, train_slides: Sequence[AnnData], exclude: Sequence[str] = ()) -> list[str]:
+    """``data.include_genes`` (a list or a gene-list file) that every training slide measures, minus
+    ``exclude``. A named gene that no training slide measures, or only some do (its training target would be a
+    fake zero elsewhere), is skipped with a warning naming it."""
+    spec = config.data.include_genes
+    if spec is None:
+        return []
+    names = pp.load_gene_list(spec) if isinstance(spec, str) else [str(g) for g in spec]
+    sets = [set(map(str, ad.var_names)) for ad in train_slides]
+    everywhere, anywhere = set.intersection(*sets), set.union(*sets)
+    for what, genes in (("measured by no training slide", [g for g in names if g not in anywhere]),
+                        ("measured by only some training slides",
+                         [g for g in names if g in anywhere and g not in everywhere])):
+        if genes:
+            warnings.warn(f"data.include_genes: {len(genes)} gene(s) {what}, skipped: "
+                          f"{', '.join(genes[:20])}{' ...' if len(genes) > 20 else ''}", UserWarning, stacklevel=3)
+    skip = set(exclude)
+    out: list[str] = []
+    for g in names:
+        if g in everywhere and g not in skip and g not in out:
+            out.append(g)
+    return out
 
 
 #: The least share of a ``data.genes`` file that every training slide must measure.
@@ -200,7 +236,8 @@ def preprocessing_key(config) -> str:
     import json
 
     d = config.data
-    fields = {"genes": d.genes, "n_top_hvg": d.n_top_hvg, "harmony": d.harmony, "harmony_pcs": d.harmony_pcs,
+    fields = {"genes": d.genes, "n_top_hvg": d.n_top_hvg, "n_top_expressed": d.n_top_expressed,
+              "include_genes": d.include_genes, "harmony": d.harmony, "harmony_pcs": d.harmony_pcs,
               "spot_input": config.model.spot_input, "seed": config.train.seed}
     if config.model.spot_input == "pca":
         fields["pca_components"] = config.model.pca_components
@@ -231,6 +268,7 @@ def fit_preprocessor(config, train_slides: Sequence[AnnData]) -> tuple[Preproces
         for i, ad in enumerate(aligned)
     }
     info = {"n_genes": len(genes), "gene_selection": config.data.genes,
+            "n_top_expressed": config.data.n_top_expressed, "include_genes": config.data.include_genes,
             "train_slides": list(expr), "harmony": bool(config.data.harmony)}
     if config.data.harmony and len(aligned) > 1:
         corrected = pp.harmony_correct(aligned, n_pcs=min(config.data.harmony_pcs, len(genes) - 1))
@@ -338,6 +376,17 @@ def _encoder_settings_key(cfg) -> list[str]:
     return [hashlib.sha1(text.encode()).hexdigest()[:10]]
 
 
+def _weights_label(encoder, cfg) -> str:
+    """The weights' name in a feature-cache key: the file the encoder loaded (wherever it was found), the hub
+    default, or ``random``."""
+    source = getattr(encoder, "weights_source", None)
+    if source is not None:
+        return source.label
+    if cfg.weights:
+        return Path(cfg.weights).stem
+    return "imagenet" if cfg.pretrained else "random"
+
+
 def _cached_features(encoder, patches: np.ndarray, config, slide_id: str, device: str, progress: bool,
                      stage: bool = False):
     """Backbone features (n, F), or with ``stage`` the frozen stages' output (n, ...) stored as float16
@@ -345,17 +394,21 @@ def _cached_features(encoder, patches: np.ndarray, config, slide_id: str, device
     cfg = config.model.image_encoder
     cache_dir = resolve_cache_dir(config.data.cache_dir)
     key = "_".join([
-        slide_id, cfg.backbone, Path(cfg.weights).stem if cfg.weights else ("imagenet" if cfg.pretrained else "random"),
+        slide_id, cfg.backbone, _weights_label(encoder, cfg),
         str(cfg.input_size), hash_array(patches),
     ] + (["trunk"] if stage else []) + _encoder_settings_key(cfg))
     path = Path(cache_dir) / "features" / f"{key}.npy" if cache_dir else None
     if path is not None and path.is_file():
         feats = np.load(path)
         if feats.shape[0] == len(patches):
+            logging.getLogger(__name__).debug("feature cache hit: %s", path)
             return feats
     fn = encoder.forward_trunk if stage else encoder
+    start = time.perf_counter()
     feats = compute_image_features(fn, patches, device=device, input_size=cfg.input_size,
                                    progress=progress, desc=f"{'stage input' if stage else 'features'} {slide_id}")
+    logging.getLogger(__name__).debug("%s %s: %d patches in %.1f s", "stage input" if stage else "features",
+                                      slide_id, len(patches), time.perf_counter() - start)
     if stage:
         feats = feats.astype(np.float16)
     if path is not None:

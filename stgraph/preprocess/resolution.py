@@ -3,15 +3,17 @@
 A run stores, in ``run.json`` under ``"resolution"``:
 
 * ``microns_per_pixel``: the training slides' full-resolution pixel size (µm/px; ``None`` when a training
-  slide does not state it, e.g. HER2+ read without ``microns_per_pixel``);
+  slide does not state it; legacy ST slides get it from their spot array);
 * ``patch_size``: the patch side the backbone saw, px;
 * ``patch_um``: the patch side in µm (``data.patch_um``, else ``patch_size × microns_per_pixel``; ``None``
   when the pixel size is unknown);
 * ``patch_mpp``: µm per patch pixel = ``patch_um / patch_size``.
 
 A query is then cut into patches of ``patch_um`` µm resampled to ``patch_size`` px, so the backbone sees the
-same µm per pixel it was trained on whatever the query's scan resolution. A run without a physical
-resolution keeps the pixel behaviour: ``patch_size`` level-0 pixels of the query.
+same µm per pixel it was trained on whatever the query's scan resolution. A query whose pixel size is within
+1 % of the training one (the spread of estimates from a spot array) is cut at ``patch_size`` of its own
+pixels, not resampled. A run without a physical resolution keeps the pixel behaviour for spot-level
+slides; whole-slide prediction refuses it unless the training pixel size is given (``--train-mpp``).
 """
 from __future__ import annotations
 
@@ -21,9 +23,19 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..errors import StgraphError
 from ..keys import Key
 
-__all__ = ["slide_mpp", "training_resolution", "QueryResolution", "query_resolution"]
+__all__ = ["slide_mpp", "training_resolution", "QueryResolution", "query_resolution", "UnknownResolutionError",
+           "SAME_SCALE_TOLERANCE", "require_physical_resolution"]
+
+#: Relative pixel-size difference below which a query is not resampled (pixel sizes estimated from a spot
+#: array differ by ~0.5 % between sections of one scanner: HER2+ 289.9–291.0 px per 200 µm).
+SAME_SCALE_TOLERANCE = 0.01
+
+
+class UnknownResolutionError(StgraphError, ValueError):
+    """A run records no physical resolution where one is needed (whole-slide prediction)."""
 
 log = logging.getLogger("stgraph")
 
@@ -74,15 +86,35 @@ class QueryResolution:
                 f"training: {how}")
 
 
-def query_resolution(resolution: Optional[dict], config, query_mpp: float) -> QueryResolution:
+def query_resolution(resolution: Optional[dict], config, query_mpp: float,
+                     train_mpp: Optional[float] = None) -> QueryResolution:
     """Patch geometry for a query slide of ``query_mpp`` µm/px given the run's ``resolution`` record
-    (``None`` for runs written before it existed: ``data.patch_um`` if set, else pixel behaviour)."""
+    (``None`` for runs written before it existed: ``data.patch_um`` if set, else pixel behaviour).
+    ``train_mpp``: the training images' µm/px for a run that records none (``--train-mpp``)."""
     size = int(config.data.patch_size)
     resolution = resolution or {}
     patch_um = resolution.get("patch_um")
     if patch_um is None:
         patch_um = config.data.patch_um
+    if patch_um is None and train_mpp is not None:
+        if not train_mpp > 0:
+            raise ValueError(f"--train-mpp must be > 0, got {train_mpp}")
+        patch_um = size * float(train_mpp)
     if patch_um is None:
         return QueryResolution(size * query_mpp, query_mpp, size, 1.0, False)
     target = float(patch_um) / size
-    return QueryResolution(float(patch_um), target, size, target / float(query_mpp), True)
+    factor = target / float(query_mpp)
+    if abs(factor - 1.0) < SAME_SCALE_TOLERANCE:
+        return QueryResolution(size * float(query_mpp), float(query_mpp), size, 1.0, True)
+    return QueryResolution(float(patch_um), target, size, factor, True)
+
+
+def require_physical_resolution(resolution: Optional[dict], config, train_mpp: Optional[float] = None) -> None:
+    """Refuse, before any compute, a run that records no physical resolution unless ``train_mpp`` is given:
+    a whole slide would otherwise be cut at its own pixel size, a different scale from training."""
+    if (resolution or {}).get("patch_um") is not None or config.data.patch_um is not None or train_mpp is not None:
+        return
+    raise UnknownResolutionError(
+        "the run records no physical resolution (its training slides stated no pixel size), so whole-slide "
+        "patches cannot be cut at the training scale: pass --train-mpp UM (µm per pixel of the training "
+        "images), or retrain on slides that state their pixel size")

@@ -24,6 +24,7 @@ reference rows, ``ivf`` from there on), and exact :class:`TorchKNN` otherwise.
 from __future__ import annotations
 
 import abc
+import logging
 import math
 from typing import Optional, Union
 
@@ -35,6 +36,8 @@ import functools
 from typing import Callable, Mapping
 
 from ..registry import Registry
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SIMILARITIES", "KNN_BACKENDS", "KNNBackend", "TorchKNN", "FaissKNN", "auto_knn_backend",
            "create_knn_backend", "similarity", "resolve_similarity", "stable_top_k", "AUTO_IVF_MIN_REFERENCE",
@@ -487,6 +490,8 @@ class FaissKNN(KNNBackend):
     def _fit(self, reference: torch.Tensor) -> None:
         x = self._as_faiss_input(reference)
         self.index = self._build(x.shape[1], x.shape[0])
+        log.debug("kNN: faiss %s index over %d reference rows (d = %d, %s)", self.resolved_index, x.shape[0],
+                  x.shape[1], self.similarity)
         if not self.index.is_trained:
             self.index.train(x)
         self.index.add(x)
@@ -521,9 +526,14 @@ def auto_knn_backend(similarity: str = "cosine", chunk_size: int = 4096, referen
     """
     _, fn = resolve_similarity(similarity, similarity_options)
     if torch.device(device).type == "cpu" and getattr(fn, "faiss_metric", None) and faiss_available():
+        log.debug("kNN backend auto → faiss (flat below %d reference rows, IVF above)", ivf_min_reference)
         return FaissKNN(similarity, index=index, nlist=nlist, nprobe=nprobe, M=M, ef_construction=ef_construction,
                         ef_search=ef_search, seed=seed, max_points_per_centroid=max_points_per_centroid,
                         niter=niter, ivf_min_reference=ivf_min_reference, similarity_options=similarity_options)
+    log.debug("kNN backend auto → exact torch search on %s (%s)", device,
+              "faiss is not installed" if not faiss_available() else
+              "the similarity has no faiss index" if not getattr(fn, "faiss_metric", None) else
+              "faiss runs on the CPU only")
     return TorchKNN(similarity, chunk_size=chunk_size, reference_chunk_size=reference_chunk_size, device=device,
                     similarity_options=similarity_options)
 

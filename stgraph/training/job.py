@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import platform
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -19,6 +21,7 @@ from ..data.collection import SlideCollection
 from ..data.slide_id import slide_id_of
 from ..errors import StgraphError
 from ..models import create_model
+from ..models.weights import check_pretrained_weights
 from ..preprocess.embed import embed_slide
 from ..preprocess.prepare import PreparedSlide, fit_preprocessor, prepare_slide, uncorrected_expression
 from ..preprocess.resolution import training_resolution
@@ -197,9 +200,23 @@ def _check_gene_file(config) -> None:
     spec = config.data.genes
     if spec not in _GENE_KEYWORDS and not Path(spec).is_file():
         raise FileNotFoundError(f"gene list file not found: {spec} (data.genes)")
+    include = config.data.include_genes
+    if isinstance(include, str) and not Path(include).is_file():
+        raise FileNotFoundError(f"gene list file not found: {include} (data.include_genes)")
 
 
 _GENE_KEYWORDS = ("hvg_union", "shared")
+
+
+def _log_resolved_config(config) -> None:
+    """The config as it will run (bases merged, overrides applied, paths resolved), at debug level (``-v``)."""
+    log = logging.getLogger(__name__)
+    if log.isEnabledFor(logging.DEBUG):
+        import yaml
+
+        from ..config import config_to_dict
+
+        log.debug("resolved config:\n%s", yaml.safe_dump(config_to_dict(config), sort_keys=False).rstrip())
 
 
 def train_model(config, slides, out: Optional[str | Path] = None, force: bool = False, resume: bool = False,
@@ -224,6 +241,7 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
         raise ValueError("no training slides given")
     # Everything that can be checked is checked before any compute or any write.
     check_train_inputs(config, out, force, resume)
+    _log_resolved_config(config)
     device = resolve_device(config.train.device)
     dist_env = init_distributed(device)  # a no-op unless launched by torchrun
     if device.type == "cuda" and dist_env.enabled:
@@ -254,8 +272,11 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
                 # --force (or a failed start): build the new run beside the old one, swap it in when complete.
                 run_dir = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.new-"))
                 locks.append(FolderLock(run_dir, what="run build folder").acquire())
+        start = time.perf_counter()
         try:
             run = _train(config, adatas, run_dir, resume, progress, device, dist_env, preprocessed)
+            logging.getLogger(__name__).debug("trained %s on %d slide(s) in %.1f s on %s", config.name,
+                                              len(adatas), time.perf_counter() - start, device)
         except BaseException:
             if run_dir is not None and run_dir != final_dir:
                 remove_run_tree(run_dir)
@@ -273,8 +294,10 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
 
 def check_train_inputs(config, out: Optional[str | Path], force: bool = False, resume: bool = False) -> None:
     """The checks ``train_model`` runs before any compute (the CLI runs them before reading the slides too):
-    the gene list file, the cache folder and the run folder."""
+    the gene list file, the pretrained weights (found, not loaded), the device, the cache folder and the run
+    folder."""
     _check_gene_file(config)
+    check_pretrained_weights(config)  # names model.image_encoder.weights and every place looked; no download
     resolve_device(config.train.device)  # a device this machine lacks fails here, before any slide is read
     if config.data.cache_dir:
         check_writable_dir(config.data.cache_dir, what="cache folder (data.cache_dir)")

@@ -21,16 +21,45 @@ from ..image import IMAGE_SUFFIXES
 from .base import _attach_image, _counts_to_csr, _duplicates, _finish_obs, _strip_suffixes, register_reader
 from ...keys import Key
 
-__all__ = ["HER2ST_IMAGED_SECTIONS", "HER2ST_SPOT_DIAMETER_PX", "read_st_legacy", "read_her2st",
-           "read_st_legacy_folder"]
+__all__ = ["HER2ST_IMAGED_SECTIONS", "HER2ST_SPOT_DIAMETER_PX", "ST_ARRAY_PITCH_UM", "ST_SPOT_DIAMETER_UM",
+           "array_microns_per_pixel", "read_st_legacy", "read_her2st", "read_st_legacy_folder"]
 
 
 #: HER2+ sections whose H&E image is available (patient B: B4; patient C: C2–C6).
 HER2ST_IMAGED_SECTIONS = ("B4", "C2", "C3", "C4", "C5", "C6")
 
 
-#: Legacy ST spots are 100 µm across; HER2+ images are about 1 µm per pixel.
+#: Spot diameter in pixels used only when the array gives no pixel size (fewer than two neighbouring spots).
 HER2ST_SPOT_DIAMETER_PX = 100.0
+
+#: Legacy ST arrays (Ståhl et al., Science 2016, "Visualization and analysis of gene expression in tissue
+#: sections by spatial transcriptomics"; the 1007-spot array used by HER2+ / Andersson et al. 2021): spots of
+#: 100 µm diameter, 200 µm centre to centre between neighbours of the integer (x, y) array grid.
+ST_ARRAY_PITCH_UM = 200.0
+ST_SPOT_DIAMETER_UM = 100.0
+
+
+def array_microns_per_pixel(array_xy: np.ndarray, pixel_xy: np.ndarray,
+                            pitch_um: float = ST_ARRAY_PITCH_UM) -> Optional[float]:
+    """µm per image pixel from the spot array: ``pitch_um`` / the median pixel distance between spots whose
+    array coordinates differ by one step along x or y (HER2+: ≈ 290 px per 200 µm → ≈ 0.69 µm/px).
+
+    The median is robust to the jitter of detected spot centres; ``None`` when no two spots are array
+    neighbours.
+    """
+    array_xy = np.asarray(array_xy, dtype=np.int64)
+    pixel_xy = np.asarray(pixel_xy, dtype=np.float64)
+    where = {(int(x), int(y)): i for i, (x, y) in enumerate(array_xy)}
+    dists = []
+    for i, (x, y) in enumerate(array_xy):
+        for dx, dy in ((1, 0), (0, 1)):
+            j = where.get((int(x) + dx, int(y) + dy))
+            if j is not None:
+                dists.append(float(np.hypot(*(pixel_xy[i] - pixel_xy[j]))))
+    if not dists:
+        return None
+    step = float(np.median(dists))
+    return pitch_um / step if step > 0 else None
 
 
 _SELECTION_COLUMNS = ("x", "y", "pixel_x", "pixel_y", "selected")
@@ -103,7 +132,7 @@ def read_st_legacy(
     spots_path: str | os.PathLike,
     image_path: Optional[str | os.PathLike] = None,
     slide_id: Optional[str] = None,
-    spot_diameter_fullres: float = HER2ST_SPOT_DIAMETER_PX,
+    spot_diameter_fullres: Optional[float] = None,
     microns_per_pixel: Optional[float] = None,
     hires_max_side: Optional[int] = 2000,
 ) -> AnnData:
@@ -121,9 +150,11 @@ def read_st_legacy(
     slide_id
         Library id; default: the counts file name without its suffixes.
     spot_diameter_fullres
-        Spot diameter in image pixels (HER2+: 100 µm spots at ~1 µm/px → ~100 px).
+        Spot diameter in image pixels; default 100 µm / ``microns_per_pixel`` (HER2+: ≈ 145 px).
     microns_per_pixel
-        Stored as ``metadata['microns_per_pixel']`` when known (enables ``extract_patches(patch_um=…)``).
+        Stored as ``metadata['microns_per_pixel']``; default: from the spot array,
+        :func:`array_microns_per_pixel` (200 µm between array neighbours), so runs and predictions know the
+        physical scale.
     hires_max_side
         Store a downscaled ``images['hires']`` whose longest side is this many pixels (for plotting, e.g.
         ``sc.pl.spatial``), with ``tissue_hires_scalef`` = thumbnail width / full width. ``None``: skip it
@@ -165,6 +196,11 @@ def read_st_legacy(
     adata = AnnData(X=_counts_to_csr(counts, counts_path), obs=obs, var=pd.DataFrame(index=counts.columns.astype(str)))
     adata.obsm[Key.obsm.spatial] = spots[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
     _finish_obs(adata, slide_id)
+    if microns_per_pixel is None:
+        microns_per_pixel = array_microns_per_pixel(obs[["x", "y"]].to_numpy(), adata.obsm[Key.obsm.spatial])
+    if spot_diameter_fullres is None:
+        spot_diameter_fullres = (ST_SPOT_DIAMETER_UM / microns_per_pixel if microns_per_pixel
+                                 else HER2ST_SPOT_DIAMETER_PX)
     _attach_image(adata, slide_id, Path(image_path) if image_path is not None else None, spot_diameter_fullres,
                   hires_max_side, microns_per_pixel, what=f"spot file {spots_path}")
     return adata

@@ -157,8 +157,10 @@ def read_visium(
     looked = " or ".join(str(spatial_dir / p) for p in _VISIUM_POSITIONS)
     if positions_path is None and require_spatial:
         raise FileNotFoundError(
-            f"Space Ranger folder {folder} has no spot positions: {looked} not found (they give "
-            "obsm['spatial']; pass require_spatial=False to read the count matrix alone)")
+            f"Space Ranger folder {folder} has no spot positions: {looked} not found. Training and prediction "
+            "need them (and the H&E): copy Space Ranger's spatial/ folder (tissue_positions*.csv, "
+            "scalefactors_json.json, tissue_hires_image.png) into the folder; in Python, "
+            "read_visium(path, require_spatial=False) reads the count matrix alone")
     if matrix_path.name != _VISIUM_MATRICES[0]:
         warnings.warn(f"{folder} has no {_VISIUM_MATRICES[0]}; reading {matrix_path.name} and keeping the "
                       "spots Space Ranger called as tissue", UserWarning, stacklevel=2)

@@ -106,7 +106,9 @@ def tissue_mask(thumbnail_rgb: np.ndarray, mpp: Optional[float] = None, min_area
         area = f"{min_area_um2:g} µm²" if mpp is not None else f"{min_pixels} px"
         message = (f"no tissue found in {source}: no region of HSV saturation above {threshold:.0f}/255 "
                    f"(max {int(sat.max())}) covers at least {area}. Is the image blank or not an H&E stain? "
-                   "Lower min_saturation or the minimum area to detect faint tissue.")
+                   f"To detect faint tissue lower min_saturation (now {min_saturation}; `stgraph predict "
+                   f"--min-saturation`) or the minimum area (min_area_um2, now {min_area_um2:g} µm²; "
+                   "`--min-tissue-area`).")
         if on_empty == "raise":
             raise NoTissueError(message)
         warnings.warn(message, UserWarning, stacklevel=2)
