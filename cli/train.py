@@ -77,7 +77,7 @@ def run(args) -> int:
     if rank != 0:
         return 0  # rank 0 reports
     world = f" in {env_world_size()} processes" if env_world_size() > 1 else ""
-    if config.model.name == "ridge":  # closed form: no epochs to report
+    if config.model.kind == "ridge":  # closed form: no epochs to report
         how = "fitted in closed form"
     else:
         how = f"best epoch {trained.result.best_epoch if trained.result else -1}"

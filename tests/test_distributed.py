@@ -132,6 +132,8 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+# Two training processes end to end: minutes on a shared 2-core machine; run by .ci/run (make test-slow).
+@pytest.mark.slow
 def test_two_process_run_matches_single_process_run(tmp_path):
     from stgraph.runfolder import load_run
 
@@ -159,6 +161,8 @@ def test_two_process_run_matches_single_process_run(tmp_path):
     np.testing.assert_allclose(b.reference.embeddings, a.reference.embeddings, rtol=1e-4, atol=1e-5)
 
 
+# Two training processes end to end: minutes on a shared 2-core machine; run by .ci/run (make test-slow).
+@pytest.mark.slow
 def test_resume_of_a_killed_two_process_run(tmp_path):
     slides = _write_slides(tmp_path / "data")
     out = tmp_path / "run"

@@ -11,7 +11,7 @@ import dataclasses
 import typing
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping, Optional
 
 import yaml
 
@@ -19,7 +19,8 @@ from ..errors import StgraphError
 from .schema import COMPONENT_OPTIONS, Config, choices, registry_of
 from .shipped import find_config
 
-__all__ = ["ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "save_config"]
+__all__ = ["ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "save_config",
+           "config_base"]
 
 
 class ConfigError(StgraphError, ValueError):
@@ -63,6 +64,20 @@ def _parse_yaml_file(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def config_base(path) -> Optional[Path]:
+    """The resolved ``base:`` file a YAML config inherits from (``None`` without one): what makes
+    ``configs/ablations/stgchb_no_hsic.yaml`` an ablation of ``configs/stgchb.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    base = data.get("base") if isinstance(data, dict) else None
+    return None if base is None else (path.parent / base).resolve()
 
 
 def deep_merge(base: Mapping, update: Mapping) -> dict:
@@ -210,10 +225,10 @@ def _import_plugins(data: Mapping) -> None:
 def _migrate_model_kind(data: dict) -> None:
     """``model.name: ridge`` without ``model.kind`` (configs before ``model.kind``) means ``kind: ridge``."""
     model = data.get("model")
-    if isinstance(model, dict) and "kind" not in model and model.get("name") == "ridge":
-        warnings.warn("model.name=ridge choosing the closed-form model is deprecated: write model.kind=ridge "
-                      "(model.name is a free label)", DeprecationWarning, stacklevel=4)
-        model["kind"] = "ridge"
+    if isinstance(model, dict) and "kind" not in model and model.get("name") in REGRESSION_MODELS:
+        warnings.warn(f"model.name={model['name']} choosing the model is deprecated: write "
+                      f"model.kind={model['name']} (model.name is a free label)", DeprecationWarning, stacklevel=4)
+        model["kind"] = model["name"]
 
 
 def _migrate_spot_encoder_keys(data: dict) -> None:
@@ -272,9 +287,28 @@ def validate_config(config: Config) -> Config:
                           "set model.image_encoder.cache_features=true (and freeze=all)")
     if enc.context_scale is not None and not enc.context_scale > 0:
         raise ConfigError(f"model.image_encoder.context_scale must be > 0, got {enc.context_scale}")
+    if m.kind in REGRESSION_MODELS:
+        if not enc.cache_features:
+            raise ConfigError(f"model.kind={m.kind} fits on cached backbone features: set "
+                              "model.image_encoder.cache_features=true and freeze=all")
+        if config.inference.reference != "image":
+            raise ConfigError(f"model.kind={m.kind} has no spot branch: set inference.reference=image")
+    if m.kind == "spot_graph":
+        sg = m.spot_graph
+        if sg.base not in ("ridge", "none"):
+            raise ConfigError(f"model.spot_graph.base must be ridge or none, got {sg.base!r}")
+        if sg.neighbours not in ("attention", "mean", "none"):
+            raise ConfigError(f"model.spot_graph.neighbours must be attention, mean or none, got {sg.neighbours!r}")
+        for key in ("n_components", "hidden", "members", "epochs"):
+            if getattr(sg, key) < 1:
+                raise ConfigError(f"model.spot_graph.{key} must be ≥ 1, got {getattr(sg, key)}")
+        for key in ("alpha", "lr"):
+            if not getattr(sg, key) > 0:
+                raise ConfigError(f"model.spot_graph.{key} must be > 0, got {getattr(sg, key)}")
+        if any(int(e) < 1 for e in sg.select_epochs):
+            raise ConfigError(f"model.spot_graph.select_epochs must be epoch counts ≥ 1, got {sg.select_epochs}")
     if not 0.0 <= config.inference.smoothing <= 1.0:
         raise ConfigError(f"inference.smoothing must be in [0, 1], got {config.inference.smoothing}")
-    _check_ridge(config)
     _check_graph_spot_encoder(config)
     _check_model_name(m.name)
     _check_component_options(config)
@@ -283,15 +317,8 @@ def validate_config(config: Config) -> Config:
     return config
 
 
-def _check_ridge(config: Config) -> None:
-    """The closed-form ridge model fits on cached features and has no spot branch."""
-    if config.model.kind != "ridge":
-        return
-    if not config.model.image_encoder.cache_features:
-        raise ConfigError("model.kind=ridge fits on cached backbone features: set "
-                          "model.image_encoder.cache_features=true and freeze=all")
-    if config.inference.reference != "image":
-        raise ConfigError("model.kind=ridge has no spot branch: set inference.reference=image")
+#: ``model.kind`` values of the models that regress expression from cached features (no contrastive branch).
+REGRESSION_MODELS = ("ridge", "spot_graph")
 
 
 #: List options whose every item must be one of a fixed set (path → valid items).
@@ -329,7 +356,7 @@ def _check_model_name(name) -> None:
 def _check_ranges(config: Config) -> None:
     """Numeric ranges, so a nonsensical value fails at load time rather than after (or instead of) training."""
     m, t, d, i = config.model, config.train, config.data, config.inference
-    contrastive = m.kind == "contrastive"
+    contrastive = m.kind not in REGRESSION_MODELS
     at_least = [("train.epochs", t.epochs, 1), ("train.batch_size", t.batch_size, 2 if contrastive else 1),
                 ("inference.k", i.k, 1), ("inference.chunk_size", i.chunk_size, 1),
                 ("inference.smoothing_steps", i.smoothing_steps, 1), ("model.embed_dim", m.embed_dim, 1),

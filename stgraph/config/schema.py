@@ -143,6 +143,8 @@ class DataConfig:
     ``patch_um``: patch side in µm (needs the slides' pixel size); ``None``: ``patch_size`` pixels.
     ``cache_dir``: patch and feature cache; ``auto`` (default) is the user cache dir (``$STGRAPH_CACHE_DIR``,
     ``$XDG_CACHE_HOME/stgraph`` or ``~/.cache/stgraph``), ``null`` turns caching off, else a folder.
+    ``region_patches``: fine-tuning reads each batch's patches from the slide image by region (TIFF tiles)
+    instead of cutting every patch of a slide into memory first (cohorts that do not fit in memory).
     """
 
     genes: str = "hvg_union"
@@ -155,6 +157,7 @@ class DataConfig:
     patch_um: Optional[float] = None
     graph: GraphConfig = field(default_factory=GraphConfig)
     cache_dir: Optional[str] = "auto"
+    region_patches: bool = False
 
 
 @dataclass
@@ -245,6 +248,33 @@ class RidgeConfig:
 
 
 @dataclass
+class SpotGraphConfig:
+    """Learned spatial regressor (``model.name: spot_graph``, :mod:`stgraph.models.spot_graph`): PCA of the
+    cached features → ``base`` ridge (λ = ``alpha``) + an ensemble of ``members`` networks (``hidden`` wide,
+    neighbour view ``attention``/``mean``/``none``, low-rank head of ``rank``; 0 = full) trained for ``epochs``
+    on the standardised residual (MSE + ``pearson_weight`` × Pearson loss), features augmented by
+    ``feature_noise`` / ``feature_dropout``. ``select_epochs``: candidate epoch counts chosen among by LOSO
+    over the training slides (empty: use ``epochs``)."""
+
+    n_components: int = 256
+    base: str = "ridge"
+    alpha: float = 3e4
+    hidden: int = 256
+    rank: int = 64
+    members: int = 5
+    dropout: float = 0.3
+    neighbours: str = "attention"
+    epochs: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    feature_noise: float = 0.1
+    feature_dropout: float = 0.1
+    pearson_weight: float = 0.0
+    center_targets: bool = True
+    select_epochs: list = field(default_factory=list)
+
+
+@dataclass
 class ModelConfig:
     """The model: ``kind`` picks the builder from ``MODELS`` (``contrastive``, ``ridge``, a plugin's);
     ``name`` is a free label of the method (stored with predictions).
@@ -266,6 +296,7 @@ class ModelConfig:
     spot_head_dropout: float = 0.1
     hsic: HSICConfig = field(default_factory=HSICConfig)
     ridge: RidgeConfig = field(default_factory=RidgeConfig)
+    spot_graph: SpotGraphConfig = field(default_factory=SpotGraphConfig)
 
 
 @dataclass

@@ -123,7 +123,9 @@ def predict_prepared(loaded: Run, adata: AnnData, query, k: Optional[int] = None
     backend = backend or icfg.backend
     query_emb = embed_slide(loaded.model, query, "image")
     k_eff = min(k, loaded.reference.embeddings.shape[0])
-    if getattr(loaded.model, "predicts_expression", False):
+    if hasattr(loaded.model, "predict_prepared"):  # regressors that also read the query's spot graph
+        pred = loaded.model.predict_prepared(query)
+    elif getattr(loaded.model, "predicts_expression", False):
         pred = loaded.model.predict_features(query.features)
     else:
         pred = loaded.reference.predict(query_emb, k=k_eff, similarity=similarity, aggregation=aggregation,

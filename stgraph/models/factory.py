@@ -64,6 +64,14 @@ def ridge(config, spot_in_dim: int, image_encoder: nn.Module) -> nn.Module:
     return RidgeSTModel(config, image_encoder)
 
 
+@MODELS.register("spot_graph")
+def spot_graph(config, spot_in_dim: int, image_encoder: nn.Module) -> nn.Module:
+    """Learned regression from cached features with spot-graph neighbours (``model.spot_graph``); no kNN."""
+    from .spot_graph import SpotGraphSTModel
+
+    return SpotGraphSTModel(config, image_encoder)
+
+
 def create_model(config, spot_in_dim: int, pretrained: bool | None = None) -> nn.Module:
     """Build the model ``model.kind`` names from a :class:`~stgraph.config.Config`.
 

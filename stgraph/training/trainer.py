@@ -86,11 +86,15 @@ class Trainer:
         Folder for ``checkpoints/``, ``log.csv`` and the loss curve; ``None`` keeps everything in memory.
     objective
         The loss terms, weights and DGI pre-training schedule (default :meth:`Objective.from_config`).
+    source
+        Batches streamed from disk instead of ``slides`` (:class:`~stgraph.training.stream.CohortSource`,
+        with ``slides=[]``): its ``steps(train, epoch)`` yields this rank's ``(batch, sizes)``.
     """
 
     def __init__(self, model, config, slides: Sequence[PreparedSlide], run_dir: Optional[str | Path] = None,
                  objective: Optional[Objective] = None, dist_env: Optional[DistEnv] = None,
-                 device: Optional[torch.device] = None):
+                 device: Optional[torch.device] = None, source=None):
+        self.source = source
         self.config = config
         self.objective = objective if objective is not None else Objective.from_config(config)
         self.tcfg = config.train
@@ -122,7 +126,7 @@ class Trainer:
         #: (train rows, validation rows) of each slide
         self.splits = [self._split(self._val_mask(s)) for s in slides]
         self.slides = [s.to_tensors(self.device) for s in slides]
-        if not any(len(train_rows) for train_rows, _ in self.splits):
+        if source is None and not any(len(train_rows) for train_rows, _ in self.splits):
             raise ValueError("no training spots left after the validation split")
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt_cls = torch.optim.AdamW if self.tcfg.optimizer == "adamw" else torch.optim.Adam
@@ -250,6 +254,9 @@ class Trainer:
 
     def _local_steps(self, train: bool, epoch: int = 0) -> Iterator[tuple[dict, Optional[list[int]]]]:
         """This rank's batches, ``(batch, sizes)`` (see :meth:`_local_jobs`)."""
+        if self.source is not None:
+            yield from self.source.steps(train, epoch)
+            return
         local = self._local_jobs(train)
         seeds = [step_seed(self.tcfg.seed, epoch, self.dist.rank, j) for j in range(len(local))]
         if not (self.from_patches and self.tcfg.num_workers > 0 and local):
@@ -388,7 +395,7 @@ class Trainer:
             if self.run_dir is None:
                 raise ValueError("resume needs a run folder")
             self._resume()
-        has_val = any(len(val_rows) for _, val_rows in self.splits)
+        has_val = self.source.has_val if self.source is not None else any(len(v) for _, v in self.splits)
         best_state = None
         bar = tqdm(range(self.start_epoch, self.tcfg.epochs), desc="train", disable=not (self.tcfg.progress and self.dist.is_main),
                    initial=self.start_epoch, total=self.tcfg.epochs)
