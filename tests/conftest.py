@@ -30,7 +30,7 @@ def _closed_form(name: str) -> bool:
     from stgraph.config import load_config
     from stgraph.config.load import REGRESSION_MODELS
 
-    return load_config(CONFIGS / name).model.name in REGRESSION_MODELS
+    return load_config(CONFIGS / name).model.kind in REGRESSION_MODELS
 
 
 #: Configs whose model is fitted by its own ``fit`` (ridge, spot_graph), and the ones the Trainer trains.

@@ -71,7 +71,7 @@ class Objective:
         m, lcfg = config.model, config.loss
         dgi = {name: c for name, c in (("image", m.image_dgi), ("spot", m.spot_dgi)) if c.enabled}
         return cls(
-            alignment=create_loss(lcfg.alignment, temperature=lcfg.temperature),
+            alignment=create_loss(lcfg.alignment, temperature=lcfg.temperature, **dict(lcfg.options or {})),
             align_weight=lcfg.weight,
             dgi_weights={name: c.weight for name, c in dgi.items()},
             dgi_pretrain_epochs={name: c.pretrain_epochs for name, c in dgi.items()},

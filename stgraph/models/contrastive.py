@@ -10,7 +10,7 @@ Batches are dicts of tensors:
 - ``spot_input`` (N, P): the spot-branch input (log expression, or its PCA);
 - ``patch`` (N, 3, H, W) normalised patches, or ``features`` (N, F) cached backbone features;
 - ``coords`` (N, 2) long integer grid coordinates ``[x, y]`` (transformer encoder);
-- ``edge_index`` (2, E): the slide's spot graph (DGI); N is then all spots of one slide;
+- ``edge_index`` (2, E): the slide's spot graph (DGI, graph spot encoders); N is then all spots of one slide;
 - ``loss_index`` (M,) optional: the spots the losses are taken over (default: all N).
 """
 from __future__ import annotations
@@ -89,7 +89,12 @@ class ContrastiveSTModel(nn.Module):
 
     @property
     def uses_graph(self) -> bool:
-        return self.image_dgi is not None or self.spot_dgi is not None
+        """Whether a branch reads the spot graph (a DGI layer, or a graph spot encoder)."""
+        return self.image_dgi is not None or self.spot_dgi is not None or self.spot_encoder_uses_graph
+
+    @property
+    def spot_encoder_uses_graph(self) -> bool:
+        return bool(getattr(self.spot_encoder, "uses_graph", False))
 
     # ----------------------------------------------------------------------------------------- branches
     def image_features(self, batch: dict) -> torch.Tensor:
@@ -128,7 +133,13 @@ class ContrastiveSTModel(nn.Module):
     def encode_spot(self, batch: dict) -> BranchOutput:
         """Spot branch: (N, P) → :class:`BranchOutput` with ``emb`` (N, d)."""
         x = batch["spot_input"]
-        hidden = self.spot_encoder(x, batch.get("coords"))
+        if self.spot_encoder_uses_graph:
+            if "edge_index" not in batch:
+                raise ValueError("a graph spot encoder needs the slide's spot graph: batch['edge_index'] is "
+                                 "missing (train.batching=slide)")
+            hidden = self.spot_encoder(x, batch.get("coords"), edge_index=batch["edge_index"])
+        else:
+            hidden = self.spot_encoder(x, batch.get("coords"))
         dgi, dgi_loss = None, None
         if self.spot_dgi is not None:
             hidden, dgi, dgi_loss = self._graph_step(self.spot_dgi, hidden, batch, self.training)

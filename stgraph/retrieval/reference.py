@@ -276,25 +276,31 @@ class ReferenceStore:
         """(Q, G) float32 expression of the queries (Q, d) by kNN imputation over this store.
 
         Arguments are those of :func:`stgraph.retrieval.impute.impute` (``chunk_size``, ``show_progress``,
-        ``return_indices``, ``temperature``, ``distance`` via ``kwargs``). ``similarity=None`` means the
-        backend instance's similarity when ``backend`` is one, else ``meta['similarity']``, else 'cosine'.
+        ``return_indices``, ``temperature``, ``distance``, ``aggregation_options``, ``backend_options``,
+        ``similarity_options`` via ``kwargs``). ``similarity=None`` means the backend instance's similarity
+        when ``backend`` is one, else ``meta['similarity']``, else 'cosine'.
         """
         if similarity is None and not isinstance(backend, KNNBackend):
             similarity = self.meta.get("similarity") or "cosine"
         if isinstance(backend, str):
-            backend = self.fitted_backend(backend, similarity, kwargs.get("chunk_size", 4096))
+            backend = self.fitted_backend(backend, similarity, kwargs.get("chunk_size", 4096),
+                                          kwargs.pop("backend_options", None), kwargs.pop("similarity_options", None))
         return impute(query_emb, self.embeddings, self.expression, k=k, similarity=similarity,
                       aggregation=aggregation, backend=backend, **kwargs)
 
-    def fitted_backend(self, name: str, similarity: str = "cosine", chunk_size: int = 4096) -> KNNBackend:
+    def fitted_backend(self, name: str, similarity: str = "cosine", chunk_size: int = 4096,
+                       backend_options=None, similarity_options=None) -> KNNBackend:
         """The kNN backend ``name`` fitted on these embeddings, built once and kept: predicting many slides
         (or many chunks) against one store builds an approximate index only the first time. The cache is
         keyed by the arguments and dropped when ``embeddings`` is replaced."""
-        key = (name, similarity, int(chunk_size), id(self.embeddings), self.embeddings.shape)
+        import json
+
+        settings = json.dumps([backend_options or {}, similarity_options or {}], sort_keys=True, default=repr)
+        key = (name, similarity, int(chunk_size), settings, id(self.embeddings), self.embeddings.shape)
         cache = self.__dict__.setdefault("_fitted_backends", {})
         if key not in cache:
             cache.clear()  # one index at a time: a second, unused one would only hold memory
-            cache[key] = self._saved_or_built(name, similarity, chunk_size)
+            cache[key] = self._saved_or_built(name, similarity, chunk_size, backend_options, similarity_options)
         return cache[key]
 
     def embeddings_digest(self) -> str:
@@ -317,8 +323,11 @@ class ReferenceStore:
         key = hashlib.sha256((self.embeddings_digest() + settings).encode()).hexdigest()[:20]
         return source[0].with_name(f"{source[0].name}.{key}.faiss")
 
-    def _saved_or_built(self, name: str, similarity: str, chunk_size: int) -> KNNBackend:
-        kwargs = {"chunk_size": chunk_size} if name in ("torch", "auto") else {}
+    def _saved_or_built(self, name: str, similarity: str, chunk_size: int, backend_options=None,
+                        similarity_options=None) -> KNNBackend:
+        kwargs = {"chunk_size": chunk_size, **dict(backend_options or {})}
+        if similarity_options:
+            kwargs["similarity_options"] = dict(similarity_options)
         backend = create_knn_backend(name, similarity=similarity or "cosine", **kwargs)
         path = self.index_path(backend) if isinstance(backend, FaissKNN) else None
         if path is None:
