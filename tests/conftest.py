@@ -100,6 +100,18 @@ def synthetic_slides():
 
 
 @pytest.fixture(scope="session")
+def slide_files(tmp_path_factory, synthetic_slides) -> list[str]:
+    """The three synthetic slides written as ``.h5ad`` files, for command-line tests."""
+    d = tmp_path_factory.mktemp("slides")
+    paths = []
+    for ad in synthetic_slides:
+        p = d / f"{ad.obs['slide_id'].iloc[0]}.h5ad"
+        ad.write_h5ad(p)
+        paths.append(str(p))
+    return paths
+
+
+@pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory) -> Path:
     """One patch/feature cache for every test that reads the real HER2+ sections (keys are content hashes)."""
     return tmp_path_factory.mktemp("her2st_cache")

@@ -41,17 +41,6 @@ def variant(monkeypatch):
         del plugins._loaded[key]
 
 
-@pytest.fixture(scope="module")
-def slide_files(tmp_path_factory, synthetic_slides):
-    d = tmp_path_factory.mktemp("variant_slides")
-    paths = []
-    for ad in synthetic_slides:
-        p = d / f"{ad.obs['slide_id'].iloc[0]}.h5ad"
-        ad.write_h5ad(p)
-        paths.append(str(p))
-    return paths
-
-
 def _quiet_figures(monkeypatch):
     """The figures (loss curves, the evaluation's gene maps) take most of the time and are not checked here."""
     monkeypatch.setattr("stgraph.pl.spatial.plot_genes", lambda *a, **k: None)
