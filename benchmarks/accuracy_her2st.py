@@ -5,6 +5,12 @@ baselines, on the 785-gene list of Hist2ST/mclSTExp and on a training-only HVG u
 table and writes benchmarks/results/accuracy_her2st_<genes>/ (results.csv, summary.md, plots).
 
     python benchmarks/accuracy_her2st.py [--genes list785|hvg|both] [--epochs N] [--folds loso|patient]
+                                         [--seeds N] [--methods NAME...]
+
+With ``--seeds N`` every method is trained N times per fold (``train.seed`` + 0..N-1): the tables give the
+mean ± sd over folds of each fold's seed mean, and each ablation row (``stgraph-no_context_crop`` is an
+ablation of ``stgraph``: the name up to a ``-`` or ``+``) its paired difference to the full model with a
+95 % t-interval over folds of the seed-mean differences ("no effect detected" when it covers 0).
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from stgraph.config import load_config  # noqa: E402
 from stgraph.data import SlideCollection  # noqa: E402
 from stgraph.data.readers import HER2ST_IMAGED_SECTIONS, read_her2st  # noqa: E402
 from stgraph.evaluation import cross_validate, make_folds  # noqa: E402
+from stgraph.evaluation.stats import ablation_pairs_by_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {
@@ -38,6 +45,15 @@ METHODS = {
     "stgraph-no_centering": ("stgraph.yaml", ["model.ridge.center_targets=false"]),
     "stgraph-alpha_1e3": ("stgraph.yaml", ["model.ridge.alpha=1000"]),
     "stgraph+smoothing": ("stgraph.yaml", ["inference.smoothing=0.25"]),
+    "stgraph_graph": ("stgraph_graph.yaml", []),
+    "stgraph_graph-no_residual": ("stgraph_graph.yaml", ["model.spot_graph.base=none"]),
+    "stgraph_graph-full_head": ("stgraph_graph.yaml", ["model.spot_graph.rank=0"]),
+    "stgraph_graph-mean_neighbours": ("stgraph_graph.yaml", ["model.spot_graph.neighbours=mean"]),
+    "stgraph_graph-no_neighbours": ("stgraph_graph.yaml", ["model.spot_graph.neighbours=none"]),
+    "stgraph_graph-no_augment": ("stgraph_graph.yaml", ["model.spot_graph.feature_noise=0",
+                                                        "model.spot_graph.feature_dropout=0"]),
+    "stgraph_graph-one_member": ("stgraph_graph.yaml", ["model.spot_graph.members=1"]),
+    "stgraph_graph+pearson": ("stgraph_graph.yaml", ["model.spot_graph.pearson_weight=1.0"]),
 }
 
 
@@ -47,6 +63,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs of every config")
     ap.add_argument("--folds", choices=["loso", "patient"], default="loso")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--seeds", type=int, default=1, help="training seeds per method and fold")
+    ap.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     ap.add_argument("--tag", default="", help="suffix of the results folder (keeps other runs' results)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -73,12 +91,15 @@ def main() -> None:
         out = RESULTS / (f"accuracy_her2st_{genes}" + ("" if args.folds == "loso" else f"_{args.folds}")
                          + (f"_{args.tag}" if args.tag else ""))
         t0 = time.perf_counter()
-        cross_validate(configs, collection, folds, out_dir=out)
+        cross_validate(configs, collection, folds, out_dir=out, seeds=args.seeds,
+                       baselines=not args.no_baselines, ablations=ablation_pairs_by_name(list(configs)),
+                       baseline_config=configs.get("stgraph"))
         seconds = time.perf_counter() - t0
         print(f"\n## HER2+ {args.folds}, genes = {genes} ({seconds / 60:.1f} min)\n")
         print((out / "summary.md").read_text())
         write_results(out.name, {"genes": genes, "folds": args.folds, "seconds": seconds,
-                                                    "methods": list(configs), "results_dir": str(out.name)})
+                                                    "methods": list(configs), "seeds": args.seeds,
+                                    "results_dir": str(out.name)})
     print(machine())
 
 

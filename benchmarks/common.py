@@ -8,7 +8,8 @@ import resource
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# The shared data and weights: beside the repository, or wherever $STGRAPH_SHARED points (a worktree).
+SHARED = Path(os.environ.get("STGRAPH_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 
 
 def machine() -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from stgraph.keys import Key
 
-__all__ = ["verbose_parent", "slides_parent", "query_parent", "device_parent", "read_many", "read_query",
+__all__ = ["verbose_parent", "plugin_parent", "plugins_in", "with_cli_plugins", "slides_parent", "query_parent", "device_parent", "read_many", "read_query",
            "check_genes", "plot_maps", "log"]
 
 log = logging.getLogger("stgraph")
@@ -20,6 +20,37 @@ def verbose_parent() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="stgraph's debug log lines")
     return p
+
+
+def plugin_parent() -> argparse.ArgumentParser:
+    """``--plugin MODULE`` after a command's name too (the top-level parser has its own)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--plugin", action="append", metavar="MODULE", default=argparse.SUPPRESS,
+                   help="import MODULE first (it registers components); repeatable")
+    return p
+
+
+def plugins_in(argv) -> list[str]:
+    """The ``--plugin MODULE`` / ``--plugin=MODULE`` values of a command line, in order (read before the
+    parser is built, so that the plugins' names are among its ``choices=``)."""
+    out, argv = [], list(argv)
+    for i, a in enumerate(argv):
+        if a == "--":
+            break
+        if a == "--plugin" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif a.startswith("--plugin="):
+            out.append(a.split("=", 1)[1])
+    return out
+
+
+def with_cli_plugins(config, args):
+    """``config`` with the command line's ``--plugin`` modules added to its ``plugins`` (so that the run
+    folder, and the worker processes of ``evaluate --jobs``, import them again)."""
+    extra = list(getattr(args, "plugin", None) or [])
+    if extra:
+        config.plugins = list(dict.fromkeys([*config.plugins, *extra]))
+    return config
 
 
 def _her2st(g) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import read_many, slides_parent
+from .common import read_many, slides_parent, with_cli_plugins
 
 __all__ = ["add_parser", "run"]
 
@@ -27,6 +27,12 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="folds evaluated at once, one process each (cores split between them; a GPU each, "
                         "round robin, on a GPU machine)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train every config with N seeds (train.seed + 0..N-1); tables give mean ± sd over folds "
+                        "of the seed means and, for ablations, the paired difference with a 95%% interval")
+    p.add_argument("--ablation", nargs="+", default=[], metavar="ABL=FULL",
+                   help="compare method ABL with FULL (config names); a config whose `base:` is another "
+                        "evaluated config is paired with it automatically")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides applied to every config")
     p.set_defaults(func=run)
 
@@ -39,18 +45,30 @@ def run(args) -> int:
     from stgraph.evaluation.folds import select_folds
     from stgraph.evaluation.protocol import check_results_dir
 
+    from stgraph.evaluation.stats import ablation_pairs_by_base
+
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be ≥ 1, got {args.seeds}")
     check_results_dir(args.out, force=args.force)  # before any config or slide is read
-    configs = {}
+    configs, paths = {}, {}
     overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     for path in args.config:
-        cfg = load_config(path, overrides)
+        cfg = with_cli_plugins(load_config(path, overrides), args)
         check_pretrained_weights(cfg)  # before any slide is read
-        configs[cfg.name] = cfg
+        configs[cfg.name], paths[cfg.name] = cfg, path
+    ablations = ablation_pairs_by_base(paths)
+    for pair in args.ablation:
+        abl, _, full = pair.partition("=")
+        if not full or abl not in configs or full not in configs:
+            raise ValueError(f"--ablation {pair!r}: expected ABL=FULL naming two evaluated configs "
+                             f"({', '.join(configs)})")
+        ablations[abl] = full
     collection = SlideCollection(read_many(args))
     folds = make_folds(collection.ids, scheme=args.folds)
     folds = select_folds(folds, args.only_folds)
     frame = cross_validate(configs, collection, folds, out_dir=args.out, baselines=not args.no_baselines,
-                           markers=args.markers, keep_runs=args.keep_runs, jobs=args.jobs)
+                           markers=args.markers, keep_runs=args.keep_runs, jobs=args.jobs, seeds=args.seeds,
+                           ablations=ablations)
     print((Path(args.out) / "summary.md").read_text())
     print(f"{len(frame)} rows written to {Path(args.out) / 'results.csv'}")
     return 0

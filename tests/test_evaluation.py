@@ -7,6 +7,7 @@ import pytest
 
 from stgraph.data import SlideCollection
 from stgraph.evaluation import cross_validate, make_folds, mean_profile, ridge_regression, untrained_retrieval
+from stgraph.evaluation.baselines import kernel_ridge
 
 
 def test_folds_loso_and_patient_aware():
@@ -43,8 +44,8 @@ def test_cross_validate_writes_reports(tiny_config, synthetic_slides, tmp_path):
     configs = {"bleep": tiny_config("bleep.yaml", "train.epochs=3", "data.harmony=false")}
     frame = cross_validate(configs, collection, folds, out_dir=tmp_path / "eval", progress=False)
     assert set(frame["method"]) == {"bleep", "baseline:untrained_retrieval", "baseline:ridge",
-                                    "baseline:mean_profile"}
-    assert len(frame) == 2 * 4
+                                    "baseline:mean_profile", "baseline:kernel_ridge"}
+    assert len(frame) == 2 * 5
     mean_rows = frame[frame["method"] == "baseline:mean_profile"]
     assert mean_rows["pcc_acg"].isna().all() and np.isfinite(mean_rows["mse"]).all()
     ridge = frame[frame["method"] == "baseline:ridge"]["pcc_acg"]
@@ -56,7 +57,7 @@ def test_cross_validate_writes_reports(tiny_config, synthetic_slides, tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| baseline:mean_profile | nan |" in summary
     rows = json.loads((out / "results.json").read_text())
-    assert rows[0]["fold"] == folds[0].name and pd.read_csv(out / "results.csv").shape[0] == 8
+    assert rows[0]["fold"] == folds[0].name and pd.read_csv(out / "results.csv").shape[0] == 10
 
 
 def test_methods_of_a_fold_share_one_preprocessing(tiny_config, synthetic_slides, monkeypatch):
@@ -78,10 +79,12 @@ def test_methods_of_a_fold_share_one_preprocessing(tiny_config, synthetic_slides
                "b": tiny_config("bleep.yaml", "train.epochs=1", "data.harmony=false", "train.lr=1e-4"),
                "c": tiny_config("bleep.yaml", "train.epochs=1", "data.harmony=false", "data.n_top_hvg=10")}
     rows, _ = protocol.run_fold(configs, collection, fold)
-    assert len(rows) == 3 + 3
+    assert len(rows) == 3 + 4
     assert len(calls) == 2 and len(set(calls)) == 2  # a, b and the baselines share; c has its own
 
 
+# Two training processes end to end: minutes on a shared 2-core machine; run by .ci/run (make test-slow).
+@pytest.mark.slow
 def test_cross_validate_in_two_processes_gives_the_same_rows(tiny_config, synthetic_slides, tmp_path):
     collection = SlideCollection(synthetic_slides)
     folds = make_folds(collection.ids)[:2]
@@ -93,3 +96,44 @@ def test_cross_validate_in_two_processes_gives_the_same_rows(tiny_config, synthe
     cols = ["method", "fold", "pcc_acg", "rmse"]
     pd.testing.assert_frame_equal(one[cols], two[cols], rtol=1e-4)
     assert pd.read_csv(tmp_path / "eval" / "results.csv").shape[0] == 2
+
+
+def test_kernel_ridge_fits_a_nonlinear_map_the_linear_ridge_cannot():
+    """y = sin(2 x₀) + x₁² on three 'slides' with their own offsets: the RBF kernel ridge (γ, λ by LOSO over
+    the slides) recovers it; a linear ridge on the same inputs cannot (r ≈ 0 for the x₁² gene)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, size=(240, 2))
+    ids = np.repeat(["a", "b", "c"], 80)
+    clean = np.stack([np.sin(2 * x[:, 0]), x[:, 1] ** 2], 1)
+    y = clean + np.repeat([[0.0, 0.0], [3.0, 1.0], [-2.0, 5.0]], 80, axis=0) + rng.normal(0, 0.1, clean.shape)
+    xq = rng.uniform(-2, 2, size=(100, 2))
+    truth = np.stack([np.sin(2 * xq[:, 0]), xq[:, 1] ** 2], 1)
+    pred, choice = kernel_ridge(x, y, xq, ids, n_components=2, return_choice=True)
+    lin = ridge_regression(x, y, xq, n_components=2, alphas=(1e-3,))
+    r = lambda p, t: np.corrcoef(p, t)[0, 1]  # noqa: E731
+    assert r(pred[:, 0], truth[:, 0]) > 0.9 and r(pred[:, 1], truth[:, 1]) > 0.9
+    assert abs(r(lin[:, 1], truth[:, 1])) < 0.4
+    assert choice["gamma"] > 0 and choice["lambda"] > 0
+    with pytest.raises(ValueError, match="slide ids"):
+        kernel_ridge(x, y, xq, ids[:-1])
+
+
+def test_cross_validate_with_seeds_and_an_ablation(tiny_config, synthetic_slides, tmp_path):
+    collection = SlideCollection(synthetic_slides)
+    folds = make_folds(collection.ids)[:2]
+    configs = {"bleep": tiny_config("bleep.yaml", "train.epochs=1", "data.harmony=false"),
+               "bleep-lr": tiny_config("bleep.yaml", "train.epochs=1", "data.harmony=false", "train.lr=1e-5")}
+    frame = cross_validate(configs, collection, folds, out_dir=tmp_path / "eval", progress=False, baselines=False,
+                           seeds=2, ablations={"bleep-lr": "bleep"})
+    assert len(frame) == 2 * 2 * 2
+    seeds = frame.groupby(["method", "fold"])["seed"].apply(sorted)
+    assert all(s == [0, 1] for s in seeds)
+    one, two = (frame[(frame["method"] == "bleep") & (frame["seed"] == s)]["pcc_acg"].to_numpy() for s in (0, 1))
+    assert not np.allclose(one, two)  # the second seed really trains another model
+    summary = (tmp_path / "eval" / "summary.md").read_text()
+    assert "over 2 training seeds" in summary and "| bleep-lr | bleep |" in summary
+    assert (tmp_path / "eval" / "ablations.csv").is_file()
+    with pytest.raises(ValueError, match="not evaluated"):
+        cross_validate(configs, collection, folds, progress=False, ablations={"x": "bleep"})
+    with pytest.raises(ValueError, match="seeds"):
+        cross_validate(configs, collection, folds, progress=False, seeds=0)

@@ -118,7 +118,8 @@ def test_cli_force_on_a_user_folder_is_one_line_before_reading_slides(tmp_path, 
     user.mkdir()
     (user / "thesis.txt").write_text("precious")
     code = main(["train", "--config", "configs/bleep.yaml", "--data", str(tmp_path / "no_such_slide.h5ad"),
-                 "--out", str(user), "--force", "train.epochs=1"])
+                 "--out", str(user), "--force", "train.epochs=1",
+                 "model.image_encoder.pretrained=false"])
     err = capsys.readouterr().err
     assert code == 2 and "thesis.txt" in err and "no_such_slide" not in err and err.count("\n") == 1
     assert (user / "thesis.txt").read_text() == "precious"
@@ -343,7 +344,8 @@ def test_evaluate_refuses_earlier_results_and_names_the_valid_folds(query_files,
     out = tmp_path / "eval"
     out.mkdir()
     (out / "results.csv").write_text("method,fold\nmine,B4\n")
-    base = ["evaluate", "--config", "configs/bleep.yaml", "--data", *query_files, "--no-baselines"]
+    base = ["evaluate", "--config", "configs/bleep.yaml", "--data", *query_files, "--no-baselines",
+            "model.image_encoder.pretrained=false"]
     assert main(base + ["--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "results.csv" in err and "--force" in err
@@ -401,7 +403,7 @@ def test_whole_slide_sizes_are_bounded_before_any_feature(finished_run, wsi_file
 
     monkeypatch.setattr(wsi, "wsi_features", lambda *a, **k: pytest.fail("features computed before refusing"))
     code = main(["predict", "--model", str(finished_run), "--wsi", str(wsi_file), "--out", str(tmp_path / "p.h5ad"),
-                 *options])
+                 "--train-mpp", "1.0", *options])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     import re

@@ -1,6 +1,8 @@
 """Data layer: readers (slides → AnnData), collections, preprocessing, patches and array transforms."""
 from . import pp
 from .collection import SlideCollection, slide_id_of
+from .feature_store import FeatureStore
+from .lazy_collection import LazySlideCollection
 from .errors import SlideFormatError
 from .image import load_fullres_image
 from .patches import extract_patches
@@ -26,6 +28,8 @@ from .readers import (
 from .synthetic import make_synthetic_collection, make_synthetic_slide
 
 __all__ = [
+    "FeatureStore",
+    "LazySlideCollection",
     "pp",
     "SlideCollection",
     "slide_id_of",

@@ -29,7 +29,7 @@ from .image import _scaled_fallback, load_fullres_image, slide_library
 from .transforms import hash_array
 from ..keys import Key
 
-__all__ = ["extract_patches", "patch_cache_path"]
+__all__ = ["extract_patches", "patch_cache_path", "patch_key", "RegionPatches"]
 
 
 def _fullres_scale(entry: dict) -> float:
@@ -81,6 +81,17 @@ def _cache_key(adata: AnnData, entry: dict, xy: np.ndarray, size: int, side: int
         image_id = "none"
     return {"n_spots": int(adata.n_obs), "size": int(size), "crop_px": int(side), "pad_value": int(pad_value),
             "coords_hash": hash_array(np.asarray(xy, dtype=np.float64)), "image": image_id}
+
+
+def patch_key(adata: AnnData, size: int, patch_um: Optional[float] = None,
+              microns_per_pixel: Optional[float] = None, pad_value: int = 255) -> dict:
+    """What :func:`extract_patches` with these arguments depends on, without cutting a patch: the number of
+    spots, output and crop side, pad value, the coordinates' hash and the image's identity (an in-memory
+    image's hash; an image file's path, size and mtime). Cache keys of patches and of their features."""
+    lib, entry = slide_library(adata)
+    xy = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)
+    side = _crop_side(size, patch_um, microns_per_pixel, entry, _fullres_scale(entry))
+    return _cache_key(adata, entry, xy, size, side, pad_value)
 
 
 def _read_cache(path: Path, key: dict, n: int, size: int) -> Optional[np.ndarray]:
@@ -211,3 +222,76 @@ def _warn_if_uniform(patches: np.ndarray, entry: dict, lib: str) -> None:
         source = entry.get(Key.uns.metadata, {}).get(Key.metadata.source_image_path) or f"of slide {lib!r}"
         warnings.warn(f"image {source} is blank under the spots (one constant colour): every spot gets the same "
                       "image features and the same prediction", UserWarning, stacklevel=3)
+
+
+class RegionPatches:
+    """A slide's spot patches read from its image by region when indexed, never held as one array.
+
+    ``patches[rows]`` (rows: indices, a slice or a tensor) → (k, size, size, 3) uint8 tensor, the same pixels
+    as ``extract_patches(adata, size, patch_um)[rows]``. The image is opened lazily in each process (a
+    ``DataLoader`` worker reopens it after unpickling): a TIFF / pyramidal TIFF through its memory map or
+    zarr store (only the tiles under each crop are read); an in-memory ``images['fullres']`` is carried as is.
+    JPEG/PNG files are decoded whole by PIL, once per process: convert them to tiled TIFF for cohorts.
+
+    Parameters
+    ----------
+    adata
+        One slide (``obsm['spatial']`` + an image, see :func:`load_fullres_image`).
+    size, patch_um, microns_per_pixel, pad_value
+        As :func:`extract_patches`.
+    """
+
+    def __init__(self, adata: AnnData, size: int = 224, patch_um: Optional[float] = None,
+                 microns_per_pixel: Optional[float] = None, pad_value: int = 255):
+        lib, entry = slide_library(adata)
+        xy = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)
+        if len(xy) == 0 or not np.isfinite(xy).all():
+            raise SlideFormatError(f"slide {lib!r}: obsm['spatial'] is empty or holds non-finite coordinates")
+        scale = _fullres_scale(entry)
+        self.size, self.pad_value = int(size), int(pad_value)
+        self.side = _crop_side(size, patch_um, microns_per_pixel, entry, scale)
+        self.centres = np.floor(xy * scale + 0.5).astype(np.int64)
+        images = entry.get(Key.uns.images, {})
+        self._array = np.asarray(images[Key.image.fullres]) if "fullres" in images else None
+        self._source = entry.get(Key.uns.metadata, {}).get(Key.metadata.source_image_path)
+        if self._array is None and not self._source:
+            load_fullres_image(adata)  # raises the reader's error naming what is missing
+            raise SlideFormatError(f"slide {lib!r}: region reads need a full-resolution image file or array")
+        self.source = self._source or f"uns['spatial'][{lib!r}]['images']['fullres']"
+        self._image = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self.centres)
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self.centres), self.size, self.size, 3)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_image"] = state["_pid"] = None
+        return state
+
+    def _open(self):
+        if self._image is None or self._pid != os.getpid():
+            from .image import ArrayImage, load_image_file
+
+            self._image = ArrayImage(self._array, self.source) if self._array is not None \
+                else load_image_file(self._source)
+            self._pid = os.getpid()
+        return self._image
+
+    def __getitem__(self, rows):
+        import torch
+
+        if isinstance(rows, slice):
+            rows = np.arange(len(self))[rows]
+        rows = np.asarray(rows.cpu().numpy() if hasattr(rows, "cpu") else rows, dtype=np.int64).reshape(-1)
+        image, half, side = self._open(), self.side // 2, self.side
+        out = np.empty((len(rows), self.size, self.size, 3), dtype=np.uint8)
+        for j, i in enumerate(rows):
+            x0, y0 = self.centres[i, 0] - half, self.centres[i, 1] - half
+            crop = image.crop(int(x0), int(y0), int(x0 + side), int(y0 + side), pad_value=self.pad_value)
+            out[j] = crop if side == self.size else _resize(crop, self.size)
+        return torch.from_numpy(out)

@@ -24,13 +24,14 @@ from ..preprocess.prepare import fit_preprocessor, prepare_slide, preprocessing_
 from ..training.job import train_model
 from .baselines import BASELINES
 from .folds import Fold
+from .stats import ablation_table, summarize_seeds
 from ..keys import Key
 
 __all__ = ["cross_validate", "evaluate_fold", "baseline_fold", "run_fold", "FoldPreprocessing", "SUMMARY_METRICS",
-           "check_results_dir", "RESULT_NAMES"]
+           "check_results_dir", "RESULT_NAMES", "with_seed"]
 
 #: What :func:`cross_validate` writes at the top of its results folder.
-RESULT_NAMES = ("results.csv", "results.json", "summary.md", "pcc_per_fold.png", "maps", "runs")
+RESULT_NAMES = ("results.csv", "results.json", "summary.md", "ablations.csv", "pcc_per_fold.png", "maps", "runs")
 
 
 def check_results_dir(out_dir: str | Path, force: bool = False) -> None:
@@ -92,6 +93,15 @@ def evaluate_fold(name: str, config, collection: SlideCollection, fold: Fold,
     return row, ((pred, true, run.preprocessor.genes) if keep_predictions else None)
 
 
+def with_seed(config, offset: int):
+    """A copy of ``config`` whose ``train.seed`` is moved by ``offset`` (seed ``offset`` of a seeded evaluation)."""
+    if offset == 0:
+        return config
+    seeded = config_from_dict(config_to_dict(config))
+    seeded.train.seed = int(config.train.seed) + int(offset)
+    return seeded
+
+
 def frozen_backbone_config(config):
     """A copy of ``config`` whose backbone is frozen with cached features (what the baselines use)."""
     frozen = config_from_dict(config_to_dict(config))
@@ -121,7 +131,29 @@ def baseline_fold(config, collection: SlideCollection, fold: Fold, markers: Opti
     train_y = np.concatenate(uncorrected_expression(frozen, prep, expr, train))
     test_x = feats(test)
     true = prep.expression(test)
-    preds = {name: BASELINES.get(name)(train_x, train_y, test_x, k=k) for name in BASELINES}
+    train_ids = np.concatenate([[sid] * len(expr[sid]) for sid in expr])
+    view_features: dict = {}  # views (as a sorted tuple) → (train, test) features with those views
+
+    def inputs(fn):
+        views = getattr(fn, "views", None)
+        if not views:
+            return train_x, test_x
+        key = tuple(sorted(views.items()))
+        if key not in view_features:
+            viewed = config_from_dict(config_to_dict(frozen))
+            for field_name, value in views.items():
+                setattr(viewed.model.image_encoder, field_name, value)
+            vfeats = lambda ad, e=None: prepare_slide(ad, viewed, prep, expr=e, image_encoder=encoder,  # noqa: E731
+                                                      with_graph=True).features
+            view_features[key] = (np.concatenate([vfeats(ad, expr[sid]) for ad, sid in zip(train, expr)]),
+                                  vfeats(test))
+        return view_features[key]
+
+    preds = {}
+    for name in BASELINES:
+        fn = BASELINES.get(name)
+        extra = {"train_slide_ids": train_ids} if getattr(fn, "needs_slide_ids", False) else {}
+        preds[name] = fn(*inputs(fn)[:1], train_y, inputs(fn)[1], k=k, **extra)
     rows = [_score(f"baseline:{name}", fold, p, true, prep.genes, markers, {"n_genes_model": len(prep.genes)})
             for name, p in preds.items()]
     kept = {name: (p, true, prep.genes) for name, p in preds.items()} if keep_predictions else {}
@@ -130,28 +162,36 @@ def baseline_fold(config, collection: SlideCollection, fold: Fold, markers: Opti
 
 def run_fold(configs: Mapping[str, object], collection: SlideCollection, fold: Fold, out: Optional[Path] = None,
              baselines: bool = True, baseline_config=None, markers: Optional[Sequence[str]] = None,
-             keep_runs: bool = False, keep_predictions: bool = False, on_done=None) -> tuple[list[dict], dict]:
+             keep_runs: bool = False, keep_predictions: bool = False, on_done=None,
+             seeds: int = 1) -> tuple[list[dict], dict]:
     """Every config (and the baselines) on one fold, sharing the fold's preprocessing between them.
 
-    Returns the metric rows and, with ``keep_predictions``, ``method → (pred, true, genes)``.
-    ``on_done(rows_so_far, label)`` is called after each method.
+    Each config is trained ``seeds`` times, with ``train.seed`` + 0, 1, …; every row carries its ``seed``.
+    The baselines have no training seed and run once (at the first config's seed).
+    Returns the metric rows and, with ``keep_predictions``, ``method → (pred, true, genes)`` (first seed).
+    ``on_done(rows_so_far, label)`` is called after each method and seed.
     """
     preprocessing = FoldPreprocessing([collection[i] for i in fold.train_ids])
     rows: list[dict] = []
     kept_all: dict = {}
     for name, config in configs.items():
-        run_dir = out / "runs" / fold.name / name if (out is not None and keep_runs) else None
-        row, kept = evaluate_fold(name, config, collection, fold, markers, run_dir,
-                                  keep_predictions=keep_predictions, preprocessing=preprocessing)
-        rows.append(row)
-        if kept is not None:
-            kept_all[name] = kept
-        if on_done is not None:
-            on_done(rows, name)
+        for offset in range(seeds):
+            seeded = with_seed(config, offset)
+            leaf = name if seeds == 1 else f"{name}/seed{seeded.train.seed}"
+            run_dir = out / "runs" / fold.name / leaf if (out is not None and keep_runs) else None
+            row, kept = evaluate_fold(name, seeded, collection, fold, markers, run_dir,
+                                      keep_predictions=keep_predictions and offset == 0,
+                                      preprocessing=preprocessing)
+            rows.append({**row, "seed": int(seeded.train.seed)})
+            if kept is not None:
+                kept_all[name] = kept
+            if on_done is not None:
+                on_done(rows, name if seeds == 1 else f"{name} seed {seeded.train.seed}")
     if baselines:
-        base_rows, kept = baseline_fold(baseline_config or next(iter(configs.values())), collection, fold,
+        base_config = baseline_config or next(iter(configs.values()))
+        base_rows, kept = baseline_fold(base_config, collection, fold,
                                         markers, keep_predictions=keep_predictions, preprocessing=preprocessing)
-        rows.extend(base_rows)
+        rows.extend({**r, "seed": int(base_config.train.seed)} for r in base_rows)
         kept_all.update({f"baseline:{k}": v for k, v in kept.items()})
         if on_done is not None:
             on_done(rows, "baselines")
@@ -162,12 +202,17 @@ def _fold_task(args: tuple) -> tuple[list[dict], dict]:
     """One fold in a worker process (``cross_validate(jobs=N)``)."""
     import torch
 
-    configs, collection, fold, out, baselines, baseline_config, markers, keep_runs, keep, threads, device = args
+    from ..plugins import load_plugins
+
+    configs, collection, fold, out, baselines, baseline_config, markers, keep_runs, keep, threads, device, seeds = args
+    for config in configs.values():  # a fresh (spawned) interpreter: the configs' plugins register again
+        load_plugins(config.plugins)
     torch.set_num_threads(threads)
     if device is not None:
         for config in configs.values():
             config.train.device = device
-    return run_fold(configs, collection, fold, out, baselines, baseline_config, markers, keep_runs, keep)
+    return run_fold(configs, collection, fold, out, baselines, baseline_config, markers, keep_runs, keep,
+                    seeds=seeds)
 
 
 def _worker_devices(configs: Mapping[str, object], jobs: int) -> list[Optional[str]]:
@@ -183,7 +228,8 @@ def _worker_devices(configs: Mapping[str, object], jobs: int) -> list[Optional[s
 def cross_validate(configs: Mapping[str, object], collection: SlideCollection, folds: Sequence[Fold],
                    out_dir: Optional[str | Path] = None, baselines: bool = True, baseline_config=None,
                    markers: Optional[Sequence[str]] = None, keep_runs: bool = False,
-                   progress: bool = True, jobs: int = 1) -> pd.DataFrame:
+                   progress: bool = True, jobs: int = 1, seeds: int = 1,
+                   ablations: Optional[Mapping[str, str]] = None) -> pd.DataFrame:
     """Run every config (and the baselines) on every fold; write per-fold rows and a summary.
 
     Parameters
@@ -203,6 +249,13 @@ def cross_validate(configs: Mapping[str, object], collection: SlideCollection, f
         Folds evaluated at once, each in its own process (the machine's cores are split between them; on
         a GPU machine each process gets a GPU, round robin). Within a fold, methods with the same data
         settings share one fitted preprocessing (gene selection, Harmony, PCA).
+    seeds
+        Train every config this many times per fold (``train.seed`` + 0 … seeds − 1). Tables then give the
+        mean ± sd over folds of each fold's seed mean (:mod:`stgraph.evaluation.stats`).
+    ablations
+        ``{ablation method: full method}``: ``summary.md`` adds each ablation's paired difference to its full
+        model with a 95 % t-interval over folds of the seed-mean differences ("no effect detected" when it
+        covers 0); also written to ``ablations.csv``.
 
     Returns
     -------
@@ -211,12 +264,17 @@ def cross_validate(configs: Mapping[str, object], collection: SlideCollection, f
     out = Path(out_dir) if out_dir is not None else None
     if jobs < 1:
         raise ValueError(f"jobs must be ≥ 1, got {jobs}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be ≥ 1, got {seeds}")
+    unknown = sorted({n for pair in (ablations or {}).items() for n in pair} - set(configs))
+    if unknown:
+        raise ValueError(f"ablation pairs name methods that are not evaluated: {', '.join(unknown)}")
     for config in configs.values():  # before any fold: a missing backbone file fails here, named
         check_pretrained_weights(config)
     rows: list[dict] = []
     first_fold_predictions: dict = {}
     jobs = min(jobs, len(folds)) if folds else 1
-    per_fold = len(configs) + (1 if baselines else 0)
+    per_fold = len(configs) * seeds + (1 if baselines else 0)
     bar = tqdm(total=len(folds) * per_fold, desc="evaluate", unit="run", disable=not progress)
     if jobs == 1:
         for fold in folds:
@@ -227,7 +285,8 @@ def cross_validate(configs: Mapping[str, object], collection: SlideCollection, f
                     write_csv_atomic(pd.DataFrame(rows + fold_rows), out / "results.csv")
 
             fold_rows, kept = run_fold(configs, collection, fold, out, baselines, baseline_config, markers,
-                                       keep_runs, keep_predictions=fold is folds[0], on_done=on_done)
+                                       keep_runs, keep_predictions=fold is folds[0], on_done=on_done,
+                                       seeds=seeds)
             rows.extend(fold_rows)
             if fold is folds[0]:
                 first_fold_predictions = kept
@@ -239,7 +298,7 @@ def cross_validate(configs: Mapping[str, object], collection: SlideCollection, f
         threads = max(1, (os.cpu_count() or 1) // jobs)
         devices = _worker_devices(configs, jobs)
         tasks = [(dict(configs), collection, fold, out, baselines, baseline_config, markers, keep_runs,
-                  i == 0, threads, devices[i % jobs]) for i, fold in enumerate(folds)]
+                  i == 0, threads, devices[i % jobs], seeds) for i, fold in enumerate(folds)]
         # spawn: a fresh interpreter per worker (forking a process that has run torch can deadlock).
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
             for i, (fold_rows, kept) in enumerate(pool.map(_fold_task, tasks)):
@@ -253,13 +312,14 @@ def cross_validate(configs: Mapping[str, object], collection: SlideCollection, f
     bar.close()
     frame = pd.DataFrame(rows)
     if out is not None:
-        write_report(frame, out, collection, folds[0], first_fold_predictions)
+        write_report(frame, out, collection, folds[0], first_fold_predictions, ablations=ablations)
     return frame
 
 
 def write_report(frame: pd.DataFrame, out: Path, collection: SlideCollection, fold: Fold,
-                 predictions: Mapping[str, tuple]) -> None:
-    """results.csv/json, summary.md (mean ± sd over folds), a per-fold PCC plot, best/worst gene maps."""
+                 predictions: Mapping[str, tuple], ablations: Optional[Mapping[str, str]] = None) -> None:
+    """results.csv/json, summary.md (mean ± sd over folds of the seed means; paired ablation differences),
+    a per-fold PCC plot, best/worst gene maps."""
     import matplotlib.pyplot as plt
 
     from ..pl.benchmark import plot_fold_pcc
@@ -268,10 +328,26 @@ def write_report(frame: pd.DataFrame, out: Path, collection: SlideCollection, fo
     out.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(frame, out / "results.csv")
     write_json_atomic(frame.to_dict(orient="records"), out / "results.json")
-    summary = summarize_folds(frame)
     metrics = [m for m in SUMMARY_METRICS if m in frame.columns]
-    text = ("Mean ± sd over folds. Pearson of the mean-profile baseline is undefined (constant prediction) "
-            "and shown as nan.\n\n" + to_markdown_table(summary, metrics) + "\n")
+    n_seeds = int(frame["seed"].nunique()) if "seed" in frame.columns else 1
+    if n_seeds > 1:
+        summary = summarize_seeds(frame, metrics)
+        head = (f"Mean ± sd over folds of each fold's mean over {n_seeds} training seeds (baselines: one run, "
+                "no training seed). ")
+    else:
+        summary = summarize_folds(frame)
+        head = "Mean ± sd over folds. "
+    text = (head + "Pearson of the mean-profile baseline is undefined (constant prediction) and shown as nan.\n\n"
+            + to_markdown_table(summary, metrics) + "\n")
+    if ablations:
+        diff_metrics = [m for m in ("pcc_acg", "pcc_heg50", "pcc_hvg50", "rmse") if m in frame.columns]
+        table = ablation_table(frame, ablations, diff_metrics)
+        if not table.empty:
+            write_csv_atomic(table, out / "ablations.csv")
+            text += ("\nPaired difference to the full model (ablation − full): mean over folds of the "
+                     "fold-level seed-mean differences, [95 % Student-t interval over folds]; an interval "
+                     "covering 0 reads \"no effect detected\".\n\n"
+                     + to_markdown_table(table.set_index("method"), ["vs"] + diff_metrics) + "\n")
     (out / "summary.md").write_text(text)
     fig = plot_fold_pcc(frame, metric="pcc_acg", path=out / "pcc_per_fold.png")
     plt.close(fig)

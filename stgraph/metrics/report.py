@@ -14,7 +14,7 @@ from ..utils.io import atomic_path
 
 __all__ = ["summarize_folds", "to_markdown_table", "write_json_atomic", "write_csv_atomic"]
 
-_ID_COLUMNS = ("method", "fold")
+_ID_COLUMNS = ("method", "fold", "seed")
 
 
 def _metric_columns(frame: pd.DataFrame) -> list[str]:
@@ -41,7 +41,8 @@ def summarize_folds(rows: Union[pd.DataFrame, Sequence[dict]]) -> pd.DataFrame:
     ----------
     rows
         One row per (method, fold): a DataFrame or a list of dicts with a ``method`` column (``fold`` is
-        optional and never summarised). NaN values (undefined metrics) are skipped.
+        optional and never summarised). NaN values (undefined metrics) are skipped. With a ``seed``
+        column (several training seeds per fold), each fold's seed mean counts once.
 
     Returns
     -------
@@ -53,7 +54,14 @@ def summarize_folds(rows: Union[pd.DataFrame, Sequence[dict]]) -> pd.DataFrame:
     if "method" not in frame.columns:
         raise ValueError(f"fold rows need a 'method' column; got columns {list(frame.columns)}")
     metrics = _metric_columns(frame)
-    values = frame[metrics].apply(pd.to_numeric, errors="coerce").astype(float)
+    if "seed" in frame.columns and "fold" in frame.columns:
+        # Several training seeds per fold: each fold counts once, with its seed mean.
+        values = frame[metrics].apply(pd.to_numeric, errors="coerce").astype(float)
+        values = values.groupby([frame["method"], frame["fold"]], sort=False).mean().reset_index()
+        frame = values
+        values = values[metrics]
+    else:
+        values = frame[metrics].apply(pd.to_numeric, errors="coerce").astype(float)
     grouped = values.groupby(frame["method"], sort=False)
     summary = pd.concat({"mean": grouped.mean(), "sd": grouped.std(ddof=1)}, axis=1).swaplevel(axis=1)
     summary = summary.reindex(columns=pd.MultiIndex.from_product([metrics, ["mean", "sd"]]))

@@ -25,7 +25,7 @@ from ..data.patches import extract_patches
 from ..data.slide_id import slide_id_of
 from ..data.transforms import grid_coordinates, hash_array, normalize_batch, patch_batch  # noqa: F401
 from ..graph import spatial_graph, to_edge_index
-from ..utils import atomic_save_npy, resolve_cache_dir
+from ..utils import resolve_cache_dir
 from ..keys import Key
 
 __all__ = [
@@ -59,7 +59,8 @@ class PreparedSlide:
     xy
         (n, 2) float pixel coordinates.
     patches
-        (n, S, S, 3) uint8, or ``None`` once features are cached.
+        (n, S, S, 3) uint8, a :class:`~stgraph.data.patches.RegionPatches` that reads them by region
+        (``data.region_patches``), or ``None`` once features are cached.
     features
         (n, F) float32 frozen-backbone features, or ``None``.
     edge_index
@@ -94,7 +95,9 @@ class PreparedSlide:
             coords=on(self.coords, torch.long),
             features=on(self.features, torch.float32),
             stage_input=on(self.stage_input, torch.float32),
-            patches=None if self.patches is None else torch.from_numpy(np.ascontiguousarray(self.patches)),
+            # RegionPatches (data.region_patches) stay lazy: each batch reads its own regions.
+            patches=torch.from_numpy(np.ascontiguousarray(self.patches)) if isinstance(self.patches, np.ndarray)
+            else self.patches,
             edge_index=None if self.edge_index is None else self.edge_index.to(device),
         )
 
@@ -326,10 +329,13 @@ def compute_image_features(encoder, patches: np.ndarray, batch_size: int = 64, d
 
 
 def needs_graph(config, query: bool = False) -> bool:
-    """Whether a slide needs its spot graph: DGI (the spot branch only in training), neighbour context of
-    features, or smoothing of predictions (query slides)."""
+    """Whether a slide needs its spot graph: DGI or a graph spot encoder (the spot branch only in
+    training), neighbour context of features, or smoothing of predictions (query slides)."""
+    from ..models.spot_encoders import uses_graph
+
     m = config.model
-    return bool(m.image_dgi.enabled or (m.spot_dgi.enabled and not query) or m.image_encoder.neighbour_context
+    spot_graph = m.spot_dgi.enabled or (m.kind == "contrastive" and uses_graph(m.spot_encoder.name))
+    return bool(m.image_dgi.enabled or (spot_graph and not query) or m.image_encoder.neighbour_context
                 or (query and config.inference.smoothing > 0))
 
 
@@ -342,11 +348,12 @@ def _context_features(adata: AnnData, features: np.ndarray, config, encoder, sli
         # to data.patch_size, so the backbone sees the spot's surroundings at a coarser resolution.
         patch_um = config.data.patch_um
         side = cfg.context_scale * (patch_um if patch_um is not None else config.data.patch_size)
-        ctx = extract_patches(adata, size=config.data.patch_size, patch_um=side,
-                              microns_per_pixel=None if patch_um is not None else 1.0,
-                              cache_dir=_cache_subdir(config, "patches"),
-                              show_progress=progress)
-        features = np.concatenate([features, _cached_features(encoder, ctx, config, slide_id, device, progress)], 1)
+        mpp = None if patch_um is not None else 1.0
+        ctx = lambda: extract_patches(adata, size=config.data.patch_size, patch_um=side,  # noqa: E731
+                                      microns_per_pixel=mpp, cache_dir=_cache_subdir(config, "patches"),
+                                      show_progress=progress)
+        features = np.concatenate([features, _cached_features(encoder, adata, config, slide_id, device, progress,
+                                                              ctx, patch_um=side, microns_per_pixel=mpp)], 1)
     if cfg.neighbour_context:
         from ..nn.context import neighbour_mean
 
@@ -361,43 +368,77 @@ def _cache_subdir(config, name: str) -> Optional[str]:
     return None if root is None else str(root / name)
 
 
-def _weights_label(encoder, cfg) -> str:
-    """The weights' name in a feature-cache key: the file the encoder loaded (wherever it was found), the hub
-    default, or ``random``."""
-    source = getattr(encoder, "weights_source", None)
-    if source is not None:
-        return source.label
-    if cfg.weights:
-        return Path(cfg.weights).stem
-    return "imagenet" if cfg.pretrained else "random"
+def _encoder_settings_key(cfg) -> list[str]:
+    """A short hash of the image encoder's registry entry and options when they differ from plain timm,
+    so features of another encoder or other settings never share a cache file (empty for the default)."""
+    if cfg.name == "timm" and not cfg.options:
+        return []
+    import hashlib
+    import json
+
+    text = json.dumps([cfg.name, cfg.options], sort_keys=True, default=repr)
+    return [hashlib.sha1(text.encode()).hexdigest()[:10]]
 
 
-def _cached_features(encoder, patches: np.ndarray, config, slide_id: str, device: str, progress: bool,
-                     stage: bool = False):
-    """Backbone features (n, F), or with ``stage`` the frozen stages' output (n, ...) stored as float16
-    (half the disk and memory; the trainable last stage reads it back in float32)."""
+
+def feature_store(config):
+    """The :class:`~stgraph.data.feature_store.FeatureStore` at ``<data.cache_dir>/features``, or ``None``
+    when caching is off."""
+    from ..data.feature_store import FeatureStore
+
+    root = _cache_subdir(config, "features")
+    return None if root is None else FeatureStore(root)
+
+
+def feature_key(adata: AnnData, config, stage: bool = False, patch_um: Optional[float] = None,
+                microns_per_pixel: Optional[float] = None, encoder=None) -> dict:
+    """The feature store's key of one slide's frozen features: backbone, weights identity (the hash of the
+    weights file the ``encoder`` loaded, wherever it was found, else of ``model.image_encoder.weights``, else
+    the hub default or ``random``), backbone input size, and :func:`~stgraph.data.patches.patch_key` (patch
+    side and µm, coordinates' hash, image identity). ``patch_um``: default ``data.patch_um``; ``stage``: the
+    frozen stages' output."""
+    from ..data.feature_store import weights_identity
+    from ..data.patches import patch_key
+
     cfg = config.model.image_encoder
-    cache_dir = resolve_cache_dir(config.data.cache_dir)
-    key = "_".join([
-        slide_id, cfg.backbone, _weights_label(encoder, cfg),
-        str(cfg.input_size), hash_array(patches),
-    ] + (["trunk"] if stage else []))
-    path = Path(cache_dir) / "features" / f"{key}.npy" if cache_dir else None
-    if path is not None and path.is_file():
-        feats = np.load(path)
-        if feats.shape[0] == len(patches):
-            logging.getLogger(__name__).debug("feature cache hit: %s", path)
-            return feats
+    patch_um = config.data.patch_um if patch_um is None else patch_um
+    source = getattr(encoder, "weights_source", None)
+    weights = (weights_identity(source.file) if source is not None and source.file is not None
+               else "imagenet" if source is not None else weights_identity(cfg.weights, cfg.pretrained))
+    return {"kind": "trunk" if stage else "features", "backbone": cfg.backbone,
+            "weights": weights, "input_size": cfg.input_size,
+            "patch_um": patch_um,
+            "patches": patch_key(adata, config.data.patch_size, patch_um, microns_per_pixel),
+            **({"encoder": _encoder_settings_key(cfg)[0]} if _encoder_settings_key(cfg) else {})}
+
+
+def _cached_features(encoder, adata: AnnData, config, slide_id: str, device: str, progress: bool,
+                     patches=None, stage: bool = False, patch_um: Optional[float] = None,
+                     microns_per_pixel: Optional[float] = None):
+    """Backbone features (n, F) of ``adata``'s spots, from the feature store when it holds them (no patch
+    is cut then), else computed from ``patches`` (a callable returning the (n, S, S, 3) uint8 patches) and
+    stored. With ``stage``, the frozen stages' output (n, ...) stored as float16 (half the disk and memory;
+    the trainable last stage reads it back in float32)."""
+    store = feature_store(config)
+    key = None
+    if store is not None:
+        key = feature_key(adata, config, stage, patch_um, microns_per_pixel, encoder)
+        if store.has(slide_id, key):
+            feats = store.open(slide_id, key).read_all()
+            if feats.shape[0] == adata.n_obs:
+                logging.getLogger(__name__).debug("feature store hit: %s", store.path(slide_id, key))
+                return feats
+    pts = patches() if callable(patches) else patches
     fn = encoder.forward_trunk if stage else encoder
     start = time.perf_counter()
-    feats = compute_image_features(fn, patches, device=device, input_size=cfg.input_size,
+    feats = compute_image_features(fn, pts, device=device, input_size=config.model.image_encoder.input_size,
                                    progress=progress, desc=f"{'stage input' if stage else 'features'} {slide_id}")
     logging.getLogger(__name__).debug("%s %s: %d patches in %.1f s", "stage input" if stage else "features",
-                                      slide_id, len(patches), time.perf_counter() - start)
+                                      slide_id, len(pts), time.perf_counter() - start)
     if stage:
         feats = feats.astype(np.float16)
-    if path is not None:
-        atomic_save_npy(path, feats)
+    if store is not None:
+        store.write(slide_id, key, feats)
     return feats
 
 
@@ -427,17 +468,30 @@ def prepare_slide(adata: AnnData, config, preprocessor: Optional[Preprocessor] =
         expr = preprocessor.expression(adata)
     spot_input = preprocessor.spot_input(expr) if (expr is not None and preprocessor is not None) else None
 
-    patches = extract_patches(adata, size=config.data.patch_size, patch_um=config.data.patch_um,
-                              cache_dir=_cache_subdir(config, "patches"),
-                              show_progress=progress)
-    features = None
-    if config.model.image_encoder.cache_features and image_encoder is not None:
-        features = _cached_features(image_encoder, patches, config, slide_id, device, progress)
+    cut: dict = {}
+
+    def get_patches() -> np.ndarray:  # cut (or read from the patch cache) only when some step needs them
+        if "p" not in cut:
+            cut["p"] = extract_patches(adata, size=config.data.patch_size, patch_um=config.data.patch_um,
+                                       cache_dir=_cache_subdir(config, "patches"), show_progress=progress)
+        return cut["p"]
+
+    features = stage_input = None
+    frozen = image_encoder is not None and (config.model.image_encoder.cache_features
+                                            or config.model.image_encoder.cache_stage_input)
+    if image_encoder is not None and config.model.image_encoder.cache_features:
+        features = _cached_features(image_encoder, adata, config, slide_id, device, progress, get_patches)
+    if image_encoder is not None and config.model.image_encoder.cache_stage_input:
+        stage_input = _cached_features(image_encoder, adata, config, slide_id, device, progress, get_patches,
+                                       stage=True)
+    if frozen:
         patches = None
-    stage_input = None
-    if config.model.image_encoder.cache_stage_input and image_encoder is not None:
-        stage_input = _cached_features(image_encoder, patches, config, slide_id, device, progress, stage=True)
-        patches = None
+    elif config.data.region_patches:
+        from ..data.patches import RegionPatches
+
+        patches = RegionPatches(adata, size=config.data.patch_size, patch_um=config.data.patch_um)
+    else:
+        patches = get_patches()
 
     if with_graph is None:
         with_graph = needs_graph(config)

@@ -51,7 +51,12 @@ def slide_mpp(adata) -> Optional[float]:
 
 def training_resolution(config, slides: Sequence) -> dict:
     """The ``run.json`` ``"resolution"`` record of a run trained on ``slides`` (AnnData) with ``config``."""
-    mpps = [slide_mpp(ad) for ad in slides]
+    return resolution_record(config, [slide_mpp(ad) for ad in slides])
+
+
+def resolution_record(config, mpps: Sequence) -> dict:
+    """:func:`training_resolution` from the training slides' µm/px (``None`` where unknown)."""
+    mpps = list(mpps)
     known = [m for m in mpps if m is not None]
     mpp = float(np.median(known)) if known and len(known) == len(mpps) else None
     size = int(config.data.patch_size)

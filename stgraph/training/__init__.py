@@ -5,6 +5,7 @@ from ..preprocess import PreparedSlide, Preprocessor, compute_image_features, fi
 from ..runfolder import CheckpointError, Run, load_checkpoint
 from .job import build_reference, train_model
 from .trainer import Trainer, TrainResult
+from .cohort import train_cohort
 
 __all__ = [
     "CheckpointError",
@@ -19,4 +20,5 @@ __all__ = [
     "load_checkpoint",
     "prepare_slide",
     "train_model",
+    "train_cohort",
 ]
