@@ -27,7 +27,7 @@ from .legacy_st import (HER2ST_IMAGED_SECTIONS, HER2ST_SPOT_DIAMETER_PX, read_he
 from .spot_csv import read_spot_csv
 from .hest import read_hest
 from .visium_hd import read_visium_hd
-from .sample_sheet import SampleSheetError, parse_sample_sheet, read_sample_sheet
+from .sample_sheet import SampleSheetError, parse_sample_sheet
 
 __all__ = [
     "READERS",
@@ -38,7 +38,6 @@ __all__ = [
     "read_st_legacy",
     "SampleSheetError",
     "parse_sample_sheet",
-    "read_sample_sheet",
     "read_st_legacy_folder",
     "read_her2st",
     "read_visium",

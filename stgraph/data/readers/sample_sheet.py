@@ -1,4 +1,5 @@
-"""A sample sheet: one CSV row per slide, checked whole before any slide is read.
+"""A sample sheet: one CSV row per slide, checked whole before any slide is read (the CLI's ``--samples``
+reads its rows with :func:`~stgraph.data.read_slide` / :func:`read_st_legacy`).
 
 Two layouts (columns, in any order; extra columns are ignored):
 
@@ -19,7 +20,7 @@ import pandas as pd
 
 from ..errors import SlideFormatError
 
-__all__ = ["SampleSheetError", "LEGACY_COLUMNS", "PATH_COLUMNS", "parse_sample_sheet", "read_sample_sheet"]
+__all__ = ["SampleSheetError", "LEGACY_COLUMNS", "PATH_COLUMNS", "parse_sample_sheet"]
 
 LEGACY_COLUMNS = ("sample_id", "counts", "spots", "image")
 PATH_COLUMNS = ("sample_id", "path")
@@ -81,20 +82,3 @@ def parse_sample_sheet(sheet: str | os.PathLike) -> list[dict]:
         rows.append(row)
     return rows
 
-
-def read_sample_sheet(sheet: str | os.PathLike, **kwargs) -> list:
-    """Read every slide of a sample sheet (checked whole first, see :func:`parse_sample_sheet`).
-
-    The ``sample_id`` becomes the slide id of a legacy ST row; ``kwargs`` go to the reader.
-    """
-    from .. import read_slide
-    from .legacy_st import read_st_legacy
-
-    slides = []
-    for row in parse_sample_sheet(sheet):
-        if "path" in row:
-            slides.append(read_slide(row["path"], **kwargs))
-        else:
-            slides.append(read_st_legacy(row["counts"], row["spots"], row["image"], slide_id=row["sample_id"],
-                                         **kwargs))
-    return slides
