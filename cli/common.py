@@ -8,7 +8,7 @@ from pathlib import Path
 
 from stgraph.keys import Key
 
-__all__ = ["verbose_parent", "slides_parent", "query_parent", "device_parent", "read_many", "read_query",
+__all__ = ["verbose_parent", "plugin_parent", "plugins_in", "with_cli_plugins", "slides_parent", "query_parent", "device_parent", "read_many", "read_query",
            "check_genes", "plot_maps", "log"]
 
 log = logging.getLogger("stgraph")
@@ -20,6 +20,37 @@ def verbose_parent() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="stgraph's debug log lines")
     return p
+
+
+def plugin_parent() -> argparse.ArgumentParser:
+    """``--plugin MODULE`` after a command's name too (the top-level parser has its own)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--plugin", action="append", metavar="MODULE", default=argparse.SUPPRESS,
+                   help="import MODULE first (it registers components); repeatable")
+    return p
+
+
+def plugins_in(argv) -> list[str]:
+    """The ``--plugin MODULE`` / ``--plugin=MODULE`` values of a command line, in order (read before the
+    parser is built, so that the plugins' names are among its ``choices=``)."""
+    out, argv = [], list(argv)
+    for i, a in enumerate(argv):
+        if a == "--":
+            break
+        if a == "--plugin" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif a.startswith("--plugin="):
+            out.append(a.split("=", 1)[1])
+    return out
+
+
+def with_cli_plugins(config, args):
+    """``config`` with the command line's ``--plugin`` modules added to its ``plugins`` (so that the run
+    folder, and the worker processes of ``evaluate --jobs``, import them again)."""
+    extra = list(getattr(args, "plugin", None) or [])
+    if extra:
+        config.plugins = list(dict.fromkeys([*config.plugins, *extra]))
+    return config
 
 
 def _her2st(g) -> None:
@@ -34,8 +65,27 @@ def slides_parent() -> argparse.ArgumentParser:
                    help="slides: .h5ad files, Space Ranger folders, or legacy ST folders")
     g.add_argument("--sections", nargs="+", default=None, metavar="ID",
                    help="with --her2st: the sections to use (default: the six imaged ones)")
+    g.add_argument("--samples", metavar="SHEET",
+                   help="a sample sheet (CSV): columns sample_id,counts,spots,image (legacy ST) or sample_id,path")
+    g.add_argument("--counts", action="append", default=[], metavar="TSV",
+                   help="a legacy ST section's counts .tsv(.gz); with --spots and --image, repeatable (one "
+                        "section per group)")
+    g.add_argument("--spots", action="append", default=[], metavar="TSV",
+                   help="with --counts: the section's spot selection .tsv")
+    g.add_argument("--image", action="append", default=[], metavar="IMG", help="with --counts: the section's H&E")
     _her2st(g)
     return p
+
+
+def _legacy_groups(counts: list, spots: list, images: list) -> list[tuple[Path, Path, Path]]:
+    """The ``--counts/--spots/--image`` groups, checked (counts, files present) before any slide is read."""
+    from stgraph.data.errors import SlideFormatError, require_file
+
+    if not (len(counts) == len(spots) == len(images)):
+        raise SlideFormatError(f"--counts, --spots and --image go in groups, one of each per legacy ST section "
+                               f"(got {len(counts)} --counts, {len(spots)} --spots, {len(images)} --image)")
+    return [(require_file(c, "--counts file"), require_file(s, "--spots file"), require_file(i, "--image file"))
+            for c, s, i in zip(counts, spots, images)]
 
 
 def query_parent() -> argparse.ArgumentParser:
@@ -49,7 +99,10 @@ def query_parent() -> argparse.ArgumentParser:
                    help="with a Space Ranger --slide folder: its full-resolution H&E image (TIFF, ...), for "
                         "patches at full detail instead of the hires PNG")
     g.add_argument("--image", metavar="IMG", help="an H&E image (with --spots) for a slide without expression")
-    g.add_argument("--spots", metavar="CSV", help="CSV of spot centres in image pixels (columns x,y)")
+    g.add_argument("--spots", metavar="CSV", help="CSV of spot centres in image pixels (columns x,y); with "
+                                                  "--counts: a legacy ST spot selection .tsv")
+    g.add_argument("--counts", metavar="TSV", default=None,
+                   help="a legacy ST section's counts .tsv(.gz), with --spots SELECTION.tsv and --image IMG")
     g.add_argument("--section", metavar="ID", help="with --her2st: the section to read")
     _her2st(g)
     return p
@@ -62,16 +115,25 @@ def device_parent() -> argparse.ArgumentParser:
 
 
 def read_many(args) -> list:
-    """The slides of ``--data`` and ``--her2st`` (ids checked unique)."""
+    """The slides of ``--data``, ``--samples``, ``--counts/--spots/--image`` groups and ``--her2st`` (ids
+    checked unique). The sheet and the groups are checked whole before any slide is read."""
     from stgraph.data import SlideCollection, read_slide
-    from stgraph.data.readers import HER2ST_IMAGED_SECTIONS, read_her2st
+    from stgraph.data.readers import HER2ST_IMAGED_SECTIONS, parse_sample_sheet, read_her2st, read_st_legacy
 
+    groups = _legacy_groups(getattr(args, "counts", []) or [], getattr(args, "spots", []) or [],
+                            getattr(args, "image", []) or [])
+    sheet = parse_sample_sheet(args.samples) if getattr(args, "samples", None) else []
     slides = [read_slide(p) for p in args.data]
+    for row in sheet:
+        slides.append(read_slide(row["path"]) if "path" in row else
+                      read_st_legacy(row["counts"], row["spots"], row["image"], slide_id=row["sample_id"]))
+    slides += [read_st_legacy(*g) for g in groups]
     if args.her2st:
         sections = args.sections or list(HER2ST_IMAGED_SECTIONS)
         slides += [read_her2st(args.her2st, s) for s in sections]
     if not slides:
-        raise ValueError("no slides given (use --data PATH... or --her2st ROOT)")
+        raise ValueError("no slides given (use --data PATH..., --samples SHEET, --counts/--spots/--image "
+                         "or --her2st ROOT)")
     return SlideCollection(slides).slides  # checks that slide ids are unique
 
 
@@ -82,6 +144,12 @@ def read_query(args):
 
     if args.her2st and args.section:
         return read_her2st(args.her2st, args.section)
+    if getattr(args, "counts", None):
+        from stgraph.data.readers import read_st_legacy
+
+        if not (args.spots and args.image):
+            raise ValueError("--counts goes with --spots SELECTION.tsv and --image IMG (one legacy ST section)")
+        return read_st_legacy(*_legacy_groups([args.counts], [args.spots], [args.image])[0])
     if args.image or args.spots:
         if not (args.image and args.spots):
             raise ValueError("--image and --spots go together")

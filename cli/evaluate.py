@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import read_many, slides_parent
+from .common import read_many, slides_parent, with_cli_plugins
 
 __all__ = ["add_parser", "run"]
 
@@ -53,7 +53,7 @@ def run(args) -> int:
     configs, paths = {}, {}
     overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     for path in args.config:
-        cfg = load_config(path, overrides)
+        cfg = with_cli_plugins(load_config(path, overrides), args)
         check_pretrained_weights(cfg)  # before any slide is read
         configs[cfg.name], paths[cfg.name] = cfg, path
     ablations = ablation_pairs_by_base(paths)

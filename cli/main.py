@@ -1,4 +1,4 @@
-"""stgraph command line: train, predict, extend, evaluate (alias benchmark), plot, configs.
+"""stgraph command line: train, predict, extend, evaluate (alias benchmark), plot, configs, components.
 
 Examples
 --------
@@ -10,9 +10,13 @@ Examples
     stgraph predict --model runs/stgchb --wsi slide.svs --out pred.h5ad [--mpp 0.25] [--grid visium|st|150]
     stgraph predict --model runs/stgchb --wsi 'slides/*.tif' --out preds/ --format csv
     stgraph plot --pred pred.h5ad --genes ERBB2 GNAS --out maps.png
+    stgraph --plugin my_lab.encoders train --config my_variant.yaml ...
+    stgraph components --json
 
-Each command is one module of this package (``train``, ``predict``, ``extend``, ``evaluate``, ``plot``) with
-``add_parser(subparsers, parents)`` and ``run(args)``; the argument groups they share are in ``common``.
+Each command is one module of this package (``train``, ``predict``, ``extend``, ``evaluate``, ``plot``,
+``components``) with ``add_parser(subparsers, parents)`` and ``run(args)``; the argument groups they share
+are in ``common``. ``--plugin MODULE`` (before or after the command, repeatable) imports a module that
+registers components before anything else, as do the installed ``stgraph.plugins`` entry points.
 """
 from __future__ import annotations
 
@@ -30,14 +34,14 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 from stgraph import __version__  # noqa: E402
 from stgraph.errors import StgraphError  # noqa: E402
 
-from . import configs, evaluate, extend, plot, predict, train  # noqa: E402
-from .common import log, verbose_parent  # noqa: E402
+from . import components, configs, evaluate, extend, plot, predict, train  # noqa: E402
+from .common import log, plugin_parent, plugins_in, verbose_parent  # noqa: E402
 
 __all__ = ["main", "console_main", "build_parser", "parse_args", "COMMANDS"]
 
 #: Command name → its module (``benchmark`` is an alias of ``evaluate``).
 COMMANDS = {"train": train, "predict": predict, "extend": extend, "evaluate": evaluate, "benchmark": evaluate,
-            "plot": plot, "configs": configs}
+            "plot": plot, "configs": configs, "components": components}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,9 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="stgraph's debug log lines")
     parser.add_argument("--version", action="version", version=f"stgraph {__version__}")
+    parser.add_argument("--plugin", action="append", metavar="MODULE", default=[],
+                        help="import MODULE first: a plugin that registers components (repeatable); installed "
+                             "packages' stgraph.plugins entry points are imported too")
     sub = parser.add_subparsers(dest="command", required=True)
-    parents = [verbose_parent()]  # every subcommand also accepts -v after its name
-    for module in (train, predict, extend, evaluate, plot, configs):
+    parents = [verbose_parent(), plugin_parent()]  # every subcommand also accepts -v and --plugin after its name
+    for module in (train, predict, extend, evaluate, plot, configs, components):
         module.add_parser(sub, parents)
     return parser
 
@@ -61,6 +68,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.plugin = plugins_in(args.argv)  # given before and after the command name alike
     # `key=value` tokens between options (`... train.epochs=1 --out r train.lr=1e-3`): argparse fills the
     # positional list once and leaves the later ones over; they are overrides too. Anything else is an error.
     stray = [t for t in extra if not (hasattr(args, "overrides") and _OVERRIDE.match(t))]
@@ -91,6 +99,21 @@ def _exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
+def _load_plugins(argv: Sequence[str]) -> Optional[int]:
+    """Import the entry points and ``--plugin`` modules before the parser is built (its ``choices=`` list
+    their names); a plugin that fails to import is one ``error:`` line (exit status 2)."""
+    from stgraph.plugins import load_plugins
+
+    try:
+        load_plugins(plugins_in(argv), origin="--plugin")
+    except StgraphError as err:
+        if "-v" in argv or "--verbose" in argv:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return None
+
+
 def configure_logging(verbose: bool) -> None:
     """stgraph's own lines at INFO (DEBUG with ``-v``); other libraries' at WARNING (INFO with ``-v``), so
     e.g. faiss's "Could not load library with AVX512 support" stays out of a normal run."""
@@ -101,6 +124,10 @@ def configure_logging(verbose: bool) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; returns the exit status (2 for a user error, printed as one ``error:`` line).
     Callable from Python: it installs no signal handler (:func:`console_main` does)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    failed = _load_plugins(argv)
+    if failed is not None:
+        return failed
     args = parse_args(argv)
     import matplotlib
 

@@ -111,8 +111,8 @@ def _wsi_outputs(args) -> list:
     """(slide path, output path) pairs for --wsi, checked before anything is computed."""
     from stgraph.inference.wsi import WSIPredictionError, expand_slide_paths
 
-    if args.slide or args.image or args.spots or args.her2st:
-        raise WSIPredictionError("--wsi replaces --slide/--image/--spots/--her2st: give one kind of query")
+    if args.slide or args.image or args.spots or args.her2st or getattr(args, "counts", None):
+        raise WSIPredictionError("--wsi replaces --slide/--image/--spots/--counts/--her2st: give one kind of query")
     return _outputs(expand_slide_paths(args.wsi), args)
 
 

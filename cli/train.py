@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from .common import log, read_many, slides_parent
+from .common import log, read_many, slides_parent, with_cli_plugins
 
 __all__ = ["add_parser", "run"]
 
@@ -53,7 +53,7 @@ def run(args) -> int:
 
     if args.nproc < 1:
         raise ValueError(f"--nproc must be ≥ 1, got {args.nproc}")
-    config = load_config(args.config, args.overrides)
+    config = with_cli_plugins(load_config(args.config, args.overrides), args)
     check_train_inputs(config, args.out, force=args.force, resume=args.resume)  # before reading any slide
     if args.nproc > 1:
         if env_world_size() > 1:
@@ -77,7 +77,7 @@ def run(args) -> int:
     if rank != 0:
         return 0  # rank 0 reports
     world = f" in {env_world_size()} processes" if env_world_size() > 1 else ""
-    if config.model.name == "ridge":  # closed form: no epochs to report
+    if config.model.kind == "ridge":  # closed form: no epochs to report
         how = "fitted in closed form"
     else:
         how = f"best epoch {trained.result.best_epoch if trained.result else -1}"

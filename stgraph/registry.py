@@ -3,30 +3,39 @@
 Every pluggable piece is registered by name in one :class:`Registry`, and configs, the CLI's ``choices=``
 and the tests ask the registry for the valid names:
 
-==========================  ================================  ====================================
-registry                    module                            config key / argument
-==========================  ================================  ====================================
-``SPOT_ENCODERS``           ``stgraph.models.spot_encoders``  ``model.spot_encoder.name``
-``LOSSES``                  ``stgraph.losses.registry``       ``loss.alignment``
-``KNN_BACKENDS``            ``stgraph.retrieval.knn``         ``inference.backend``
-``SIMILARITIES``            ``stgraph.retrieval.knn``         ``inference.similarity``
-``AGGREGATIONS``            ``stgraph.retrieval.impute``      ``inference.aggregation``
+==========================  ================================  =====================================================
+registry                    module                            config key / argument (its settings)
+==========================  ================================  =====================================================
+``MODELS``                  ``stgraph.models.factory``        ``model.kind``
+``IMAGE_ENCODERS``          ``stgraph.models.image_encoders`` ``model.image_encoder.name`` (``.options``)
+``SPOT_ENCODERS``           ``stgraph.models.spot_encoders``  ``model.spot_encoder.name`` (``.options``)
+``LOSSES``                  ``stgraph.losses.registry``       ``loss.alignment`` (``loss.options``)
+``KNN_BACKENDS``            ``stgraph.retrieval.knn``         ``inference.backend`` (``inference.backend_options``)
+``SIMILARITIES``            ``stgraph.retrieval.knn``         ``inference.similarity`` (``.similarity_options``)
+``AGGREGATIONS``            ``stgraph.retrieval.impute``      ``inference.aggregation`` (``.aggregation_options``)
 ``WEIGHT_DISTANCES``        ``stgraph.retrieval.impute``      ``inference.distance``
 ``BASELINES``               ``stgraph.evaluation.baselines``  ``stgraph evaluate --baselines``
 ``METRICS``                 ``stgraph.metrics.evaluate``      the columns of an evaluation report
 ``READERS``                 ``stgraph.data.readers``          ``read_slide(path, format=...)``
-==========================  ================================  ====================================
+==========================  ================================  =====================================================
 
 An unknown name fails with the valid choices (:class:`UnknownNameError`, a ``KeyError`` and a
 ``ValueError``).
+
+Settings (timm's ``**kwargs`` to an entrypoint, PyG's ``act_kwargs``): an entry is called with the inputs
+stgraph supplies (the registry's ``inputs``, e.g. ``in_dim`` for a spot encoder) plus the user's
+``options`` as keyword arguments. The options an entry accepts are read from its signature
+(:meth:`Registry.options`), so a config is checked at load time (:meth:`Registry.check_options`) and
+``stgraph components`` can list them.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Generic, Iterator, Optional, TypeVar
+import inspect
+from typing import Any, Callable, Dict, Generic, Iterator, Mapping, Optional, Sequence, TypeVar
 
 from .errors import StgraphError
 
-__all__ = ["Registry", "UnknownNameError"]
+__all__ = ["Registry", "UnknownNameError", "UnknownOptionError", "REQUIRED"]
 
 T = TypeVar("T")
 
@@ -36,6 +45,19 @@ class UnknownNameError(StgraphError, KeyError, ValueError):
 
     def __str__(self) -> str:  # KeyError would wrap the message in quotes
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownOptionError(StgraphError, TypeError, ValueError):
+    """An option the component does not take, or a required one missing (a ``TypeError`` and ``ValueError``)."""
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+#: Marks an option without a default in :meth:`Registry.options`.
+REQUIRED: Any = _Required()
 
 
 class Registry(Generic[T]):
@@ -53,11 +75,15 @@ class Registry(Generic[T]):
         What the entries are, for messages (``"spot encoder"``).
     error
         Exception class raised for an unknown name (a subclass of :class:`UnknownNameError`).
+    inputs
+        Parameters stgraph itself passes to every entry (``("in_dim",)`` for spot encoders); every other
+        parameter of an entry's signature is a user option.
     """
 
-    def __init__(self, kind: str, error: type = UnknownNameError):
+    def __init__(self, kind: str, error: type = UnknownNameError, inputs: Sequence[str] = ()):
         self.kind = kind
         self.error = error
+        self.inputs = tuple(inputs)
         self._table: Dict[str, Callable[..., T]] = {}
 
     def register(self, name: str, obj: Optional[Callable[..., T]] = None):
@@ -97,6 +123,69 @@ class Registry(Generic[T]):
         """Call the entry registered as ``name`` with ``kwargs``."""
         return self.get(name)(**kwargs)
 
+    # ------------------------------------------------------------------------------------ settings
+    def _parameters(self, name: str) -> list[inspect.Parameter]:
+        entry = self.get(name)
+        try:
+            sig = inspect.signature(entry)
+        except (TypeError, ValueError):  # a builtin without a signature: no options known
+            return []
+        return list(sig.parameters.values())
+
+    def accepts_any(self, name: str) -> bool:
+        """Whether the entry takes ``**kwargs`` (then any option name is passed on, as timm does)."""
+        return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in self._parameters(name))
+
+    def options(self, name: str) -> dict[str, Any]:
+        """The options of entry ``name``: parameter → default (:data:`REQUIRED` when it has none), in
+        signature order; the registry's ``inputs`` and ``*args``/``**kwargs`` are not options."""
+        out = {}
+        for p in self._parameters(name):
+            if p.name in self.inputs or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
+                continue
+            out[p.name] = REQUIRED if p.default is p.empty else p.default
+        return out
+
+    def takes(self, name: str, parameter: str) -> bool:
+        """Whether entry ``name`` has a parameter called ``parameter`` (an input it may be given)."""
+        return any(p.name == parameter for p in self._parameters(name)) or self.accepts_any(name)
+
+    def check_options(self, name: str, options: Optional[Mapping[str, Any]], where: str = "options") -> dict:
+        """``options`` as a dict when entry ``name`` accepts every one of them and they name all its required
+        options; else :class:`UnknownOptionError` naming the component and the options it accepts."""
+        options = dict(options or {})
+        accepted = self.options(name)
+        bad = [k for k in options if not isinstance(k, str) or k in self.inputs
+               or (k not in accepted and not self.accepts_any(name))]
+        if bad:
+            given_by = [k for k in bad if k in self.inputs]
+            why = f" ({given_by} are set by stgraph itself)" if given_by else ""
+            raise UnknownOptionError(f"{where}: {self.kind} {name!r} has no option(s) {bad}{why}; "
+                                     f"it accepts {list(accepted) or 'none'}")
+        missing = [k for k, v in accepted.items() if v is REQUIRED and k not in options]
+        if missing:
+            raise UnknownOptionError(f"{where}: {self.kind} {name!r} needs option(s) {missing}; "
+                                     f"it accepts {list(accepted)}")
+        return options
+
+    def summary(self, name: str) -> str:
+        """The first line of the entry's docstring (``""`` when it has none)."""
+        doc = inspect.getdoc(self.get(name)) or ""
+        return doc.strip().splitlines()[0].strip() if doc.strip() else ""
+
+    def describe(self) -> list[dict]:
+        """One row per entry: ``name``, ``summary`` (first docstring line), ``options`` (name → default, as
+        text when not plain data), ``any_options`` (takes ``**kwargs``), ``module`` where it is defined."""
+        rows = []
+        for name in self.names():
+            entry = self.get(name)
+            opts = {k: ("<required>" if v is REQUIRED else v if _plain(v) else repr(v))
+                    for k, v in self.options(name).items()}
+            rows.append({"name": name, "summary": self.summary(name), "options": opts,
+                         "any_options": self.accepts_any(name),
+                         "module": getattr(entry, "__module__", None) or type(entry).__module__})
+        return rows
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._table)
@@ -116,3 +205,14 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+def _plain(value) -> bool:
+    """Whether ``value`` is JSON-like data (printed as it is) rather than an object (printed as repr)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False

@@ -33,7 +33,7 @@ from .config import ConfigError, config_from_dict, config_to_dict
 from .errors import StgraphError
 from .models import create_model
 from .preprocess.prepare import Preprocessor
-from .retrieval.reference import ReferenceStore
+from .retrieval.reference import ReferenceStore, saved_index_store
 from .utils import atomic_path, atomic_write_text, resolve_device
 from .utils.lock import LOCK_NAME, is_locked
 
@@ -186,6 +186,11 @@ _TMP = re.compile(r"^\.(?P<name>[^/]+?)\.[A-Za-z0-9_]+\.tmp$")
 _PROBE = re.compile(r"^\.stgraph-probe-[A-Za-z0-9_]+\.tmp$")
 
 
+def _known(name: str, known) -> bool:
+    """A name stgraph writes: one of ``known``, or a saved kNN index of one (``reference.h5.<key>.faiss``)."""
+    return name in known or saved_index_store(name) in known
+
+
 def read_run_info(run_dir: str | Path) -> dict:
     """``run.json`` as a mapping; :class:`ModelFolderError` naming the file when it is not one."""
     path = Path(run_dir) / "run.json"
@@ -233,7 +238,7 @@ def foreign_entries(folder: str | Path) -> list[str]:
 
     def ours(name: str, known) -> bool:
         m = _TMP.match(name)
-        return name in known or bool(m and m.group("name") in known) or bool(_PROBE.match(name))
+        return _known(name, known) or bool(m and _known(m.group("name"), known)) or bool(_PROBE.match(name))
 
     foreign = [n for n in names if not ours(n, RUN_FOLDER_NAMES)]
     ckpt = folder / "checkpoints"
@@ -282,7 +287,7 @@ def clean_stale_files(run_dir: str | Path) -> list[Path]:
             continue
         for p in folder.iterdir():
             m = _TMP.match(p.name)
-            if (m and m.group("name") in known or _PROBE.match(p.name)) and p.is_file() and not p.is_symlink():
+            if (m and _known(m.group("name"), known) or _PROBE.match(p.name)) and p.is_file() and not p.is_symlink():
                 p.unlink(missing_ok=True)
                 removed.append(p)
     parent = run_dir.parent

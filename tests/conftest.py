@@ -26,12 +26,14 @@ METHOD_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob
 
 
 def _closed_form(name: str) -> bool:
+    """A regression model (ridge, spot_graph) is fitted by its own ``fit``, not by the contrastive Trainer."""
     from stgraph.config import load_config
+    from stgraph.config.load import REGRESSION_MODELS
 
-    return load_config(CONFIGS / name).model.name == "ridge"
+    return load_config(CONFIGS / name).model.kind in REGRESSION_MODELS
 
 
-#: Configs whose model is fitted in closed form (no epochs, no loss terms), and the trained ones.
+#: Configs whose model is fitted by its own ``fit`` (ridge, spot_graph), and the ones the Trainer trains.
 CLOSED_FORM_CONFIGS = [c for c in METHOD_CONFIGS if _closed_form(c)]
 TRAINED_CONFIGS = [c for c in METHOD_CONFIGS if c not in CLOSED_FORM_CONFIGS]
 
@@ -95,6 +97,18 @@ def synthetic_slides():
     from stgraph.data.synthetic import make_synthetic_collection
 
     return make_synthetic_collection(n_slides=3, n_rows=10, n_cols=10, n_genes=40, spacing=32)
+
+
+@pytest.fixture(scope="session")
+def slide_files(tmp_path_factory, synthetic_slides) -> list[str]:
+    """The three synthetic slides written as ``.h5ad`` files, for command-line tests."""
+    d = tmp_path_factory.mktemp("slides")
+    paths = []
+    for ad in synthetic_slides:
+        p = d / f"{ad.obs['slide_id'].iloc[0]}.h5ad"
+        ad.write_h5ad(p)
+        paths.append(str(p))
+    return paths
 
 
 @pytest.fixture(scope="session")

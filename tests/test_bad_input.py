@@ -278,7 +278,7 @@ def test_extend_refuses_a_slide_sharing_too_few_genes(finished_run, synthetic_sl
     ("inference.k=0", "inference.k must be ≥ 1"),
     ("loss.temperature=-1", "loss.temperature must be > 0"),
     ("train.val_fraction=1.5", "val_fraction"),
-    ("model.name=rigde", "did you mean 'ridge'"),
+    ("model.kind=rigde", r"model.kind: 'rigde' is not one of \['contrastive', 'ridge'"),
     ("model.name=''", "non-empty"),
 ])
 def test_config_ranges_fail_at_load_time(override, message):

@@ -10,17 +10,6 @@ from cli.main import main
 from tests.conftest import CONFIGS, tiny_overrides
 
 
-@pytest.fixture(scope="module")
-def slide_files(tmp_path_factory, synthetic_slides):
-    d = tmp_path_factory.mktemp("slides")
-    paths = []
-    for ad in synthetic_slides:
-        p = d / f"{ad.obs['slide_id'].iloc[0]}.h5ad"
-        ad.write_h5ad(p)
-        paths.append(str(p))
-    return paths
-
-
 def test_train_predict_plot(tmp_path, slide_files, capsys):
     run = tmp_path / "run"
     overrides = tiny_overrides(tmp_path / "cache", epochs=2) + ["data.harmony=false"]

@@ -80,3 +80,12 @@ def test_every_config_file_loads():
     assert len(METHOD_CONFIGS) >= 12
     for name in METHOD_CONFIGS:
         load_config(CONFIGS / name)
+
+
+def test_accumulate_needs_whole_jobs_and_a_positive_count():
+    assert load_config(CONFIGS / "stgchb.yaml", ["train.accumulate=2"]).train.accumulate == 2
+    assert load_config(CONFIGS / "mclstexp.yaml", ["train.accumulate=3"]).train.accumulate == 3
+    with pytest.raises(ConfigError, match="train.accumulate must be ≥ 1"):
+        load_config(CONFIGS / "stgchb.yaml", ["train.accumulate=0"])
+    with pytest.raises(ConfigError, match="train.accumulate > 1 needs whole jobs"):
+        load_config(CONFIGS / "bleep.yaml", ["train.accumulate=2"])

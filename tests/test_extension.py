@@ -1,5 +1,5 @@
-"""A newcomer's extension: a toy loss and a toy spot encoder registered here, in this test module alone, and
-used from a YAML config (no other file edited)."""
+"""A newcomer's extension: a toy loss and a toy spot encoder, each with settings of its own, registered here,
+in this test module alone, and used from a YAML config (no other file edited); settings checked at load."""
 from __future__ import annotations
 
 import pytest
@@ -13,26 +13,30 @@ from tests.conftest import CONFIGS, tiny_overrides
 
 
 class ToyL2Loss(nn.Module):
-    """Mean squared distance between paired embeddings (no negatives)."""
+    """Hinged squared distance between paired embeddings, ``mean(max(0, ‖I − S‖² − margin)) / T``."""
 
-    def __init__(self, temperature: float = 1.0):
+    def __init__(self, temperature: float = 1.0, margin: float = 0.0):
         super().__init__()
-        self.temperature = temperature
+        self.temperature, self.margin = temperature, margin
 
     def forward(self, image_emb: torch.Tensor, spot_emb: torch.Tensor) -> torch.Tensor:
-        return (image_emb - spot_emb).pow(2).sum(1).mean() / self.temperature
+        return ((image_emb - spot_emb).pow(2).sum(1) - self.margin).clamp_min(0).mean() / self.temperature
 
 
 class ToyLinearEncoder(nn.Module):
-    """``h = W x`` to 12 dimensions."""
+    """``layers`` linear maps to ``width`` dimensions (GELU between)."""
 
-    def __init__(self, in_dim: int, cfg):
+    def __init__(self, in_dim: int, width: int = 12, layers: int = 1):
         super().__init__()
-        self.linear = nn.Linear(in_dim, 12)
-        self.out_dim = 12
+        dims = [in_dim] + [width] * layers
+        blocks = []
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            blocks += [nn.Linear(a, b)] + ([nn.GELU()] if i < layers - 1 else [])
+        self.net = nn.Sequential(*blocks)
+        self.out_dim = width
 
     def forward(self, x, coords=None):
-        return self.linear(x)
+        return self.net(x)
 
 
 @pytest.fixture
@@ -44,21 +48,114 @@ def registered():
     SPOT_ENCODERS.unregister("toy_linear")
 
 
-def test_toy_loss_and_encoder_train_from_yaml(registered, synthetic_slides, tmp_path):
+def _toy_yaml(tmp_path, encoder_options: dict, loss_options: dict):
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "toy",
+        "model": {"spot_encoder": {"name": "toy_linear", "options": encoder_options}},
+        "loss": {"alignment": "toy_l2", "options": loss_options}}))
+    return path
+
+
+def test_toy_loss_and_encoder_train_from_yaml_with_their_options(registered, synthetic_slides, tmp_path):
     from stgraph.config import load_config
     from stgraph.inference import load_run, predict_slide
     from stgraph.training import train_model
 
-    path = tmp_path / "toy.yaml"
-    path.write_text(yaml.safe_dump({"name": "toy", "model": {"spot_encoder": {"name": "toy_linear"}},
-                                    "loss": {"alignment": "toy_l2"}}))
+    path = _toy_yaml(tmp_path, {"width": 7, "layers": 2}, {"margin": 0.5})
     cfg = load_config(path, tiny_overrides(tmp_path / "cache") + ["data.genes=shared", "model.spot_input=expression"])
     slides = list(synthetic_slides)
     run = train_model(cfg, slides[:2], out=tmp_path / "run")
-    assert isinstance(run.model.spot_encoder, ToyLinearEncoder)
+    enc = run.model.spot_encoder
+    # The options reached the encoder: 7 wide (not the default 12), two linear layers (not one).
+    assert isinstance(enc, ToyLinearEncoder) and enc.out_dim == 7
+    assert sum(isinstance(m, nn.Linear) for m in enc.modules()) == 2
     assert "align" in run.result.history.columns
-    pred = predict_slide(load_run(tmp_path / "run"), slides[2])
+    loaded = load_run(tmp_path / "run")
+    assert loaded.config.model.spot_encoder.options == {"width": 7, "layers": 2}
+    assert loaded.model.spot_encoder.out_dim == 7
+    pred = predict_slide(loaded, slides[2])
     assert pred.shape == (slides[2].n_obs, len(run.genes))
+
+
+def test_loss_options_reach_the_loss(registered, tmp_path):
+    from stgraph.config import load_config
+    from stgraph.losses import Objective
+
+    obj = Objective.from_config(load_config(_toy_yaml(tmp_path, {}, {"margin": 3.0}), ["loss.temperature=2.0"]))
+    assert (obj.alignment.margin, obj.alignment.temperature) == (3.0, 2.0)
+    i, s = torch.zeros(2, 4), torch.tensor([[2.0, 0, 0, 0], [1.0, 0, 0, 0]])
+    # hand value: squared distances 4 and 1, minus margin 3 → 1 and 0, mean 0.5, / T=2 → 0.25
+    assert obj.alignment(i, s).item() == pytest.approx(0.25)
+
+
+def test_bleep_detach_targets_is_settable_from_yaml():
+    from stgraph.config import load_config
+    from stgraph.losses import Objective
+
+    attached = Objective.from_config(load_config(CONFIGS / "bleep.yaml")).alignment
+    detached = Objective.from_config(load_config(CONFIGS / "bleep.yaml", ["loss.options.detach_targets=true"])).alignment
+    assert (attached.detach_targets, detached.detach_targets) == (False, True)
+    torch.manual_seed(0)
+    grads = []
+    for loss in (attached, detached):
+        i = torch.randn(6, 4, requires_grad=True)
+        s = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+        loss(i, s).backward()
+        grads.append(i.grad)
+    assert not torch.allclose(grads[0], grads[1])  # targets differentiated through vs constants
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.spot_encoder.options={widht: 3}", ["toy_linear", "widht", "width", "layers"]),
+    ("loss.options={margni: 1}", ["toy_l2", "margni", "margin"]),
+    ("loss.options={temperature: 1}", ["toy_l2", "temperature", "set by stgraph"]),
+])
+def test_a_wrong_option_is_a_one_line_error_naming_the_component(registered, tmp_path, override, words):
+    from stgraph.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config(_toy_yaml(tmp_path, {}, {}), [override])
+    msg = str(err.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.spot_encoder.options={hidden_dim: [4]}", ["mlp", "hidden_dims"]),
+    ("inference.backend_options={nprob: 4}", ["auto", "nprobe"]),
+    ("inference.aggregation_options={temperature: 0.5}", ["mean", "none"]),
+    ("inference.similarity_options={p: 3}", ["cosine", "p"]),
+    ("model.hsic.branches=[spot, imgae]", ["branches[1]", "imgae", "image"]),
+    ("model.kind=rigde", ["model.kind", "contrastive", "ridge"]),
+    ("train.precision=16", ["train.precision", "bf16"]),
+])
+def test_built_in_components_refuse_wrong_options_and_items(override, words):
+    from stgraph.config import ConfigError, load_config
+
+    extra = ["model.spot_encoder.name=mlp"] if "hidden_dim" in override else []
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "bleep.yaml", extra + [override])
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_required_option_missing_is_named():
+    from stgraph.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"'mlp' needs option\(s\) \['hidden_dims'\]"):
+        load_config(CONFIGS / "bleep.yaml", ["model.spot_encoder.name=mlp"])
+
+
+def test_flat_spot_encoder_keys_of_earlier_configs_still_load():
+    from stgraph.config import load_config
+
+    cfg = load_config(CONFIGS / "bleep.yaml", ["model.spot_encoder.name=transformer", "model.spot_encoder.heads=2",
+                                               "model.spot_encoder.dim_head=8"])
+    assert cfg.model.spot_encoder.options == {"heads": 2, "dim_head": 8}
+    # a flat key typed as an override beats the same option in the file (mclstexp.yaml has options.heads: 8)
+    mcl = load_config(CONFIGS / "mclstexp.yaml", ["model.spot_encoder.heads=2"]).model.spot_encoder.options
+    assert (mcl["heads"], mcl["dim_head"]) == (2, 64)
+    # an encoder that never used them: dropped, as they were always ignored
+    assert load_config(CONFIGS / "bleep.yaml", ["model.spot_encoder.heads=2"]).model.spot_encoder.options == {}
 
 
 def test_unknown_names_fail_with_the_valid_choices(tmp_path):
@@ -66,6 +163,35 @@ def test_unknown_names_fail_with_the_valid_choices(tmp_path):
 
     with pytest.raises(ConfigError, match="valid|not one of"):
         load_config(CONFIGS / "bleep.yaml", ["model.spot_encoder.name=toy_linear"])
+
+
+def test_model_kind_chooses_from_the_models_registry():
+    from stgraph.config import load_config
+    from stgraph.models import MODELS, create_model
+
+    class Constant(nn.Module):
+        """Predicts nothing; only proves that a user's kind is built."""
+
+        def __init__(self, config, spot_in_dim, image_encoder):
+            super().__init__()
+            self.spot_in_dim, self.image_encoder = spot_in_dim, image_encoder
+
+    MODELS.register("toy_constant", Constant)
+    try:
+        cfg = load_config(CONFIGS / "bleep.yaml", ["model.kind=toy_constant", "model.image_encoder.backbone=test_resnet",
+                                                   "model.image_encoder.pretrained=false"])
+        model = create_model(cfg, spot_in_dim=5)
+        assert isinstance(model, Constant) and model.spot_in_dim == 5
+    finally:
+        MODELS.unregister("toy_constant")
+    # `name` is a free label now; a config that says `name: ridge` (no kind) still means the ridge model
+    assert load_config(CONFIGS / "bleep.yaml", ["model.name=Ridge"]).model.kind == "contrastive"
+    legacy = {k: v for k, v in yaml.safe_load((CONFIGS / "stgraph.yaml").read_text())["model"].items() if k != "kind"}
+    from stgraph.config import config_from_dict
+
+    raw = yaml.safe_load((CONFIGS / "stgraph.yaml").read_text())
+    raw["model"] = legacy
+    assert legacy["name"] == "ridge" and config_from_dict(raw).model.kind == "ridge"
 
 
 def test_toy_metric_is_a_report_column():
@@ -89,3 +215,36 @@ def test_cli_prints_one_line_for_a_stgraph_error(tmp_path, capsys):
                  str(tmp_path / "run"), "loss.alignment=nope"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error:") and "\n" not in err and "not one of" in err
+
+
+def test_image_encoder_options_reach_the_builder():
+    from stgraph.config import ConfigError, load_config
+    from stgraph.models import IMAGE_ENCODERS, create_image_encoder
+
+    class ToyImageEncoder(nn.Module):
+        """Mean colour per channel, repeated ``repeats`` times."""
+
+        def __init__(self, backbone, pretrained, weights, freeze, architecture, model_kwargs, input_size,
+                     repeats: int = 2):
+            super().__init__()
+            self.repeats, self.num_features = repeats, 3 * repeats
+
+        def forward(self, patches):
+            return patches.mean((2, 3)).repeat(1, self.repeats)
+
+    IMAGE_ENCODERS.register("toy_image", ToyImageEncoder)
+    try:
+        cfg = load_config(CONFIGS / "bleep.yaml", ["model.image_encoder.name=toy_image",
+                                                   "model.image_encoder.options={repeats: 4}"])
+        enc = create_image_encoder(cfg)
+        assert enc.num_features == 12 and enc(torch.ones(2, 3, 8, 8)).shape == (2, 12)
+        with pytest.raises(ConfigError, match="'toy_image' has no option.*\\['repaets'\\].*\\['repeats'\\]"):
+            load_config(CONFIGS / "bleep.yaml", ["model.image_encoder.name=toy_image",
+                                                 "model.image_encoder.options={repaets: 4}"])
+    finally:
+        IMAGE_ENCODERS.unregister("toy_image")
+    # timm's entry passes its options on to timm.create_model, as timm does with **kwargs
+    timm_cfg = load_config(CONFIGS / "bleep.yaml", ["model.image_encoder.backbone=test_resnet",
+                                                    "model.image_encoder.pretrained=false",
+                                                    "model.image_encoder.options={drop_rate: 0.25}"])
+    assert create_image_encoder(timm_cfg).model.drop_rate == 0.25

@@ -402,6 +402,94 @@ def test_reference_store_builds_its_index_once_and_predicts_like_a_fresh_backend
     assert store.fitted_backend("auto", "cosine") is not first
 
 
+# ------------------------------------------------------------------------- registries of functions
+# q = [1, 1]: r0 = [4, 1] is nearest in L1 (3 vs 4), r1 = [3, 3] in L2 (2.83 vs 3) and by dot (6 vs 5).
+_Q = np.array([[1.0, 1.0]], dtype=np.float32)
+_R = np.array([[4.0, 1.0], [3.0, 3.0], [-5.0, -5.0]], dtype=np.float32)
+_EXPR = np.array([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]], dtype=np.float32)
+
+
+@pytest.fixture
+def manhattan_similarity():
+    from stgraph.retrieval.knn import SIMILARITIES as REGISTRY
+    from stgraph.retrieval.knn import similarity
+
+    @REGISTRY.register("test_manhattan")
+    @similarity(larger_is_closer=False)
+    def test_manhattan(query, reference):
+        """L1 distance; lower is nearer."""
+        return torch.cdist(query, reference, p=1)
+
+    @REGISTRY.register("test_minkowski")
+    @similarity(larger_is_closer=False)
+    def test_minkowski(query, reference, p: float = 2.0):
+        """Minkowski distance of order p."""
+        return torch.cdist(query, reference, p=p)
+
+    yield
+    REGISTRY.unregister("test_manhattan")
+    REGISTRY.unregister("test_minkowski")
+
+
+def test_a_registered_similarity_is_the_one_searched_with(manhattan_similarity):
+    knn = TorchKNN("test_manhattan").fit(_R)
+    scores, idx = knn.search(_Q, 2)
+    assert idx[0].tolist() == [0, 1] and scores[0].tolist() == pytest.approx([3.0, 4.0])
+    assert TorchKNN("dot").fit(_R).search(_Q, 1)[1][0, 0] == 1 and TorchKNN("l2").fit(_R).search(_Q, 1)[1][0, 0] == 1
+    pred = impute(_Q, _R, _EXPR, k=1, similarity="test_manhattan", backend="auto")
+    assert pred[0].tolist() == [1.0, 0.0]  # auto falls back to torch: faiss has no L1 index
+    with pytest.raises(ValueError, match="faiss.*test_manhattan.*backend=torch"):
+        FaissKNN("test_manhattan")
+
+
+def test_similarity_options_change_the_neighbours(manhattan_similarity):
+    by_p = {p: impute(_Q, _R, _EXPR, k=1, similarity="test_minkowski", similarity_options={"p": p},
+                      backend="torch")[0].tolist() for p in (1.0, 2.0)}
+    assert by_p == {1.0: [1.0, 0.0], 2.0: [0.0, 1.0]}
+    with pytest.raises(ValueError, match="'test_minkowski' has no option.*\\['q'\\].*accepts \\['p'\\]"):
+        impute(_Q, _R, _EXPR, k=1, similarity="test_minkowski", similarity_options={"q": 1}, backend="torch")
+
+
+def test_a_registered_aggregation_gets_what_it_declares():
+    from stgraph.retrieval.impute import AGGREGATIONS as REGISTRY
+
+    seen = {}
+
+    @REGISTRY.register("test_nearest_by_distance")
+    def nearest_by_distance(scores, distances, larger_is_closer, power: float = 1.0):
+        """All weight on the neighbour at the smallest distance."""
+        seen.update(distances=distances.copy(), larger=larger_is_closer, power=power)
+        w = np.zeros(scores.shape)
+        w[np.arange(len(w)), distances.argmin(1)] = 1.0
+        return w
+
+    try:
+        # Dot-product neighbours (r1 first, then r0); dot scores imply no distance, so impute must compute
+        # the configured L1 distances itself: r0 is nearer in L1, so its profile wins.
+        pred = impute(_Q, _R, _EXPR, k=2, similarity="dot", aggregation="test_nearest_by_distance",
+                      distance="manhattan", backend="torch", aggregation_options={"power": 3.0})
+        assert pred[0].tolist() == [1.0, 0.0]
+        assert seen["distances"][0].tolist() == pytest.approx([4.0, 3.0]) and seen["larger"] is True
+        assert seen["power"] == 3.0
+    finally:
+        REGISTRY.unregister("test_nearest_by_distance")
+
+
+def test_a_registered_distance_is_the_one_measured():
+    from stgraph.retrieval.impute import WEIGHT_DISTANCES
+
+    @WEIGHT_DISTANCES.register("test_chebyshev")
+    def chebyshev(query, neighbours):
+        """max_i |q_i − r_i|."""
+        return (neighbours - query).abs().amax(dim=2).double()
+
+    try:
+        d = neighbour_distances(_Q, _R, np.array([[0, 1, 2]]), "test_chebyshev")
+        assert d[0].tolist() == pytest.approx([3.0, 2.0, 6.0])
+    finally:
+        WEIGHT_DISTANCES.unregister("test_chebyshev")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("similarity", SIMILARITIES)
 def test_exactly_tied_neighbours_are_taken_lowest_reference_row_first(similarity, backend):

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from stgraph.models import SPOT_ENCODERS, TimmImageEncoder, create_model, create_spot_encoder
-from stgraph.config import SpotEncoderConfig
 from stgraph.losses import Objective
 from stgraph.training import Trainer, fit_preprocessor, prepare_slide
 from tests.conftest import MOBILENET, TRAINED_CONFIGS, require_shared
@@ -52,12 +51,12 @@ def test_dgi_without_slide_batching_is_rejected(tiny_config):
 
 def test_unknown_spot_encoder_lists_choices():
     with pytest.raises(KeyError, match=r"valid choices: \[.*'identity'"):
-        create_spot_encoder(10, SpotEncoderConfig(name="gru"))
+        create_spot_encoder(10, "gru")
     assert {"identity", "mlp", "transformer"} <= set(SPOT_ENCODERS.names())
 
 
 def test_transformer_encoder_uses_coordinates():
-    enc = create_spot_encoder(12, SpotEncoderConfig(name="transformer", heads=2, dim_head=4, max_coord=16)).eval()
+    enc = create_spot_encoder(12, "transformer", {"heads": 2, "dim_head": 4, "max_coord": 16}).eval()
     x = torch.randn(6, 12)
     coords = torch.randint(0, 16, (6, 2))
     moved = coords.clone()

@@ -166,3 +166,74 @@ def test_to_anndata():
     np.testing.assert_array_equal(adata.X, store.expression)
     np.testing.assert_array_equal(adata.obsm["X_emb"], store.embeddings)
     assert list(adata.obs["slide_id"].cat.categories) == ["A1", "B1"]
+
+
+# ------------------------------------------------------------------------------- saved kNN index
+def _saved_indexes(path):
+    return sorted(p.name for p in path.parent.glob(f"{path.name}.*.faiss"))
+
+
+def test_knn_index_is_saved_beside_the_store_and_read_back(tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    from stgraph.retrieval.knn import FaissKNN
+    from stgraph.retrieval.reference import ReferenceStore as Store
+
+    path = make_store().save(tmp_path / "reference.h5")
+    rng = np.random.default_rng(1)
+    query = rng.standard_normal((9, 6)).astype(np.float32)
+    first = Store.load(path).predict(query, k=5, backend="faiss")
+    assert len(_saved_indexes(path)) == 1  # written on the first prediction
+
+    def no_build(self, reference):
+        raise AssertionError("the saved index should have been read, not rebuilt")
+
+    monkeypatch.setattr(FaissKNN, "_fit", no_build)
+    again = Store.load(path).predict(query, k=5, backend="faiss")
+    np.testing.assert_allclose(again, first, rtol=1e-6)
+
+
+def test_saved_knn_index_is_invalidated_by_new_embeddings_settings_and_damage(tmp_path):
+    pytest.importorskip("faiss")
+    from stgraph.retrieval.reference import ReferenceStore as Store
+
+    path = make_store().save(tmp_path / "reference.h5")
+    query = np.random.default_rng(1).standard_normal((9, 6)).astype(np.float32)
+    Store.load(path).predict(query, k=5, backend="faiss")
+    (old,) = _saved_indexes(path)
+
+    # Other backend settings: another key; the stale file is replaced, not read.
+    Store.load(path).predict(query, k=5, backend="faiss", similarity="l2")
+    (other,) = _saved_indexes(path)
+    assert other != old
+
+    # extend + save over the file: the saved indexes go with the old embeddings.
+    grown = Store.load(path).extend(np.ones((3, 6), np.float32), np.zeros((3, 4), np.float32), GENES, "C1",
+                                    ["a", "b", "c"])
+    grown.save(path, overwrite=True)
+    assert _saved_indexes(path) == []
+    expected = grown.predict(query, k=5, backend="torch")
+    np.testing.assert_allclose(Store.load(path).predict(query, k=5, backend="faiss"), expected, rtol=1e-5,
+                               atol=1e-6)
+    (fresh,) = _saved_indexes(path)
+
+    # A damaged index file is rebuilt (and rewritten), never trusted.
+    (path.parent / fresh).write_bytes(b"not a faiss index")
+    np.testing.assert_allclose(Store.load(path).predict(query, k=5, backend="faiss"), expected, rtol=1e-5,
+                               atol=1e-6)
+    assert (path.parent / fresh).stat().st_size > 100
+    # Files that only look alike are not ours to delete.
+    (tmp_path / "reference.h5.mine.faiss").write_bytes(b"x")
+    grown.save(path, overwrite=True)
+    assert _saved_indexes(path) == ["reference.h5.mine.faiss"]
+
+
+def test_saved_knn_index_counts_as_a_run_folder_file_of_ours(tmp_path):
+    from stgraph.runfolder import foreign_entries
+
+    (tmp_path / "run.json").write_text('{"state": "complete"}')
+    (tmp_path / "reference.h5").write_bytes(b"")
+    (tmp_path / f"reference.h5.{'0a' * 10}.faiss").write_bytes(b"")
+    (tmp_path / f".reference.h5.{'0a' * 10}.faiss.x1y2.tmp").write_bytes(b"")
+    assert foreign_entries(tmp_path) == []  # --force may replace this folder
+    (tmp_path / "reference.h5.mine.faiss").write_bytes(b"")
+    assert foreign_entries(tmp_path) == ["reference.h5.mine.faiss"]

@@ -15,9 +15,10 @@ its prediction by a fifth of a profile difference). So
   >= :data:`MIN_MEAN_GENE_R`.
 
 A changed model (another seed, learning rate, loss or initialisation) changes most neighbour sets and fails
-all three. Regenerated on purpose three times: when the reference kept the uncorrected expression under
-Harmony, when patch augmentations were seeded per training step, and (stgchb only) when the DGI
-discriminator was rescaled (issue 16).
+all three. Regenerated on purpose four times: when the reference kept the uncorrected expression under
+Harmony, when patch augmentations were seeded per training step, (stgchb only) when the DGI
+discriminator was rescaled (issue 16), and (stgchb only) when the model's own random draws (the DGI
+corruption, dropout) were seeded per job so that a job draws the same on any rank (issue 18).
 
 Regenerate (only on purpose, when predictions are meant to change)::
 

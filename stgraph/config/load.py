@@ -9,13 +9,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import typing
+import warnings
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Literal, Mapping, Optional
 
 import yaml
 
 from ..errors import StgraphError
-from .schema import Config, choices
+from .schema import COMPONENT_OPTIONS, Config, choices, registry_of
 from .shipped import find_config
 
 __all__ = ["ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "save_config",
@@ -134,8 +135,16 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a section (mapping), got {value!r}")
         return _build(annotation, value, where)
+    if value is None and (annotation is dict or origin is dict):
+        return {}  # `options:` with nothing under it
     if value is None:
         raise ConfigError(f"{where}: may not be null")
+    if origin is Literal:  # a closed set of strings
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and str(value) in args:
+            value = str(value)  # `precision: 32` in YAML is an int
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
@@ -162,10 +171,15 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation is list or origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if args:  # list[X]: every item is checked as an X
+            return [_coerce(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)]
         return list(value)
     if annotation is dict or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"{where}: keys must be names (strings), got {bad}")
         return dict(value)
     return value
 
@@ -190,6 +204,74 @@ def _build(cls: type, data: Mapping, where: str) -> Any:
     return cls(**kwargs)
 
 
+#: Flat ``model.spot_encoder`` keys of configs written before each encoder took ``options``: each is moved
+#: into ``options`` when the chosen encoder takes it (over the same option there: a flat key typed as an
+#: override, ``model.spot_encoder.heads=2``, must not be lost), and dropped otherwise, as the encoders that
+#: did not use them always ignored them.
+LEGACY_SPOT_ENCODER_KEYS = ("hidden_dims", "depth", "heads", "dim_head", "mlp_dim", "dropout", "max_coord")
+
+
+def _import_plugins(data: Mapping) -> None:
+    """Import the installed ``stgraph.plugins`` entry points and the config's ``plugins:`` modules, so that
+    their names are valid choices of what follows."""
+    from ..plugins import load_plugins
+
+    plugins = data.get("plugins") or []
+    if not isinstance(plugins, list):
+        raise ConfigError(f"plugins: expected a list of module names, got {plugins!r}")
+    load_plugins(plugins, origin="config plugins:")
+
+
+def _migrate_model_kind(data: dict) -> None:
+    """``model.name: ridge`` without ``model.kind`` (configs before ``model.kind``) means ``kind: ridge``."""
+    model = data.get("model")
+    if isinstance(model, dict) and "kind" not in model and model.get("name") in REGRESSION_MODELS:
+        warnings.warn(f"model.name={model['name']} choosing the model is deprecated: write "
+                      f"model.kind={model['name']} (model.name is a free label)", DeprecationWarning, stacklevel=4)
+        model["kind"] = model["name"]
+
+
+def _migrate_spot_encoder_keys(data: dict) -> None:
+    """Move the flat keys of :data:`LEGACY_SPOT_ENCODER_KEYS` into ``model.spot_encoder.options``."""
+    enc = (data.get("model") or {}).get("spot_encoder") if isinstance(data.get("model"), dict) else None
+    if not isinstance(enc, dict) or not any(k in enc for k in LEGACY_SPOT_ENCODER_KEYS):
+        return
+    name = enc.get("name", "identity")
+    try:
+        accepted = registry_of("model.spot_encoder.name").options(name)
+    except KeyError:  # an unknown name is reported by the choice check, with the valid names
+        accepted = {}
+    options = dict(enc.get("options") or {})
+    moved = []
+    for key in LEGACY_SPOT_ENCODER_KEYS:
+        if key in enc:
+            value = enc.pop(key)
+            if key in accepted:  # a flat key is the older spelling of the same setting, and wins (an override)
+                options[key] = value
+                moved.append(key)
+    if moved:
+        warnings.warn(f"model.spot_encoder.{moved[0]} (and the other flat keys {moved[1:]}) are deprecated: write "
+                      f"model.spot_encoder.options.{moved[0]}", DeprecationWarning, stacklevel=4)
+    enc["options"] = options
+
+
+def _check_component_options(config: Config) -> None:
+    """Each registry-chosen component's ``options`` against its entry's signature (:data:`COMPONENT_OPTIONS`)."""
+    for name_path, options_path in COMPONENT_OPTIONS.items():
+        name, options = _get(config, name_path), _get(config, options_path)
+        try:
+            registry_of(name_path).check_options(name, options, where=options_path)
+        except StgraphError as err:
+            raise ConfigError(str(err)) from None
+
+
+def _get(config: Config, path: str):
+    node = config
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def validate_config(config: Config) -> Config:
     """Cross-field checks the dataclass types cannot express (at load time, before any data is read)."""
     m, t = config.model, config.train
@@ -205,13 +287,13 @@ def validate_config(config: Config) -> Config:
                           "set model.image_encoder.cache_features=true (and freeze=all)")
     if enc.context_scale is not None and not enc.context_scale > 0:
         raise ConfigError(f"model.image_encoder.context_scale must be > 0, got {enc.context_scale}")
-    if m.name in REGRESSION_MODELS:
+    if m.kind in REGRESSION_MODELS:
         if not enc.cache_features:
-            raise ConfigError(f"model.name={m.name} fits on cached backbone features: set "
+            raise ConfigError(f"model.kind={m.kind} fits on cached backbone features: set "
                               "model.image_encoder.cache_features=true and freeze=all")
         if config.inference.reference != "image":
-            raise ConfigError(f"model.name={m.name} has no spot branch: set inference.reference=image")
-    if m.name == "spot_graph":
+            raise ConfigError(f"model.kind={m.kind} has no spot branch: set inference.reference=image")
+    if m.kind == "spot_graph":
         sg = m.spot_graph
         if sg.base not in ("ridge", "none"):
             raise ConfigError(f"model.spot_graph.base must be ridge or none, got {sg.base!r}")
@@ -227,13 +309,15 @@ def validate_config(config: Config) -> Config:
             raise ConfigError(f"model.spot_graph.select_epochs must be epoch counts ≥ 1, got {sg.select_epochs}")
     if not 0.0 <= config.inference.smoothing <= 1.0:
         raise ConfigError(f"inference.smoothing must be in [0, 1], got {config.inference.smoothing}")
+    _check_graph_spot_encoder(config)
     _check_model_name(m.name)
+    _check_component_options(config)
     _check_ranges(config)
     _check_list_items(config)
     return config
 
 
-#: ``model.name`` values of the models that regress expression from cached features (no contrastive branch).
+#: ``model.kind`` values of the models that regress expression from cached features (no contrastive branch).
 REGRESSION_MODELS = ("ridge", "spot_graph")
 
 
@@ -255,22 +339,24 @@ def _check_list_items(config: Config) -> None:
             raise ConfigError(f"{path}: {dup} listed more than once")
 
 
-def _check_model_name(name) -> None:
-    """``model.name`` is a free label of a contrastive method, except ``ridge`` (the closed-form model):
-    refuse an empty name and one that looks like a typo of ``ridge``."""
-    import difflib
+def _check_graph_spot_encoder(config: Config) -> None:
+    """A spot encoder over the spot graph (its entry sets ``uses_graph``) sees whole slides."""
+    name = config.model.spot_encoder.name
+    if getattr(registry_of("model.spot_encoder.name").get(name), "uses_graph", False) and \
+            config.train.batching != "slide":
+        raise ConfigError(f"spot encoder {name!r} runs over a whole slide graph: set train.batching=slide")
 
+
+def _check_model_name(name) -> None:
+    """``model.name`` is a free label (``model.kind`` picks the model): refuse only an empty one."""
     if not isinstance(name, str) or not name.strip():
-        raise ConfigError("model.name must be a non-empty label (e.g. bleep, stgchb, or ridge)")
-    if name != "ridge" and (name.lower() == "ridge" or difflib.get_close_matches(name.lower(), ["ridge"], 1, 0.75)):
-        raise ConfigError(f"model.name={name!r}: did you mean 'ridge' (the closed-form model)? "
-                          "Any other name is a label of a contrastive model")
+        raise ConfigError("model.name must be a non-empty label (e.g. bleep, stgchb); model.kind picks the model")
 
 
 def _check_ranges(config: Config) -> None:
     """Numeric ranges, so a nonsensical value fails at load time rather than after (or instead of) training."""
     m, t, d, i = config.model, config.train, config.data, config.inference
-    contrastive = m.name not in REGRESSION_MODELS
+    contrastive = m.kind not in REGRESSION_MODELS
     at_least = [("train.epochs", t.epochs, 1), ("train.batch_size", t.batch_size, 2 if contrastive else 1),
                 ("inference.k", i.k, 1), ("inference.chunk_size", i.chunk_size, 1),
                 ("inference.smoothing_steps", i.smoothing_steps, 1), ("model.embed_dim", m.embed_dim, 1),
@@ -305,6 +391,11 @@ def _check_ranges(config: Config) -> None:
         raise ConfigError(f"data.graph.knn must be ≥ 1, got {d.graph.knn}")
     if t.weight_decay < 0:
         raise ConfigError(f"train.weight_decay must be ≥ 0, got {t.weight_decay}")
+    if t.accumulate < 1:
+        raise ConfigError(f"train.accumulate must be ≥ 1, got {t.accumulate}")
+    if t.accumulate > 1 and t.batching != "slide" and not t.within_slide:
+        raise ConfigError("train.accumulate > 1 needs whole jobs per step (train.batching=slide or "
+                          "train.within_slide=true); spot batches across slides grow with train.batch_size")
     if t.num_workers < 0:
         raise ConfigError(f"train.num_workers must be ≥ 0, got {t.num_workers}")
     if not 0.0 <= t.val_fraction < 1.0:
@@ -312,7 +403,18 @@ def _check_ranges(config: Config) -> None:
 
 
 def config_from_dict(data: Mapping) -> Config:
-    """Validate a raw mapping into a :class:`Config` (defaults fill what is missing; cross-field checks)."""
+    """Validate a raw mapping into a :class:`Config` (defaults fill what is missing; cross-field checks).
+
+    The config's ``plugins`` (and the installed ``stgraph.plugins`` entry points) are imported first; the
+    keys of earlier configs are mapped (``model.name: ridge`` → ``model.kind``, flat spot-encoder keys →
+    ``model.spot_encoder.options``).
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a config must be a mapping, got {type(data).__name__}")
+    data = copy.deepcopy(dict(data))
+    _import_plugins(data)
+    _migrate_model_kind(data)
+    _migrate_spot_encoder_keys(data)
     return validate_config(_build(Config, data, ""))
 
 

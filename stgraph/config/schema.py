@@ -7,8 +7,9 @@ switch or a ``null``/``0`` value, so an ablation is one dotted override, e.g. ``
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 __all__ = [
     "GraphConfig",
@@ -25,47 +26,93 @@ __all__ = [
     "Config",
     "CHOICES",
     "REGISTRY_OPTIONS",
+    "COMPONENT_OPTIONS",
+    "registry_of",
     "choices",
 ]
 
-#: Valid values of the fixed string options, checked at load time; pluggable options ask their registry
-#: (:data:`REGISTRY_OPTIONS`, :func:`choices`).
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model.image_encoder.freeze": ("none", "all", "all_but_last_stage"),
-    "model.spot_input": ("expression", "pca"),
-    "train.optimizer": ("adam", "adamw"),
-    "train.batching": ("spot", "slide"),
-    "train.precision": ("32", "bf16", "fp16"),
-    "inference.reference": ("spot", "image"),
-}
-
+Freeze = Literal["none", "all", "all_but_last_stage"]
+SpotInput = Literal["expression", "pca"]
+Optimizer = Literal["adam", "adamw"]
+Batching = Literal["spot", "slide"]
+Precision = Literal["32", "bf16", "fp16"]
+ReferenceBranch = Literal["spot", "image"]
+Branch = Literal["spot", "image"]
 
 #: Options whose valid values are the names in a registry: config path → (module, registry attribute).
+#: Registries are imported by name when asked, so this module imports no component package.
 REGISTRY_OPTIONS: dict[str, tuple[str, str]] = {
+    "model.kind": ("stgraph.models.factory", "MODELS"),
+    "model.image_encoder.name": ("stgraph.models.image_encoders", "IMAGE_ENCODERS"),
     "model.spot_encoder.name": ("stgraph.models.spot_encoders", "SPOT_ENCODERS"),
-    "loss.alignment": ("stgraph.losses.registry", "LOSSES"),
+    "loss.alignment": ("stgraph.losses", "LOSSES"),
     "inference.similarity": ("stgraph.retrieval.knn", "SIMILARITIES"),
     "inference.aggregation": ("stgraph.retrieval.impute", "AGGREGATIONS"),
     "inference.distance": ("stgraph.retrieval.impute", "WEIGHT_DISTANCES"),
     "inference.backend": ("stgraph.retrieval.knn", "KNN_BACKENDS"),
 }
 
+#: Registry-chosen components that take their own settings: the name's config path → its options' path.
+#: The options are checked at load time against the chosen entry's signature.
+COMPONENT_OPTIONS: dict[str, str] = {
+    "model.image_encoder.name": "model.image_encoder.options",
+    "model.spot_encoder.name": "model.spot_encoder.options",
+    "loss.alignment": "loss.options",
+    "inference.backend": "inference.backend_options",
+    "inference.similarity": "inference.similarity_options",
+    "inference.aggregation": "inference.aggregation_options",
+}
+
+
+def registry_of(path: str):
+    """The :class:`~stgraph.registry.Registry` behind the option at dotted ``path``."""
+    import importlib
+
+    module, attr = REGISTRY_OPTIONS[path]
+    return getattr(importlib.import_module(module), attr)
+
+
+def _literal_choices(annotation) -> tuple | None:
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Union:
+        for arg in typing.get_args(annotation):
+            found = _literal_choices(arg)
+            if found:
+                return found
+    return None
+
+
+def _closed_choices() -> dict[str, tuple[str, ...]]:
+    """``{dotted path: values}`` of every ``Literal``-typed field of :class:`Config` (the closed sets)."""
+    import dataclasses
+
+    out = {}
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            ann = hints[f.name]
+            if dataclasses.is_dataclass(ann):
+                walk(ann, f"{prefix}{f.name}.")
+            elif _literal_choices(ann):
+                out[f"{prefix}{f.name}"] = _literal_choices(ann)
+
+    walk(Config, "")
+    return out
+
 
 def choices(path: str) -> tuple[str, ...] | None:
     """Valid values of the option at dotted ``path`` (``None`` when it is free-form).
 
-    Registry-backed options are read from the registry when asked, so a name registered at run time (a
-    test's toy loss, a user's encoder) is valid without editing this file.
+    Closed sets are the ``Literal`` types of the schema (:data:`CHOICES`); registry-backed options are read
+    from the registry when asked, so a name registered at run time (a test's toy loss, a user's plugin) is
+    valid without editing this file.
     """
     if path in CHOICES:
         return CHOICES[path]
     if path in REGISTRY_OPTIONS:
-        import importlib
-
-        module, attr = REGISTRY_OPTIONS[path]
-        if module == "stgraph.losses.registry":
-            module = "stgraph.losses"  # importing the package registers the built-in losses
-        return tuple(getattr(importlib.import_module(module), attr).names())
+        return tuple(registry_of(path).names())
     return None
 
 
@@ -131,12 +178,16 @@ class ImageEncoderConfig:
     its ``weights`` from a local file; ``model_kwargs``: extra ``timm.create_model`` arguments.
     ``neighbour_context``: concatenate the mean feature of each spot's graph neighbours,
     ``[f ‖ mean_{j∈N(i)} f_j]`` (TRIPLEX's neighbour view, parameter-free; needs cached features).
+    ``name``: the image encoder's registry entry (``IMAGE_ENCODERS``; ``timm`` builds the backbone above);
+    ``options``: its own settings, keyword arguments checked against its signature at load time.
     """
 
+    name: str = "timm"
+    options: dict = field(default_factory=dict)
     backbone: str = "resnet50"
     pretrained: bool = True
     weights: Optional[str] = None
-    freeze: str = "none"
+    freeze: Freeze = "none"
     cache_features: bool = False
     cache_stage_input: bool = False
     input_size: int = 224
@@ -148,20 +199,18 @@ class ImageEncoderConfig:
 
 @dataclass
 class SpotEncoderConfig:
-    """Spot (expression) encoder before the projection head.
+    """Spot (expression) encoder before the projection head: ``SPOT_ENCODERS[name](in_dim, **options)``.
 
-    ``identity`` (BLEEP), ``mlp`` (``hidden_dims``), ``transformer`` (mclSTExp: learnable x/y embeddings +
-    ``depth`` self-attention blocks over the spots of a batch).
+    ``identity`` (BLEEP), ``mlp`` (``options: {hidden_dims: [...], dropout}``), ``transformer`` (mclSTExp:
+    learnable x/y embeddings + ``depth`` self-attention blocks over the spots of a batch; options
+    ``max_coord, depth, heads, dim_head, mlp_dim, dropout``), or a plugin's. ``stgraph components`` lists
+    each one's options. The flat keys of earlier configs (``model.spot_encoder.heads``) still load: they
+    are moved into ``options`` when the encoder takes them and dropped otherwise (see
+    :data:`stgraph.config.load.LEGACY_SPOT_ENCODER_KEYS`).
     """
 
     name: str = "identity"
-    hidden_dims: list = field(default_factory=list)
-    depth: int = 2
-    heads: int = 8
-    dim_head: int = 64
-    mlp_dim: Optional[int] = None
-    dropout: float = 0.0
-    max_coord: int = 128
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -185,12 +234,12 @@ class HSICConfig:
     weight: float = 1.0
     beta: float = 25.0
     sigma: float = 10.0
-    branches: list = field(default_factory=lambda: ["spot", "image"])
+    branches: list[Branch] = field(default_factory=lambda: ["spot", "image"])
 
 
 @dataclass
 class RidgeConfig:
-    """Closed-form ridge head (``model.name: ridge``): standardise → PCA(``n_components``) → ridge(``alpha``),
+    """Closed-form ridge head (``model.kind: ridge``): standardise → PCA(``n_components``) → ridge(``alpha``),
     on targets centred per training slide when ``center_targets``."""
 
     alpha: float = 3e4
@@ -227,18 +276,20 @@ class SpotGraphConfig:
 
 @dataclass
 class ModelConfig:
-    """Two-branch contrastive model.
+    """The model: ``kind`` picks the builder from ``MODELS`` (``contrastive``, ``ridge``, a plugin's);
+    ``name`` is a free label of the method (stored with predictions).
 
-    image: backbone → [DGI] → ProjHead(→ ``embed_dim``); spot: expression or its PCA (``spot_input``,
-    ``pca_components``) → spot encoder → [DGI] → ProjHead(→ ``embed_dim``).
+    contrastive: image: backbone → [DGI] → ProjHead(→ ``embed_dim``); spot: expression or its PCA
+    (``spot_input``, ``pca_components``) → spot encoder → [DGI] → ProjHead(→ ``embed_dim``).
     """
 
+    kind: str = "contrastive"
     name: str = "bleep"
     embed_dim: int = 256
     image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     image_dgi: DGIConfig = field(default_factory=DGIConfig)
     image_head_dropout: float = 0.1
-    spot_input: str = "expression"
+    spot_input: SpotInput = "expression"
     pca_components: int = 256
     spot_encoder: SpotEncoderConfig = field(default_factory=SpotEncoderConfig)
     spot_dgi: DGIConfig = field(default_factory=DGIConfig)
@@ -250,11 +301,14 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Alignment loss between the two projected branches (``clip``, ``bleep``, ``heclip``)."""
+    """Alignment loss between the two projected branches (``clip``, ``bleep``, ``heclip``, a plugin's):
+    ``LOSSES[alignment](temperature=temperature, **options)`` (``temperature`` only when the loss takes it),
+    e.g. ``options: {detach_targets: true}`` for ``bleep``."""
 
     alignment: str = "bleep"
     temperature: float = 1.0
     weight: float = 1.0
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -270,14 +324,17 @@ class TrainConfig:
     ``num_workers``: processes that cut, resize and augment patch batches (fine-tuning from patches);
     ``pin_memory`` puts their batches in page-locked memory for faster copies to a GPU.
     ``channels_last``: NHWC patch batches and backbone weights when fine-tuning on a GPU.
+    ``accumulate``: with slide batching or ``within_slide``, the jobs (one slide's step each) whose mean
+    gradient makes one optimisation step in each process; N processes then step on N × ``accumulate``
+    jobs, so one process with ``accumulate: N`` takes the steps of N processes.
     """
 
-    optimizer: str = "adamw"
+    optimizer: Optimizer = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-3
     batch_size: int = 256
     epochs: int = 150
-    batching: str = "spot"
+    batching: Batching = "spot"
     within_slide: bool = False
     val_fraction: float = 0.1
     val_slide: Optional[str] = None
@@ -287,10 +344,11 @@ class TrainConfig:
     paired_augment: bool = False
     color_jitter: float = 0.0
     grad_clip: Optional[float] = None
-    precision: str = "32"
+    precision: Precision = "32"
     num_workers: int = 0
     pin_memory: bool = True
     channels_last: bool = True
+    accumulate: int = 1
     progress: bool = True
 
 
@@ -302,14 +360,19 @@ class InferenceConfig:
     ``bleep_weighted``) weight them by ``distance`` between the raw embeddings (mclSTExp's code: L1).
     ``smoothing`` = α > 0 blends each predicted spot with the mean of its graph neighbours,
     ``P ← (1−α)P + α·D⁻¹AP``, ``smoothing_steps`` times (:func:`stgraph.inference.smoothing.smooth_on_graph`).
+    ``backend_options``, ``similarity_options``, ``aggregation_options``: each component's own settings
+    (e.g. ``backend_options: {index: hnsw}``, ``aggregation_options: {temperature: 0.05}`` for ``softmax``).
     """
 
-    reference: str = "spot"
+    reference: ReferenceBranch = "spot"
     similarity: str = "cosine"
     k: int = 50
     aggregation: str = "mean"
     distance: str = "euclidean"
     backend: str = "auto"
+    backend_options: dict = field(default_factory=dict)
+    similarity_options: dict = field(default_factory=dict)
+    aggregation_options: dict = field(default_factory=dict)
     chunk_size: int = 4096
     smoothing: float = 0.0
     smoothing_steps: int = 1
@@ -317,11 +380,20 @@ class InferenceConfig:
 
 @dataclass
 class Config:
-    """A full experiment: data → model → loss → training → inference."""
+    """A full experiment: data → model → loss → training → inference.
+
+    ``plugins``: modules imported before the config is validated (they register components).
+    """
 
     name: str = "experiment"
+    plugins: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+#: Valid values of the closed string options (the schema's ``Literal`` fields), checked at load time;
+#: pluggable options ask their registry (:data:`REGISTRY_OPTIONS`, :func:`choices`).
+CHOICES: dict[str, tuple[str, ...]] = _closed_choices()

@@ -202,7 +202,11 @@ def _fold_task(args: tuple) -> tuple[list[dict], dict]:
     """One fold in a worker process (``cross_validate(jobs=N)``)."""
     import torch
 
+    from ..plugins import load_plugins
+
     configs, collection, fold, out, baselines, baseline_config, markers, keep_runs, keep, threads, device, seeds = args
+    for config in configs.values():  # a fresh (spawned) interpreter: the configs' plugins register again
+        load_plugins(config.plugins)
     torch.set_num_threads(threads)
     if device is not None:
         for config in configs.values():

@@ -116,6 +116,8 @@ def predict_prepared(loaded: Run, adata: AnnData, query, k: Optional[int] = None
     config = loaded.config
     icfg = config.inference
     k = icfg.k if k is None else k
+    # A component's options belong to the configured component: one chosen here instead gets its defaults.
+    options = retrieval_options(icfg, similarity, aggregation, backend)
     similarity = similarity or icfg.similarity
     aggregation = aggregation or icfg.aggregation
     backend = backend or icfg.backend
@@ -128,7 +130,7 @@ def predict_prepared(loaded: Run, adata: AnnData, query, k: Optional[int] = None
     else:
         pred = loaded.reference.predict(query_emb, k=k_eff, similarity=similarity, aggregation=aggregation,
                                         backend=backend, chunk_size=icfg.chunk_size,
-                                        distance=icfg.distance)
+                                        distance=icfg.distance, **options)
     if icfg.smoothing > 0:
         pred = smooth_on_graph(pred, _adjacency(query), alpha=icfg.smoothing, steps=icfg.smoothing_steps)
     # log1p(normalised) expression is never negative; a regression head can undershoot: clip at 0.
@@ -159,6 +161,20 @@ def predict_prepared(loaded: Run, adata: AnnData, query, k: Optional[int] = None
     }
     if provenance:
         out.uns[Key.uns.stgraph].update(provenance)
+    return out
+
+
+def retrieval_options(icfg, similarity: Optional[str] = None, aggregation: Optional[str] = None,
+                      backend: Optional[str] = None) -> dict:
+    """The ``inference.*_options`` of the configured similarity, aggregation and backend, for those not
+    replaced by another choice (``--similarity`` etc.), as keyword arguments of :func:`impute`."""
+    out = {}
+    for key, chosen, configured, options in (
+            ("similarity_options", similarity, icfg.similarity, icfg.similarity_options),
+            ("aggregation_options", aggregation, icfg.aggregation, icfg.aggregation_options),
+            ("backend_options", backend, icfg.backend, icfg.backend_options)):
+        if options and (chosen is None or chosen == configured):
+            out[key] = dict(options)
     return out
 
 

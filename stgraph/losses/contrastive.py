@@ -121,7 +121,7 @@ class _PairLoss(nn.Module):
 
 @register_loss("clip")
 class CLIPLoss(_PairLoss):
-    """Module form of :func:`clip_loss`."""
+    """Symmetric CLIP loss with identity targets (mclSTExp); module form of :func:`clip_loss`."""
 
     def forward(self, image_emb: torch.Tensor, spot_emb: torch.Tensor) -> torch.Tensor:
         return clip_loss(image_emb, spot_emb, self.temperature)
@@ -129,7 +129,7 @@ class CLIPLoss(_PairLoss):
 
 @register_loss("bleep")
 class BLEEPLoss(_PairLoss):
-    """Module form of :func:`bleep_loss`."""
+    """BLEEP's similarity-smoothed CLIP loss; module form of :func:`bleep_loss`."""
 
     def __init__(self, temperature: float = 1.0, detach_targets: bool = False):
         super().__init__(temperature)
@@ -141,7 +141,7 @@ class BLEEPLoss(_PairLoss):
 
 @register_loss("heclip")
 class HECLIPLoss(_PairLoss):
-    """Module form of :func:`heclip_loss`."""
+    """HECLIP's image-similarity targets, image → spot only; module form of :func:`heclip_loss`."""
 
     def __init__(self, temperature: float = 1.0, detach_targets: bool = False):
         super().__init__(temperature)

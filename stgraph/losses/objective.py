@@ -11,7 +11,9 @@ Named terms (one column each in the training log):
 - ``align``: the registered alignment loss (``loss.alignment``: clip / bleep / heclip / ...) between the
   projected image and spot embeddings I, S on the loss spots (``batch['loss_index']``, default all);
 - ``dgi_image`` / ``dgi_spot``: each graph branch's DGI loss over all nodes (training mode only: it needs
-  the corrupted graph);
+  the corrupted graph). The model computes it in its forward (``BranchOutput.dgi_loss``: the
+  discriminator is a model parameter), so the objective itself holds no parameters and touches no model
+  part: everything trainable is reached from the forward, as ``DistributedDataParallel`` requires;
 - ``hsic_image`` / ``hsic_spot``: the nHSIC bottleneck of each branch listed in ``model.hsic.branches``.
 
 Schedule: while ``epoch < pretrain_epochs`` of a DGI branch, training uses only the DGI terms still in their
@@ -69,7 +71,7 @@ class Objective:
         m, lcfg = config.model, config.loss
         dgi = {name: c for name, c in (("image", m.image_dgi), ("spot", m.spot_dgi)) if c.enabled}
         return cls(
-            alignment=create_loss(lcfg.alignment, temperature=lcfg.temperature),
+            alignment=create_loss(lcfg.alignment, temperature=lcfg.temperature, **dict(lcfg.options or {})),
             align_weight=lcfg.weight,
             dgi_weights={name: c.weight for name, c in dgi.items()},
             dgi_pretrain_epochs={name: c.pretrain_epochs for name, c in dgi.items()},
@@ -105,20 +107,21 @@ class Objective:
     def terms(self, model, batch: dict) -> dict[str, torch.Tensor]:
         """Unweighted loss terms for one batch from ``model.encode_image`` / ``model.encode_spot``."""
         image, spot = model.encode_image(batch), model.encode_spot(batch)
-        return self.terms_from(model, image, spot, batch.get("loss_index"))
+        return self.terms_from(image, spot, batch.get("loss_index"))
 
-    def terms_from(self, model, image, spot, idx: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    def terms_from(self, image, spot, idx: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """Unweighted loss terms from the two branches' :class:`~stgraph.models.contrastive.BranchOutput`
-        (the rows may be a whole global batch gathered from several processes); ``idx``: the loss rows."""
+        (the rows may be a whole global batch gathered from several processes); ``idx``: the loss rows.
+        Parameter-free: the DGI terms are the losses the model's forward computed."""
 
         def rows(t: torch.Tensor) -> torch.Tensor:
             return t if idx is None else t[idx]
 
         terms = {"align": self.alignment(rows(image.emb), rows(spot.emb))}
-        if image.dgi is not None:
-            terms["dgi_image"] = model.image_dgi.loss(*image.dgi)
-        if spot.dgi is not None:
-            terms["dgi_spot"] = model.spot_dgi.loss(*spot.dgi)
+        if image.dgi_loss is not None:
+            terms["dgi_image"] = image.dgi_loss
+        if spot.dgi_loss is not None:
+            terms["dgi_spot"] = spot.dgi_loss
         if self.hsic is not None:
             for name, out in (("image", image), ("spot", spot)):
                 if name in self.hsic_branches:

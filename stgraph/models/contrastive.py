@@ -10,7 +10,7 @@ Batches are dicts of tensors:
 - ``spot_input`` (N, P): the spot-branch input (log expression, or its PCA);
 - ``patch`` (N, 3, H, W) normalised patches, or ``features`` (N, F) cached backbone features;
 - ``coords`` (N, 2) long integer grid coordinates ``[x, y]`` (transformer encoder);
-- ``edge_index`` (2, E): the slide's spot graph (DGI); N is then all spots of one slide;
+- ``edge_index`` (2, E): the slide's spot graph (DGI, graph spot encoders); N is then all spots of one slide;
 - ``loss_index`` (M,) optional: the spots the losses are taken over (default: all N).
 """
 from __future__ import annotations
@@ -32,13 +32,15 @@ class BranchOutput:
     """One branch's intermediate tensors (rows = spots of the batch).
 
     ``inputs`` (N, P) branch input, ``hidden`` (N, H) representation before the head (the DGI output
-    when DGI is on), ``emb`` (N, d) projection, ``dgi`` the (pos_z, neg_z, summary) triple or ``None``.
+    when DGI is on), ``emb`` (N, d) projection, ``dgi`` the (pos_z, neg_z, summary) triple or ``None``,
+    ``dgi_loss`` () the branch's DGI loss (its discriminator applied in the forward; training mode only).
     """
 
     inputs: torch.Tensor
     hidden: torch.Tensor
     emb: torch.Tensor
     dgi: Optional[tuple] = None
+    dgi_loss: Optional[torch.Tensor] = None
 
 
 class ContrastiveSTModel(nn.Module):
@@ -87,7 +89,12 @@ class ContrastiveSTModel(nn.Module):
 
     @property
     def uses_graph(self) -> bool:
-        return self.image_dgi is not None or self.spot_dgi is not None
+        """Whether a branch reads the spot graph (a DGI layer, or a graph spot encoder)."""
+        return self.image_dgi is not None or self.spot_dgi is not None or self.spot_encoder_uses_graph
+
+    @property
+    def spot_encoder_uses_graph(self) -> bool:
+        return bool(getattr(self.spot_encoder, "uses_graph", False))
 
     # ----------------------------------------------------------------------------------------- branches
     def image_features(self, batch: dict) -> torch.Tensor:
@@ -100,29 +107,43 @@ class ContrastiveSTModel(nn.Module):
 
     @staticmethod
     def _graph_step(dgi: GraphInfomax, x: torch.Tensor, batch: dict, train: bool):
+        """``(hidden, (pos_z, neg_z, summary) or None, DGI loss or None)``.
+
+        The discriminator is applied here, in the forward, so that every trainable parameter a loss term
+        depends on is reached from the model's outputs (what ``DistributedDataParallel`` needs); the loss
+        is taken in float32 outside any autocast region.
+        """
         if "edge_index" not in batch:
             raise ValueError("a DGI encoder needs the slide's spot graph: batch['edge_index'] is missing")
         if train:
             pos, neg, summary = dgi(x, batch["edge_index"])
-            return pos, (pos, neg, summary)
-        return dgi.embed(x, batch["edge_index"]), None
+            with torch.autocast(pos.device.type, enabled=False):
+                loss = dgi.loss(pos.float(), neg.float(), summary.float())
+            return pos, (pos, neg, summary), loss
+        return dgi.embed(x, batch["edge_index"]), None, None
 
     def encode_image(self, batch: dict) -> BranchOutput:
         """Image branch: (N, 3, H, W) or (N, F) → :class:`BranchOutput` with ``emb`` (N, d)."""
         feats = self.image_features(batch)
-        hidden, dgi = feats, None
+        hidden, dgi, dgi_loss = feats, None, None
         if self.image_dgi is not None:
-            hidden, dgi = self._graph_step(self.image_dgi, feats, batch, self.training)
-        return BranchOutput(feats, hidden, self.image_head(hidden), dgi)
+            hidden, dgi, dgi_loss = self._graph_step(self.image_dgi, feats, batch, self.training)
+        return BranchOutput(feats, hidden, self.image_head(hidden), dgi, dgi_loss)
 
     def encode_spot(self, batch: dict) -> BranchOutput:
         """Spot branch: (N, P) → :class:`BranchOutput` with ``emb`` (N, d)."""
         x = batch["spot_input"]
-        hidden = self.spot_encoder(x, batch.get("coords"))
-        dgi = None
+        if self.spot_encoder_uses_graph:
+            if "edge_index" not in batch:
+                raise ValueError("a graph spot encoder needs the slide's spot graph: batch['edge_index'] is "
+                                 "missing (train.batching=slide)")
+            hidden = self.spot_encoder(x, batch.get("coords"), edge_index=batch["edge_index"])
+        else:
+            hidden = self.spot_encoder(x, batch.get("coords"))
+        dgi, dgi_loss = None, None
         if self.spot_dgi is not None:
-            hidden, dgi = self._graph_step(self.spot_dgi, hidden, batch, self.training)
-        return BranchOutput(x, hidden, self.spot_head(hidden), dgi)
+            hidden, dgi, dgi_loss = self._graph_step(self.spot_dgi, hidden, batch, self.training)
+        return BranchOutput(x, hidden, self.spot_head(hidden), dgi, dgi_loss)
 
     def forward(self, batch: dict) -> tuple[BranchOutput, BranchOutput]:
         """Both branches: ``(image, spot)`` :class:`BranchOutput`."""

@@ -13,9 +13,18 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import StgraphError
+from ..registry import Registry
 from .weights import PretrainedWeightsError, WeightsSource, resolve_weights
 
-__all__ = ["TimmImageEncoder", "FREEZE_POLICIES", "trainable_groups", "PretrainedWeightsError"]
+__all__ = ["IMAGE_ENCODERS", "TimmImageEncoder", "FREEZE_POLICIES", "trainable_groups", "PretrainedWeightsError"]
+
+#: ``model.image_encoder.name`` → builder taking the section's shared fields (the registry's ``inputs``)
+#: and the entry's own ``options`` as keyword arguments; returns a module with ``num_features`` and
+#: ``forward(patches (B, 3, H, W)) -> (B, F)``.
+IMAGE_ENCODERS: Registry[nn.Module] = Registry(
+    "image encoder", inputs=("backbone", "pretrained", "weights", "freeze", "architecture", "model_kwargs",
+                             "input_size"))
 
 FREEZE_POLICIES = ("none", "all", "all_but_last_stage")
 
@@ -212,3 +221,13 @@ def split_last_stage(model: nn.Module) -> tuple[nn.Module, nn.Module]:
         return _ViTTrunk(model), _ViTTail(model)
     raise ValueError(f"last-stage caching is not supported for {kind} backbones (ResNet, EfficientNet/MobileNet "
                      "and ViT are); set model.image_encoder.cache_stage_input=false")
+
+
+@IMAGE_ENCODERS.register("timm")
+def timm_encoder(backbone: str = "resnet50", pretrained: bool = True, weights: Optional[str] = None,
+                 freeze: str = "none", architecture: Optional[str] = None, model_kwargs: Optional[dict] = None,
+                 input_size: Optional[int] = None, **timm_kwargs) -> TimmImageEncoder:
+    """Any timm backbone as a pooled-feature extractor; options go to ``timm.create_model`` (as ``model_kwargs``)."""
+    return TimmImageEncoder(backbone=backbone, pretrained=pretrained, weights=weights, freeze=freeze,
+                            input_size=input_size, architecture=architecture,
+                            model_kwargs={**(model_kwargs or {}), **timm_kwargs})

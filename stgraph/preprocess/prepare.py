@@ -329,10 +329,13 @@ def compute_image_features(encoder, patches: np.ndarray, batch_size: int = 64, d
 
 
 def needs_graph(config, query: bool = False) -> bool:
-    """Whether a slide needs its spot graph: DGI (the spot branch only in training), neighbour context of
-    features, or smoothing of predictions (query slides)."""
+    """Whether a slide needs its spot graph: DGI or a graph spot encoder (the spot branch only in
+    training), neighbour context of features, or smoothing of predictions (query slides)."""
+    from ..models.spot_encoders import uses_graph
+
     m = config.model
-    return bool(m.image_dgi.enabled or (m.spot_dgi.enabled and not query) or m.image_encoder.neighbour_context
+    spot_graph = m.spot_dgi.enabled or (m.kind == "contrastive" and uses_graph(m.spot_encoder.name))
+    return bool(m.image_dgi.enabled or (spot_graph and not query) or m.image_encoder.neighbour_context
                 or (query and config.inference.smoothing > 0))
 
 
@@ -365,6 +368,19 @@ def _cache_subdir(config, name: str) -> Optional[str]:
     return None if root is None else str(root / name)
 
 
+def _encoder_settings_key(cfg) -> list[str]:
+    """A short hash of the image encoder's registry entry and options when they differ from plain timm,
+    so features of another encoder or other settings never share a cache file (empty for the default)."""
+    if cfg.name == "timm" and not cfg.options:
+        return []
+    import hashlib
+    import json
+
+    text = json.dumps([cfg.name, cfg.options], sort_keys=True, default=repr)
+    return [hashlib.sha1(text.encode()).hexdigest()[:10]]
+
+
+
 def feature_store(config):
     """The :class:`~stgraph.data.feature_store.FeatureStore` at ``<data.cache_dir>/features``, or ``None``
     when caching is off."""
@@ -392,7 +408,8 @@ def feature_key(adata: AnnData, config, stage: bool = False, patch_um: Optional[
     return {"kind": "trunk" if stage else "features", "backbone": cfg.backbone,
             "weights": weights, "input_size": cfg.input_size,
             "patch_um": patch_um,
-            "patches": patch_key(adata, config.data.patch_size, patch_um, microns_per_pixel)}
+            "patches": patch_key(adata, config.data.patch_size, patch_um, microns_per_pixel),
+            **({"encoder": _encoder_settings_key(cfg)[0]} if _encoder_settings_key(cfg) else {})}
 
 
 def _cached_features(encoder, adata: AnnData, config, slide_id: str, device: str, progress: bool,

@@ -1,7 +1,11 @@
 """Nearest-neighbour search over a reference of embeddings, with interchangeable backends.
 
 Every backend answers the same question: for each query row, the ``k`` reference rows that are closest
-under one of three similarities.
+under a similarity from :data:`SIMILARITIES`. A similarity is a function ``(query (Q, d), reference (R, d))
+-> (Q, R)`` scores, with ``larger_is_closer`` (default true) saying which way is near; a new one is one
+decorated function (:func:`similarity`), and its extra keyword parameters are its options
+(``inference.similarity_options``). Only :class:`TorchKNN` searches with any similarity; faiss has the
+three built-in ones:
 
 ========== ===================================================== ============================
 similarity score returned for query ``q`` and reference ``r``     order of the ``k`` columns
@@ -28,21 +32,115 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import functools
+from typing import Callable, Mapping
+
 from ..registry import Registry
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SIMILARITIES", "KNN_BACKENDS", "KNNBackend", "TorchKNN", "FaissKNN", "auto_knn_backend",
-           "create_knn_backend", "stable_top_k", "AUTO_IVF_MIN_REFERENCE", "TIE_CANDIDATES"]
+           "create_knn_backend", "similarity", "resolve_similarity", "stable_top_k", "AUTO_IVF_MIN_REFERENCE",
+           "TIE_CANDIDATES"]
 
-#: Neighbour scores: ``cosine`` and ``dot`` (higher is nearer), ``l2`` (lower is nearer).
-SIMILARITIES: Registry[str] = Registry("similarity")
-for _name in ("cosine", "dot", "l2"):
-    SIMILARITIES.register(_name, _name)
-#: name → :class:`KNNBackend` subclass or factory (``auto``, ``torch``, ``faiss``).
-KNN_BACKENDS: Registry["KNNBackend"] = Registry("kNN backend")
+#: name → similarity function ``(query (Q, d), reference (R, d)) -> (Q, R)`` (see :func:`similarity`).
+SIMILARITIES: Registry[torch.Tensor] = Registry("similarity", inputs=("query", "reference"))
+#: name → :class:`KNNBackend` subclass or factory (``auto``, ``torch``, ``faiss``); its parameters other
+#: than the inputs stgraph passes are its options (``inference.backend_options``).
+KNN_BACKENDS: Registry["KNNBackend"] = Registry("kNN backend",
+                                                inputs=("similarity", "similarity_options", "chunk_size"))
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
+
+
+def similarity(larger_is_closer: bool = True, prepare: Optional[Callable] = None, key: Optional[Callable] = None,
+               finalize: Optional[Callable] = None, faiss_metric: Optional[str] = None,
+               to_distance: Optional[Callable] = None):
+    """Decorator describing a similarity function ``fn(query (Q, d), reference (R, d)) -> (Q, R)``.
+
+    Parameters
+    ----------
+    larger_is_closer
+        True for similarities (cosine, dot), false for distances (l2, a user's manhattan).
+    prepare, key, finalize
+        A faster equivalent for blockwise search: each side is ``prepare``-d once, ``key(q, r)`` (Q, R) is
+        larger for nearer rows, and ``finalize`` turns the chosen keys back into ``fn``'s scores. Without
+        them the search calls ``fn`` per block (negated when ``larger_is_closer`` is false).
+    faiss_metric
+        ``"inner_product"`` or ``"l2"`` (with ``prepare`` applied first) when a faiss index computes it;
+        ``None``: only :class:`TorchKNN` searches with it.
+    to_distance
+        ``scores (Q, k) ndarray -> Euclidean distances``, when the scores determine one (aggregations
+        weighted by distance use it when no distances are given).
+    """
+    def decorate(fn):
+        fn.larger_is_closer = bool(larger_is_closer)
+        fn.prepare, fn.key, fn.finalize = prepare, key, finalize
+        fn.faiss_metric, fn.to_distance = faiss_metric, to_distance
+        return fn
+
+    return decorate
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=1)
+
+
+def _inner(q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    return q @ r.T
+
+
+def _neg_sq_l2(q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    # ‖q − r‖² = ‖q‖² + ‖r‖² − 2 q·r; negated so that topk(largest) finds the nearest.
+    return 2 * (q @ r.T) - (q ** 2).sum(1)[:, None] - (r ** 2).sum(1)[None, :]
+
+
+def _sqrt_neg(v: torch.Tensor) -> torch.Tensor:
+    return (-v).clamp_min(0).sqrt()
+
+
+@SIMILARITIES.register("cosine")
+@similarity(prepare=_normalize, key=_inner, faiss_metric="inner_product",
+            to_distance=lambda s: np.sqrt(np.maximum(2.0 - 2.0 * s, 0.0)))
+def cosine(query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """q·r / (‖q‖ ‖r‖), both sides L2-normalised; higher is nearer."""
+    return _normalize(query) @ _normalize(reference).T
+
+
+@SIMILARITIES.register("dot")
+@similarity(key=_inner, faiss_metric="inner_product")
+def dot(query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """q·r, the raw inner product; higher is nearer."""
+    return query @ reference.T
+
+
+@SIMILARITIES.register("l2")
+@similarity(larger_is_closer=False, key=_neg_sq_l2, finalize=_sqrt_neg, faiss_metric="l2",
+            to_distance=lambda s: s)
+def l2(query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance ‖q − r‖; lower is nearer."""
+    return _sqrt_neg(_neg_sq_l2(query, reference))
+
+
+_SPEC = ("larger_is_closer", "prepare", "key", "finalize", "faiss_metric", "to_distance")
+
+
+def resolve_similarity(name, options: Optional[Mapping] = None) -> tuple[str, Callable]:
+    """``(name, function)`` for a registered similarity name (with its ``options`` bound) or a function."""
+    if callable(name):
+        fn, name = name, getattr(name, "__name__", "custom")
+        options = dict(options or {})
+    else:
+        fn = SIMILARITIES.get(name)
+        options = SIMILARITIES.check_options(name, options, where=f"similarity {name!r}")
+    if options:
+        bound = functools.partial(fn, **options)
+        # Options change the scores, so the fast paths and the faiss metric of the bare function no longer hold.
+        for attr in _SPEC:
+            setattr(bound, attr, None)
+        bound.larger_is_closer = getattr(fn, "larger_is_closer", True)
+        fn = bound
+    return name, fn
 
 
 #: Spare candidates every search asks its backend for, so that a group of exactly tied scores at the k-th
@@ -66,7 +164,7 @@ def stable_top_k(scores: torch.Tensor, indices: torch.Tensor, k: int,
 
 
 def check_similarity(similarity: str) -> str:
-    return SIMILARITIES.check(similarity)
+    return similarity if callable(similarity) else SIMILARITIES.check(similarity)
 
 
 def as_float32_matrix(x: ArrayLike, name: str) -> torch.Tensor:
@@ -90,15 +188,19 @@ class KNNBackend(abc.ABC):
 
     Attributes
     ----------
-    similarity : {'cosine', 'dot', 'l2'}
-        For ``cosine`` and ``dot`` the returned score is the similarity and the ``k`` columns are sorted
-        in descending order; for ``l2`` the score is the Euclidean distance (not squared), sorted ascending.
+    similarity : str
+        Name of the similarity (:data:`SIMILARITIES`). The returned score is the similarity function's
+        value; the ``k`` columns are sorted nearest first (descending for cosine and dot, ascending for l2's
+        Euclidean distance, not squared).
+    similarity_fn : callable
+        The similarity function itself (with its options bound).
     """
 
     similarity: str = "cosine"
 
-    def __init__(self, similarity: str = "cosine"):
-        self.similarity = check_similarity(similarity)
+    def __init__(self, similarity: str = "cosine", similarity_options: Optional[Mapping] = None):
+        self.similarity, self.similarity_fn = resolve_similarity(similarity, similarity_options)
+        self.similarity_options = dict(similarity_options or {})
         self._n_reference: Optional[int] = None
         self._dim: Optional[int] = None
 
@@ -115,7 +217,7 @@ class KNNBackend(abc.ABC):
     @property
     def larger_is_closer(self) -> bool:
         """True for similarities (cosine, dot), false for distances (l2)."""
-        return self.similarity != "l2"
+        return bool(getattr(self.similarity_fn, "larger_is_closer", True))
 
     def fit(self, reference: ArrayLike) -> "KNNBackend":
         """Index the reference embeddings, shape (R, d). Returns ``self``."""
@@ -139,8 +241,8 @@ class KNNBackend(abc.ABC):
         Returns
         -------
         scores : torch.Tensor
-            (Q, k) float32 on the CPU: similarity (cosine/dot, descending) or Euclidean distance (l2,
-            ascending).
+            (Q, k) float32 on the CPU: the similarity function's scores, nearest first (descending when
+            ``larger_is_closer``, e.g. cosine/dot; ascending otherwise, e.g. l2's Euclidean distance).
         indices : torch.Tensor
             (Q, k) int64 row numbers into the reference.
         """
@@ -190,7 +292,8 @@ class TorchKNN(KNNBackend):
     Parameters
     ----------
     similarity
-        'cosine' (both sides L2-normalised, then dot product), 'dot' or 'l2'.
+        A :data:`SIMILARITIES` name: 'cosine' (both sides L2-normalised, then dot product), 'dot', 'l2' or
+        a registered one; ``similarity_options`` are its options.
     chunk_size
         Query rows per block.
     reference_chunk_size
@@ -200,8 +303,9 @@ class TorchKNN(KNNBackend):
     """
 
     def __init__(self, similarity: str = "cosine", chunk_size: int = 4096,
-                 reference_chunk_size: Optional[int] = None, device: Union[str, torch.device] = "cpu"):
-        super().__init__(similarity)
+                 reference_chunk_size: Optional[int] = None, device: Union[str, torch.device] = "cpu",
+                 similarity_options: Optional[Mapping] = None):
+        super().__init__(similarity, similarity_options)
         if int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size = int(chunk_size)
@@ -210,31 +314,36 @@ class TorchKNN(KNNBackend):
             raise ValueError(f"reference_chunk_size must be >= 1, got {reference_chunk_size}")
         self.device = torch.device(device)
         self._reference: Optional[torch.Tensor] = None
-        self._reference_sq_norms: Optional[torch.Tensor] = None
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
-        return F.normalize(x, dim=1) if self.similarity == "cosine" else x
+        prepare = getattr(self.similarity_fn, "prepare", None)
+        return prepare(x) if prepare is not None else x
 
     def _fit(self, reference: torch.Tensor) -> None:
         self._reference = self._prepare(reference)
-        self._reference_sq_norms = (self._reference ** 2).sum(1) if self.similarity == "l2" else None
 
-    def _block_scores(self, q: torch.Tensor, q_sq: Optional[torch.Tensor], start: int, stop: int) -> torch.Tensor:
-        """(c, stop-start) block where larger means closer (negative squared distance for l2)."""
-        block = q @ self._reference[start:stop].T
-        if self.similarity == "l2":
-            # ‖q − r‖² = ‖q‖² + ‖r‖² − 2 q·r; negated so that topk(largest) finds the nearest.
-            block = 2 * block - q_sq[:, None] - self._reference_sq_norms[None, start:stop]
-        return block
+    def _block_scores(self, q: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """(c, stop-start) block where larger means closer (e.g. negative squared distance for l2)."""
+        key = getattr(self.similarity_fn, "key", None)
+        if key is not None:
+            return key(q, self._reference[start:stop])
+        block = self.similarity_fn(q, self._reference[start:stop])
+        return block if self.larger_is_closer else -block
+
+    def _finalize(self, keys: torch.Tensor) -> torch.Tensor:
+        """The similarity's scores of the chosen keys."""
+        if getattr(self.similarity_fn, "key", None) is not None:
+            finalize = getattr(self.similarity_fn, "finalize", None)
+            return finalize(keys) if finalize is not None else keys
+        return keys if self.larger_is_closer else -keys
 
     def _search_chunk(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        q_sq = (q ** 2).sum(1) if self.similarity == "l2" else None
         best_val = best_idx = None
         n_ref = self._reference.shape[0]
         for start in range(0, n_ref, self.reference_chunk_size):
             stop = min(start + self.reference_chunk_size, n_ref)
-            block = self._block_scores(q, q_sq, start, stop)
+            block = self._block_scores(q, start, stop)
             val, idx = torch.topk(block, min(k, stop - start), dim=1)
             idx = idx + start
             if best_val is not None:
@@ -243,9 +352,7 @@ class TorchKNN(KNNBackend):
                 val, pos = torch.topk(candidates, min(k, candidates.shape[1]), dim=1)
                 idx = torch.gather(torch.cat([best_idx, idx], 1), 1, pos)
             best_val, best_idx = val, idx
-        if self.similarity == "l2":
-            best_val = (-best_val).clamp_min(0).sqrt()
-        return best_val, best_idx
+        return self._finalize(best_val), best_idx
 
     @torch.no_grad()
     def _search(self, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,10 +393,11 @@ AUTO_IVF_MIN_REFERENCE = 50_000
 
 @KNN_BACKENDS.register("faiss")
 class FaissKNN(KNNBackend):
-    """Search with a faiss-cpu index.
+    """Search with a faiss-cpu index (exact flat, IVF or HNSW) for cosine, dot or l2 similarity.
 
     ``cosine`` uses an inner-product index over L2-normalised vectors, ``dot`` an inner-product index,
-    ``l2`` an L2 index (faiss returns squared distances; they are converted to distances).
+    ``l2`` an L2 index (faiss returns squared distances; they are converted to distances). A similarity
+    without a faiss metric (a plugin's) is refused: use the torch backend.
 
     Parameters
     ----------
@@ -321,8 +429,11 @@ class FaissKNN(KNNBackend):
     def __init__(self, similarity: str = "cosine", index: str = "flat", nlist: Optional[int] = None,
                  nprobe: int = 16, M: int = 32, ef_construction: int = 80, ef_search: int = 64, seed: int = 0,
                  max_points_per_centroid: int = 32, niter: int = 5,
-                 ivf_min_reference: int = AUTO_IVF_MIN_REFERENCE):
-        super().__init__(similarity)
+                 ivf_min_reference: int = AUTO_IVF_MIN_REFERENCE, similarity_options: Optional[Mapping] = None):
+        super().__init__(similarity, similarity_options)
+        if getattr(self.similarity_fn, "faiss_metric", None) is None:
+            raise ValueError(f"the faiss kNN backend has no index for similarity {self.similarity!r} (faiss "
+                             "searches cosine, dot and l2): use inference.backend=torch")
         if index not in FAISS_INDEXES:
             raise ValueError(f"unknown faiss index {index!r}; choose one of {list(FAISS_INDEXES)}")
         self.faiss = import_faiss()
@@ -335,12 +446,17 @@ class FaissKNN(KNNBackend):
         self.resolved_index: Optional[str] = None if index == "auto" else index
         self.index = None
 
+    @property
+    def _is_l2(self) -> bool:
+        return self.similarity_fn.faiss_metric == "l2"
+
     def _metric(self):
-        return self.faiss.METRIC_L2 if self.similarity == "l2" else self.faiss.METRIC_INNER_PRODUCT
+        return self.faiss.METRIC_L2 if self._is_l2 else self.faiss.METRIC_INNER_PRODUCT
 
     def _as_faiss_input(self, x: torch.Tensor) -> np.ndarray:
-        if self.similarity == "cosine":
-            x = F.normalize(x, dim=1)
+        prepare = getattr(self.similarity_fn, "prepare", None)
+        if prepare is not None:
+            x = prepare(x)
         return np.ascontiguousarray(x.numpy(), dtype=np.float32)
 
     def _default_nlist(self, n: int) -> int:
@@ -355,12 +471,12 @@ class FaissKNN(KNNBackend):
         faiss = self.faiss
         self.resolved_index = self._resolve_index(n)
         if self.resolved_index == "flat":
-            return faiss.IndexFlatL2(d) if self.similarity == "l2" else faiss.IndexFlatIP(d)
+            return faiss.IndexFlatL2(d) if self._is_l2 else faiss.IndexFlatIP(d)
         if self.resolved_index == "ivf":
             nlist = int(self.nlist or self._default_nlist(n))
             if not 1 <= nlist <= n:
                 raise ValueError(f"nlist must be between 1 and the reference size {n}, got {nlist}")
-            quantizer = faiss.IndexFlatL2(d) if self.similarity == "l2" else faiss.IndexFlatIP(d)
+            quantizer = faiss.IndexFlatL2(d) if self._is_l2 else faiss.IndexFlatIP(d)
             index = faiss.IndexIVFFlat(quantizer, d, nlist, self._metric())
             index.cp.seed = self.seed
             index.cp.max_points_per_centroid = self.max_points_per_centroid
@@ -380,6 +496,32 @@ class FaissKNN(KNNBackend):
             self.index.train(x)
         self.index.add(x)
 
+    def settings(self) -> dict:
+        """What shapes the built index (with the reference itself, the key of a saved index)."""
+        return {"backend": "faiss", "similarity": self.similarity, "index": self.index_type, "nlist": self.nlist,
+                "nprobe": self.nprobe, "M": self.M, "ef_construction": self.ef_construction, "seed": self.seed,
+                "max_points_per_centroid": self.max_points_per_centroid, "niter": self.niter,
+                "ivf_min_reference": self.ivf_min_reference, "faiss": getattr(self.faiss, "__version__", "")}
+
+    def write_index(self, path) -> None:
+        """Write the built index to ``path`` (``faiss.write_index``; the caller makes it atomic)."""
+        if self.index is None:
+            raise RuntimeError("FaissKNN.write_index called before fit()")
+        self.faiss.write_index(self.index, str(path))
+
+    def read_index(self, path, n_reference: int, dim: int) -> "FaissKNN":
+        """Use the index saved at ``path`` for an (``n_reference``, ``dim``) reference instead of building one
+        (``faiss.read_index``). Raises ``ValueError`` when the file holds another shape of index."""
+        index = self.faiss.read_index(str(path))
+        if (int(index.ntotal), int(index.d)) != (int(n_reference), int(dim)):
+            raise ValueError(f"{path}: index of {index.ntotal} × {index.d}, the reference is {n_reference} × {dim}")
+        self.resolved_index = self._resolve_index(int(n_reference))
+        if self.resolved_index == "ivf":
+            index.nprobe = min(self.nprobe, int(index.nlist))
+        self.index = index
+        self._n_reference, self._dim = int(n_reference), int(dim)
+        return self
+
     def _too_few_message(self, k: int) -> str:
         return (f"faiss {self.resolved_index} index found fewer than k={k} neighbours for some queries; raise "
                 "nprobe (ivf) / ef_search (hnsw) or use index='flat'")
@@ -389,7 +531,7 @@ class FaissKNN(KNNBackend):
         if self.resolved_index == "hnsw":
             self.index.hnsw.efSearch = max(self.ef_search, k)
         scores, indices = self.index.search(self._as_faiss_input(query), k)
-        if self.similarity == "l2":
+        if self._is_l2:
             scores = np.sqrt(np.maximum(scores, 0))
         return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)), torch.from_numpy(
             indices.astype(np.int64))
@@ -397,20 +539,38 @@ class FaissKNN(KNNBackend):
 
 @KNN_BACKENDS.register("auto")
 def auto_knn_backend(similarity: str = "cosine", chunk_size: int = 4096, reference_chunk_size: Optional[int] = None,
-                     device: Union[str, torch.device] = "cpu", **faiss_options) -> KNNBackend:
-    """The default backend: :class:`FaissKNN` with ``index='auto'`` when faiss imports and ``device`` is the
-    CPU (exact flat search for small references, IVF for large ones; ``faiss_options`` go to it), else the
-    exact :class:`TorchKNN` (``chunk_size``, ``reference_chunk_size``, ``device`` go to it)."""
-    if torch.device(device).type == "cpu" and faiss_available():
-        log.debug("kNN backend auto → faiss (flat below %d reference rows, IVF above)",
-                  faiss_options.get("ivf_min_reference", AUTO_IVF_MIN_REFERENCE))
-        return FaissKNN(similarity, **{"index": "auto", **faiss_options})
+                     device: Union[str, torch.device] = "cpu", index: str = "auto", nlist: Optional[int] = None,
+                     nprobe: int = 16, M: int = 32, ef_construction: int = 80, ef_search: int = 64, seed: int = 0,
+                     max_points_per_centroid: int = 32, niter: int = 5,
+                     ivf_min_reference: int = AUTO_IVF_MIN_REFERENCE,
+                     similarity_options: Optional[Mapping] = None) -> KNNBackend:
+    """Faiss (exact below 5e4 reference rows, IVF above) on the CPU when installed, else exact torch search.
+
+    :class:`FaissKNN` with ``index='auto'`` when faiss imports, ``device`` is the CPU and the similarity has
+    a faiss metric (the faiss options go to it), else the exact :class:`TorchKNN` (``chunk_size``,
+    ``reference_chunk_size``, ``device`` go to it).
+    """
+    _, fn = resolve_similarity(similarity, similarity_options)
+    if torch.device(device).type == "cpu" and getattr(fn, "faiss_metric", None) and faiss_available():
+        log.debug("kNN backend auto → faiss (flat below %d reference rows, IVF above)", ivf_min_reference)
+        return FaissKNN(similarity, index=index, nlist=nlist, nprobe=nprobe, M=M, ef_construction=ef_construction,
+                        ef_search=ef_search, seed=seed, max_points_per_centroid=max_points_per_centroid,
+                        niter=niter, ivf_min_reference=ivf_min_reference, similarity_options=similarity_options)
     log.debug("kNN backend auto → exact torch search on %s (%s)", device,
-              "faiss is not installed" if not faiss_available() else "faiss runs on the CPU only")
-    return TorchKNN(similarity, chunk_size=chunk_size, reference_chunk_size=reference_chunk_size, device=device)
+              "faiss is not installed" if not faiss_available() else
+              "the similarity has no faiss index" if not getattr(fn, "faiss_metric", None) else
+              "faiss runs on the CPU only")
+    return TorchKNN(similarity, chunk_size=chunk_size, reference_chunk_size=reference_chunk_size, device=device,
+                    similarity_options=similarity_options)
 
 
 def create_knn_backend(name: str = "auto", similarity: str = "cosine", **kwargs) -> KNNBackend:
     """A backend by name from :data:`KNN_BACKENDS` ('auto' → :func:`auto_knn_backend`, 'torch' →
-    :class:`TorchKNN`, 'faiss' → :class:`FaissKNN`); ``kwargs`` go to it."""
+    :class:`TorchKNN`, 'faiss' → :class:`FaissKNN`); ``kwargs`` go to it (``chunk_size`` and
+    ``similarity_options`` only when it takes them)."""
+    for given in ("chunk_size", "similarity_options"):
+        if given in kwargs and not KNN_BACKENDS.takes(name, given):
+            kwargs.pop(given)
+    options = {k: v for k, v in kwargs.items() if k not in KNN_BACKENDS.inputs}
+    KNN_BACKENDS.check_options(name, options, where=f"kNN backend {name!r}")
     return KNN_BACKENDS.create(name, similarity=similarity, **kwargs)

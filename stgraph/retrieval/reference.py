@@ -9,10 +9,20 @@ HDF5 layout (``format`` attribute ``stgraph.ReferenceStore``, ``version`` 1)::
     /slide_ids         (R,) utf-8 strings
     /spot_ids          (R,) utf-8 strings
     attributes         format, version, kind ('spot' | 'image'), meta (JSON text)
+
+A store loaded from a file keeps its FAISS index beside it, ``<file>.<key>.faiss`` (``faiss.write_index``),
+so the first prediction of a saved run reads the index instead of building it. ``key`` hashes the
+embeddings (SHA-256 of their bytes and shape) and the backend's settings: a stale index (other embeddings,
+e.g. after ``extend``, or other settings) is never read; it is rebuilt, written atomically, and the older
+index files of that store are removed (:meth:`ReferenceStore.save` removes them too). A run folder that
+cannot be written still predicts, building the index in memory.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -25,9 +35,9 @@ from ..errors import StgraphError
 from ..keys import Key
 from ..utils import atomic_path
 from .impute import impute, resolve_backend
-from .knn import KNNBackend
+from .knn import FaissKNN, KNNBackend, create_knn_backend
 
-__all__ = ["ReferenceStore", "ReferenceStoreError", "REFERENCE_KINDS"]
+__all__ = ["ReferenceStore", "ReferenceStoreError", "REFERENCE_KINDS", "saved_index_store"]
 
 REFERENCE_KINDS = ("spot", "image")
 FORMAT_NAME = "stgraph.ReferenceStore"
@@ -185,6 +195,8 @@ class ReferenceStore:
             f.create_dataset("genes", data=np.asarray(self.genes, dtype=object), dtype=text)
             f.create_dataset("slide_ids", data=self.slide_ids.astype(object), dtype=text)
             f.create_dataset("spot_ids", data=self.spot_ids.astype(object), dtype=text)
+        _remove_saved_indexes(path)  # they index the embeddings the file held before
+        self.__dict__["_source"] = (path, id(self.embeddings))
         return path
 
     @classmethod
@@ -208,9 +220,11 @@ class ReferenceStore:
             raise ReferenceStoreError(f"{path}: cannot read the reference store "
                                       f"(corrupt, truncated or not HDF5): {err}") from err
         try:
-            return cls(**fields)
+            store = cls(**fields)
         except ValueError as err:
             raise ReferenceStoreError(f"{path}: inconsistent reference store: {err}") from err
+        store.__dict__["_source"] = (path, id(store.embeddings))
+        return store
 
     # -- growth -------------------------------------------------------------------------------------
     def extend(self, embeddings, expression, genes: Sequence[str], slide_ids, spot_ids) -> "ReferenceStore":
@@ -262,26 +276,76 @@ class ReferenceStore:
         """(Q, G) float32 expression of the queries (Q, d) by kNN imputation over this store.
 
         Arguments are those of :func:`stgraph.retrieval.impute.impute` (``chunk_size``, ``show_progress``,
-        ``return_indices``, ``temperature``, ``distance`` via ``kwargs``). ``similarity=None`` means the
-        backend instance's similarity when ``backend`` is one, else ``meta['similarity']``, else 'cosine'.
+        ``return_indices``, ``temperature``, ``distance``, ``aggregation_options``, ``backend_options``,
+        ``similarity_options`` via ``kwargs``). ``similarity=None`` means the backend instance's similarity
+        when ``backend`` is one, else ``meta['similarity']``, else 'cosine'.
         """
         if similarity is None and not isinstance(backend, KNNBackend):
             similarity = self.meta.get("similarity") or "cosine"
         if isinstance(backend, str):
-            backend = self.fitted_backend(backend, similarity, kwargs.get("chunk_size", 4096))
+            backend = self.fitted_backend(backend, similarity, kwargs.get("chunk_size", 4096),
+                                          kwargs.pop("backend_options", None), kwargs.pop("similarity_options", None))
         return impute(query_emb, self.embeddings, self.expression, k=k, similarity=similarity,
                       aggregation=aggregation, backend=backend, **kwargs)
 
-    def fitted_backend(self, name: str, similarity: str = "cosine", chunk_size: int = 4096) -> KNNBackend:
+    def fitted_backend(self, name: str, similarity: str = "cosine", chunk_size: int = 4096,
+                       backend_options=None, similarity_options=None) -> KNNBackend:
         """The kNN backend ``name`` fitted on these embeddings, built once and kept: predicting many slides
         (or many chunks) against one store builds an approximate index only the first time. The cache is
         keyed by the arguments and dropped when ``embeddings`` is replaced."""
-        key = (name, similarity, int(chunk_size), id(self.embeddings), self.embeddings.shape)
+        import json
+
+        settings = json.dumps([backend_options or {}, similarity_options or {}], sort_keys=True, default=repr)
+        key = (name, similarity, int(chunk_size), settings, id(self.embeddings), self.embeddings.shape)
         cache = self.__dict__.setdefault("_fitted_backends", {})
         if key not in cache:
             cache.clear()  # one index at a time: a second, unused one would only hold memory
-            cache[key] = resolve_backend(name, similarity, chunk_size, self.embeddings)
+            cache[key] = self._saved_or_built(name, similarity, chunk_size, backend_options, similarity_options)
         return cache[key]
+
+    def embeddings_digest(self) -> str:
+        """SHA-256 of the embeddings' shape and bytes (hex), computed once per embeddings array."""
+        memo = self.__dict__.get("_digest")
+        if memo is None or memo[0] != id(self.embeddings):
+            h = hashlib.sha256(repr(self.embeddings.shape).encode())
+            h.update(np.ascontiguousarray(self.embeddings, dtype=np.float32).data)
+            memo = (id(self.embeddings), h.hexdigest())
+            self.__dict__["_digest"] = memo
+        return memo[1]
+
+    def index_path(self, backend: FaissKNN) -> Optional[Path]:
+        """Where ``backend``'s index for these embeddings is kept: ``<file>.<key>.faiss`` beside the file the
+        store was loaded from (``None`` for a store built in memory, or one whose embeddings were replaced)."""
+        source = self.__dict__.get("_source")
+        if source is None or source[1] != id(self.embeddings):
+            return None
+        settings = json.dumps(backend.settings(), sort_keys=True)
+        key = hashlib.sha256((self.embeddings_digest() + settings).encode()).hexdigest()[:20]
+        return source[0].with_name(f"{source[0].name}.{key}.faiss")
+
+    def _saved_or_built(self, name: str, similarity: str, chunk_size: int, backend_options=None,
+                        similarity_options=None) -> KNNBackend:
+        kwargs = {"chunk_size": chunk_size, **dict(backend_options or {})}
+        if similarity_options:
+            kwargs["similarity_options"] = dict(similarity_options)
+        backend = create_knn_backend(name, similarity=similarity or "cosine", **kwargs)
+        path = self.index_path(backend) if isinstance(backend, FaissKNN) else None
+        if path is None:
+            return resolve_backend(backend, similarity, chunk_size, self.embeddings)
+        if path.is_file():
+            try:
+                return backend.read_index(path, self.n_spots, self.dim)
+            except (RuntimeError, ValueError, OSError):
+                pass  # unreadable or of another shape: rebuilt and rewritten below
+        backend.fit(self.embeddings)
+        try:
+            with atomic_path(path) as tmp:
+                backend.write_index(tmp)
+            _remove_saved_indexes(path.with_name(_store_name(path)),
+                                  keep=path)
+        except OSError:
+            pass  # a read-only run folder: the index lives in memory only
+        return backend
 
     def to_anndata(self):
         """An AnnData: ``X`` = expression, ``obsm['X_emb']`` = embeddings, ``obs`` slide_id / spot_id."""
@@ -296,6 +360,31 @@ class ReferenceStore:
         adata.obsm[Key.obsm.reference_embedding] = self.embeddings.copy()
         adata.uns[Key.uns.reference] = {"kind": self.kind, "meta": json.dumps(self.meta)}
         return adata
+
+
+_INDEX_NAME = re.compile(r"^(?P<store>.+)\.(?P<key>[0-9a-f]{20})\.faiss$")
+
+
+def saved_index_store(name: str) -> Optional[str]:
+    """The store file name a saved kNN index file name belongs to (``reference.h5`` for
+    ``reference.h5.<20 hex>.faiss``), else ``None``."""
+    m = _INDEX_NAME.match(name)
+    return m.group("store") if m else None
+
+
+def _store_name(index_path: Path) -> str:
+    """``reference.h5`` from ``reference.h5.<key>.faiss``."""
+    return index_path.name[: -len(".faiss")].rsplit(".", 1)[0]
+
+
+def _remove_saved_indexes(store_path: Path, keep: Optional[Path] = None) -> None:
+    """Delete the saved kNN indexes of the store at ``store_path`` (``<name>.<20 hex>.faiss``), but ``keep``."""
+    for p in store_path.parent.glob(f"{store_path.name}.*.faiss"):
+        if p != keep and saved_index_store(p.name) == store_path.name and p.is_file() and not p.is_symlink():
+            try:
+                os.remove(p)
+            except OSError:
+                pass
 
 
 def _gene_mismatch_message(have: list[str], got: list[str]) -> str:

@@ -1,28 +1,23 @@
-r"""Data-parallel training over processes (``torchrun``): process group, sharding helpers, gathered rows.
+r"""Data-parallel training over processes (``torchrun``): process group, gathered rows, reduced logs.
 
-``torchrun --nproc_per_node N -m stgraph.cli train ...`` (or ``stgraph train --nproc N``) starts N copies of
-the training job; each learns from its shard of every global batch and the gradients are averaged, so the
-N processes take the optimisation steps one process would take on the same global batches.
-
-Why the gradients are all-reduced here rather than by ``torch.nn.parallel.DistributedDataParallel``: the
-objective (:class:`~stgraph.losses.Objective`) uses parts of the model *after* its forward (the DGI
-discriminators, the heads' outputs gathered across ranks) and switches terms on and off by epoch (DGI
-pre-training). DDP's reducer expects every used parameter to be reachable from the forward's outputs and
-the set of used parameters to be known per step (``find_unused_parameters``), and fails or hangs
-otherwise. One bucketed ``all_reduce`` of the flattened gradients after ``backward()`` is exact in every
-case; it gives up only DDP's overlap of communication with the backward pass.
+``torchrun --nproc_per_node N -m stgraph.cli train ...`` (or ``stgraph train --nproc N``; several machines:
+``torchrun --nnodes M --nproc_per_node N --rdzv-backend c10d --rdzv-endpoint HOST:PORT``, see
+docs/distributed.md) starts the copies of the training job. Each learns from its shard of every global
+batch; the gradients are averaged by ``torch.nn.parallel.DistributedDataParallel`` around the
+:class:`~stgraph.training.task.TrainingTask` (model + objective, its forward the loss), so the processes
+take the optimisation steps one process would take on the same global batches.
 
 Two ways of sharding a step (chosen by the trainer from ``train.batching``):
 
 - **rows** (spot batching across slides): every rank draws the same global batch of B spots and encodes
   its contiguous slice of about B/N rows; the branch outputs are gathered (:func:`gather_rows`, with
-  gradient for the local slice, as open_clip's ``gather_features``) so every rank evaluates the loss on
-  the whole global batch, and the contrastive negatives grow with N. Each rank's backward gives the
-  gradient through its own rows; the all-reduce *sums* them (:func:`all_reduce_gradients` with
-  ``op="sum"``), which is the single-process gradient of the global loss.
+  gradient for the local slice, as open_clip's ``gather_features`` without ``gather_with_grad``) so every
+  rank evaluates the loss on the whole global batch, and the contrastive negatives grow with N. Each rank's
+  backward gives the gradient through its own rows; their *sum* is the single-process gradient of the
+  global loss, and since DDP *averages*, the trainer scales the loss by N before the backward.
 - **jobs** (slide batching, and spot batching ``within_slide``): a job is one slide's step; each global
-  step is N consecutive jobs, one per rank, and the gradients are *averaged*, as a single process
-  accumulating the N jobs' mean loss would.
+  step is N × ``train.accumulate`` consecutive jobs, and DDP's average is the mean over the jobs, as a
+  single process accumulating them would take.
 """
 from __future__ import annotations
 
@@ -37,8 +32,8 @@ import torch.distributed as dist
 
 from ..errors import StgraphError
 
-__all__ = ["DistEnv", "DistributedError", "init_distributed", "gather_rows", "all_reduce_gradients",
-           "all_reduce_mean", "average_buffers", "broadcast_parameters", "barrier", "env_world_size"]
+__all__ = ["DistEnv", "DistributedError", "init_distributed", "gather_rows", "all_reduce_mean", "barrier",
+           "env_world_size"]
 
 
 class DistributedError(StgraphError, RuntimeError):
@@ -178,50 +173,6 @@ def gather_rows(x: torch.Tensor, sizes: Optional[Iterable[int]] = None) -> torch
     return _GatherRows.apply(x, tuple(int(s) for s in sizes), dist.get_rank())
 
 
-def _flat_grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    # A parameter no term reached on this rank contributes zeros, so every rank reduces the same buffers.
-    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-
-
-def all_reduce_gradients(params: Iterable[torch.Tensor], op: str = "mean", bucket_mb: float = 25.0) -> None:
-    """Sum (``op="sum"``) or average (``"mean"``) the gradients of ``params`` over ranks, in place.
-
-    Gradients are flattened into buckets of about ``bucket_mb`` MiB, one ``all_reduce`` per bucket.
-    """
-    if not _active():
-        return
-    params = [p for p in params if p.requires_grad]
-    world = dist.get_world_size()
-    grads = _flat_grads(params)
-    bucket: list[int] = []
-    size = 0
-    limit = bucket_mb * 2**20
-
-    def flush(ids: list[int]) -> None:
-        if not ids:
-            return
-        flat = torch.cat([grads[i].reshape(-1) for i in ids])
-        dist.all_reduce(flat)
-        if op == "mean":
-            flat /= world
-        offset = 0
-        for i in ids:
-            g = flat[offset : offset + grads[i].numel()].view_as(params[i])
-            offset += grads[i].numel()
-            if params[i].grad is None:
-                params[i].grad = g.clone()
-            else:
-                params[i].grad.copy_(g)
-
-    for i, g in enumerate(grads):
-        if bucket and (size + g.numel() * g.element_size() > limit or g.dtype != grads[bucket[0]].dtype):
-            flush(bucket)
-            bucket, size = [], 0
-        bucket.append(i)
-        size += g.numel() * g.element_size()
-    flush(bucket)
-
-
 def all_reduce_mean(values: dict[str, float], weight: float = 1.0) -> dict[str, float]:
     """The ``weight``-weighted mean over ranks of each value (same keys on every rank)."""
     if not _active():
@@ -230,21 +181,3 @@ def all_reduce_mean(values: dict[str, float], weight: float = 1.0) -> dict[str, 
     t = torch.tensor([values[k] * weight for k in keys] + [weight], dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return {k: float(t[i] / t[-1]) for i, k in enumerate(keys)}
-
-
-def average_buffers(module: torch.nn.Module) -> None:
-    """Average floating-point buffers (BatchNorm running statistics) over ranks, so every rank saves the same."""
-    if not _active():
-        return
-    for b in module.buffers():
-        if b.is_floating_point():
-            dist.all_reduce(b)
-            b /= dist.get_world_size()
-
-
-def broadcast_parameters(module: torch.nn.Module) -> None:
-    """Rank 0's parameters and buffers on every rank (they start identical from the seed; this makes sure)."""
-    if not _active():
-        return
-    for t in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(t.data, src=0)

@@ -21,9 +21,11 @@ from ..data.transforms import normalize_batch, patch_batch, random_flip_rotate
 __all__ = ["patch_images", "PatchBatches", "step_seed"]
 
 
-def step_seed(seed: int, epoch: int, rank: int, step: int) -> int:
-    """A 63-bit seed for one step's augmentations."""
-    state = np.random.SeedSequence([seed, epoch, rank, step]).generate_state(1, dtype=np.uint64)[0]
+def step_seed(seed: int, epoch: int, rank: int, step: int, stream: int = 0) -> int:
+    """A 63-bit seed for one step's draws: ``stream`` 0 the patch augmentations, 1 the model's own
+    (dropout masks, DGI corruption, feature-map flips)."""
+    entropy = [seed, epoch, rank, step] + ([stream] if stream else [])
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
     return int(state >> np.uint64(1))
 
 

@@ -12,12 +12,22 @@ Validation: ``val_slide`` (a whole slide) or ``val_fraction`` of the training sp
 The validation loss is the weighted sum of the terms that exist in eval mode (alignment and HSIC; the DGI
 losses need corruption and are training-only). The checkpoint with the lowest validation loss is kept.
 
-Several processes (``torchrun``, :mod:`stgraph.training.distributed`): every rank draws the same sequence of
-global batches from the same seed. Spot batching across slides splits each global batch into one slice of
-rows per rank and gathers the branch outputs, so the loss (and its negatives) is the whole global batch's;
-slide batching and ``within_slide`` give each rank whole jobs (one slide's step) and average the
-gradients. Validation is sharded by jobs and reduced, so every rank sees the same validation loss and picks
-the same checkpoint; only rank 0 writes files.
+Several processes (``torchrun``, :mod:`stgraph.training.distributed`): the model and its objective form one
+:class:`~stgraph.training.task.TrainingTask`, trained under ``torch.nn.parallel.DistributedDataParallel``
+(DDP: parameters broadcast from rank 0 at the start, gradients averaged over ranks during the backward,
+buffers broadcast from rank 0 at every forward). Every rank draws the same sequence of global batches from
+the same seed. Spot batching across slides splits each global batch into one slice of rows per rank and
+gathers the branch outputs, so the loss (and its negatives) is the whole global batch's; each rank's
+backward then gives the gradient through its own rows, DDP averages them, and the loss is scaled by N
+before the backward so that the average is their sum, the single-process gradient of the global loss.
+Slide batching and ``within_slide`` give each rank whole jobs (one slide's step, ``train.accumulate`` of
+them per step) and DDP averages the gradients, as one process accumulating the N jobs' mean loss would
+(``train.accumulate: N`` in one process takes the same steps). During DGI pre-training the heads receive no
+gradient: DDP runs with ``find_unused_parameters`` then, and leaves their ``.grad`` at ``None`` as one
+process does, so AdamW's weight decay skips them in both. The model's random draws (dropout masks, DGI
+corruption, feature-map flips) are seeded per job (per rank and step for row slices), so they do not depend
+on which rank runs a job, nor on a resume. Validation is sharded by jobs and reduced, so every rank sees
+the same validation loss and picks the same checkpoint; only rank 0 writes files.
 
 Mixed precision (``train.precision``): ``bf16`` / ``fp16`` autocast of the forward pass (losses are taken
 in float32), with a gradient scaler for ``fp16``.
@@ -38,11 +48,11 @@ from tqdm.auto import tqdm
 
 from ..config import config_to_dict
 from ..data.transforms import random_flip_rotate
-from ..losses import CompositeLoss, Objective
+from ..losses import Objective
 from ..utils import atomic_path, resolve_device, seed_everything
-from .distributed import DistEnv, all_reduce_gradients, all_reduce_mean, average_buffers, broadcast_parameters, \
-    gather_rows
+from .distributed import DistEnv, all_reduce_mean
 from .loader import PatchBatches, patch_images, step_seed
+from .task import TrainingTask
 from .monitor import TermMonitor
 from ..runfolder import load_checkpoint
 from ..preprocess.prepare import PreparedSlide
@@ -55,20 +65,6 @@ class TrainResult:
     history: pd.DataFrame
     best_epoch: int
     best_val_loss: float
-
-
-def _map_branch(out, fn, fields=None):
-    """``out`` (a :class:`~stgraph.models.contrastive.BranchOutput`) with ``fn`` applied to the tensors of
-    ``fields`` (default all; tuples such as the DGI triple element-wise)."""
-    def apply(t):
-        if isinstance(t, torch.Tensor):
-            return fn(t)
-        if isinstance(t, tuple):
-            return tuple(apply(x) for x in t)
-        return t
-
-    names = fields or [f.name for f in dataclasses.fields(out)]
-    return dataclasses.replace(out, **{name: apply(getattr(out, name)) for name in names})
 
 
 class Trainer:
@@ -101,10 +97,10 @@ class Trainer:
         self.dist = dist_env if dist_env is not None else DistEnv()
         self.device = device if device is not None else resolve_device(self.tcfg.device)
         self.model = model.to(self.device)
-        broadcast_parameters(self.model)
         #: ``rows``: each rank encodes a slice of every global batch (outputs gathered); ``jobs``: whole steps.
         self.shard = "jobs" if (self.tcfg.batching == "slide" or self.tcfg.within_slide) else "rows"
         self.amp_dtype = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.tcfg.precision]
+        self.accumulate = int(self.tcfg.accumulate) if self.shard == "jobs" else 1
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         s0 = slides[0] if slides else None
         #: Batches are cut from uint8 patches (fine-tuning the backbone), not cached features / stage inputs.
@@ -115,8 +111,10 @@ class Trainer:
         if self.channels_last:
             self.model.image_encoder.to(memory_format=torch.channels_last)
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        # Dropout and feature-map flips draw per rank (rank 0 as a single process), so that ranks do not
-        # repeat each other's masks; batch order (self.rng) is the same on every rank.
+        #: model + objective; its forward is the loss. ``self.ddp`` wraps it when there are several ranks.
+        self.task = TrainingTask(self.model, self.objective, self.amp_dtype, self.channels_last)
+        self.ddp = self._wrap(self.task) if self.dist.enabled else None
+        # Batch order (self.rng) is the same on every rank; the model's draws are reseeded per job.
         seed_everything(self.tcfg.seed + self.dist.rank)
         self.generator = torch.Generator().manual_seed(self.tcfg.seed + self.dist.rank)
         self.rng = np.random.default_rng(self.tcfg.seed)
@@ -136,6 +134,16 @@ class Trainer:
         self.best_val = math.inf
         self.best_epoch = -1
         self.monitor = TermMonitor()
+
+    def _wrap(self, task: TrainingTask) -> torch.nn.parallel.DistributedDataParallel:
+        """``task`` under DDP. ``find_unused_parameters`` only when terms switch by epoch (DGI pre-training
+        leaves the heads out of the loss): DDP then marks the parameters no term reached as ready without a
+        gradient, so their ``.grad`` stays ``None`` on every rank, as in one process."""
+        switches = any(n > 0 for n in self.objective.dgi_pretrain_epochs.values())
+        device_ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(task, device_ids=device_ids,
+                                                         find_unused_parameters=switches)
 
     # ------------------------------------------------------------------------------------ data split
     def _val_mask(self, slide: PreparedSlide) -> np.ndarray:
@@ -233,94 +241,99 @@ class Trainer:
         parts = [(self.slides[i], rows) for i, rows in self._parts(job)]
         return self._spot_batch(parts, train, seed, images)
 
-    def _local_jobs(self, train: bool) -> list[tuple[tuple, Optional[list[int]]]]:
-        """This rank's steps: ``(job, sizes)`` with every rank's row count in the gathered (``rows``) mode,
-        ``None`` for whole jobs."""
+    def _local_jobs(self, train: bool) -> list[tuple[tuple, Optional[list[int]], tuple[int, int], bool]]:
+        """This rank's micro-batches: ``(job, sizes, key, last)``. ``sizes``: every rank's row count in the
+        gathered (``rows``) mode, ``None`` for whole jobs; ``key``: ``(rank, job number)`` that seeds the
+        job's random draws (rank 0 for whole jobs: a job draws the same wherever it runs); ``last``: the
+        micro-batch that ends an optimisation step."""
         jobs = self._jobs(train)
-        world, rank = self.dist.world_size, self.dist.rank
-        if world == 1:
-            return [(job, None) for job in jobs]
+        world, rank, acc = self.dist.world_size, self.dist.rank, self.accumulate
         if not train:
             # Validation: whole jobs, strided over ranks; the epoch's sums are reduced afterwards.
-            return [(job, None) for job in jobs[rank::world]]
+            return [(jobs[j], None, (0, j), True) for j in range(rank, len(jobs), world)]
         if self.shard == "rows":
+            if world == 1:
+                return [(job, None, (0, j), True) for j, job in enumerate(jobs)]
             out = []
-            for job in jobs:
+            for j, job in enumerate(jobs):
                 pieces = np.array_split(job[1], world)
-                out.append((("spots", pieces[rank]), [len(p) for p in pieces]))
+                out.append((("spots", pieces[rank]), [len(p) for p in pieces], (rank, j), True))
             return out
-        # Whole jobs, N per global step; the last step is padded with jobs from the epoch's start.
-        return [(jobs[(start + rank) % len(jobs)], None) for start in range(0, len(jobs), world)]
+        # Whole jobs, N × accumulate per global step (rank r takes the r-th run of `accumulate`); the last
+        # step is padded with jobs from the epoch's start, the same way for any N.
+        per = world * acc
+        out = []
+        for start in range(0, len(jobs), per):
+            for m in range(acc):
+                j = start + rank * acc + m
+                out.append((jobs[j % len(jobs)], None, (0, j), m == acc - 1))
+        return out
 
-    def _local_steps(self, train: bool, epoch: int = 0) -> Iterator[tuple[dict, Optional[list[int]]]]:
-        """This rank's batches, ``(batch, sizes)`` (see :meth:`_local_jobs`)."""
+    def _local_steps(self, train: bool, epoch: int = 0
+                     ) -> Iterator[tuple[dict, Optional[list[int]], int, bool]]:
+        """This rank's batches, ``(batch, sizes, seed of the model's draws, last)`` (see :meth:`_local_jobs`)."""
         if self.source is not None:
-            yield from self.source.steps(train, epoch)
+            # A streamed cohort: one optimisation step per batch; the draws are seeded per (rank, step).
+            for j, (batch, sizes) in enumerate(self.source.steps(train, epoch)):
+                yield batch, sizes, step_seed(self.tcfg.seed, epoch, self.dist.rank, j, stream=1), True
             return
         local = self._local_jobs(train)
-        seeds = [step_seed(self.tcfg.seed, epoch, self.dist.rank, j) for j in range(len(local))]
+        seeds = [step_seed(self.tcfg.seed, epoch, r, j) for _, _, (r, j), _ in local]
+        draws = [step_seed(self.tcfg.seed, epoch, r, j, stream=1) for _, _, (r, j), _ in local]
         if not (self.from_patches and self.tcfg.num_workers > 0 and local):
-            for (job, sizes), seed in zip(local, seeds):
-                yield self._materialise(job, train, seed), sizes
+            for (job, sizes, _, last), seed, draw in zip(local, seeds, draws):
+                yield self._materialise(job, train, seed), sizes, draw, last
             return
         steps = [[(i, np.arange(self.slides[i].n_spots) if rows is None else rows) for i, rows in self._parts(job)]
-                 for job, _ in local]
+                 for job, *_ in local]
         dataset = PatchBatches([s.patches for s in self.slides], steps, seeds,
                                self.config.model.image_encoder.input_size, augment=train and self.tcfg.augment,
                                color_jitter=self.tcfg.color_jitter if train else 0.0)
         pin = self.tcfg.pin_memory and self.device.type == "cuda"
-        for (job, sizes), seed, images in zip(local, seeds, dataset.loader(self.tcfg.num_workers, pin)):
-            yield self._materialise(job, train, seed, images), sizes
+        for (job, sizes, _, last), seed, draw, images in zip(local, seeds, draws,
+                                                              dataset.loader(self.tcfg.num_workers, pin)):
+            yield self._materialise(job, train, seed, images), sizes, draw, last
 
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def _outputs(self, batch: dict, sizes: Optional[list[int]]):
-        if self.channels_last and "patch" in batch:
-            batch["patch"] = batch["patch"].contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            image, spot = self.model(batch)
-        if self.amp_dtype is not None:
-            # The losses (softmax over similarities, HSIC kernels, DGI logits) are taken in float32.
-            image, spot = (_map_branch(b, lambda t: t.float() if t.is_floating_point() else t)
-                           for b in (image, spot))
-        if sizes is not None:
-            # The whole global batch on every rank; gradient flows into this rank's rows only.
-            image, spot = (_map_branch(b, lambda t: gather_rows(t, sizes), ("inputs", "hidden", "emb"))
-                           for b in (image, spot))
-        return image, spot
+    def _reseed(self, seed: int) -> None:
+        # Dropout masks, the DGI corruption (torch's global generator) and feature-map flips of this job.
+        torch.manual_seed(seed)
+        self.generator.manual_seed(seed)
 
     # ------------------------------------------------------------------------------------- one epoch
     def _run_epoch(self, epoch: int, train: bool) -> dict[str, float]:
         self.model.train(train)
-        weighted = CompositeLoss(self.objective.weights(epoch if train else None))
         sums: dict[str, float] = {}
         n_batches = 0
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        # Validation runs unwrapped: ranks may hold different numbers of validation jobs, and DDP's forward
+        # is a collective (buffer broadcast).
+        task = self.ddp if (train and self.ddp is not None) else self.task
+        # Rows mode: every rank's loss is the global batch's and its backward reaches its own rows only;
+        # DDP averages over N ranks, so N × loss makes the average the sum, the single-process gradient.
+        # Jobs mode: the mean over the step's jobs (DDP averages over ranks, 1/accumulate here).
+        scale = float(self.dist.world_size) if self.shard == "rows" else 1.0 / self.accumulate
+        if train:
+            self.optimizer.zero_grad(set_to_none=True)
         with torch.set_grad_enabled(train):
-            for batch, sizes in self._local_steps(train, epoch):
-                image, spot = self._outputs(batch, sizes)
-                terms = self.objective.terms_from(self.model, image, spot, batch.get("loss_index"))
-                total, logs = weighted(terms)
+            for batch, sizes, draw, last in self._local_steps(train, epoch):
                 if train:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scaler.scale(total).backward()
-                    # Rows mode: each rank holds the gradient through its own rows of the global loss, and
-                    # their sum is the global gradient; jobs mode: the mean over the ranks' jobs.
-                    all_reduce_gradients(params, op="sum" if sizes is not None else "mean")
+                    self._reseed(draw)
+                # Accumulated micro-batches: gradients stay local until the step's last one.
+                sync = self.ddp.no_sync() if (train and self.ddp is not None and not last) else contextlib.nullcontext()
+                with sync:
+                    total, logs = task(batch, epoch if train else None, sizes)
+                    if train:
+                        self.scaler.scale(total * scale).backward()
+                if train and last:
                     if self.tcfg.grad_clip:
                         self.scaler.unscale_(self.optimizer)
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n_batches += 1
         if self.dist.enabled:
-            if train:
-                average_buffers(self.model)
             if not train or self.shard == "jobs":
                 # Every rank takes part in the reduction, also one that had no validation job.
                 return self._reduce_logs({k: v / n_batches for k, v in sums.items()} if n_batches else {},
@@ -373,9 +386,6 @@ class Trainer:
         self.generator.set_state(state["rng"]["generator"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        if self.dist.rank > 0:  # the checkpoint holds rank 0's generators; other ranks draw their own
-            torch.manual_seed(self.tcfg.seed + self.dist.rank + 7919 * self.start_epoch)
-            self.generator.manual_seed(self.tcfg.seed + self.dist.rank + 7919 * self.start_epoch)
 
     def _write_log(self) -> None:
         if self.run_dir is None or not self.history or not self.dist.is_main:

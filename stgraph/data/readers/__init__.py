@@ -27,6 +27,7 @@ from .legacy_st import (HER2ST_IMAGED_SECTIONS, HER2ST_SPOT_DIAMETER_PX, read_he
 from .spot_csv import read_spot_csv
 from .hest import read_hest
 from .visium_hd import read_visium_hd
+from .sample_sheet import SampleSheetError, parse_sample_sheet
 
 __all__ = [
     "READERS",
@@ -35,6 +36,8 @@ __all__ = [
     "HER2ST_SPOT_DIAMETER_PX",
     "IMAGE_SUFFIXES",
     "read_st_legacy",
+    "SampleSheetError",
+    "parse_sample_sheet",
     "read_st_legacy_folder",
     "read_her2st",
     "read_visium",

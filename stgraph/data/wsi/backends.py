@@ -20,7 +20,7 @@ WSI_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".vms", ".vmu
 OPENSLIDE_FIRST = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
 #: Formats that are not TIFF at all: only openslide reads them.
 OPENSLIDE_ONLY = (".mrxs", ".vms", ".vmu")
-OPENSLIDE_HINT = "pip install openslide-python openslide-bin"
+OPENSLIDE_HINT = "pip install 'stgraph[openslide]', i.e. openslide-python + openslide-bin"
 
 
 def openslide_available() -> bool:

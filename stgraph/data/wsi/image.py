@@ -8,7 +8,7 @@ reads only the tiles of the level and region asked for:
   are read with :mod:`tifffile` through its zarr store; no extra package is needed for the zlib/LZW/
   uncompressed tiles that tifffile decodes itself (JPEG / JPEG 2000 tiles, the norm in scanner output,
   need ``imagecodecs``, or openslide).
-* openslide-python (optional: ``pip install openslide-python openslide-bin``) is used when importable for
+* openslide-python (optional: ``pip install stgraph[openslide]``: openslide-python + openslide-bin) is used when importable for
   the scanner formats it handles natively (``.svs``, ``.ndpi``, ``.mrxs``, …), and is required for
   ``.mrxs``, which is not a TIFF.
 
