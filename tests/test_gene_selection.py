@@ -88,3 +88,16 @@ def test_shipped_stgraph_config_keeps_the_genes_biologists_plot():
     prep, _ = fit_preprocessor(load_config(CONFIGS / "stgraph.yaml"), train)
     wanted = {"FASN", "IGKC", "COL3A1", "ERBB2", "ESR1", "KRT19", "EPCAM", "COL1A1"}
     assert wanted <= set(prep.genes), sorted(wanted - set(prep.genes))
+
+
+def test_a_gene_list_file_is_used_exactly_as_given(tmp_path):
+    """stgraph.yaml adds expressed genes and markers to its HVG selection, but `data.genes=FILE` (a published
+    gene set every method is scored on) must stay exactly the file's genes."""
+    train = [_slide({"HIGH": 500.0, "MARKER": 0.5}, seed=s, sid=f"t{s}") for s in range(2)]
+    listed = [g for g in train[0].var_names if g not in ("HIGH", "MARKER")][:6]
+    gene_file = tmp_path / "set.txt"
+    gene_file.write_text("\n".join(listed) + "\n")
+    cfg = load_config(CONFIGS / "stgraph.yaml", [f"data.genes={gene_file}", "data.n_top_expressed=5",
+                                                 "data.include_genes=[MARKER]", "model.spot_input=expression"])
+    prep, _ = fit_preprocessor(cfg, train)
+    assert list(prep.genes) == listed

@@ -140,6 +140,8 @@ class DataConfig:
     expression over the training spots (0: none); HVG selection drops the most expressed genes.
     ``include_genes``: genes the model must predict whatever the selection (markers you will plot): a list of
     names or a gene-list file; one that no training slide measures is skipped with a warning naming it.
+    ``n_top_expressed`` and ``include_genes`` extend a selection method; a gene-list file in ``genes`` is
+    used exactly as given (put markers in the file).
     ``patch_um``: patch side in µm (needs the slides' pixel size); ``None``: ``patch_size`` pixels.
     ``cache_dir``: patch and feature cache; ``auto`` (default) is the user cache dir (``$STGRAPH_CACHE_DIR``,
     ``$XDG_CACHE_HOME/stgraph`` or ``~/.cache/stgraph``), ``null`` turns caching off, else a folder.

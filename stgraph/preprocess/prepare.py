@@ -161,8 +161,10 @@ class Preprocessor:
 
 
 def _select_genes(config, train_slides: Sequence[AnnData]) -> list[str]:
-    """``data.genes`` ∪ the ``data.n_top_expressed`` most expressed genes ∪ ``data.include_genes``, chosen on
-    the training slides only; the selection in the first slide's order, then the named genes it lacked."""
+    """A selection method (``hvg_union``, ``shared``) ∪ the ``data.n_top_expressed`` most expressed genes ∪
+    ``data.include_genes``, chosen on the training slides only: the selection in the first slide's order, then
+    the named genes it lacked. A gene-list file in ``data.genes`` is taken as it is: a published gene set
+    (e.g. the 785 HER2+ genes) must stay the set every method is scored on, so nothing is added to it."""
     d = config.data
     slides = list(train_slides)
     spec = d.genes
@@ -173,6 +175,7 @@ def _select_genes(config, train_slides: Sequence[AnnData]) -> list[str]:
     else:
         genes = pp.load_gene_list(spec)
         _check_gene_list_share(genes, spec, slides)
+        return genes
     if d.n_top_expressed:
         chosen = set(genes) | set(pp.select_highly_expressed(slides, d.n_top_expressed))
         ordered = [g for g in slides[0].var_names if g in chosen]
