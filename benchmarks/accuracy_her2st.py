@@ -38,6 +38,7 @@ METHODS = {
     "stgchb-no_image_DGI": ("cpu/stgchb.yaml", ["model.image_dgi.enabled=false"]),
     "stgchb-no_gene_DGI": ("cpu/stgchb.yaml", ["model.spot_dgi.enabled=false"]),
     "stgchb-no_PCA": ("cpu/stgchb.yaml", ["model.spot_input=expression"]),
+    "stgchb-no_grad_clip": ("cpu/stgchb.yaml", ["train.grad_clip=null"]),
     "stgchb+smoothing": ("cpu/stgchb.yaml", ["inference.smoothing=0.25"]),
     "stgraph": ("stgraph.yaml", []),
     "stgraph-no_context_crop": ("stgraph.yaml", ["model.image_encoder.context_scale=null"]),
