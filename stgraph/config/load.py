@@ -293,6 +293,13 @@ def validate_config(config: Config) -> Config:
                               "model.image_encoder.cache_features=true and freeze=all")
         if config.inference.reference != "image":
             raise ConfigError(f"model.kind={m.kind} has no spot branch: set inference.reference=image")
+    for section in ("ridge", "spot_graph"):
+        c = getattr(m, section)
+        if any(not float(a) > 0 for a in c.alpha_grid):
+            raise ConfigError(f"model.{section}.alpha_grid must hold penalties > 0, got {c.alpha_grid}")
+        if c.gene_rank < 0 or any(int(r) < 0 for r in c.gene_rank_grid):
+            raise ConfigError(f"model.{section}.gene_rank / gene_rank_grid must be ≥ 0 (0: full rank), got "
+                              f"{c.gene_rank} / {c.gene_rank_grid}")
     if m.kind == "spot_graph":
         sg = m.spot_graph
         if sg.base not in ("ridge", "none"):

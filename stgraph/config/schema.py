@@ -242,11 +242,16 @@ class HSICConfig:
 @dataclass
 class RidgeConfig:
     """Closed-form ridge head (``model.kind: ridge``): standardise → PCA(``n_components``) → ridge(``alpha``),
-    on targets centred per training slide when ``center_targets``."""
+    on targets centred per training slide when ``center_targets``; reduced to the top ``gene_rank`` gene
+    programs of the training targets (0: full rank). ``alpha_grid`` / ``gene_rank_grid``: candidates chosen
+    among by LOSO over the training slides at fit time (empty: the fixed values)."""
 
     alpha: float = 3e4
     n_components: int = 256
     center_targets: bool = True
+    gene_rank: int = 0
+    alpha_grid: list = field(default_factory=list)
+    gene_rank_grid: list = field(default_factory=list)
 
 
 @dataclass
@@ -256,11 +261,16 @@ class SpotGraphConfig:
     neighbour view ``attention``/``mean``/``none``, low-rank head of ``rank``; 0 = full) trained for ``epochs``
     on the standardised residual (MSE + ``pearson_weight`` × Pearson loss), features augmented by
     ``feature_noise`` / ``feature_dropout``. ``select_epochs``: candidate epoch counts chosen among by LOSO
-    over the training slides (empty: use ``epochs``)."""
+    over the training slides (empty: use ``epochs``). ``gene_rank`` / ``alpha_grid`` / ``gene_rank_grid``: the
+    base ridge's reduced rank and nested grids (:class:`RidgeConfig`); with a reduced rank the whole
+    prediction (base + learned residual) is projected onto the same gene programs."""
 
     n_components: int = 256
     base: str = "ridge"
     alpha: float = 3e4
+    gene_rank: int = 0
+    alpha_grid: list = field(default_factory=list)
+    gene_rank_grid: list = field(default_factory=list)
     hidden: int = 256
     rank: int = 64
     members: int = 5

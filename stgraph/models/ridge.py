@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["RidgeRegressor", "center_per_slide"]
+__all__ = ["RidgeRegressor", "center_per_slide", "gene_programs", "select_ridge"]
 
 
 def center_per_slide(y: np.ndarray, slide_ids: Sequence) -> np.ndarray:
@@ -32,6 +32,55 @@ def center_per_slide(y: np.ndarray, slide_ids: Sequence) -> np.ndarray:
     return out
 
 
+def gene_programs(y_centred: np.ndarray, rank: int) -> np.ndarray:
+    r"""The top ``rank`` principal axes of the (centred) training targets: :math:`V_{:r}` with
+    :math:`\tilde{Y} - \bar{\tilde{Y}} = U \Sigma V^\top`. Shapes: (N, G) → (G, r) (r ≤ min(N, G)),
+    orthonormal columns: co-expressed "programs" of genes.
+    """
+    yc = np.asarray(y_centred, dtype=np.float64)
+    _, _, vt = np.linalg.svd(yc - yc.mean(axis=0), full_matrices=False)
+    return vt[: min(int(rank), len(vt))].T
+
+
+def _mean_r(pred: np.ndarray, true: np.ndarray) -> float:
+    """Mean per-gene Pearson r (genes constant in either count as 0): the score of every nested choice."""
+    p, t = pred - pred.mean(0), true - true.mean(0)
+    den = np.sqrt((p * p).sum(0) * (t * t).sum(0))
+    return float(np.where(den > 1e-12, (p * t).sum(0) / np.where(den > 1e-12, den, 1.0), 0.0).mean())
+
+
+def select_ridge(z: np.ndarray, y_centred: np.ndarray, slide_ids: Sequence, alphas: Sequence[float],
+                 gene_ranks: Sequence[int]) -> tuple[float, int, np.ndarray]:
+    r"""Choose (λ, gene rank) by leave-one-slide-out over the *training* slides (nested: the query never
+    takes part). Each candidate is scored by the mean per-gene Pearson r on every held-out training slide,
+    averaged over slides; ties go to the larger λ and the smaller rank (the simpler model).
+
+    ``z`` (N, q) are the PCA scores of the standardised features (fitted on all training features: they never
+    see expression), ``y_centred`` (N, G) the targets centred per slide. Returns ``(alpha, gene_rank,
+    scores)`` with ``scores`` (len(alphas), len(gene_ranks)). One (q × q) solve per inner fold and λ, one SVD
+    of the inner targets per inner fold.
+    """
+    ids = np.asarray(slide_ids)
+    slides = list(dict.fromkeys(ids.tolist()))
+    alphas, ranks = [float(a) for a in alphas], [int(r) for r in gene_ranks]
+    scores = np.zeros((len(alphas), len(ranks)))
+    for held in slides:
+        inner, out = ids != held, ids == held
+        zi, yi = z[inner], y_centred[inner] - y_centred[inner].mean(0)
+        v_all = gene_programs(yi, max(ranks)) if any(r > 0 for r in ranks) else None
+        gram, cross = zi.T @ zi, zi.T @ yi
+        for ai, a in enumerate(alphas):
+            pred = z[out] @ np.linalg.solve(gram + a * np.eye(len(gram)), cross)
+            for ri, r in enumerate(ranks):
+                p = pred @ v_all[:, :r] @ v_all[:, :r].T if r > 0 else pred
+                scores[ai, ri] += _mean_r(p, y_centred[out]) / len(slides)
+    # Simpler first: larger λ, then smaller rank (0 = full rank counts as the largest).
+    order = [(ai, ri) for ai in sorted(range(len(alphas)), key=lambda i: -alphas[i])
+             for ri in sorted(range(len(ranks)), key=lambda i: ranks[i] if ranks[i] > 0 else np.inf)]
+    ai, ri = max(order, key=lambda k: scores[k] - 1e-9 * order.index(k))
+    return alphas[ai], ranks[ri], scores
+
+
 class RidgeRegressor(nn.Module):
     r"""Standardise → PCA → ridge, fitted in closed form; parameters are buffers, so it saves like a model.
 
@@ -47,6 +96,14 @@ class RidgeRegressor(nn.Module):
     :math:`\bar{Y}_{\text{offset}}` the mean training profile that centring removed, added back so that
     predictions stay in the log1p(normalised) space. Predictions are clipped at 0 (expression is non-negative).
 
+    With ``gene_rank`` r > 0 the fit is *reduced-rank*: :math:`W \leftarrow W V_{:r} V_{:r}^\top`, with
+    :math:`V_{:r}` (G, r) the top principal axes of the centred training targets (:func:`gene_programs`), so
+    every prediction lies in the span of r co-expression programs. Per-gene Pearson is what is scored, and most
+    of 785 genes are too noisy to be predicted one by one: borrowing the shared programs is the largest gain
+    on HER2+ (ACG 0.126 → 0.148 at r = 8, README). With ``alphas`` / ``gene_ranks`` grids and at least two
+    training slides, (λ, r) are chosen by :func:`select_ridge` (LOSO over the training slides) and kept in
+    ``chosen``.
+
     Parameters
     ----------
     alpha
@@ -56,6 +113,10 @@ class RidgeRegressor(nn.Module):
         PCA width q (capped at min(N − 1, F)).
     center_targets
         Centre targets per training slide before fitting (see :func:`center_per_slide`).
+    gene_rank
+        Rank r of the output (0: full rank, the plain ridge).
+    alphas, gene_ranks
+        Candidate grids for the nested choice of λ and r (empty: use ``alpha`` / ``gene_rank``).
 
     Shapes
     ------
@@ -64,14 +125,22 @@ class RidgeRegressor(nn.Module):
 
     predicts_expression = True
 
-    def __init__(self, alpha: float = 3e4, n_components: int = 256, center_targets: bool = True):
+    _BUFFERS = ("x_mean", "x_scale", "components", "weight", "y_mean", "programs")
+
+    def __init__(self, alpha: float = 3e4, n_components: int = 256, center_targets: bool = True,
+                 gene_rank: int = 0, alphas: Sequence[float] = (), gene_ranks: Sequence[int] = ()):
         super().__init__()
-        if not alpha > 0:
-            raise ValueError(f"ridge alpha must be > 0, got {alpha}")
+        if not alpha > 0 or any(not float(a) > 0 for a in alphas):
+            raise ValueError(f"ridge alpha must be > 0, got {alpha} {list(alphas) or ''}".rstrip())
         if n_components < 1:
             raise ValueError(f"ridge n_components must be ≥ 1, got {n_components}")
+        if gene_rank < 0 or any(int(r) < 0 for r in gene_ranks):
+            raise ValueError(f"ridge gene_rank must be ≥ 0 (0: full rank), got {gene_rank} {list(gene_ranks) or ''}".rstrip())
         self.alpha, self.n_components, self.center_targets = float(alpha), int(n_components), bool(center_targets)
-        for name in ("x_mean", "x_scale", "components", "weight", "y_mean"):
+        self.gene_rank = int(gene_rank)
+        self.alphas, self.gene_ranks = tuple(float(a) for a in alphas), tuple(int(r) for r in gene_ranks)
+        self.chosen: dict = {}
+        for name in self._BUFFERS:
             self.register_buffer(name, torch.empty(0))
 
     @property
@@ -98,10 +167,17 @@ class RidgeRegressor(nn.Module):
         comps = vt[:q].T
         z = xs @ comps
         y_bar = y_fit.mean(axis=0)
-        w = np.linalg.solve(z.T @ z + self.alpha * np.eye(q), z.T @ (y_fit - y_bar))
+        alpha, rank = self.alpha, self.gene_rank
+        if (self.alphas or self.gene_ranks) and len(np.unique(ids)) >= 2:
+            alpha, rank, _ = select_ridge(z, y_fit, ids, self.alphas or (alpha,), self.gene_ranks or (rank,))
+        self.chosen = {"alpha": alpha, "gene_rank": rank}
+        w = np.linalg.solve(z.T @ z + alpha * np.eye(q), z.T @ (y_fit - y_bar))
+        programs = gene_programs(y_fit, rank) if rank > 0 else np.zeros((0, 0))
+        if rank > 0:
+            w = w @ programs @ programs.T  # reduced rank: predictions in the span of the top-r programs
         as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)
         self.x_mean, self.x_scale, self.components = as_t(mu), as_t(sd), as_t(comps)
-        self.weight, self.y_mean = as_t(w), as_t(y_bar)
+        self.weight, self.y_mean, self.programs = as_t(w), as_t(y_bar), as_t(programs)
         return self
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
@@ -116,14 +192,18 @@ class RidgeRegressor(nn.Module):
         return (self.scores(features) @ self.weight + self.y_mean).clamp_min(0.0)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Buffers start empty: take the saved shapes before the default copy.
-        for name in ("x_mean", "x_scale", "components", "weight", "y_mean"):
+        # Buffers start empty: take the saved shapes before the default copy. Runs saved before gene_rank
+        # have no programs buffer: full rank.
+        state_dict.setdefault(prefix + "programs", torch.empty(0))
+        for name in self._BUFFERS:
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha:g}, n_components={self.n_components}, center_targets={self.center_targets}"
+        grids = f", alphas={list(self.alphas)}, gene_ranks={list(self.gene_ranks)}" if self.alphas or self.gene_ranks else ""
+        return (f"alpha={self.alpha:g}, n_components={self.n_components}, center_targets={self.center_targets}, "
+                f"gene_rank={self.gene_rank}{grids}")
 
 
 class _Embedding:
@@ -155,7 +235,8 @@ class RidgeSTModel(nn.Module):
         self.config = config
         self.image_encoder = image_encoder
         r = config.model.ridge
-        self.head = RidgeRegressor(alpha=r.alpha, n_components=r.n_components, center_targets=r.center_targets)
+        self.head = RidgeRegressor(alpha=r.alpha, n_components=r.n_components, center_targets=r.center_targets,
+                                   gene_rank=r.gene_rank, alphas=r.alpha_grid, gene_ranks=r.gene_rank_grid)
         # A parameter so that `next(model.parameters())` finds the device even when the backbone is tiny.
         self.device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 

@@ -132,7 +132,8 @@ class SpotGraphRegressor(nn.Module):
                  rank: int = 64, members: int = 5, dropout: float = 0.3, neighbours: str = "attention",
                  epochs: int = 100, lr: float = 1e-3, weight_decay: float = 1e-2, feature_noise: float = 0.1,
                  feature_dropout: float = 0.1, pearson_weight: float = 0.0, center_targets: bool = True,
-                 select_epochs: Sequence[int] = (), seed: int = 0):
+                 select_epochs: Sequence[int] = (), seed: int = 0, gene_rank: int = 0,
+                 alpha_grid: Sequence[float] = (), gene_rank_grid: Sequence[int] = ()):
         super().__init__()
         if base not in ("ridge", "none"):
             raise ValueError(f"spot_graph base must be ridge or none, got {base!r}")
@@ -144,7 +145,8 @@ class SpotGraphRegressor(nn.Module):
         self.feature_noise, self.feature_dropout = float(feature_noise), float(feature_dropout)
         self.pearson_weight, self.center_targets = float(pearson_weight), bool(center_targets)
         self.select_epochs, self.seed = tuple(int(e) for e in select_epochs), int(seed)
-        self.ridge = RidgeRegressor(alpha=self.alpha, n_components=self.n_components, center_targets=center_targets)
+        self.ridge = RidgeRegressor(alpha=self.alpha, n_components=self.n_components, center_targets=center_targets,
+                                    gene_rank=gene_rank, alphas=alpha_grid, gene_ranks=gene_rank_grid)
         self.nets = nn.ModuleList()
         for name in ("y_scale", "y_offset", "z_sd"):
             self.register_buffer(name, torch.empty(0))
@@ -262,7 +264,12 @@ class SpotGraphRegressor(nn.Module):
         zs = z / self.z_sd
         ei = None if edge_index is None else torch.as_tensor(np.asarray(edge_index), dtype=torch.long)
         resid = torch.stack([net.eval()(zs, ei) for net in self.nets]).mean(0) if len(self.nets) else 0.0
-        return (base + resid * self.y_scale).numpy()
+        out = base + resid * self.y_scale
+        v = self.ridge.programs
+        if v.numel():
+            # Reduced rank: the learned residual joins the base ridge in the span of its gene programs.
+            out = self.ridge.y_mean + (out - self.ridge.y_mean) @ v @ v.T
+        return out.numpy()
 
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -305,7 +312,7 @@ class SpotGraphSTModel(nn.Module):
             members=c.members, dropout=c.dropout, neighbours=c.neighbours, epochs=c.epochs, lr=c.lr,
             weight_decay=c.weight_decay, feature_noise=c.feature_noise, feature_dropout=c.feature_dropout,
             pearson_weight=c.pearson_weight, center_targets=c.center_targets, select_epochs=c.select_epochs,
-            seed=config.train.seed)
+            seed=config.train.seed, gene_rank=c.gene_rank, alpha_grid=c.alpha_grid, gene_rank_grid=c.gene_rank_grid)
         self.device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     def fit(self, slides) -> "SpotGraphSTModel":
