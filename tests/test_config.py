@@ -89,3 +89,12 @@ def test_accumulate_needs_whole_jobs_and_a_positive_count():
         load_config(CONFIGS / "stgchb.yaml", ["train.accumulate=0"])
     with pytest.raises(ConfigError, match="train.accumulate > 1 needs whole jobs"):
         load_config(CONFIGS / "bleep.yaml", ["train.accumulate=2"])
+
+
+def test_reduced_rank_ridge_options_are_checked():
+    config = load_config(CONFIGS / "stgraph.yaml", ["model.ridge.gene_rank_grid=[2,0]"])
+    assert config.model.ridge.gene_rank_grid == [2, 0]
+    with pytest.raises(ConfigError, match=r"model.ridge.gene_rank / gene_rank_grid must be ≥ 0"):
+        load_config(CONFIGS / "stgraph.yaml", ["model.ridge.gene_rank=-1"])
+    with pytest.raises(ConfigError, match=r"model.spot_graph.alpha_grid must hold penalties > 0"):
+        load_config(CONFIGS / "stgraph_graph.yaml", ["model.spot_graph.alpha_grid=[0,1]"])

@@ -83,3 +83,81 @@ def test_context_views_need_cached_features(tiny_config):
         tiny_config("stgraph.yaml", "model.image_encoder.cache_features=false", "model.image_encoder.freeze=none")
     with pytest.raises(ValueError, match="inference.smoothing"):
         tiny_config("stgraph.yaml", "inference.smoothing=1.5")
+
+
+def _low_rank_slides(seed, n_slides=4, n=120, f=30, g=200, noise=3.0):
+    """Expression driven by two programs of the features, buried in per-gene noise (as most ST genes are)."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(f, 2)) / np.sqrt(f)
+    loadings = rng.normal(size=(2, g))
+    x = rng.normal(size=(n_slides * n, f))
+    y = (x @ w) @ loadings + noise * rng.normal(size=(n_slides * n, g)) + 30.0  # no clipping at 0
+    return x, y, np.repeat(np.arange(n_slides), n)
+
+
+def _mean_r(pred, true):
+    p, t = pred - pred.mean(0), true - true.mean(0)
+    return float(((p * t).sum(0) / np.sqrt((p * p).sum(0) * (t * t).sum(0))).mean())
+
+
+def test_gene_rank_is_the_full_ridge_projected_onto_the_target_programs():
+    """By hand: W_r = W V Vᵀ with V the top-r right singular vectors of the per-slide-centred targets, so the
+    centred predictions have rank r."""
+    from stgraph.models.ridge import gene_programs
+
+    x, y, ids = _low_rank_slides(0)
+    full = RidgeRegressor(alpha=5.0, n_components=30).fit(x, y, ids)
+    reduced = RidgeRegressor(alpha=5.0, n_components=30, gene_rank=3).fit(x, y, ids)
+    yc = center_per_slide(y, ids) + y.mean(0)
+    _, _, vt = np.linalg.svd(yc - yc.mean(0), full_matrices=False)
+    v = vt[:3].T
+    np.testing.assert_allclose(np.abs(gene_programs(yc, 3)), np.abs(v), atol=1e-8)
+    np.testing.assert_allclose(reduced.weight.numpy(), full.weight.numpy() @ v @ v.T, atol=1e-5)
+    pred = reduced(torch.as_tensor(x, dtype=torch.float32)).numpy()
+    assert np.linalg.matrix_rank(pred - pred.mean(0), tol=1e-3 * np.abs(pred).max()) == 3
+    assert reduced.chosen == {"alpha": 5.0, "gene_rank": 3}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reduced_rank_beats_full_rank_when_genes_share_programs(seed):
+    """Noisy genes driven by shared programs: predicting each gene on its own fits its noise, predicting through
+    the programs does not. Held-out slide, mean per-gene r: the gain measured 0.048–0.075 over seeds 0–7, the
+    threshold is half the smallest (0.025)."""
+    x, y, ids = _low_rank_slides(seed)
+    train, test = ids < 3, ids == 3
+    scores = {}
+    for rank in (0, 2):
+        model = RidgeRegressor(alpha=1.0, n_components=30, gene_rank=rank).fit(x[train], y[train], ids[train])
+        scores[rank] = _mean_r(model(torch.as_tensor(x[test], dtype=torch.float32)).numpy(), y[test])
+    assert scores[2] - scores[0] > 0.025, scores
+
+
+def test_nested_choice_finds_the_low_rank_and_a_sensible_penalty():
+    """The grids are searched by LOSO over the training slides only: on two-program data it picks a reduced rank
+    (2 in each of seeds 0–7; 8 is allowed) and not the most extreme penalty; the scores table has one row per λ and one column per rank."""
+    from stgraph.models.ridge import select_ridge
+
+    x, y, ids = _low_rank_slides(3)
+    model = RidgeRegressor(n_components=30, alphas=(1e-2, 1.0, 1e5), gene_ranks=(1, 2, 8, 0)).fit(x, y, ids)
+    assert model.chosen["gene_rank"] in (2, 8)
+    assert model.chosen["alpha"] != 1e5
+    z = model.scores(torch.as_tensor(x, dtype=torch.float32)).numpy().astype(np.float64)
+    _, _, table = select_ridge(z, center_per_slide(y, ids), ids, (1e-2, 1.0, 1e5), (1, 2, 8, 0))
+    assert table.shape == (3, 4) and np.isfinite(table).all()
+    # One training slide: nothing to choose with, the fixed values are used.
+    single = RidgeRegressor(alpha=3.0, gene_rank=2, n_components=30, alphas=(1.0, 10.0), gene_ranks=(1, 0))
+    assert single.fit(x[ids == 0], y[ids == 0]).chosen == {"alpha": 3.0, "gene_rank": 2}
+
+
+def test_a_state_dict_saved_before_gene_rank_loads_as_full_rank():
+    x, y, ids = _low_rank_slides(4)
+    model = RidgeRegressor(alpha=1.0, n_components=10).fit(x, y, ids)
+    old = {k: v for k, v in model.state_dict().items() if k != "programs"}
+    clone = RidgeRegressor(alpha=1.0, n_components=10)
+    clone.load_state_dict(old)
+    q = torch.as_tensor(x[:5], dtype=torch.float32)
+    np.testing.assert_array_equal(clone(q).numpy(), model(q).numpy())
+    with pytest.raises(ValueError, match="gene_rank"):
+        RidgeRegressor(gene_rank=-1)
+    with pytest.raises(ValueError, match="alpha"):
+        RidgeRegressor(alphas=(1.0, 0.0))

@@ -102,3 +102,18 @@ def test_config_trains_saves_and_predicts(tiny_config, synthetic_slides, tmp_pat
                                rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="neighbours"):
         tiny_config("stgraph_graph.yaml", "model.spot_graph.neighbours=max")
+
+
+def test_reduced_rank_puts_the_whole_prediction_in_the_gene_programs():
+    """With gene_rank r the base ridge and the learned residual are projected onto the same r programs: the
+    centred prediction has rank r (the full-rank model's has more), and the programs survive a save/load."""
+    slides = _slides(n_side=6, n_feat=12, n_genes=10)
+    kw = dict(n_components=12, alpha=10.0, hidden=16, rank=4, members=1, epochs=3, seed=0)
+    reduced = SpotGraphRegressor(gene_rank=2, **kw).fit(slides[:2])
+    full = SpotGraphRegressor(**kw).fit(slides[:2])
+    x, e = slides[2][0], slides[2][2]
+    rank = lambda p: np.linalg.matrix_rank(p - p.mean(0), tol=1e-4 * np.abs(p).max())  # noqa: E731
+    assert rank(reduced.predict(x, e)) == 2 and rank(full.predict(x, e)) > 2
+    copy = SpotGraphRegressor(gene_rank=2, **kw)
+    copy.load_state_dict(reduced.state_dict())
+    np.testing.assert_allclose(copy.predict(x, e), reduced.predict(x, e), rtol=1e-5, atol=1e-5)
