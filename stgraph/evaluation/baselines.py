@@ -96,13 +96,12 @@ def kernel_ridge(train_features: np.ndarray, train_expr: np.ndarray, query_featu
     over the training slides (nested: the query never takes part in the choice).
 
     .. math::
-        k(z, z') = \exp\!ig(-\gamma\, \lVert z - z' 
-Vert^2 / mig), \qquad
-        \hat{Y}_q = K_{qn} (K_{nn} + \lambda I)^{-1} (	ilde{Y} - ar{	ilde{Y}}) + ar{Y}
+        k(z, z') = \exp\!\big(-\gamma\, \lVert z - z' \rVert^2 / m\big), \qquad
+        \hat{Y}_q = K_{qn} (K_{nn} + \lambda I)^{-1} (\tilde{Y} - \bar{\tilde{Y}}) + \bar{Y}
 
     with :math:`z` the first ``n_components`` PCA scores of the standardised features, :math:`m` the median
-    squared distance between training points (so γ is relative to the data's scale), :math:`	ilde{Y}` the
-    targets centred per slide and :math:`ar{Y}` the mean training profile. Each candidate pair is scored by
+    squared distance between training points (so γ is relative to the data's scale), :math:`\tilde{Y}` the
+    targets centred per slide and :math:`\bar{Y}` the mean training profile. Each candidate pair is scored by
     the mean per-gene Pearson r on each held-out training slide (averaged over slides); with fewer than
     two training slides the middle of each grid is used. One eigendecomposition per (inner fold, γ) serves
     every λ; the standardisation and PCA are fitted once on all training features (no expression), so the
