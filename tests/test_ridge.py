@@ -161,3 +161,14 @@ def test_a_state_dict_saved_before_gene_rank_loads_as_full_rank():
         RidgeRegressor(gene_rank=-1)
     with pytest.raises(ValueError, match="alpha"):
         RidgeRegressor(alphas=(1.0, 0.0))
+
+
+def test_mean_gene_pearson_by_hand():
+    from stgraph.models.ridge import mean_gene_pearson
+
+    true = np.array([[1.0, 0.0, 5.0], [2.0, 1.0, 5.0], [3.0, 0.0, 5.0]])
+    pred = np.array([[1.0, 1.0, 0.0], [2.0, 0.0, 1.0], [4.0, 1.0, 2.0]])
+    # gene 0: r(1,2,4 ; 1,2,3) = 0.9820; gene 1: r(1,0,1 ; 0,1,0) = −1; gene 2: constant truth, skipped.
+    assert mean_gene_pearson(pred, true) == pytest.approx((0.98198 - 1.0) / 2, abs=1e-4)
+    assert mean_gene_pearson(np.ones((3, 2)), np.ones((3, 2))) == 0.0
+    assert np.isnan(mean_gene_pearson(np.ones((3, 2)), np.ones((3, 2)), empty=np.nan))

@@ -60,15 +60,6 @@ def mean_profile(train_expr: np.ndarray, n_query: int) -> np.ndarray:
     return np.repeat(train_expr.mean(0, keepdims=True), n_query, axis=0).astype(np.float32)
 
 
-def _mean_pearson(pred: np.ndarray, true: np.ndarray) -> float:
-    """Mean over genes of the Pearson r across spots (genes constant in either array are skipped)."""
-    p = pred - pred.mean(0)
-    t = true - true.mean(0)
-    den = np.sqrt((p * p).sum(0) * (t * t).sum(0))
-    ok = den > 1e-12
-    return float(((p * t).sum(0)[ok] / den[ok]).mean()) if ok.any() else float("nan")
-
-
 def _standardise_pca(train: np.ndarray, query: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
     """Standardise with the training mean/sd, project on the training PCA axes (as the ridge head does)."""
     mu, sd = train.mean(0), train.std(0)
@@ -110,7 +101,7 @@ def kernel_ridge(train_features: np.ndarray, train_expr: np.ndarray, query_featu
     Shapes: features (n, F), expression (n, G), query (q, F), slide ids (n,) → (q, G) (and, with
     ``return_choice``, ``{"gamma", "lambda"}``).
     """
-    from ..models.ridge import center_per_slide
+    from ..models.ridge import center_per_slide, mean_gene_pearson
 
     x = np.asarray(train_features, dtype=np.float64)
     y = np.asarray(train_expr, dtype=np.float64)
@@ -137,7 +128,7 @@ def kernel_ridge(train_features: np.ndarray, train_expr: np.ndarray, query_featu
                 proj = evecs.T @ y_in
                 k_out = np.exp(-g * d_out / med) @ evecs
                 for li, lam in enumerate(lambdas):
-                    scores[gi, li] += _mean_pearson(k_out @ (proj / (evals + lam)[:, None]), yc[out])
+                    scores[gi, li] += mean_gene_pearson(k_out @ (proj / (evals + lam)[:, None]), yc[out], empty=np.nan)
         gi, li = np.unravel_index(np.nanargmax(scores), scores.shape)
     else:
         gi, li = len(gammas) // 2, len(lambdas) // 2

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["RidgeRegressor", "center_per_slide", "gene_programs", "select_ridge"]
+__all__ = ["RidgeRegressor", "center_per_slide", "gene_programs", "mean_gene_pearson", "select_ridge"]
 
 
 def center_per_slide(y: np.ndarray, slide_ids: Sequence) -> np.ndarray:
@@ -42,11 +42,13 @@ def gene_programs(y_centred: np.ndarray, rank: int) -> np.ndarray:
     return vt[: min(int(rank), len(vt))].T
 
 
-def _mean_r(pred: np.ndarray, true: np.ndarray) -> float:
-    """Mean per-gene Pearson r (genes constant in either count as 0): the score of every nested choice."""
+def mean_gene_pearson(pred: np.ndarray, true: np.ndarray, empty: float = 0.0) -> float:
+    """Mean over genes of the Pearson r across spots, genes constant in either array skipped (``empty`` when
+    all are): the score of every nested choice (λ, rank, epochs, kernel). Shapes: (n, G), (n, G) → float."""
     p, t = pred - pred.mean(0), true - true.mean(0)
     den = np.sqrt((p * p).sum(0) * (t * t).sum(0))
-    return float(np.where(den > 1e-12, (p * t).sum(0) / np.where(den > 1e-12, den, 1.0), 0.0).mean())
+    ok = den > 1e-12
+    return float(((p * t).sum(0)[ok] / den[ok]).mean()) if ok.any() else float(empty)
 
 
 def select_ridge(z: np.ndarray, y_centred: np.ndarray, slide_ids: Sequence, alphas: Sequence[float],
@@ -73,7 +75,7 @@ def select_ridge(z: np.ndarray, y_centred: np.ndarray, slide_ids: Sequence, alph
             pred = z[out] @ np.linalg.solve(gram + a * np.eye(len(gram)), cross)
             for ri, r in enumerate(ranks):
                 p = pred @ v_all[:, :r] @ v_all[:, :r].T if r > 0 else pred
-                scores[ai, ri] += _mean_r(p, y_centred[out]) / len(slides)
+                scores[ai, ri] += mean_gene_pearson(p, y_centred[out]) / len(slides)
     # Simpler first: larger λ, then smaller rank (0 = full rank counts as the largest).
     order = [(ai, ri) for ai in sorted(range(len(alphas)), key=lambda i: -alphas[i])
              for ri in sorted(range(len(ranks)), key=lambda i: ranks[i] if ranks[i] > 0 else np.inf)]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .ridge import RidgeRegressor, center_per_slide
+from .ridge import RidgeRegressor, center_per_slide, mean_gene_pearson
 
 __all__ = ["SpotGraphNet", "SpotGraphRegressor", "SpotGraphSTModel"]
 
@@ -99,13 +99,6 @@ def _pearson_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     t = target - target.mean(0, keepdim=True)
     r = (p * t).sum(0) / ((p.pow(2).sum(0) * t.pow(2).sum(0)).sqrt() + 1e-8)
     return 1.0 - r.mean()
-
-
-def _acg(pred: np.ndarray, true: np.ndarray) -> float:
-    p, t = pred - pred.mean(0), true - true.mean(0)
-    den = np.sqrt((p * p).sum(0) * (t * t).sum(0))
-    ok = den > 1e-12
-    return float(((p * t).sum(0)[ok] / den[ok]).mean()) if ok.any() else 0.0
 
 
 class SpotGraphRegressor(nn.Module):
@@ -248,7 +241,7 @@ class SpotGraphRegressor(nn.Module):
             def on_checkpoint(m, epoch, net, probe=probe, held=held):
                 probe.nets = nn.ModuleList([net])
                 net.eval()
-                score[epoch] += _acg(probe.predict(out_x, slides[held][2]), out_y)
+                score[epoch] += mean_gene_pearson(probe.predict(out_x, slides[held][2]), out_y)
                 net.train()
 
             probe._fit_core(x, y, ids, edges, max(checkpoints), 1, False, checkpoints, on_checkpoint)
