@@ -1,6 +1,9 @@
 """Preprocessing: normalisation, train-only HVG union, gene lists, alignment, PCA, Harmony."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import anndata
@@ -180,3 +183,21 @@ def test_harmony_needs_aligned_genes():
     b = _counts(np.ones((4, 2)), ["b", "a"], "s2")
     with pytest.raises(ValueError, match="align_genes"):
         pp.harmony_correct([a, b], n_pcs=1)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="numba's pool equals torch's on a 1-core machine")
+def test_normalisation_keeps_torch_thread_count():
+    """scanpy's numba kernels reset the process's OpenMP pool to every core; a process told OMP_NUM_THREADS=1
+    must stay at 1 torch thread after normalising and HVG selection (a fresh interpreter: numba sets the pool
+    once per process; an explicit torch.set_num_threads survives, the environment's setting did not)."""
+    code = (
+        "import numpy as np, scipy.sparse as sp, torch, anndata as ad\n"
+        "from stgraph.data import pp\n"
+        "a = ad.AnnData(sp.random(200, 300, density=0.3, format='csr', dtype=np.float32, random_state=0) * 10)\n"
+        "pp.normalize_log1p(a)\n"
+        "pp.select_hvg_union([a], n_top=50)\n"
+        "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "1"

@@ -18,6 +18,7 @@ from anndata import AnnData
 from .errors import SlideFormatError, require_file
 from .slide_id import slide_id_of
 from ..keys import Key
+from ..utils.threads import keep_torch_threads
 
 __all__ = [
     "normalize_log1p",
@@ -61,8 +62,9 @@ def normalize_log1p(adata: AnnData, target_sum: Optional[float] = None, copy: bo
         adata.layers[Key.layers.counts] = adata.X.copy()
     counts = adata.layers[Key.layers.counts]
     adata.X = counts.astype(np.float32, copy=True) if sp.issparse(counts) else np.array(counts, dtype=np.float32)
-    sc.pp.normalize_total(adata, target_sum=target_sum)
-    sc.pp.log1p(adata)
+    with keep_torch_threads():  # scanpy's numba kernels would reset torch's thread count
+        sc.pp.normalize_total(adata, target_sum=target_sum)
+        sc.pp.log1p(adata)
     adata.uns.pop("log1p", None)  # scanpy's marker confuses a later log1p call; our marker is layers['counts']
     return adata if copy else None
 
@@ -101,7 +103,7 @@ def select_hvg_union(slides: Sequence[AnnData], n_top: int = 1000, flavor: str =
         ad = _log_normalised(ad)[:, genes].copy()
         n = min(int(n_top), ad.n_vars)
         kwargs = {"layer": "counts"} if flavor == "seurat_v3" else {}
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), keep_torch_threads():
             warnings.simplefilter("ignore")  # constant genes give NaN dispersions; they are simply not chosen
             table = sc.pp.highly_variable_genes(ad, n_top_genes=n, flavor=flavor, inplace=False, **kwargs)
         table.index = ad.var_names

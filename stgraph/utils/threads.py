@@ -1,0 +1,29 @@
+"""Keep torch's thread count when scanpy runs: its numba kernels reset the process's OpenMP pool."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+__all__ = ["keep_torch_threads"]
+
+
+@contextmanager
+def keep_torch_threads() -> Iterator[None]:
+    """Restore ``torch.get_num_threads()`` after the block.
+
+    scanpy's ``normalize_total``/``log1p``/HVG kernels are numba ``parallel`` functions on numba's OpenMP
+    threading layer, which on first use sets the process-wide OpenMP thread count to ``NUMBA_NUM_THREADS``
+    (every core), ignoring ``OMP_NUM_THREADS`` and ``torch.set_num_threads``. torch shares that OpenMP pool,
+    so one normalisation silently turned a 1-thread training process into a 2-thread one: several such
+    processes (``evaluate --jobs``, a benchmark beside a test run) then oversubscribe the cores, and
+    OpenMP's spin-waiting made ST-GCHB training runs 5–30× slower (measured: 25 s → 2–14 min per run on the
+    2-core machine). torch is not imported here: when it is not loaded yet there is nothing to restore.
+    """
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        if torch is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
