@@ -14,6 +14,8 @@ with a switch and an ablation row:
 - ``neighbours: attention``: each spot attends over its graph neighbours (TRIPLEX's neighbour view, learned
   rather than the fixed mean that the ridge's features already hold); ``mean`` or ``none`` for ablations;
 - ``pearson_weight``: adds :math:`1 - \\bar r` (mean per-gene Pearson within the slide) to the MSE;
+- ``gene_rank``: the base ridge is reduced-rank (:class:`~stgraph.models.ridge.RidgeRegressor`) and the whole
+  prediction, base + learned residual, is projected onto the same gene programs;
 - ``epochs: nested``-style selection: with ``select_epochs``, the number of epochs is chosen by LOSO over the
   training slides (the held-out slide of the outer fold never takes part).
 
