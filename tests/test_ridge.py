@@ -63,6 +63,11 @@ def test_stgraph_config_trains_saves_and_predicts(tiny_config, synthetic_slides,
     n_feat = run.model.head.x_mean.numel()
     backbone = run.model.image_encoder.num_features
     assert n_feat == 4 * backbone  # [patch ‖ 2× crop] and the neighbour mean of both
+    # stgraph.yaml's grids: (λ, rank) chosen by LOSO over the two training slides, recorded in run.json.
+    import json
+
+    choices = json.loads((tmp_path / "run" / "run.json").read_text())["choices"]
+    assert choices["alpha"] in config.model.ridge.alpha_grid and choices["gene_rank"] in config.model.ridge.gene_rank_grid
     loaded = load_run(tmp_path / "run")
     pred = predict_slide(loaded, test)
     np.testing.assert_allclose(pred.X, predict_slide(run, test).X, rtol=1e-5, atol=1e-6)

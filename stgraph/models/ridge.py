@@ -253,6 +253,11 @@ class RidgeSTModel(nn.Module):
         self.head.fit(x, y, ids)
         return self
 
+    @property
+    def choices(self) -> dict:
+        """What the fit chose (λ and gene rank; by LOSO when the config gives grids), for ``run.json``."""
+        return dict(self.head.chosen)
+
     def _features(self, batch: dict) -> torch.Tensor:
         return batch["features"] if "features" in batch else self.image_encoder(batch["patch"])
 

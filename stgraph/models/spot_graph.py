@@ -318,6 +318,11 @@ class SpotGraphSTModel(nn.Module):
                         s.slide_id) for s in slides])
         return self
 
+    @property
+    def choices(self) -> dict:
+        """What the fit chose: the base ridge's λ and gene rank, and the epochs (for ``run.json``)."""
+        return {**self.head.ridge.chosen, "epochs": self.head.chosen_epochs}
+
     def encode_image(self, batch: dict):
         from .ridge import _Embedding
 

@@ -362,6 +362,9 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
         # Closed-form models have no epochs: fit once, nothing to resume or log.
         model.fit(prepared)
         result = TrainResult(pd.DataFrame(), 0, float("nan"))
+        if getattr(model, "choices", None):
+            chosen = ", ".join(f"{k} = {v}" for k, v in model.choices.items())
+            logging.getLogger(__name__).info("fitted %s: %s", config.model.kind, chosen)
     else:
         trainer = Trainer(model, config, prepared, run_dir=run_dir, dist_env=dist_env, device=device)
         result = trainer.fit(resume=resume)
@@ -390,6 +393,7 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
             "n_genes": len(preprocessor.genes),
             "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss,
+            "choices": dict(getattr(model, "choices", None) or {}),  # e.g. the ridge's λ and rank chosen by LOSO
             "resolution": resolution,
             "world_size": dist_env.world_size,
             "precision": config.train.precision,
