@@ -80,7 +80,7 @@ def main() -> None:
         ridge = RidgeRegressor(alpha=rc.alpha, n_components=rc.n_components, gene_rank=rc.gene_rank,
                                alphas=rc.alpha_grid, gene_ranks=rc.gene_rank_grid).fit(x, y, ids)
         preds = {"stgraph (ridge)": ridge(torch.as_tensor(xq)).numpy(),
-                 # The ridge of earlier releases (full rank, λ = 3e4), the bar issue targets were set against.
+                 # The ridge of earlier releases (full rank, λ = 3e4): the bar the learned targets were set against.
                  "ridge, full rank (λ = 3e4)": RidgeRegressor(alpha=3e4, n_components=rc.n_components)
                  .fit(x, y, ids)(torch.as_tensor(xq)).numpy()}
         if not args.no_kernel_ridge:
