@@ -102,9 +102,9 @@ class RidgeRegressor(nn.Module):
     :math:`V_{:r}` (G, r) the top principal axes of the centred training targets (:func:`gene_programs`), so
     every prediction lies in the span of r co-expression programs. Per-gene Pearson is what is scored, and most
     of 785 genes are too noisy to be predicted one by one: borrowing the shared programs is the largest gain
-    on HER2+ (ACG 0.126 → 0.148, (λ, r) chosen by LOSO, README). With ``alphas`` / ``gene_ranks`` grids and at least two
-    training slides, (λ, r) are chosen by :func:`select_ridge` (LOSO over the training slides) and kept in
-    ``chosen``.
+    on HER2+ (ACG 0.126 → 0.148 with (λ, r) chosen by LOSO; README). With ``alphas`` / ``gene_ranks``
+    grids and at least two training slides, (λ, r) are chosen by :func:`select_ridge` (LOSO over the
+    training slides) and kept in ``chosen``.
 
     Parameters
     ----------
