@@ -100,3 +100,10 @@ def test_evaluate_refuses_bad_seeds_and_pairs_before_reading_slides(tmp_path, ca
     assert main(["evaluate", "--config", str(cfg), "--her2st", str(missing), "--out", str(tmp_path / "o2"),
                  "--ablation", "c=nope"]) == 2
     assert "--ablation" in capsys.readouterr().err
+
+
+def test_ablation_pairs_by_base_takes_shipped_config_names():
+    """`stgraph evaluate --config stgchb ablations/stgchb_no_hsic` pairs the two, as paths do."""
+    from stgraph.evaluation.stats import ablation_pairs_by_base
+
+    assert ablation_pairs_by_base({"full": "stgchb", "no_hsic": "ablations/stgchb_no_hsic"}) == {"no_hsic": "full"}

@@ -432,3 +432,19 @@ def test_a_swap_killed_between_its_renames_is_named_by_predict_and_restored_by_t
     with pytest.raises(FileExistsError, match="already exists"):  # restored, then refused without --force
         check_train_inputs(_cfg(tiny_config, "train.epochs=1"), finished_run)
     assert load_run(finished_run).info["state"] == "complete"
+
+
+def test_outputs_are_refused_inside_a_run_that_is_still_training(tmp_path):
+    """run.json (state: training) is written first and model.pt last: a run being trained is a run folder."""
+    from stgraph.utils.io import DestinationError, check_not_in_run_folder
+    from stgraph.utils.lock import LOCK_NAME
+
+    training, locked, plain = tmp_path / "training", tmp_path / "locked", tmp_path / "plain"
+    for folder in (training, locked, plain):
+        folder.mkdir()
+    (training / "run.json").write_text('{"state": "training"}')
+    (locked / LOCK_NAME).write_text("{}")
+    for folder in (training, locked):
+        with pytest.raises(DestinationError, match="stgraph run folder"):
+            check_not_in_run_folder(folder / "pred.h5ad")
+    check_not_in_run_folder(plain / "pred.h5ad")  # an ordinary folder is fine

@@ -69,14 +69,8 @@ def _parse_yaml_file(path: Path) -> dict:
 def config_base(path) -> Optional[Path]:
     """The resolved ``base:`` file a YAML config inherits from (``None`` without one): what makes
     ``configs/ablations/stgchb_no_hsic.yaml`` an ablation of ``configs/stgchb.yaml``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    base = data.get("base") if isinstance(data, dict) else None
+    path = find_config(path)  # a file, or a shipped config by name, as load_config takes it
+    base = _parse_yaml_file(path).get("base")
     return None if base is None else (path.parent / base).resolve()
 
 

@@ -163,8 +163,9 @@ def ablation_pairs_by_base(config_paths: Mapping[str, object]) -> dict[str, str]
     from pathlib import Path
 
     from ..config.load import config_base
+    from ..config.shipped import find_config
 
-    by_path = {Path(p).resolve(): name for name, p in config_paths.items()}
+    by_path = {find_config(p).resolve(): name for name, p in config_paths.items()}
     pairs = {}
     for name, path in config_paths.items():
         base = config_base(path)

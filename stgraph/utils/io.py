@@ -81,9 +81,12 @@ def check_output_file(path: str | os.PathLike, suffixes: Optional[tuple[str, ...
 def check_not_in_run_folder(path: str | os.PathLike, what: str = "output") -> None:
     """Refuse an output inside (or onto) a stgraph run folder, whose files are stgraph's alone (``--force``
     would refuse to replace a run that holds the user's files)."""
+    from .lock import LOCK_NAME
+
     path = Path(os.path.abspath(path))
     for folder in (path, path.parent):
-        if folder.is_dir() and (folder / "run.json").is_file() and (folder / "model.pt").exists():
+        # run.json is written first (state: training) and model.pt last: a run still training is a run too.
+        if folder.is_dir() and ((folder / "run.json").is_file() or (folder / LOCK_NAME).is_file()):
             raise DestinationError(f"{what} {path}: {folder} is a stgraph run folder; write outputs elsewhere")
 
 
