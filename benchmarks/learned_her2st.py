@@ -77,8 +77,8 @@ def main() -> None:
         genes = list(prep.genes)
 
         rc = graph_cfg.model.ridge  # stgraph.yaml's ridge: reduced rank, (λ, rank) by LOSO over the training slides
-        ridge = RidgeRegressor(alpha=rc.alpha, n_components=rc.n_components, gene_rank=rc.gene_rank,
-                               alphas=rc.alpha_grid, gene_ranks=rc.gene_rank_grid).fit(x, y, ids)
+        ridge = RidgeRegressor(alpha=rc.alpha, n_components=rc.n_components, center_targets=rc.center_targets,
+                               gene_rank=rc.gene_rank, alphas=rc.alpha_grid, gene_ranks=rc.gene_rank_grid).fit(x, y, ids)
         preds = {"stgraph (ridge)": ridge(torch.as_tensor(xq)).numpy(),
                  # The ridge of earlier releases (full rank, λ = 3e4): the bar the learned targets were set against.
                  "ridge, full rank (λ = 3e4)": RidgeRegressor(alpha=3e4, n_components=rc.n_components)
@@ -93,7 +93,8 @@ def main() -> None:
                 n_components=sg.n_components, base=sg.base, alpha=sg.alpha, hidden=sg.hidden, rank=sg.rank,
                 members=sg.members, dropout=sg.dropout, neighbours=sg.neighbours, epochs=sg.epochs, lr=sg.lr,
                 weight_decay=sg.weight_decay, feature_noise=sg.feature_noise, feature_dropout=sg.feature_dropout,
-                pearson_weight=sg.pearson_weight, select_epochs=sg.select_epochs, gene_rank=sg.gene_rank,
+                pearson_weight=sg.pearson_weight, center_targets=sg.center_targets,
+                select_epochs=sg.select_epochs, gene_rank=sg.gene_rank,
                 alpha_grid=sg.alpha_grid, gene_rank_grid=sg.gene_rank_grid,
                 seed=graph_cfg.train.seed + seed).fit([(*data[s], s) for s in train])
             pred = model.predict(xq, eq)

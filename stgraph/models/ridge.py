@@ -43,12 +43,13 @@ def gene_programs(y_centred: np.ndarray, rank: int) -> np.ndarray:
 
 
 def mean_gene_pearson(pred: np.ndarray, true: np.ndarray, empty: float = 0.0) -> float:
-    """Mean over genes of the Pearson r across spots, genes constant in either array skipped (``empty`` when
-    all are): the score of every nested choice (λ, rank, epochs, kernel). Shapes: (n, G), (n, G) → float."""
-    p, t = pred - pred.mean(0), true - true.mean(0)
-    den = np.sqrt((p * p).sum(0) * (t * t).sum(0))
-    ok = den > 1e-12
-    return float(((p * t).sum(0)[ok] / den[ok]).mean()) if ok.any() else float(empty)
+    """The metric every nested choice (λ, rank, epochs, kernel) is scored by: :func:`stgraph.metrics.pearson_per_gene`
+    averaged by :func:`stgraph.metrics.mean_pearson` (genes constant in either array left out), the same number
+    evaluation reports as ``pcc_acg``; ``empty`` when no gene is usable. Shapes: (n, G), (n, G) → float."""
+    from ..metrics.correlation import mean_pearson, pearson_per_gene
+
+    mean = mean_pearson(pearson_per_gene(pred, true))[0]
+    return float(empty) if np.isnan(mean) else float(mean)
 
 
 def select_ridge(z: np.ndarray, y_centred: np.ndarray, slide_ids: Sequence, alphas: Sequence[float],
@@ -79,7 +80,7 @@ def select_ridge(z: np.ndarray, y_centred: np.ndarray, slide_ids: Sequence, alph
     # Simpler first: larger λ, then smaller rank (0 = full rank counts as the largest).
     order = [(ai, ri) for ai in sorted(range(len(alphas)), key=lambda i: -alphas[i])
              for ri in sorted(range(len(ranks)), key=lambda i: ranks[i] if ranks[i] > 0 else np.inf)]
-    ai, ri = max(order, key=lambda k: scores[k] - 1e-9 * order.index(k))
+    ai, ri = max(order, key=lambda k: scores[k])  # max keeps the first (simplest) of equal scores
     return alphas[ai], ranks[ri], scores
 
 

@@ -233,12 +233,20 @@ class SpotGraphRegressor(nn.Module):
         prediction on the inner held-out slide) at each of ``select_epochs``; the best count wins."""
         checkpoints = sorted(set(self.select_epochs))
         score = {e: 0.0 for e in checkpoints}
+        fixed = self.ridge
+        if fixed.alphas or fixed.gene_ranks:
+            # The base ridge's (λ, rank) are chosen once, by its own LOSO over all the training slides; the
+            # inner folds reuse them rather than repeating that search inside each one (K × (K − 1) fits).
+            fixed = copy.deepcopy(self.ridge).fit(*self._prepare(slides))
         for held in range(len(slides)):
             inner = [s for i, s in enumerate(slides) if i != held]
             x, y, ids = self._prepare(inner)
             out_x, out_y = slides[held][0], slides[held][1]
             # A deep copy: an nn.Module's shallow copy would share its module and buffer tables with self.
             probe = copy.deepcopy(self)
+            probe.ridge.alphas, probe.ridge.gene_ranks = (), ()
+            probe.ridge.alpha, probe.ridge.gene_rank = fixed.chosen.get("alpha", fixed.alpha), \
+                fixed.chosen.get("gene_rank", fixed.gene_rank)
 
             def on_checkpoint(m, epoch, net, probe=probe, held=held):
                 probe.nets = nn.ModuleList([net])
