@@ -178,8 +178,8 @@ def _select_genes(config, train_slides: Sequence[AnnData]) -> list[str]:
         return genes
     if d.n_top_expressed:
         chosen = set(genes) | set(pp.select_highly_expressed(slides, d.n_top_expressed))
-        ordered = [g for g in slides[0].var_names if g in chosen]
-        genes = ordered + [g for g in genes if g not in set(ordered)]
+        # Every selection above is a subset of the shared genes, so the first slide's order holds them all.
+        genes = [g for g in slides[0].var_names if g in chosen]
     return genes + included_genes(config, slides, exclude=genes)
 
 
@@ -408,11 +408,12 @@ def feature_key(adata: AnnData, config, stage: bool = False, patch_um: Optional[
     source = getattr(encoder, "weights_source", None)
     weights = (weights_identity(source.file) if source is not None and source.file is not None
                else "imagenet" if source is not None else weights_identity(cfg.weights, cfg.pretrained))
+    encoder_key = _encoder_settings_key(cfg)
     return {"kind": "trunk" if stage else "features", "backbone": cfg.backbone,
             "weights": weights, "input_size": cfg.input_size,
             "patch_um": patch_um,
             "patches": patch_key(adata, config.data.patch_size, patch_um, microns_per_pixel),
-            **({"encoder": _encoder_settings_key(cfg)[0]} if _encoder_settings_key(cfg) else {})}
+            **({"encoder": encoder_key[0]} if encoder_key else {})}
 
 
 def _cached_features(encoder, adata: AnnData, config, slide_id: str, device: str, progress: bool,

@@ -78,7 +78,7 @@ class BlockBatches(torch.utils.data.Dataset):
         spots, coords = [], []
         for i, a, b in blocks:
             s = self.slides[i]
-            view[pos:pos + b - a] = s.features.read_range(a, b)
+            s.features.read_range(a, b, out=view[pos:pos + b - a])  # straight into the batch buffer
             pos += b - a
             spots.append(s.spot_input.read_range(a, b))
             coords.append(s.coords[a:b])
