@@ -137,3 +137,19 @@ def test_cross_validate_with_seeds_and_an_ablation(tiny_config, synthetic_slides
         cross_validate(configs, collection, folds, progress=False, ablations={"x": "bleep"})
     with pytest.raises(ValueError, match="seeds"):
         cross_validate(configs, collection, folds, progress=False, seeds=0)
+
+
+def test_the_seed_free_ridge_is_fitted_once_per_fold(tiny_config, synthetic_slides, tmp_path):
+    """With seeds=2 a trained config gets two rows per fold and the closed-form ridge one (a second fit would
+    repeat the first exactly); its summary and the per-section plot still come out."""
+    from stgraph.evaluation import cross_validate, make_folds
+
+    collection = SlideCollection(list(synthetic_slides))
+    folds = make_folds(collection.ids)[:1]
+    configs = {"bleep": tiny_config("bleep.yaml", "train.epochs=1"),
+               "ridge": tiny_config("stgraph.yaml", "model.ridge.n_components=8")}
+    frame = cross_validate(configs, collection, folds, out_dir=tmp_path / "cv", progress=False, seeds=2,
+                           baselines=False)
+    counts = frame.groupby("method").size().to_dict()
+    assert counts == {"bleep": 2, "ridge": 1}
+    assert (tmp_path / "cv" / "summary.md").is_file() and (tmp_path / "cv" / "pcc_per_fold.png").is_file()
