@@ -237,17 +237,30 @@ class RidgeSTModel(nn.Module):
         super().__init__()
         self.config = config
         self.image_encoder = image_encoder
-        r = config.model.ridge
-        self.head = RidgeRegressor(alpha=r.alpha, n_components=r.n_components, center_targets=r.center_targets,
-                                   gene_rank=r.gene_rank, alphas=r.alpha_grid, gene_ranks=r.gene_rank_grid)
+        self.head = self.build_head(config)
         # A parameter so that `next(model.parameters())` finds the device even when the backbone is tiny.
         self.device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
-    def fit(self, slides) -> "RidgeSTModel":
-        """Fit on prepared training slides (``features`` (n, F) and ``expr`` (n, G) each)."""
+    def build_head(self, config) -> nn.Module:
+        """The fitted regressor (``model.ridge``); subclasses build theirs from their own config section."""
+        r = config.model.ridge
+        return RidgeRegressor(alpha=r.alpha, n_components=r.n_components, center_targets=r.center_targets,
+                              gene_rank=r.gene_rank, alphas=r.alpha_grid, gene_ranks=r.gene_rank_grid)
+
+    @property
+    def ridge(self) -> RidgeRegressor:
+        """The (base) ridge, whose PCA scores are the reference embeddings."""
+        return self.head
+
+    def _check_slides(self, slides) -> None:
         for s in slides:
             if s.features is None or s.expr is None:
-                raise ValueError(f"ridge needs cached features and expression for slide {s.slide_id!r}")
+                raise ValueError(f"{self.config.model.kind} needs cached features and expression for slide "
+                                 f"{s.slide_id!r}")
+
+    def fit(self, slides) -> "RidgeSTModel":
+        """Fit on prepared training slides (``features`` (n, F) and ``expr`` (n, G) each)."""
+        self._check_slides(slides)
         x = np.concatenate([s.features for s in slides])
         y = np.concatenate([s.expr for s in slides])
         ids = np.concatenate([[s.slide_id] * s.n_spots for s in slides])
@@ -263,7 +276,7 @@ class RidgeSTModel(nn.Module):
         return batch["features"] if "features" in batch else self.image_encoder(batch["patch"])
 
     def encode_image(self, batch: dict) -> _Embedding:
-        return _Embedding(self.head.scores(self._features(batch)))
+        return _Embedding(self.ridge.scores(self._features(batch)))
 
     @torch.no_grad()
     def predict_features(self, features) -> np.ndarray:

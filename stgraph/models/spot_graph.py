@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .ridge import RidgeRegressor, center_per_slide, mean_gene_pearson
+from .ridge import RidgeRegressor, RidgeSTModel, center_per_slide, mean_gene_pearson
 
 __all__ = ["SpotGraphNet", "SpotGraphRegressor", "SpotGraphSTModel"]
 
@@ -289,10 +289,10 @@ class SpotGraphRegressor(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class SpotGraphSTModel(nn.Module):
+class SpotGraphSTModel(RidgeSTModel):
     """``model.name: spot_graph``: cached (context + neighbour) backbone features of each slide and its spot
-    graph → :class:`SpotGraphRegressor` → expression. Like the ridge model it predicts expression directly;
-    its reference stores the PCA scores of the training features.
+    graph → :class:`SpotGraphRegressor` → expression. The ridge model with another head: it predicts
+    expression directly, and its reference stores the base ridge's PCA scores of the training features.
 
     Parameters
     ----------
@@ -302,26 +302,23 @@ class SpotGraphSTModel(nn.Module):
         The frozen backbone whose cached features feed the regressor.
     """
 
-    predicts_expression = True
     uses_graph = True
 
-    def __init__(self, config, image_encoder):
-        super().__init__()
-        self.config = config
-        self.image_encoder = image_encoder
+    def build_head(self, config) -> nn.Module:
         c = config.model.spot_graph
-        self.head = SpotGraphRegressor(
+        return SpotGraphRegressor(
             n_components=c.n_components, base=c.base, alpha=c.alpha, hidden=c.hidden, rank=c.rank,
             members=c.members, dropout=c.dropout, neighbours=c.neighbours, epochs=c.epochs, lr=c.lr,
             weight_decay=c.weight_decay, feature_noise=c.feature_noise, feature_dropout=c.feature_dropout,
             pearson_weight=c.pearson_weight, center_targets=c.center_targets, select_epochs=c.select_epochs,
             seed=config.train.seed, gene_rank=c.gene_rank, alpha_grid=c.alpha_grid, gene_rank_grid=c.gene_rank_grid)
-        self.device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    @property
+    def ridge(self) -> RidgeRegressor:
+        return self.head.ridge
 
     def fit(self, slides) -> "SpotGraphSTModel":
-        for s in slides:
-            if s.features is None or s.expr is None:
-                raise ValueError(f"spot_graph needs cached features and expression for slide {s.slide_id!r}")
+        self._check_slides(slides)
         self.head.fit([(s.features, s.expr, None if s.edge_index is None else s.edge_index.cpu().numpy(),
                         s.slide_id) for s in slides])
         return self
@@ -330,12 +327,6 @@ class SpotGraphSTModel(nn.Module):
     def choices(self) -> dict:
         """What the fit chose: the base ridge's λ and gene rank, and the epochs (for ``run.json``)."""
         return {**self.head.ridge.chosen, "epochs": self.head.chosen_epochs}
-
-    def encode_image(self, batch: dict):
-        from .ridge import _Embedding
-
-        feats = batch["features"] if "features" in batch else self.image_encoder(batch["patch"])
-        return _Embedding(self.head.ridge.scores(feats.cpu()))
 
     @torch.no_grad()
     def predict_prepared(self, slide) -> np.ndarray:
