@@ -186,7 +186,7 @@ def plot_maps(pred, true, genes, path: Path, force: bool) -> None:
     if true is not None:
         from stgraph.data import pp
 
-        true = pp.normalize_log1p(true, copy=True) if Key.layers.counts not in true.layers else true
+        true = pp.log_normalised(true)
     fig = plot_genes(pred, genes, adata_true=true, path=path)
     plt.close(fig)
     print(f"wrote {path}")

@@ -50,6 +50,7 @@ class _Uns:
     source_slide = "source_slide"  # uns['stgraph']['source_slide']: {slide: path} or {her2st: root, section: id}
     spatial_neighbors = "spatial_neighbors"   # squidpy: parameters of the spot graph
     reference = "reference"        # the reference store as AnnData: kind and meta
+    normalised = "stgraph_normalised"  # target_sum of pp.normalize_log1p: X is log1p(counts per target_sum)
 
 
 class _Image:

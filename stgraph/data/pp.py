@@ -21,17 +21,17 @@ from ..keys import Key
 from ..utils.threads import keep_torch_threads
 
 __all__ = [
+    "COUNTS_PER",
+    "EXPRESSION_UNITS",
     "normalize_log1p",
+    "log_normalised",
     "select_hvg_union",
     "select_highly_expressed",
     "shared_genes",
     "load_gene_list",
-    "top_expressed_genes",
     "align_genes",
     "run_pca",
     "harmony_correct",
-    "run_harmony",
-    "preprocess_collection",
 ]
 
 
@@ -43,11 +43,21 @@ def _slide_name(adata: AnnData, i: int) -> str:
     return slide_id_of(adata, default=f"slide{i}")
 
 
-def normalize_log1p(adata: AnnData, target_sum: Optional[float] = None, copy: bool = False) -> Optional[AnnData]:
-    """Library-size normalisation and log: ``X = log1p(counts / Σ_g counts × target_sum)``.
+#: Library size every spot is scaled to before the log: the one expression space of training targets, reference
+#: profiles, predictions and the truth they are scored against. A fixed total (scanpy's ``normalize_total(target_sum=1e4)``,
+#: what the field scores) keeps slides of different depth on one scale; the per-slide median would not (HER2+ B4's
+#: median is 648 counts against ~10,000 for C2–C6, which put its truth on another curve of the log).
+COUNTS_PER = 1e4
+#: The unit of every expression value stgraph writes or scores.
+EXPRESSION_UNITS = "log1p(counts per 10,000)"
+
+
+def normalize_log1p(adata: AnnData, target_sum: float = COUNTS_PER, copy: bool = False) -> Optional[AnnData]:
+    """Library-size normalisation and log: ``X = log1p(counts / Σ_g counts × target_sum)`` (default
+    :data:`COUNTS_PER`: log1p of counts per 10,000, :data:`EXPRESSION_UNITS`).
 
     Raw counts are kept in ``layers['counts']``; when that layer already exists it is the input (so calling
-    twice gives the same result). ``target_sum=None`` uses the median library size (scanpy's default).
+    twice gives the same result). ``uns['stgraph_normalised']`` records ``target_sum``.
 
     Returns
     -------
@@ -57,21 +67,27 @@ def normalize_log1p(adata: AnnData, target_sum: Optional[float] = None, copy: bo
 
     if adata.n_vars == 0:
         raise ValueError(f"slide {_slide_name(adata, 0)!r} has no genes to normalise")
+    if not (target_sum is not None and float(target_sum) > 0):
+        raise ValueError(f"target_sum must be > 0, got {target_sum!r}")
     adata = adata.copy() if copy else adata
     if Key.layers.counts not in adata.layers:
         adata.layers[Key.layers.counts] = adata.X.copy()
     counts = adata.layers[Key.layers.counts]
     adata.X = counts.astype(np.float32, copy=True) if sp.issparse(counts) else np.array(counts, dtype=np.float32)
     with keep_torch_threads():  # scanpy's numba kernels would reset torch's thread count
-        sc.pp.normalize_total(adata, target_sum=target_sum)
+        sc.pp.normalize_total(adata, target_sum=float(target_sum))
         sc.pp.log1p(adata)
-    adata.uns.pop("log1p", None)  # scanpy's marker confuses a later log1p call; our marker is layers['counts']
+    adata.uns.pop("log1p", None)  # scanpy's marker confuses a later log1p call; ours says what was done
+    adata.uns[Key.uns.normalised] = float(target_sum)
     return adata if copy else None
 
 
-def _log_normalised(adata: AnnData) -> AnnData:
-    """``adata`` when it is already log-normalised (has ``layers['counts']``), else a normalised copy."""
-    return adata if Key.layers.counts in adata.layers else normalize_log1p(adata, copy=True)
+def log_normalised(adata: AnnData) -> AnnData:
+    """``adata`` in :data:`EXPRESSION_UNITS`: itself when :func:`normalize_log1p` already made it so, else a
+    normalised copy (from ``layers['counts']`` when present, so a slide normalised another way is redone)."""
+    if Key.layers.counts in adata.layers and adata.uns.get(Key.uns.normalised) == COUNTS_PER:
+        return adata
+    return normalize_log1p(adata, copy=True)
 
 
 def shared_genes(slides: Sequence[AnnData]) -> list[str]:
@@ -100,7 +116,7 @@ def select_hvg_union(slides: Sequence[AnnData], n_top: int = 1000, flavor: str =
         raise ValueError("the slides share no gene")
     chosen: set[str] = set()
     for i, ad in enumerate(slides):
-        ad = _log_normalised(ad)[:, genes].copy()
+        ad = log_normalised(ad)[:, genes].copy()
         n = min(int(n_top), ad.n_vars)
         kwargs = {"layer": "counts"} if flavor == "seurat_v3" else {}
         with warnings.catch_warnings(), keep_torch_threads():
@@ -123,7 +139,7 @@ def select_highly_expressed(slides: Sequence[AnnData], n_top: int = 1000) -> lis
     total = np.zeros(len(genes))
     n = 0
     for ad in slides:
-        x = _log_normalised(ad)[:, genes].X
+        x = log_normalised(ad)[:, genes].X
         total += np.asarray(x.sum(axis=0)).ravel()
         n += ad.n_obs
     order = np.argsort(-total / max(n, 1), kind="stable")[: int(n_top)]
@@ -151,14 +167,6 @@ def load_gene_list(path: Union[str, os.PathLike]) -> list[str]:
     if dup:
         raise SlideFormatError(f"gene list {path} repeats gene(s) {dup[:10]}")
     return genes
-
-
-def top_expressed_genes(adata: AnnData, n: int = 50, layer: Optional[str] = None) -> list[str]:
-    """The ``n`` genes with the highest mean expression (``X`` or ``layers[layer]``); ties keep gene order."""
-    x = adata.layers[layer] if layer is not None else adata.X
-    mean = np.asarray(x.mean(axis=0)).ravel()
-    order = np.argsort(-mean, kind="stable")[: int(n)]
-    return [str(g) for g in adata.var_names[order]]
 
 
 def _align_matrix(x, idx: np.ndarray, fill_value: float):
@@ -310,42 +318,3 @@ def harmony_correct(slides: Sequence[AnnData], key: str = "slide_id", n_pcs: int
         out.append(x_corr[start:stop])
         start = stop
     return out
-
-
-#: Name used in the architecture notes.
-run_harmony = harmony_correct
-
-
-def preprocess_collection(collection, genes: Union[None, str, os.PathLike, Sequence[str]] = None,
-                          n_top_hvg: int = 1000, train_ids: Optional[Sequence[str]] = None,
-                          flavor: str = "seurat", target_sum: Optional[float] = None):
-    """Normalise every slide, choose genes on the training slides, align every slide to them.
-
-    Parameters
-    ----------
-    collection
-        A :class:`~stgraph.data.collection.SlideCollection` (or anything it accepts) of raw-count slides.
-        The slides are copied; the input is not modified.
-    genes
-        A gene list or a path to one (:func:`load_gene_list`); ``None``: :func:`select_hvg_union` over
-        ``train_ids``.
-    train_ids
-        Slides allowed to choose genes; ``None`` means all of them (only right when no slide is held out).
-
-    Returns
-    -------
-    (SlideCollection of normalised, aligned slides, genes)
-    """
-    from .collection import SlideCollection
-
-    collection = collection if isinstance(collection, SlideCollection) else SlideCollection(collection)
-    normed = SlideCollection({sid: normalize_log1p(collection[sid], target_sum=target_sum, copy=True)
-                              for sid in collection.ids})
-    if genes is None:
-        train = normed.subset(train_ids) if train_ids is not None else normed
-        genes = select_hvg_union(train.slides, n_top=n_top_hvg, flavor=flavor)
-    elif isinstance(genes, (str, os.PathLike, Path)):
-        genes = load_gene_list(genes)
-    genes = [str(g) for g in genes]
-    aligned = SlideCollection({sid: align_genes(normed[sid], genes) for sid in normed.ids})
-    return aligned, genes

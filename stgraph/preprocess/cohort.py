@@ -157,7 +157,7 @@ def prepare_cohort(config, cohort, preprocessor: Preprocessor, image_encoder, de
             features = store.write(sid, fkey, feats, dtype=feature_dtype, chunk_rows=chunk_rows)
             del feats
         ekey = {"kind": "expression", "genes": _genes_digest(preprocessor), "n_obs": int(adata.n_obs),
-                "counts": _counts_signature(adata)}
+                "counts": _counts_signature(adata), "units": pp.EXPRESSION_UNITS}
         expr = store.open(sid, ekey) if store.has(sid, ekey) else \
             store.write(sid, ekey, sp.csr_matrix(preprocessor.expression(adata)))
         if preprocessor.pca_components is None:
