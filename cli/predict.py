@@ -72,6 +72,17 @@ def _retrieval(args) -> dict:
     return dict(k=args.k, similarity=args.similarity, aggregation=args.aggregation, backend=args.backend)
 
 
+def _load(args):
+    """The run of ``--model`` on ``--device``, with the command line's retrieval options checked against what
+    its model does (refused for a model that predicts expression itself) before any slide is read."""
+    from stgraph.inference import load_run
+    from stgraph.inference.predict import check_retrieval_options
+
+    loaded = load_run(args.model, device=args.device)
+    check_retrieval_options(loaded.config, **_retrieval(args))
+    return loaded
+
+
 def predict_and_write(loaded, jobs: Sequence[tuple], predict_one: Callable, force: bool,
                       plot: Optional[Sequence[str]] = None) -> int:
     """The one load → predict → write path: for each ``(source, out path)`` of ``jobs``,
@@ -188,7 +199,6 @@ def _predict_adata(args, source: Optional[dict] = None):
 
 def _predict_wsi(args) -> int:
     from stgraph.data.wsi import WSIImage
-    from stgraph.inference import load_run
     from stgraph.inference.wsi import parse_grid, predict_wsi
     from stgraph.preprocess.resolution import require_physical_resolution
 
@@ -204,7 +214,7 @@ def _predict_wsi(args) -> int:
         raise ValueError(f"--max-spots must be ≥ 1, got {args.max_spots}")
     for slide, _ in pairs:  # pixel size and readability of every slide before any compute
         WSIImage(slide, mpp=args.mpp).close()
-    loaded = load_run(args.model, device=args.device)
+    loaded = _load(args)
     require_physical_resolution(loaded.resolution, loaded.config, args.train_mpp)
 
     def predict_one(loaded, slide):
@@ -217,7 +227,6 @@ def _predict_wsi(args) -> int:
 
 
 def run(args) -> int:
-    from stgraph.inference import load_run
     from stgraph.inference.predict import check_k, check_output_path
 
     check_k(args.k)  # before any slide is read or any feature computed
@@ -231,7 +240,7 @@ def run(args) -> int:
             raise ValueError("--fullres-image goes with one Space Ranger folder, not several slides")
         if len(slides) > 1 or Path(args.out).suffix == "":
             pairs = _outputs(slides, args)
-            loaded = load_run(args.model, device=args.device)
+            loaded = _load(args)
             return predict_and_write(loaded, pairs, _predict_adata(args), force=args.force)
         args.slide = [str(slides[0])]
     out = check_output_path(args.out, force=args.force)
@@ -239,7 +248,7 @@ def run(args) -> int:
         from stgraph.utils import check_output_file
 
         check_output_file(out.with_suffix(".png"), (".png",), force=args.force, what="plot file")
-    loaded = load_run(args.model, device=args.device)
+    loaded = _load(args)
     if args.plot:  # before any compute or write, so a typo'd gene does not leave a half-done output behind
         check_genes(args.plot, loaded.genes, "the model's")
     adata = read_query(args)

@@ -77,8 +77,11 @@ def run(args) -> int:
     if rank != 0:
         return 0  # rank 0 reports
     world = f" in {env_world_size()} processes" if env_world_size() > 1 else ""
-    if config.model.kind == "ridge":  # closed form: no epochs to report
-        how = "fitted in closed form"
+    from stgraph.models import model_spec
+
+    if not model_spec(config).trainer:  # one fit: report what it chose, there are no Trainer epochs
+        chosen = ", ".join(f"{k} {v}" for k, v in trained.model.choices.items())
+        how = "fitted" + (f" ({chosen})" if chosen else "")
     else:
         how = f"best epoch {trained.result.best_epoch if trained.result else -1}"
     print(f"trained {config.name} on {len(slides)} slide(s){world}; {how}; run folder: {args.out}")

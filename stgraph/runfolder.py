@@ -292,9 +292,9 @@ def clean_stale_files(run_dir: str | Path) -> list[Path]:
                 removed.append(p)
     parent = run_dir.parent
     if parent.is_dir():
-        for kind in ("new", "old"):
-            for p in parent.glob(f".{run_dir.name}.{kind}-*"):
-                if not p.is_dir() or p.is_symlink() or (kind == "old" and not run_dir.exists()):
+        for which in ("new", "old"):
+            for p in parent.glob(f".{run_dir.name}.{which}-*"):
+                if not p.is_dir() or p.is_symlink() or (which == "old" and not run_dir.exists()):
                     continue
                 entries = list(p.iterdir())
                 if entries and not ((p / LOCK_NAME).is_file() and not is_locked(p)):

@@ -273,7 +273,7 @@ def test_extend_refuses_a_slide_sharing_too_few_genes(finished_run, synthetic_sl
     ("train.epochs=0", "train.epochs must be ≥ 1"),
     ("train.epochs=-1", "train.epochs must be ≥ 1"),
     ("train.batch_size=0", "train.batch_size must be ≥ 2"),
-    ("train.batch_size=1", "at least two spots"),
+    ("train.batch_size=1", "model.kind=contrastive needs at least 2 spots per batch"),
     ("train.lr=0", "train.lr must be > 0"),
     ("inference.k=0", "inference.k must be ≥ 1"),
     ("loss.temperature=-1", "loss.temperature must be > 0"),

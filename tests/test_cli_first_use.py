@@ -72,17 +72,20 @@ def test_every_option_has_help_and_the_top_level_help_has_no_markup():
         assert option in predict
 
 
-def test_ridge_run_reports_no_epoch(tmp_path, synthetic_slides, capsys):
+@pytest.mark.parametrize("config, chose", [("stgraph.yaml", "alpha"), ("stgraph_graph.yaml", "epochs")])
+def test_fitted_runs_report_what_they_chose_not_an_epoch(tmp_path, synthetic_slides, capsys, config, chose):
+    # models fitted in one call (their spec's training="fit") have no Trainer epoch: "best epoch 0" was wrong
     paths = []
     for ad in synthetic_slides[:2]:
         path = tmp_path / f"{ad.obs['slide_id'].iloc[0]}.h5ad"
         ad.write_h5ad(path)
         paths.append(str(path))
-    overrides = tiny_overrides(tmp_path / "cache") + ["data.harmony=false"]
-    assert main(["train", "--config", str(CONFIGS / "stgraph.yaml"), "--data", *paths, "--out",
+    overrides = tiny_overrides(tmp_path / "cache") + ["data.harmony=false", "model.spot_graph.select_epochs=[1,2]",
+                                                      "model.spot_graph.members=1", "model.spot_graph.hidden=8"]
+    assert main(["train", "--config", str(CONFIGS / config), "--data", *paths, "--out",
                  str(tmp_path / "run"), *overrides]) == 0
     out = capsys.readouterr().out
-    assert "fitted in closed form" in out and "best epoch" not in out
+    assert "; fitted (" in out and f"{chose} " in out and "best epoch" not in out
 
 
 def test_csv_export_names_its_spot_column(tmp_path, synthetic_slides):

@@ -96,5 +96,22 @@ def test_reduced_rank_ridge_options_are_checked():
     assert config.model.ridge.gene_rank_grid == [2, 0]
     with pytest.raises(ConfigError, match=r"model.ridge.gene_rank / gene_rank_grid must be ≥ 0"):
         load_config(CONFIGS / "stgraph.yaml", ["model.ridge.gene_rank=-1"])
-    with pytest.raises(ConfigError, match=r"model.spot_graph.alpha_grid must hold penalties > 0"):
-        load_config(CONFIGS / "stgraph_graph.yaml", ["model.spot_graph.alpha_grid=[0,1]"])
+    # spot_graph's base ridge is model.ridge: the same checks, the same section
+    with pytest.raises(ConfigError, match=r"model.ridge.alpha / alpha_grid must be penalties > 0"):
+        load_config(CONFIGS / "stgraph_graph.yaml", ["model.ridge.alpha_grid=[0,1]"])
+
+
+def test_spot_graph_base_ridge_is_model_ridge_and_earlier_keys_move_there():
+    graph = load_config(CONFIGS / "stgraph_graph.yaml")
+    assert graph.model.ridge == load_config(CONFIGS / "stgraph.yaml").model.ridge  # inherited, not repeated
+    assert not hasattr(graph.model.spot_graph, "alpha")
+    # a run saved when spot_graph repeated the ridge's keys: they set its base ridge, over model.ridge's
+    with pytest.warns(DeprecationWarning, match="write them under model.ridge"):
+        old = load_config(CONFIGS / "stgraph_graph.yaml", ["model.spot_graph.alpha=123", "model.spot_graph.gene_rank=3"])
+    assert (old.model.ridge.alpha, old.model.ridge.gene_rank) == (123, 3)
+    # another kind never read them: dropped
+    assert load_config(CONFIGS / "stgraph.yaml", ["model.spot_graph.alpha=123"]).model.ridge.alpha == 1e4
+    # closed choices are checked literals
+    for key, bad in (("base", "ridg"), ("neighbours", "atention")):
+        with pytest.raises(ConfigError, match=f"model.spot_graph.{key}: '{bad}' is not one of"):
+            load_config(CONFIGS / "stgraph_graph.yaml", [f"model.spot_graph.{key}={bad}"])

@@ -8,7 +8,7 @@ import yaml
 from torch import nn
 
 from stgraph.losses import LOSSES, register_loss
-from stgraph.models import SPOT_ENCODERS
+from stgraph.models import SPOT_ENCODERS, ModelSpec, STModel
 from tests.conftest import CONFIGS, tiny_overrides
 
 
@@ -165,26 +165,110 @@ def test_unknown_names_fail_with_the_valid_choices(tmp_path):
         load_config(CONFIGS / "bleep.yaml", ["model.spot_encoder.name=toy_linear"])
 
 
-def test_model_kind_chooses_from_the_models_registry():
-    from stgraph.config import load_config
-    from stgraph.models import MODELS, create_model
+class ToyMeanRegressor(STModel):
+    """A plugin regressor: each gene is the training mean plus a least-squares map of the first cached
+    feature (a model kind in one class, one decorator, declaring what it does)."""
 
-    class Constant(nn.Module):
-        """Predicts nothing; only proves that a user's kind is built."""
+    spec = ModelSpec(training="fit", output="expression", cached_features=True, seeded=False,
+                     reference=("image",), ignores=("train.lr",), ignores_why="the toy is fitted in closed form")
 
-        def __init__(self, config, spot_in_dim, image_encoder):
-            super().__init__()
-            self.spot_in_dim, self.image_encoder = spot_in_dim, image_encoder
+    def __init__(self, image_encoder, shrink: float = 0.0):
+        super().__init__()
+        self.image_encoder, self.shrink = image_encoder, shrink
+        self.register_buffer("coef", torch.empty(0))
+        self.register_buffer("mean", torch.empty(0))
+        self.register_buffer("x_mean", torch.empty(0))
 
-    MODELS.register("toy_constant", Constant)
+    @classmethod
+    def from_config(cls, config, spot_in_dim, image_encoder, shrink: float = 0.0):
+        return cls(image_encoder, shrink)
+
+    def fit(self, slides):
+        import numpy as np
+
+        x = np.concatenate([s.features[:, :1] for s in slides]).astype(float)
+        y = np.concatenate([s.expr for s in slides]).astype(float)
+        xc, yc = x - x.mean(0), y - y.mean(0)
+        coef = (xc * yc).sum(0) / max(float((xc ** 2).sum()), 1e-12) * (1 - self.shrink)
+        self.coef, self.mean, self.x_mean = (torch.as_tensor(a, dtype=torch.float32) for a in (coef, y.mean(0), x.mean(0)))
+        return self
+
+    def encode_image(self, batch):
+        return type("Emb", (), {"emb": batch["features"][:, :1]})
+
+    def predict_prepared(self, slide):
+        x = torch.as_tensor(slide.features[:, :1]) - self.x_mean
+        return (self.mean + x * self.coef).numpy()
+
+
+def test_a_plugin_model_kind_declares_what_it_does_and_every_layer_follows(tmp_path, synthetic_slides):
+    import warnings
+
+    from stgraph.config import ConfigError, load_config
+    from stgraph.config.load import IgnoredOptionWarning
+    from stgraph.inference import load_run, predict_slide
+    from stgraph.models import MODELS, STModel, model_spec
+    from stgraph.training import train_model
+
+    MODELS.register("toy_mean", ToyMeanRegressor)
     try:
-        cfg = load_config(CONFIGS / "bleep.yaml", ["model.kind=toy_constant", "model.image_encoder.backbone=test_resnet",
-                                                   "model.image_encoder.pretrained=false"])
-        model = create_model(cfg, spot_in_dim=5)
-        assert isinstance(model, Constant) and model.spot_in_dim == 5
+        over = tiny_overrides(tmp_path / "cache") + ["model.kind=toy_mean", "model.image_encoder.freeze=all",
+                                                     "model.image_encoder.cache_features=true",
+                                                     "inference.reference=image", "train.batch_size=1"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", IgnoredOptionWarning)
+            cfg = load_config(CONFIGS / "bleep.yaml", over)  # batch_size 1: its spec's least batch is 1
+        assert model_spec(cfg).output == "expression" and cfg.train.batch_size == 1
+        # what it declares is checked at load time: cached features, its reference branch
+        with pytest.raises(ConfigError, match="model.kind=toy_mean fits on cached backbone features"):
+            load_config(CONFIGS / "bleep.yaml", over + ["model.image_encoder.cache_features=false",
+                                                        "model.image_encoder.freeze=none"])
+        with pytest.raises(ConfigError, match="stores image embeddings.*inference.reference=image"):
+            load_config(CONFIGS / "bleep.yaml", over + ["inference.reference=spot"])
+        # an option it ignores is warned about with its reason, naming the value
+        with pytest.warns(IgnoredOptionWarning, match=r"toy_mean ignores train.lr=0.5.*fitted in closed form"):
+            load_config(CONFIGS / "bleep.yaml", over + ["train.lr=0.5"])
+        # trained by its own fit (no Trainer epochs), predicted by the model itself (no kNN in the record)
+        run = train_model(cfg, synthetic_slides[:2], out=tmp_path / "run")
+        assert run.result.best_epoch is None
+        pred = predict_slide(load_run(tmp_path / "run"), synthetic_slides[2])
+        record = pred.uns["stgraph"]
+        assert "predicted by the model (model.kind toy_mean)" in record["values"] and "k" not in record
+        truth = synthetic_slides[2]
+        assert pred.shape == (truth.n_obs, len(run.genes))
+        from stgraph.inference.predict import PredictionOptionError
+        with pytest.raises(PredictionOptionError, match="--k: the run's model .*retrieves nothing"):
+            predict_slide(load_run(tmp_path / "run"), truth, k=5)
     finally:
-        MODELS.unregister("toy_constant")
-    # `name` is a free label now; a config that says `name: ridge` (no kind) still means the ridge model
+        MODELS.unregister("toy_mean")
+    # the registry refuses a kind that does not say what it does, or lacks what its spec implies
+    class NoSpec(nn.Module):
+        pass
+
+    with pytest.raises(TypeError, match="declares no `spec = ModelSpec"):
+        MODELS.register("no_spec", NoSpec)
+    with pytest.raises(TypeError, match="not a builder function"):
+        MODELS.register("a_function", lambda config, spot_in_dim, image_encoder: None)
+
+    class NoPredict(STModel):
+        spec = ModelSpec(training="fit", output="expression", reference=("image",))
+
+        @classmethod
+        def from_config(cls, config, spot_in_dim, image_encoder):
+            return cls()
+
+        def fit(self, slides):
+            return self
+
+        def encode_image(self, batch):
+            return batch
+
+    with pytest.raises(TypeError, match=r"needs method\(s\) \['predict_prepared'\]"):
+        MODELS.register("no_predict", NoPredict)
+    with pytest.raises(ValueError, match="the Trainer trains the two-branch joint space"):
+        ModelSpec(training="trainer", output="expression")
+    assert "no_spec" not in MODELS and "no_predict" not in MODELS
+    # `name` is a free label; a config that says `name: ridge` (no kind) still means the ridge model
     assert load_config(CONFIGS / "bleep.yaml", ["model.name=Ridge"]).model.kind == "contrastive"
     legacy = {k: v for k, v in yaml.safe_load((CONFIGS / "stgraph.yaml").read_text())["model"].items() if k != "kind"}
     from stgraph.config import config_from_dict

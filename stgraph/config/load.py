@@ -20,11 +20,15 @@ from .schema import COMPONENT_OPTIONS, Config, choices, registry_of
 from .shipped import find_config
 
 __all__ = ["ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "save_config",
-           "config_base"]
+           "config_base", "ignored_options", "IgnoredOptionWarning"]
 
 
 class ConfigError(StgraphError, ValueError):
     """Raised for an invalid config: unknown key, wrong type, or a value outside its choices."""
+
+
+class IgnoredOptionWarning(UserWarning):
+    """A config sets options its model kind never reads (they would silently do nothing)."""
 
 
 def _read_yaml(path: Path, _chain: tuple = ()) -> dict:
@@ -219,10 +223,32 @@ def _import_plugins(data: Mapping) -> None:
 def _migrate_model_kind(data: dict) -> None:
     """``model.name: ridge`` without ``model.kind`` (configs before ``model.kind``) means ``kind: ridge``."""
     model = data.get("model")
-    if isinstance(model, dict) and "kind" not in model and model.get("name") in REGRESSION_MODELS:
+    if isinstance(model, dict) and "kind" not in model and model.get("name") in _LEGACY_MODEL_NAMES:
         warnings.warn(f"model.name={model['name']} choosing the model is deprecated: write "
                       f"model.kind={model['name']} (model.name is a free label)", DeprecationWarning, stacklevel=4)
         model["kind"] = model["name"]
+
+
+#: ``model.name`` values that chose the model before ``model.kind`` existed.
+_LEGACY_MODEL_NAMES = ("ridge", "spot_graph")
+#: ``model.spot_graph`` keys of configs written when spot_graph repeated the ridge's settings; its base ridge
+#: is ``model.ridge`` now.
+_SPOT_GRAPH_RIDGE_KEYS = ("n_components", "alpha", "gene_rank", "alpha_grid", "gene_rank_grid", "center_targets")
+
+
+def _migrate_spot_graph_ridge_keys(data: dict) -> None:
+    """Move the ridge keys of an earlier ``model.spot_graph`` into ``model.ridge`` (for ``kind: spot_graph``,
+    whose base ridge they set, over ``model.ridge``'s); other kinds never read them: dropped."""
+    model = data.get("model")
+    sg = model.get("spot_graph") if isinstance(model, dict) else None
+    if not isinstance(sg, dict) or not any(k in sg for k in _SPOT_GRAPH_RIDGE_KEYS):
+        return
+    moved = {k: sg.pop(k) for k in _SPOT_GRAPH_RIDGE_KEYS if k in sg}
+    if model.get("kind") == "spot_graph":
+        ridge = model.get("ridge")
+        model["ridge"] = {**(ridge if isinstance(ridge, dict) else {}), **moved}
+        warnings.warn(f"model.spot_graph.{next(iter(moved))} (and {list(moved)[1:]}) set spot_graph's base ridge: "
+                      "write them under model.ridge (one section for both kinds)", DeprecationWarning, stacklevel=4)
 
 
 def _migrate_spot_encoder_keys(data: dict) -> None:
@@ -266,10 +292,18 @@ def _get(config: Config, path: str):
     return node
 
 
+def _reads(spec, path: str) -> bool:
+    """Whether a model kind reads the option at dotted ``path`` (not under one of its ``spec.ignores``)."""
+    return not any(path == p or path.startswith(p + ".") for p in spec.ignores)
+
+
 def validate_config(config: Config) -> Config:
-    """Cross-field checks the dataclass types cannot express (at load time, before any data is read)."""
+    """Cross-field checks the dataclass types cannot express (at load time, before any data is read); what
+    the model kind needs comes from its class (:class:`~stgraph.models.ModelSpec`, ``check_config``)."""
     m, t = config.model, config.train
-    if (m.image_dgi.enabled or m.spot_dgi.enabled) and t.batching != "slide":
+    model = registry_of("model.kind").get(m.kind)
+    spec = model.spec
+    if _reads(spec, "model.image_dgi") and (m.image_dgi.enabled or m.spot_dgi.enabled) and t.batching != "slide":
         raise ConfigError("DGI encoders run over a whole slide graph: set train.batching=slide")
     if m.image_encoder.cache_features and m.image_encoder.freeze != "all":
         raise ConfigError("model.image_encoder.cache_features needs model.image_encoder.freeze=all")
@@ -281,45 +315,50 @@ def validate_config(config: Config) -> Config:
                           "set model.image_encoder.cache_features=true (and freeze=all)")
     if enc.context_scale is not None and not enc.context_scale > 0:
         raise ConfigError(f"model.image_encoder.context_scale must be > 0, got {enc.context_scale}")
-    if m.kind in REGRESSION_MODELS:
-        if not enc.cache_features:
-            raise ConfigError(f"model.kind={m.kind} fits on cached backbone features: set "
-                              "model.image_encoder.cache_features=true and freeze=all")
-        if config.inference.reference != "image":
-            raise ConfigError(f"model.kind={m.kind} has no spot branch: set inference.reference=image")
-    for section in ("ridge", "spot_graph"):
-        c = getattr(m, section)
-        if any(not float(a) > 0 for a in c.alpha_grid):
-            raise ConfigError(f"model.{section}.alpha_grid must hold penalties > 0, got {c.alpha_grid}")
-        if c.gene_rank < 0 or any(int(r) < 0 for r in c.gene_rank_grid):
-            raise ConfigError(f"model.{section}.gene_rank / gene_rank_grid must be ≥ 0 (0: full rank), got "
-                              f"{c.gene_rank} / {c.gene_rank_grid}")
-    if m.kind == "spot_graph":
-        sg = m.spot_graph
-        if sg.base not in ("ridge", "none"):
-            raise ConfigError(f"model.spot_graph.base must be ridge or none, got {sg.base!r}")
-        if sg.neighbours not in ("attention", "mean", "none"):
-            raise ConfigError(f"model.spot_graph.neighbours must be attention, mean or none, got {sg.neighbours!r}")
-        for key in ("n_components", "hidden", "members", "epochs"):
-            if getattr(sg, key) < 1:
-                raise ConfigError(f"model.spot_graph.{key} must be ≥ 1, got {getattr(sg, key)}")
-        for key in ("alpha", "lr"):
-            if not getattr(sg, key) > 0:
-                raise ConfigError(f"model.spot_graph.{key} must be > 0, got {getattr(sg, key)}")
-        if any(int(e) < 1 for e in sg.select_epochs):
-            raise ConfigError(f"model.spot_graph.select_epochs must be epoch counts ≥ 1, got {sg.select_epochs}")
+    if spec.cached_features and not enc.cache_features:
+        raise ConfigError(f"model.kind={m.kind} fits on cached backbone features: set "
+                          "model.image_encoder.cache_features=true and freeze=all")
+    if config.inference.reference not in spec.reference:
+        raise ConfigError(f"model.kind={m.kind} stores {' or '.join(spec.reference)} embeddings in its reference: "
+                          f"set inference.reference={spec.reference[0]}")
+    model.check_config(config)
     if not 0.0 <= config.inference.smoothing <= 1.0:
         raise ConfigError(f"inference.smoothing must be in [0, 1], got {config.inference.smoothing}")
-    _check_graph_spot_encoder(config)
+    if _reads(spec, "model.spot_encoder"):
+        _check_graph_spot_encoder(config)
     _check_model_name(m.name)
     _check_component_options(config)
-    _check_ranges(config)
+    _check_ranges(config, spec)
     _check_list_items(config)
     return config
 
 
-#: ``model.kind`` values of the models that regress expression from cached features (no contrastive branch).
-REGRESSION_MODELS = ("ridge", "spot_graph")
+def ignored_options(config: Config) -> list[str]:
+    """``path=value`` of every option the config sets (differs from the default) that its model kind never
+    reads (its spec's ``ignores``), in config order."""
+    spec = registry_of("model.kind").get(config.model.kind).spec
+    mine, default = _flat(config_to_dict(config)), _flat(config_to_dict(Config()))
+    return [f"{path}={value!r}" for path, value in mine.items()
+            if not _reads(spec, path) and value != default.get(path)]
+
+
+def _flat(d: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _warn_ignored(config: Config) -> None:
+    ignored = ignored_options(config)
+    if ignored:
+        spec = registry_of("model.kind").get(config.model.kind).spec
+        shown = ", ".join(ignored[:6]) + (f" and {len(ignored) - 6} more" if len(ignored) > 6 else "")
+        warnings.warn(f"model.kind={config.model.kind} ignores {shown}: {spec.ignores_why}", IgnoredOptionWarning,
+                      stacklevel=3)
 
 
 #: List options whose every item must be one of a fixed set (path → valid items).
@@ -354,11 +393,10 @@ def _check_model_name(name) -> None:
         raise ConfigError("model.name must be a non-empty label (e.g. bleep, stgchb); model.kind picks the model")
 
 
-def _check_ranges(config: Config) -> None:
+def _check_ranges(config: Config, spec) -> None:
     """Numeric ranges, so a nonsensical value fails at load time rather than after (or instead of) training."""
     m, t, d, i = config.model, config.train, config.data, config.inference
-    contrastive = m.kind not in REGRESSION_MODELS
-    at_least = [("train.epochs", t.epochs, 1), ("train.batch_size", t.batch_size, 2 if contrastive else 1),
+    at_least = [("train.epochs", t.epochs, 1), ("train.batch_size", t.batch_size, spec.min_batch_size),
                 ("inference.k", i.k, 1), ("inference.chunk_size", i.chunk_size, 1),
                 ("inference.smoothing_steps", i.smoothing_steps, 1), ("model.embed_dim", m.embed_dim, 1),
                 ("model.pca_components", m.pca_components, 1), ("data.patch_size", d.patch_size, 1),
@@ -367,8 +405,8 @@ def _check_ranges(config: Config) -> None:
                 ("model.spot_dgi.pretrain_epochs", m.spot_dgi.pretrain_epochs, 0)]
     for key, value, low in at_least:
         if value < low:
-            why = " (the contrastive loss needs at least two spots per batch)" if key == "train.batch_size" and \
-                contrastive and value == 1 else ""
+            why = (f" (model.kind={m.kind} needs at least {low} spots per batch)" if key == "train.batch_size"
+                   else "")
             raise ConfigError(f"{key} must be ≥ {low}, got {value}{why}")
     positive = [("train.lr", t.lr), ("loss.temperature", config.loss.temperature)]
     if t.grad_clip is not None:
@@ -415,6 +453,7 @@ def config_from_dict(data: Mapping) -> Config:
     data = copy.deepcopy(dict(data))
     _import_plugins(data)
     _migrate_model_kind(data)
+    _migrate_spot_graph_ridge_keys(data)
     _migrate_spot_encoder_keys(data)
     return validate_config(_build(Config, data, ""))
 
@@ -445,6 +484,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         raise ConfigError(f"{where}{err}") from None
     if path is not None:
         resolve_relative_paths(config, Path(path).resolve().parent)
+    _warn_ignored(config)
     return config
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "DGIConfig",
     "HSICConfig",
     "RidgeConfig",
+    "SpotGraphConfig",
     "ModelConfig",
     "LossConfig",
     "TrainConfig",
@@ -241,10 +242,11 @@ class HSICConfig:
 
 @dataclass
 class RidgeConfig:
-    """Closed-form ridge head (``model.kind: ridge``): standardise → PCA(``n_components``) → ridge(``alpha``),
-    on targets centred per training slide when ``center_targets``; reduced to the top ``gene_rank`` gene
-    programs of the training targets (0: full rank). ``alpha_grid`` / ``gene_rank_grid``: candidates chosen
-    among by LOSO over the training slides at fit time (empty: the fixed values)."""
+    """Closed-form ridge (``model.kind: ridge``, and the base of ``spot_graph``): standardise →
+    PCA(``n_components``) → ridge(``alpha``), on targets centred per training slide when ``center_targets``;
+    reduced to the top ``gene_rank`` gene programs of the training targets (0: full rank). ``alpha_grid`` /
+    ``gene_rank_grid``: candidates chosen among by LOSO over the training slides at fit time (empty: the
+    fixed values)."""
 
     alpha: float = 3e4
     n_components: int = 256
@@ -254,41 +256,41 @@ class RidgeConfig:
     gene_rank_grid: list = field(default_factory=list)
 
 
+SpotGraphBase = Literal["ridge", "none"]
+Neighbours = Literal["attention", "mean", "none"]
+
+
 @dataclass
 class SpotGraphConfig:
-    """Learned spatial regressor (``model.name: spot_graph``, :mod:`stgraph.models.spot_graph`): PCA of the
-    cached features → ``base`` ridge (λ = ``alpha``) + an ensemble of ``members`` networks (``hidden`` wide,
-    neighbour view ``attention``/``mean``/``none``, low-rank head of ``rank``; 0 = full) trained for ``epochs``
-    on the standardised residual (MSE + ``pearson_weight`` × Pearson loss), features augmented by
-    ``feature_noise`` / ``feature_dropout``. ``select_epochs``: candidate epoch counts chosen among by LOSO
-    over the training slides (empty: use ``epochs``). ``gene_rank`` / ``alpha_grid`` / ``gene_rank_grid``: the
-    base ridge's reduced rank and nested grids (:class:`RidgeConfig`); with a reduced rank the whole
-    prediction (base + learned residual) is projected onto the same gene programs."""
+    """Learned spatial regressor (``model.kind: spot_graph``, :mod:`stgraph.models.spot_graph`): its base is
+    the ridge of ``model.ridge`` (PCA width, λ, gene rank and their nested grids, centring: one section for
+    both kinds); on top, an ensemble of ``members`` networks (``hidden`` wide, neighbour view
+    ``attention``/``mean``/``none``, low-rank head of ``rank``; 0 = full) trained for ``epochs`` on the
+    standardised residual of the ``base`` (``ridge``, or ``none``: learn the targets from zero) (MSE +
+    ``pearson_weight`` × Pearson loss), features augmented by ``feature_noise`` / ``feature_dropout``.
+    ``select_epochs``: candidate epoch counts chosen among by LOSO over the training slides (empty: use
+    ``epochs``). With a reduced gene rank the whole prediction (base + learned residual) is projected onto
+    the ridge's gene programs."""
 
-    n_components: int = 256
-    base: str = "ridge"
-    alpha: float = 3e4
-    gene_rank: int = 0
-    alpha_grid: list = field(default_factory=list)
-    gene_rank_grid: list = field(default_factory=list)
+    base: SpotGraphBase = "ridge"
     hidden: int = 256
     rank: int = 64
     members: int = 5
     dropout: float = 0.3
-    neighbours: str = "attention"
+    neighbours: Neighbours = "attention"
     epochs: int = 100
     lr: float = 1e-3
     weight_decay: float = 1e-2
     feature_noise: float = 0.1
     feature_dropout: float = 0.1
     pearson_weight: float = 0.0
-    center_targets: bool = True
     select_epochs: list = field(default_factory=list)
 
 
 @dataclass
 class ModelConfig:
-    """The model: ``kind`` picks the builder from ``MODELS`` (``contrastive``, ``ridge``, a plugin's);
+    """The model: ``kind`` picks the class from ``MODELS`` (``contrastive``, ``ridge``, ``spot_graph``, a
+    plugin's; each declares what it needs and does, :class:`stgraph.models.ModelSpec`);
     ``name`` is a free label of the method (stored with predictions).
 
     contrastive: image: backbone → [DGI] → ProjHead(→ ``embed_dim``); spot: expression or its PCA

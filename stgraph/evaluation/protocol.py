@@ -161,9 +161,11 @@ def baseline_fold(config, collection: SlideCollection, fold: Fold, markers: Opti
 
 
 def _n_seeds(config, seeds: int) -> int:
-    """Training seeds a config gets: the closed-form ridge reads none, so its other seeds would repeat the
-    same fit and the same row."""
-    return 1 if config.model.kind == "ridge" else seeds
+    """Training seeds a config gets: a seed-free model (its spec's ``seeded``: the closed-form ridge) would
+    repeat the same fit and the same row."""
+    from ..models import model_spec
+
+    return seeds if model_spec(config).seeded else 1
 
 
 def run_fold(configs: Mapping[str, object], collection: SlideCollection, fold: Fold, out: Optional[Path] = None,

@@ -9,20 +9,21 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ..data.pp import EXPRESSION_UNITS
 from ..data.slide_id import slide_id_of
 from ..errors import StgraphError
+from ..models import model_spec
 from ..retrieval.reference import ReferenceStore
 from ..preprocess.embed import embed_slide
 from ..runfolder import ModelFolderError, Run
 from ..preprocess.prepare import needs_graph, prepare_slide
 from ..utils import atomic_path
 from ..keys import Key
-from ..errors import StgraphError
 from .smoothing import smooth_on_graph
 
 __all__ = ["predict_slide", "predict_prepared", "write_prediction", "prediction_table",
            "check_output_path", "PredictionOutputError", "extend_reference", "GeneOverlapError",
-           "MIN_GENE_OVERLAP", "check_k", "PredictionOptionError"]
+           "MIN_GENE_OVERLAP", "check_k", "PredictionOptionError", "check_retrieval_options"]
 
 
 
@@ -115,25 +116,32 @@ def predict_prepared(loaded: Run, adata: AnnData, query, k: Optional[int] = None
     ``provenance`` is merged into ``uns['stgraph']``."""
     config = loaded.config
     icfg = config.inference
-    k = icfg.k if k is None else k
-    # A component's options belong to the configured component: one chosen here instead gets its defaults.
-    options = retrieval_options(icfg, similarity, aggregation, backend)
-    similarity = similarity or icfg.similarity
-    aggregation = aggregation or icfg.aggregation
-    backend = backend or icfg.backend
+    spec = model_spec(config)
+    if not spec.retrieves:
+        check_retrieval_options(config, k=k, similarity=similarity, aggregation=aggregation, backend=backend)
     query_emb = embed_slide(loaded.model, query, "image")
-    k_eff = min(k, loaded.reference.embeddings.shape[0])
-    if hasattr(loaded.model, "predict_prepared"):  # regressors that also read the query's spot graph
-        pred = loaded.model.predict_prepared(query)
-    elif getattr(loaded.model, "predicts_expression", False):
-        pred = loaded.model.predict_features(query.features)
-    else:
+    if spec.retrieves:
+        k = icfg.k if k is None else k
+        # A component's options belong to the configured component: one chosen here instead gets its defaults.
+        options = retrieval_options(icfg, similarity, aggregation, backend)
+        similarity = similarity or icfg.similarity
+        aggregation = aggregation or icfg.aggregation
+        backend = backend or icfg.backend
+        k_eff = min(k, loaded.reference.embeddings.shape[0])
         pred = loaded.reference.predict(query_emb, k=k_eff, similarity=similarity, aggregation=aggregation,
                                         backend=backend, chunk_size=icfg.chunk_size,
                                         distance=icfg.distance, **options)
+        how = {"values": f"{EXPRESSION_UNITS}, the {aggregation} of the {k_eff} nearest reference profiles",
+               "reference_kind": loaded.reference.kind, "n_reference_spots": int(loaded.reference.n_spots),
+               "k": int(k_eff), "similarity": similarity, "aggregation": aggregation, "distance": icfg.distance,
+               "backend": backend}
+    else:
+        pred = loaded.model.predict_prepared(query)
+        how = {"values": f"{EXPRESSION_UNITS}, predicted by the model (model.kind {config.model.kind})"}
     if icfg.smoothing > 0:
         pred = smooth_on_graph(pred, _adjacency(query), alpha=icfg.smoothing, steps=icfg.smoothing_steps)
-    # log1p(normalised) expression is never negative; a regression head can undershoot: clip at 0.
+        how["smoothing"] = {"alpha": float(icfg.smoothing), "steps": int(icfg.smoothing_steps)}
+    # log1p(counts per 10,000) is never negative; a regression head can undershoot: clip at 0.
     pred = np.maximum(np.asarray(pred, dtype=np.float32), 0.0)
     obs_cols = [c for c in ("array_row", "array_col", "slide_id", "in_tissue") if c in adata.obs]
     out = AnnData(
@@ -148,20 +156,25 @@ def predict_prepared(loaded: Run, adata: AnnData, query, k: Optional[int] = None
     out.uns[Key.uns.stgraph] = {
         "model": str(getattr(loaded, "run_dir", "") or ""),
         "method": config.model.name,
+        "model_kind": config.model.kind,
         "config_name": config.name,
-        "reference_kind": loaded.reference.kind,
-        "n_reference_spots": int(loaded.reference.embeddings.shape[0]),
-        "k": int(k_eff),
-        "similarity": similarity,
-        "aggregation": aggregation,
-        "distance": icfg.distance,
-        "backend": backend,
+        "units": EXPRESSION_UNITS,
+        **how,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "values": "log1p(normalize_total) expression, retrieved from the reference",
     }
     if provenance:
         out.uns[Key.uns.stgraph].update(provenance)
     return out
+
+
+def check_retrieval_options(config, **given) -> None:
+    """Refuse retrieval settings (``k``, ``similarity``, ``aggregation``, ``backend``) for a model that
+    predicts expression itself: they would silently do nothing."""
+    set_ = [name for name, value in given.items() if value is not None]
+    if set_ and not model_spec(config).retrieves:
+        raise PredictionOptionError(
+            f"{', '.join('--' + n for n in set_)}: the run's model (model.kind {config.model.kind}) predicts "
+            "expression itself and retrieves nothing from its reference; leave retrieval options out")
 
 
 def retrieval_options(icfg, similarity: Optional[str] = None, aggregation: Optional[str] = None,
@@ -301,7 +314,7 @@ def _extend_reference(loaded: Run, slides, save: bool, min_gene_overlap: float) 
             raise ModelFolderError(f"run {loaded.run_dir} changed since it was loaded (another writer extended "
                                    "it): load it again before extending it")
         clean_stale_files(loaded.run_dir)  # what killed writers left (we hold the lock: none is alive)
-    if getattr(loaded.model, "predicts_expression", False):
+    if not model_spec(loaded.config).retrieves:
         raise ValueError(f"the run {loaded.run_dir} ({loaded.config.model.name}) predicts from fitted weights, not "
                          "from its reference: extending the reference would not change its predictions; "
                          "retrain with the new slides instead")
@@ -314,7 +327,7 @@ def _extend_reference(loaded: Run, slides, save: bool, min_gene_overlap: float) 
     added = []
     for adata in slides:
         prepared = prepare_slide(adata, loaded.config, loaded.preprocessor, image_encoder=loaded.model.image_encoder,
-                                 device=device, with_graph=loaded.model.uses_graph)
+                                 device=device, with_graph=needs_graph(loaded.config))
         emb = embed_slide(loaded.model, prepared, store.kind)
         store = store.extend(emb, prepared.expr, list(store.genes), np.array([prepared.slide_id] * prepared.n_spots),
                              np.array(prepared.barcodes))

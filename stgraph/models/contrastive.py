@@ -21,8 +21,11 @@ from typing import Optional
 import torch
 from torch import nn
 
+from functools import partial
+
 from ..nn import GraphInfomax, ProjHead
-from .spot_encoders import IdentitySpotEncoder
+from .base import MODELS, ModelSpec, STModel
+from .spot_encoders import IdentitySpotEncoder, create_spot_encoder, uses_graph
 
 __all__ = ["BranchOutput", "ContrastiveSTModel"]
 
@@ -43,9 +46,11 @@ class BranchOutput:
     dgi_loss: Optional[torch.Tensor] = None
 
 
-class ContrastiveSTModel(nn.Module):
+@MODELS.register("contrastive")
+class ContrastiveSTModel(STModel):
     """Image and spot encoders projected into one joint space (the objective lives in
-    :class:`stgraph.losses.Objective`).
+    :class:`stgraph.losses.Objective`); ``model.kind: contrastive``, trained by the
+    :class:`~stgraph.training.Trainer`, predicting by kNN retrieval from the reference.
 
     Parameters
     ----------
@@ -64,6 +69,29 @@ class ContrastiveSTModel(nn.Module):
     image_head_dropout, spot_head_dropout
         Dropout of the projection heads.
     """
+
+    spec = ModelSpec(training="trainer", output="retrieval", min_batch_size=2, reference=("spot", "image"),
+                     ignores=("model.ridge", "model.spot_graph"),
+                     ignores_why="they configure the ridge and spot_graph kinds, not the contrastive model")
+
+    @classmethod
+    def from_config(cls, config, spot_in_dim: int, image_encoder: nn.Module) -> "ContrastiveSTModel":
+        """The model ``config.model`` describes (spot encoder, DGI on either branch, heads)."""
+        m = config.model
+        return cls(spot_in_dim, image_encoder,
+                   spot_encoder=partial(create_spot_encoder, name=m.spot_encoder.name, options=m.spot_encoder.options),
+                   embed_dim=m.embed_dim,
+                   image_dgi_dim=m.image_dgi.hidden_dim if m.image_dgi.enabled else None,
+                   spot_dgi_dim=m.spot_dgi.hidden_dim if m.spot_dgi.enabled else None,
+                   image_head_dropout=m.image_head_dropout, spot_head_dropout=m.spot_head_dropout)
+
+    @classmethod
+    def needs_graph(cls, config, query: bool = False) -> bool:
+        """The image branch's DGI reads the graph always; the spot branch's (DGI, a graph spot encoder) only
+        on training and reference slides (a query is embedded by its image)."""
+        m = config.model
+        spot = m.spot_dgi.enabled or uses_graph(m.spot_encoder.name)
+        return bool(m.image_dgi.enabled or (spot and not query))
 
     def __init__(self, spot_in_dim: int, image_encoder: nn.Module, spot_encoder=None, embed_dim: int = 256,
                  image_dgi_dim: Optional[int] = None, spot_dgi_dim: Optional[int] = None,

@@ -1,25 +1,34 @@
 """``create_model``: build the configured model (the single entry point, like timm's).
 
-``model.kind`` picks the builder from :data:`MODELS`; a builder is ``(config, spot_in_dim, image_encoder)
--> nn.Module``. ``contrastive`` is the two-branch model of BLEEP/HECLIP/mclSTExp/ST-GCHB, ``ridge`` the
-closed-form regression on frozen features; a plugin registers its own kind with
-``@MODELS.register("my_kind")``.
+``model.kind`` picks the class from :data:`~stgraph.models.base.MODELS`; each class declares what it needs
+and does (:class:`~stgraph.models.base.ModelSpec`) and builds itself with ``from_config(config, spot_in_dim,
+image_encoder)``. The shipped kinds, one file each: ``contrastive`` (the two-branch model of
+BLEEP/HECLIP/mclSTExp/ST-GCHB, :mod:`.contrastive`), ``ridge`` (closed-form regression on frozen features,
+:mod:`.ridge`), ``spot_graph`` (learned graph regression on frozen features, :mod:`.spot_graph`); a plugin
+registers its own class with ``@MODELS.register("my_kind")``.
 """
 from __future__ import annotations
 
-from functools import partial
-
 from torch import nn
 
-from ..registry import Registry
-from .contrastive import ContrastiveSTModel
+from .base import MODELS, ModelSpec
+from .contrastive import ContrastiveSTModel  # noqa: F401  (registers "contrastive")
 from .image_encoders import IMAGE_ENCODERS, TimmImageEncoder
-from .spot_encoders import create_spot_encoder
+from .ridge import RidgeSTModel  # noqa: F401  (registers "ridge")
+from .spot_graph import SpotGraphSTModel  # noqa: F401  (registers "spot_graph")
 
-__all__ = ["MODELS", "create_model", "create_image_encoder"]
+__all__ = ["MODELS", "create_model", "create_image_encoder", "model_class", "model_spec"]
 
-#: ``model.kind`` → builder ``(config, spot_in_dim, image_encoder) -> nn.Module``.
-MODELS: Registry[nn.Module] = Registry("model kind", inputs=("config", "spot_in_dim", "image_encoder"))
+
+def model_class(config_or_kind) -> type:
+    """The class registered for ``model.kind`` (a :class:`~stgraph.config.Config` or a kind name)."""
+    kind = config_or_kind if isinstance(config_or_kind, str) else config_or_kind.model.kind
+    return MODELS.get(kind)
+
+
+def model_spec(config_or_kind) -> ModelSpec:
+    """What the config's (or a kind name's) model needs and does: its class's :class:`ModelSpec`."""
+    return model_class(config_or_kind).spec
 
 
 def create_image_encoder(config, pretrained: bool | None = None) -> TimmImageEncoder:
@@ -38,38 +47,6 @@ def create_image_encoder(config, pretrained: bool | None = None) -> TimmImageEnc
         input_size=cfg.input_size,
         **dict(cfg.options or {}),
     )
-
-
-@MODELS.register("contrastive")
-def contrastive(config, spot_in_dim: int, image_encoder: nn.Module) -> ContrastiveSTModel:
-    """Two-branch contrastive model (image and spot encoders, optional DGI, projection heads); kNN retrieval."""
-    m = config.model
-    return ContrastiveSTModel(
-        spot_in_dim,
-        image_encoder,
-        spot_encoder=partial(create_spot_encoder, name=m.spot_encoder.name, options=m.spot_encoder.options),
-        embed_dim=m.embed_dim,
-        image_dgi_dim=m.image_dgi.hidden_dim if m.image_dgi.enabled else None,
-        spot_dgi_dim=m.spot_dgi.hidden_dim if m.spot_dgi.enabled else None,
-        image_head_dropout=m.image_head_dropout,
-        spot_head_dropout=m.spot_head_dropout,
-    )
-
-
-@MODELS.register("ridge")
-def ridge(config, spot_in_dim: int, image_encoder: nn.Module) -> nn.Module:
-    """Closed-form ridge from cached (context) backbone features to expression (``model.ridge``); no kNN."""
-    from .ridge import RidgeSTModel
-
-    return RidgeSTModel(config, image_encoder)
-
-
-@MODELS.register("spot_graph")
-def spot_graph(config, spot_in_dim: int, image_encoder: nn.Module) -> nn.Module:
-    """Learned regression from cached features with spot-graph neighbours (``model.spot_graph``); no kNN."""
-    from .spot_graph import SpotGraphSTModel
-
-    return SpotGraphSTModel(config, image_encoder)
 
 
 def create_model(config, spot_in_dim: int, pretrained: bool | None = None) -> nn.Module:

@@ -11,7 +11,19 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["RidgeRegressor", "center_per_slide", "gene_programs", "mean_gene_pearson", "select_ridge"]
+from .base import MODELS, RETRIEVAL_OPTIONS, TRAINER_OPTIONS, TWO_BRANCH_OPTIONS, ModelSpec, STModel
+
+__all__ = ["RidgeRegressor", "RidgeSTModel", "center_per_slide", "gene_programs", "mean_gene_pearson",
+           "select_ridge", "as_buffer_of", "check_ridge_config"]
+
+
+def as_buffer_of(module: nn.Module, array, anchor: str) -> torch.Tensor:
+    """``array`` as a tensor on the device of ``module``'s buffer (or parameter) ``anchor``, in its floating
+    dtype: what a model fitted in numpy stores, so that a model moved to a device (or dtype) before it is
+    fitted stays there, and inputs of a fitted one follow it."""
+    ref = getattr(module, anchor)
+    dtype = ref.dtype if ref.is_floating_point() else torch.float32
+    return torch.as_tensor(np.asarray(array), dtype=dtype).to(ref.device)
 
 
 def center_per_slide(y: np.ndarray, slide_ids: Sequence) -> np.ndarray:
@@ -178,7 +190,8 @@ class RidgeRegressor(nn.Module):
         programs = gene_programs(y_fit, rank) if rank > 0 else np.zeros((0, 0))
         if rank > 0:
             w = w @ programs @ programs.T  # reduced rank: predictions in the span of the top-r programs
-        as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)
+        # On the device and in the dtype the module was moved to, also before it was fitted (.to(device)).
+        as_t = lambda a: as_buffer_of(self, a, "weight")  # noqa: E731
         self.x_mean, self.x_scale, self.components = as_t(mu), as_t(sd), as_t(comps)
         self.weight, self.y_mean, self.programs = as_t(w), as_t(y_bar), as_t(programs)
         return self
@@ -189,6 +202,7 @@ class RidgeRegressor(nn.Module):
             raise RuntimeError("RidgeRegressor is not fitted; call fit() first")
         if features.shape[-1] != self.x_mean.numel():
             raise ValueError(f"ridge was fitted on {self.x_mean.numel()} features, got {features.shape[-1]}")
+        features = features.to(device=self.x_mean.device, dtype=self.x_mean.dtype)
         return ((features - self.x_mean) / self.x_scale) @ self.components
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -216,11 +230,26 @@ class _Embedding:
         self.emb = emb
 
 
-class RidgeSTModel(nn.Module):
+def check_ridge_config(config) -> None:
+    """Load-time checks of ``model.ridge`` (the ridge kind, and the base of ``spot_graph``)."""
+    from ..config import ConfigError
+
+    r = config.model.ridge
+    if not r.alpha > 0 or any(not float(a) > 0 for a in r.alpha_grid):
+        raise ConfigError(f"model.ridge.alpha / alpha_grid must be penalties > 0, got {r.alpha} / {r.alpha_grid}")
+    if r.n_components < 1:
+        raise ConfigError(f"model.ridge.n_components must be ≥ 1, got {r.n_components}")
+    if r.gene_rank < 0 or any(int(k) < 0 for k in r.gene_rank_grid):
+        raise ConfigError(f"model.ridge.gene_rank / gene_rank_grid must be ≥ 0 (0: full rank), got "
+                          f"{r.gene_rank} / {r.gene_rank_grid}")
+
+
+@MODELS.register("ridge")
+class RidgeSTModel(STModel):
     """stgraph's regression method: cached (context) backbone features → :class:`RidgeRegressor` → expression.
 
-    It predicts expression directly (``predicts_expression``), so prediction needs no kNN; its reference
-    stores the PCA scores of the training features (``encode_image``) for inspection and retrieval.
+    Fitted in closed form (no epochs, no seed) and predicting expression itself (no kNN); its reference
+    stores the PCA scores of the training features (``encode_image``) for inspection.
 
     Parameters
     ----------
@@ -230,8 +259,12 @@ class RidgeSTModel(nn.Module):
         The frozen backbone whose cached features feed the ridge.
     """
 
-    predicts_expression = True
-    uses_graph = False
+    spec = ModelSpec(training="fit", output="expression", cached_features=True, seeded=False,
+                     reference=("image",),
+                     ignores=RETRIEVAL_OPTIONS + TRAINER_OPTIONS + TWO_BRANCH_OPTIONS + ("model.spot_graph",
+                                                                                       "train.seed"),
+                     ignores_why="the ridge is fitted in closed form on cached features (no epochs, no seed) "
+                                 "and predicts expression without retrieval")
 
     def __init__(self, config, image_encoder):
         super().__init__()
@@ -240,6 +273,14 @@ class RidgeSTModel(nn.Module):
         self.head = self.build_head(config)
         # A parameter so that `next(model.parameters())` finds the device even when the backbone is tiny.
         self.device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    @classmethod
+    def from_config(cls, config, spot_in_dim: int, image_encoder: nn.Module) -> "RidgeSTModel":
+        return cls(config, image_encoder)
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        check_ridge_config(config)
 
     def build_head(self, config) -> nn.Module:
         """The fitted regressor (``model.ridge``); subclasses build theirs from their own config section."""
@@ -255,7 +296,7 @@ class RidgeSTModel(nn.Module):
     def _check_slides(self, slides) -> None:
         for s in slides:
             if s.features is None or s.expr is None:
-                raise ValueError(f"{self.config.model.kind} needs cached features and expression for slide "
+                raise ValueError(f"{type(self).__name__} needs cached features and expression for slide "
                                  f"{s.slide_id!r}")
 
     def fit(self, slides) -> "RidgeSTModel":
@@ -280,6 +321,11 @@ class RidgeSTModel(nn.Module):
 
     @torch.no_grad()
     def predict_features(self, features) -> np.ndarray:
-        """(N, F) features → (N, G) predicted log1p(normalised) expression, ≥ 0."""
-        x = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.head.weight.device)
-        return self.head(x).cpu().numpy()
+        """(N, F) features → (N, G) predicted log1p(counts per 10,000), ≥ 0."""
+        x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+        return self.head(x).float().cpu().numpy()
+
+    @torch.no_grad()
+    def predict_prepared(self, slide) -> np.ndarray:
+        """A prepared query slide (its cached features) → (n, G) predicted expression."""
+        return self.predict_features(slide.features)

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .ridge import RidgeRegressor, RidgeSTModel, center_per_slide, mean_gene_pearson
+from .base import MODELS, RETRIEVAL_OPTIONS, TRAINER_OPTIONS, TWO_BRANCH_OPTIONS, ModelSpec
+from .ridge import RidgeRegressor, RidgeSTModel, as_buffer_of, center_per_slide, mean_gene_pearson
 
 __all__ = ["SpotGraphNet", "SpotGraphRegressor", "SpotGraphSTModel"]
 
@@ -162,7 +163,7 @@ class SpotGraphRegressor(nn.Module):
         for m in range(members):
             torch.manual_seed(self.seed * 1000 + m)
             rng = np.random.default_rng(self.seed * 1000 + m)
-            net = SpotGraphNet(z_slides[0].shape[1], g, **self.hp)
+            net = SpotGraphNet(z_slides[0].shape[1], g, **self.hp).to(z_slides[0].device, z_slides[0].dtype)
             opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             for epoch in range(1, epochs + 1):
                 net.train()
@@ -199,10 +200,11 @@ class SpotGraphRegressor(nn.Module):
         yc = center_per_slide(y, ids) if self.center_targets else y - offset
         scale = yc.std(0)
         scale[scale < 1e-6] = 1.0
-        as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+        # Everything on the device (and in the dtype) the module lives on, as the ridge's buffers are.
+        as_t = lambda a: as_buffer_of(self, a, "y_scale")  # noqa: E731
         z_all = self.ridge.scores(as_t(x))
-        base = (z_all @ self.ridge.weight + self.ridge.y_mean).numpy() - offset if self.base == "ridge" \
-            else np.zeros_like(yc)
+        base = (z_all @ self.ridge.weight + self.ridge.y_mean).double().cpu().numpy() - offset \
+            if self.base == "ridge" else np.zeros_like(yc)
         resid = (yc - base) / scale
         slides = list(dict.fromkeys(ids.tolist()))
         rows = [ids == s for s in slides]
@@ -219,7 +221,9 @@ class SpotGraphRegressor(nn.Module):
         if not slides:
             raise ValueError("spot_graph needs at least one training slide")
         x, y, ids = self._prepare(slides)
-        edges = {s[3]: (None if s[2] is None else torch.as_tensor(np.asarray(s[2]), dtype=torch.long)) for s in slides}
+        device = self.y_scale.device
+        edges = {s[3]: (None if s[2] is None else torch.as_tensor(np.asarray(s[2]), dtype=torch.long, device=device))
+                 for s in slides}
         epochs = self.epochs
         if self.select_epochs and len(slides) >= 2:
             epochs = self._choose_epochs(slides, edges)
@@ -261,18 +265,18 @@ class SpotGraphRegressor(nn.Module):
     @torch.no_grad()
     def predict(self, features: np.ndarray, edge_index=None) -> np.ndarray:
         """(n, F) features of one slide (and its graph) → (n, G) predicted expression (not clipped)."""
-        x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
-        z = self.ridge.scores(x)
+        z = self.ridge.scores(torch.as_tensor(np.asarray(features)))  # on the module's device and dtype
         base = (z @ self.ridge.weight + self.ridge.y_mean) if self.base == "ridge" else self.y_offset.expand(len(z), -1)
         zs = z / self.z_sd
-        ei = None if edge_index is None else torch.as_tensor(np.asarray(edge_index), dtype=torch.long)
+        ei = None if edge_index is None else torch.as_tensor(np.asarray(edge_index), dtype=torch.long,
+                                                             device=z.device)
         resid = torch.stack([net.eval()(zs, ei) for net in self.nets]).mean(0) if len(self.nets) else 0.0
         out = base + resid * self.y_scale
         v = self.ridge.programs
         if v.numel():
             # Reduced rank: the learned residual joins the base ridge in the span of its gene programs.
             out = self.ridge.y_mean + (out - self.ridge.y_mean) @ v @ v.T
-        return out.numpy()
+        return out.float().cpu().numpy()
 
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -289,29 +293,63 @@ class SpotGraphRegressor(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+@MODELS.register("spot_graph")
 class SpotGraphSTModel(RidgeSTModel):
-    """``model.name: spot_graph``: cached (context + neighbour) backbone features of each slide and its spot
-    graph → :class:`SpotGraphRegressor` → expression. The ridge model with another head: it predicts
-    expression directly, and its reference stores the base ridge's PCA scores of the training features.
+    """``model.kind: spot_graph``: cached (context + neighbour) backbone features of each slide and its spot
+    graph → :class:`SpotGraphRegressor` → expression. The ridge model with another head: its base ridge is
+    ``model.ridge`` (one section for both kinds), its networks ``model.spot_graph``; it predicts expression
+    directly, and its reference stores the base ridge's PCA scores of the training features.
 
     Parameters
     ----------
     config
-        :class:`~stgraph.config.Config` (``model.spot_graph``, ``model.image_encoder``, ``train.seed``).
+        :class:`~stgraph.config.Config` (``model.ridge``, ``model.spot_graph``, ``model.image_encoder``,
+        ``train.seed``).
     image_encoder
         The frozen backbone whose cached features feed the regressor.
     """
 
-    uses_graph = True
+    spec = ModelSpec(training="fit", output="expression", cached_features=True, seeded=True,
+                     reference=("image",), ignores=RETRIEVAL_OPTIONS + TRAINER_OPTIONS + TWO_BRANCH_OPTIONS,
+                     ignores_why="spot_graph trains its networks in its own loop (model.spot_graph: epochs, "
+                                 "lr, ...) on cached features and predicts expression without retrieval")
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        from ..config import ConfigError
+
+        super().check_config(config)
+        sg = config.model.spot_graph
+        for key in ("hidden", "members", "epochs"):
+            if getattr(sg, key) < 1:
+                raise ConfigError(f"model.spot_graph.{key} must be ≥ 1, got {getattr(sg, key)}")
+        if sg.rank < 0:
+            raise ConfigError(f"model.spot_graph.rank must be ≥ 0 (0: a full map to the genes), got {sg.rank}")
+        if not sg.lr > 0:
+            raise ConfigError(f"model.spot_graph.lr must be > 0, got {sg.lr}")
+        for key in ("dropout", "feature_dropout"):
+            if not 0 <= getattr(sg, key) < 1:
+                raise ConfigError(f"model.spot_graph.{key} must be in [0, 1), got {getattr(sg, key)}")
+        for key in ("weight_decay", "feature_noise", "pearson_weight"):
+            if getattr(sg, key) < 0:
+                raise ConfigError(f"model.spot_graph.{key} must be ≥ 0, got {getattr(sg, key)}")
+        if any(int(e) < 1 for e in sg.select_epochs):
+            raise ConfigError(f"model.spot_graph.select_epochs must be epoch counts ≥ 1, got {sg.select_epochs}")
+
+    @classmethod
+    def needs_graph(cls, config, query: bool = False) -> bool:
+        """Its networks attend over (or average) each spot's graph neighbours, in training and on a query;
+        ``neighbours: none`` reads no graph."""
+        return config.model.spot_graph.neighbours != "none"
 
     def build_head(self, config) -> nn.Module:
-        c = config.model.spot_graph
+        c, r = config.model.spot_graph, config.model.ridge
         return SpotGraphRegressor(
-            n_components=c.n_components, base=c.base, alpha=c.alpha, hidden=c.hidden, rank=c.rank,
+            n_components=r.n_components, base=c.base, alpha=r.alpha, hidden=c.hidden, rank=c.rank,
             members=c.members, dropout=c.dropout, neighbours=c.neighbours, epochs=c.epochs, lr=c.lr,
             weight_decay=c.weight_decay, feature_noise=c.feature_noise, feature_dropout=c.feature_dropout,
-            pearson_weight=c.pearson_weight, center_targets=c.center_targets, select_epochs=c.select_epochs,
-            seed=config.train.seed, gene_rank=c.gene_rank, alpha_grid=c.alpha_grid, gene_rank_grid=c.gene_rank_grid)
+            pearson_weight=c.pearson_weight, center_targets=r.center_targets, select_epochs=c.select_epochs,
+            seed=config.train.seed, gene_rank=r.gene_rank, alpha_grid=r.alpha_grid, gene_rank_grid=r.gene_rank_grid)
 
     @property
     def ridge(self) -> RidgeRegressor:

@@ -122,9 +122,7 @@ class Preprocessor:
 
     def expression(self, adata: AnnData) -> np.ndarray:
         """(n, G) log-normalised expression of ``adata`` over ``genes`` (missing genes → 0, with a warning)."""
-        if Key.layers.counts not in adata.layers:
-            adata = pp.normalize_log1p(adata, copy=True)
-        aligned = pp.align_genes(adata, self.genes)
+        aligned = pp.align_genes(pp.log_normalised(adata), self.genes)
         x = aligned.X
         return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
 
@@ -262,7 +260,7 @@ def fit_preprocessor(config, train_slides: Sequence[AnnData]) -> tuple[Preproces
     """
     if not train_slides:
         raise ValueError("no training slides given")
-    normed = [ad if Key.layers.counts in ad.layers else pp.normalize_log1p(ad, copy=True) for ad in train_slides]
+    normed = [pp.log_normalised(ad) for ad in train_slides]
     genes = _select_genes(config, normed)
     if not genes:
         raise ValueError("gene selection returned no genes")
@@ -332,13 +330,12 @@ def compute_image_features(encoder, patches: np.ndarray, batch_size: int = 64, d
 
 
 def needs_graph(config, query: bool = False) -> bool:
-    """Whether a slide needs its spot graph: DGI or a graph spot encoder (the spot branch only in
-    training), neighbour context of features, or smoothing of predictions (query slides)."""
-    from ..models.spot_encoders import uses_graph
+    """Whether a slide needs its spot graph: the model reads it (its class's
+    :meth:`~stgraph.models.STModel.needs_graph`: DGI, a graph spot encoder, spot_graph's neighbour view), the
+    features' neighbour context, or smoothing of predictions (query slides)."""
+    from ..models.factory import model_class
 
-    m = config.model
-    spot_graph = m.spot_dgi.enabled or (m.kind == "contrastive" and uses_graph(m.spot_encoder.name))
-    return bool(m.image_dgi.enabled or (spot_graph and not query) or m.image_encoder.neighbour_context
+    return bool(model_class(config).needs_graph(config, query) or config.model.image_encoder.neighbour_context
                 or (query and config.inference.smoothing > 0))
 
 
@@ -371,17 +368,31 @@ def _cache_subdir(config, name: str) -> Optional[str]:
     return None if root is None else str(root / name)
 
 
+#: Settings of ``model.image_encoder`` that change what the backbone computes, beyond those the feature key
+#: names itself (``backbone``, the weights' identity from ``pretrained``/``weights``, ``input_size``, the patch
+#: geometry): hashed into the key, so features of other settings never share a cache file.
+ENCODER_SETTINGS = ("name", "options", "model_kwargs", "architecture")
+#: Settings that do not change a stored feature, and why (tests check that every other one changes the key).
+NOT_IN_FEATURE_KEY = {
+    "freeze": "cached features are those of the fully frozen backbone (cache_features needs freeze=all)",
+    "cache_features": "whether features are cached, not what they are",
+    "cache_stage_input": "chooses the stored kind (the frozen stages' output), a key field of its own",
+    "neighbour_context": "the neighbour mean is computed from stored features after they are read",
+    "context_scale": "the spot's own view is unchanged; the context view's key holds its side (context_scale × "
+                     "the patch) as patch_um",
+}
+
+
 def _encoder_settings_key(cfg) -> list[str]:
-    """A short hash of the image encoder's registry entry and options when they differ from plain timm,
-    so features of another encoder or other settings never share a cache file (empty for the default)."""
-    if cfg.name == "timm" and not cfg.options:
+    """A short hash of :data:`ENCODER_SETTINGS` when they differ from plain timm with no extra arguments
+    (empty for the default, so the default key is the same as before these settings existed)."""
+    if cfg.name == "timm" and not cfg.options and not cfg.model_kwargs and cfg.architecture is None:
         return []
     import hashlib
     import json
 
-    text = json.dumps([cfg.name, cfg.options], sort_keys=True, default=repr)
+    text = json.dumps([getattr(cfg, k) for k in ENCODER_SETTINGS], sort_keys=True, default=repr)
     return [hashlib.sha1(text.encode()).hexdigest()[:10]]
-
 
 
 def feature_store(config):

@@ -20,7 +20,7 @@ from ..config import config_to_dict, save_config
 from ..data.collection import SlideCollection
 from ..data.slide_id import slide_id_of
 from ..errors import StgraphError
-from ..models import create_model
+from ..models import create_model, model_spec
 from ..models.weights import check_pretrained_weights
 from ..preprocess.embed import embed_slide
 from ..preprocess.prepare import PreparedSlide, fit_preprocessor, prepare_slide, uncorrected_expression
@@ -358,11 +358,11 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
     if writes and not resume:
         preprocessor.save(run_dir)
 
-    if getattr(model, "predicts_expression", False):
-        # Closed-form models have no epochs: fit once, nothing to resume or log.
+    if not model_spec(config).trainer:
+        # One fit (closed form, or the model's own loop): no Trainer epochs, nothing to resume or log.
         model.fit(prepared)
-        result = TrainResult(pd.DataFrame(), 0, float("nan"))
-        if getattr(model, "choices", None):
+        result = TrainResult(pd.DataFrame(), None, float("nan"))
+        if model.choices:
             chosen = ", ".join(f"{k} = {v}" for k, v in model.choices.items())
             logging.getLogger(__name__).info("fitted %s: %s", config.model.kind, chosen)
     else:
@@ -393,7 +393,7 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
             "n_genes": len(preprocessor.genes),
             "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss,
-            "choices": dict(getattr(model, "choices", None) or {}),  # e.g. the ridge's λ and rank chosen by LOSO
+            "choices": dict(model.choices),  # what a fit chose, e.g. the ridge's λ and rank chosen by LOSO
             "resolution": resolution,
             "world_size": dist_env.world_size,
             "precision": config.train.precision,
