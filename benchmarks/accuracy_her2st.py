@@ -5,7 +5,12 @@ baselines, on the 785-gene list of Hist2ST/mclSTExp and on a training-only HVG u
 table and writes benchmarks/results/accuracy_her2st_<genes>/ (results.csv, summary.md, plots).
 
     python benchmarks/accuracy_her2st.py [--genes list785|hvg|both] [--epochs N] [--folds loso|patient]
-                                         [--seeds N] [--methods NAME...]
+                                         [--seeds N] [--methods NAME...] [--baselines NAME...]
+                                         [--compare A=B ...] [--tag TAG]
+
+Every row goes through the product's own path (``stgraph.evaluation.cross_validate``: train a run folder,
+load it, predict the held-out section, write the .h5ad, score the written file against the section's
+counts), so a row is what ``stgraph train`` + ``stgraph predict`` give.
 
 With ``--seeds N`` every method is trained N times per fold (``train.seed`` + 0..N-1): the tables give the
 mean ± sd over folds of each fold's seed mean, and each ablation row (``stgraph-no_context_crop`` is an
@@ -68,6 +73,10 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--seeds", type=int, default=1, help="training seeds per method and fold")
     ap.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    ap.add_argument("--baselines", nargs="+", default=None, metavar="NAME",
+                    help="only these baselines (default: every registered one; kernel_ridge is the slowest)")
+    ap.add_argument("--compare", nargs="+", default=[], metavar="A=B",
+                    help="also give method A's paired difference to method B (besides the ablations by name)")
     ap.add_argument("--tag", default="", help="suffix of the results folder (keeps other runs' results)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -94,8 +103,12 @@ def main() -> None:
         out = RESULTS / (f"accuracy_her2st_{genes}" + ("" if args.folds == "loso" else f"_{args.folds}")
                          + (f"_{args.tag}" if args.tag else ""))
         t0 = time.perf_counter()
+        pairs = ablation_pairs_by_name(list(configs))
+        for pair in args.compare:
+            a, _, b = pair.partition("=")
+            pairs[a] = b
         cross_validate(configs, collection, folds, out_dir=out, seeds=args.seeds,
-                       baselines=not args.no_baselines, ablations=ablation_pairs_by_name(list(configs)),
+                       baselines=False if args.no_baselines else (args.baselines or True), ablations=pairs,
                        baseline_config=configs.get("stgraph"))
         seconds = time.perf_counter() - t0
         print(f"\n## HER2+ {args.folds}, genes = {genes} ({seconds / 60:.1f} min)\n")

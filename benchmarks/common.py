@@ -38,10 +38,36 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+#: The load average when this process started (other work on the machine skews timings; recorded beside them).
+LOAD_AT_START = os.getloadavg()
+
+
+def provenance() -> dict:
+    """What a result file records besides its figures: the command that wrote it, the commit it ran
+    (``+dirty`` with uncommitted changes), and the machine's load average at the start and at the end."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        commit += "+dirty" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"command": " ".join(["python", *sys.argv]), "commit": commit,
+            "load_at_start": [round(x, 2) for x in LOAD_AT_START],
+            "load_at_end": [round(x, 2) for x in os.getloadavg()],
+            "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "STGRAPH_WEIGHTS") if k in os.environ}}
+
+
 def write_results(name: str, payload: dict) -> Path:
+    """``benchmarks/results/<name>.json``: ``machine``, ``provenance`` (command, commit, load) and the payload."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=float))
+    tmp.write_text(json.dumps({"machine": machine(), "provenance": provenance(), **payload}, indent=2, default=float))
     os.replace(tmp, path)
     return path

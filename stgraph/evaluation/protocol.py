@@ -5,6 +5,7 @@ fold only. The held-out slide's truth is its own log-normalised expression over 
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -75,22 +76,49 @@ def evaluate_fold(name: str, config, collection: SlideCollection, fold: Fold,
                   markers: Optional[Sequence[str]] = None, run_dir: Optional[Path] = None,
                   keep_predictions: bool = False,
                   preprocessing: Optional[FoldPreprocessing] = None) -> tuple[dict, Optional[tuple]]:
-    """Train ``config`` on the fold's training slides, predict its test slide, return the metric row."""
+    """Train ``config`` on the fold's training slides, predict its test slide, return the metric row: the
+    product's own path, step by step, as a user runs it.
+
+    ``train`` writes a run folder (``run_dir``, or a temporary one), ``load_run`` reads it back,
+    ``predict_slide`` predicts the test slide from its image, ``write_prediction`` writes the ``.h5ad``, and
+    the written file is scored against the test slide's own counts in :data:`~stgraph.data.pp.EXPRESSION_UNITS`
+    (:func:`~stgraph.metrics.evaluate_prediction`, aligned by spot and gene name), so a fold's score is the
+    score of the file ``stgraph train`` + ``stgraph predict`` would write. The fold's fitted preprocessing
+    (``preprocessing``) is shared between configs with the same data settings: it is what ``train`` would fit.
+    """
+    import tempfile
+
+    import anndata
+
+    from ..data import pp
+    from ..inference.predict import write_prediction
+    from ..metrics import evaluate_prediction
+    from ..runfolder import load_run
+
     train = [collection[i] for i in fold.train_ids]
     test = collection[fold.test_ids[0]]
-    t0 = time.perf_counter()
     preprocessing = preprocessing if preprocessing is not None else FoldPreprocessing(train)
-    run = train_model(config, train, out=run_dir, force=True, progress=False,
-                      preprocessed=preprocessing.get(config))
-    t_train = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    pred = predict_slide(run, test).X
-    t_pred = time.perf_counter() - t0
-    true = run.preprocessor.expression(test)
-    row = _score(name, fold, pred, true, run.preprocessor.genes, markers,
-                 {"n_genes_model": len(run.preprocessor.genes), "train_seconds": round(t_train, 2),
-                  "predict_seconds": round(t_pred, 2), "best_epoch": run.result.best_epoch})
-    return row, ((pred, true, run.preprocessor.genes) if keep_predictions else None)
+    with tempfile.TemporaryDirectory(prefix="stgraph-fold-") as tmp:
+        out = Path(run_dir) if run_dir is not None else Path(tmp) / "run"
+        t0 = time.perf_counter()
+        run = train_model(config, train, out=out, force=True, progress=False, preprocessed=preprocessing.get(config))
+        t_train = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        loaded = load_run(out, device=str(next(run.model.parameters()).device))
+        path = write_prediction(predict_slide(loaded, test), Path(tmp) / f"{fold.name}.h5ad")
+        t_pred = time.perf_counter() - t0
+        written = anndata.read_h5ad(path)
+    truth = pp.log_normalised(test)
+    metrics = evaluate_prediction(written, truth, markers=markers)
+    extra = {"n_genes_model": written.n_vars, "train_seconds": round(t_train, 2), "predict_seconds": round(t_pred, 2),
+             "best_epoch": run.result.best_epoch, "choices": json.dumps(run.model.choices, default=str)}
+    row = {"method": name, "fold": fold.name, "test_slide": ",".join(fold.test_ids), **extra, **metrics}
+    if not keep_predictions:
+        return row, None
+    genes = list(written.var_names)
+    true = np.asarray(truth[written.obs_names, genes].X.toarray() if hasattr(truth.X, "toarray")
+                      else truth[written.obs_names, genes].X)
+    return row, (np.asarray(written.X), true, genes)
 
 
 def with_seed(config, offset: int):
@@ -115,8 +143,10 @@ def frozen_backbone_config(config):
 
 def baseline_fold(config, collection: SlideCollection, fold: Fold, markers: Optional[Sequence[str]] = None,
                   k: int = 50, keep_predictions: bool = False,
-                  preprocessing: Optional[FoldPreprocessing] = None) -> tuple[list[dict], dict]:
-    """Every registered baseline (:data:`~stgraph.evaluation.baselines.BASELINES`) on one fold, with ``config``'s genes and (frozen) backbone."""
+                  preprocessing: Optional[FoldPreprocessing] = None,
+                  names: Optional[Sequence[str]] = None) -> tuple[list[dict], dict]:
+    """The registered baselines (:data:`~stgraph.evaluation.baselines.BASELINES`; ``names``: these only) on
+    one fold, with ``config``'s genes and (frozen) backbone."""
     train = [collection[i] for i in fold.train_ids]
     test = collection[fold.test_ids[0]]
     frozen = frozen_backbone_config(config)
@@ -150,7 +180,7 @@ def baseline_fold(config, collection: SlideCollection, fold: Fold, markers: Opti
         return view_features[key]
 
     preds = {}
-    for name in BASELINES:
+    for name in (BASELINES.names() if names is None else [BASELINES.check(n) for n in names]):
         fn = BASELINES.get(name)
         extra = {"train_slide_ids": train_ids} if getattr(fn, "needs_slide_ids", False) else {}
         preds[name] = fn(*inputs(fn)[:1], train_y, inputs(fn)[1], k=k, **extra)
@@ -198,8 +228,9 @@ def run_fold(configs: Mapping[str, object], collection: SlideCollection, fold: F
                 on_done(rows, name if seeds == 1 else f"{name} seed {seeded.train.seed}")
     if baselines:
         base_config = baseline_config or next(iter(configs.values()))
-        base_rows, kept = baseline_fold(base_config, collection, fold,
-                                        markers, keep_predictions=keep_predictions, preprocessing=preprocessing)
+        base_rows, kept = baseline_fold(base_config, collection, fold, markers, keep_predictions=keep_predictions,
+                                        preprocessing=preprocessing,
+                                        names=None if baselines is True else list(baselines))
         rows.extend({**r, "seed": int(base_config.train.seed)} for r in base_rows)
         kept_all.update({f"baseline:{k}": v for k, v in kept.items()})
         if on_done is not None:
@@ -254,6 +285,8 @@ def cross_validate(configs: Mapping[str, object], collection: SlideCollection, f
         maps of its best and worst genes on the first fold (``maps/``).
     baseline_config
         Genes and frozen backbone of the baselines (default: the first config).
+    baselines
+        ``True``: every registered baseline; ``False``: none; a list of names: those.
     jobs
         Folds evaluated at once, each in its own process (the machine's cores are split between them; on
         a GPU machine each process gets a GPU, round robin). Within a fold, methods with the same data

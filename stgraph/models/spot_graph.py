@@ -9,7 +9,8 @@ with a switch and an ablation row:
   the ridge's predictions rather than from zero;
 - a low-rank head (``rank``): 785 genes are predicted through a ``rank``-wide bottleneck, as co-expressed
   genes share programs;
-- ``members``: an ensemble of independently seeded networks, averaged (variance reduction);
+- ``members``: an ensemble of independently seeded networks, averaged (variance reduction); ``members: 0``
+  is the ablation that removes the networks (the base ridge alone);
 - ``feature_noise`` / ``feature_dropout``: augmentation of the frozen (PCA) features during training;
 - ``neighbours: attention``: each spot attends over its graph neighbours (TRIPLEX's neighbour view, learned
   rather than the fixed mean that the ridge's features already hold); ``mean`` or ``none`` for ablations;
@@ -133,8 +134,9 @@ class SpotGraphRegressor(nn.Module):
         super().__init__()
         if base not in ("ridge", "none"):
             raise ValueError(f"spot_graph base must be ridge or none, got {base!r}")
-        if members < 1 or epochs < 1:
-            raise ValueError(f"spot_graph needs members ≥ 1 and epochs ≥ 1, got {members}, {epochs}")
+        if members < 0 or epochs < 1:
+            raise ValueError(f"spot_graph needs members ≥ 0 (0: the base alone, an ablation) and epochs ≥ 1, got "
+                             f"{members}, {epochs}")
         self.hp = dict(hidden=hidden, rank=rank, dropout=dropout, neighbours=neighbours)
         self.n_components, self.base, self.alpha = int(n_components), base, float(alpha)
         self.members, self.epochs, self.lr, self.weight_decay = int(members), int(epochs), float(lr), float(weight_decay)
@@ -225,7 +227,7 @@ class SpotGraphRegressor(nn.Module):
         edges = {s[3]: (None if s[2] is None else torch.as_tensor(np.asarray(s[2]), dtype=torch.long, device=device))
                  for s in slides}
         epochs = self.epochs
-        if self.select_epochs and len(slides) >= 2:
+        if self.select_epochs and len(slides) >= 2 and self.members > 0:
             epochs = self._choose_epochs(slides, edges)
         self.chosen_epochs = epochs
         self.history = []
@@ -320,9 +322,11 @@ class SpotGraphSTModel(RidgeSTModel):
 
         super().check_config(config)
         sg = config.model.spot_graph
-        for key in ("hidden", "members", "epochs"):
+        for key in ("hidden", "epochs"):
             if getattr(sg, key) < 1:
                 raise ConfigError(f"model.spot_graph.{key} must be ≥ 1, got {getattr(sg, key)}")
+        if sg.members < 0:
+            raise ConfigError(f"model.spot_graph.members must be ≥ 0 (0: the base ridge alone), got {sg.members}")
         if sg.rank < 0:
             raise ConfigError(f"model.spot_graph.rank must be ≥ 0 (0: a full map to the genes), got {sg.rank}")
         if not sg.lr > 0:
