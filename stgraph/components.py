@@ -12,20 +12,25 @@ from typing import Iterable
 
 __all__ = ["REGISTRIES", "list_components", "format_components"]
 
-#: Listed registries: title → (module, attribute, the config key or argument that picks an entry).
-REGISTRIES: dict[str, tuple[str, str, str]] = {
-    "models": ("stgraph.models.factory", "MODELS", "model.kind"),
-    "image_encoders": ("stgraph.models.image_encoders", "IMAGE_ENCODERS", "model.image_encoder.name"),
-    "spot_encoders": ("stgraph.models.spot_encoders", "SPOT_ENCODERS", "model.spot_encoder.name"),
-    "losses": ("stgraph.losses", "LOSSES", "loss.alignment"),
-    "knn_backends": ("stgraph.retrieval.knn", "KNN_BACKENDS", "inference.backend"),
-    "similarities": ("stgraph.retrieval.knn", "SIMILARITIES", "inference.similarity"),
-    "aggregations": ("stgraph.retrieval.impute", "AGGREGATIONS", "inference.aggregation"),
-    "distances": ("stgraph.retrieval.impute", "WEIGHT_DISTANCES", "inference.distance"),
+#: Registries no config key chooses from: title → (module, attribute, what picks an entry).
+OTHER_REGISTRIES: dict[str, tuple[str, str, str]] = {
     "baselines": ("stgraph.evaluation.baselines", "BASELINES", "stgraph evaluate --baselines"),
     "metrics": ("stgraph.metrics.evaluate", "METRICS", "evaluation report columns"),
     "readers": ("stgraph.data.readers", "READERS", "read_slide(path, format=...)"),
 }
+
+
+def _registries() -> dict[str, tuple[str, str, str]]:
+    """Every listed registry: the config-chosen ones from the one table that maps a config key to its registry
+    (:data:`stgraph.config.schema.REGISTRY_OPTIONS`), titled by the registry's name, then the others."""
+    from .config.schema import REGISTRY_OPTIONS
+
+    chosen = {attr.lower(): (module, attr, key) for key, (module, attr) in REGISTRY_OPTIONS.items()}
+    return {**chosen, **OTHER_REGISTRIES}
+
+
+#: Listed registries: title → (module, attribute, the config key or argument that picks an entry).
+REGISTRIES: dict[str, tuple[str, str, str]] = _registries()
 
 
 def list_components(plugins: Iterable[str] = ()) -> dict[str, dict]:
@@ -37,8 +42,14 @@ def list_components(plugins: Iterable[str] = ()) -> dict[str, dict]:
     out = {}
     for title, (module, attr, key) in REGISTRIES.items():
         registry = getattr(importlib.import_module(module), attr)
-        out[title] = {"key": key, "kind": registry.kind, "inputs": list(registry.inputs),
-                      "entries": registry.describe()}
+        rows = registry.describe()
+        for row in rows:  # a model kind also says what it needs and does (its ModelSpec)
+            spec = getattr(registry.get(row["name"]), "spec", None)
+            if spec is not None and hasattr(spec, "training"):
+                row["spec"] = {"training": spec.training, "output": spec.output,
+                               "cached_features": spec.cached_features, "seeded": spec.seeded,
+                               "min_batch_size": spec.min_batch_size, "reference": list(spec.reference)}
+        out[title] = {"key": key, "kind": registry.kind, "inputs": list(registry.inputs), "entries": rows}
     return out
 
 
@@ -53,6 +64,12 @@ def format_components(table: dict[str, dict]) -> str:
             if row["any_options"]:
                 opts = f"{opts}, **kwargs" if opts else "**kwargs"
             lines.append(f"  {row['name']:<22} {row['summary']}")
+            if "spec" in row:
+                sp = row["spec"]
+                how = ("trained by the Trainer" if sp["training"] == "trainer" else "fitted in one call") + "; " + (
+                    "retrieves from its reference (kNN)" if sp["output"] == "retrieval" else "predicts expression") + (
+                    "; cached features" if sp["cached_features"] else "") + ("" if sp["seeded"] else "; seed-free")
+                lines.append(f"  {'':<22}   does: {how}")
             if opts:
                 lines.append(f"  {'':<22}   options: {opts}")
         lines.append("")

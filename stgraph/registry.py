@@ -1,23 +1,9 @@
 """Name → object registries, in the spirit of timm's ``register_model`` / ``create_model``.
 
 Every pluggable piece is registered by name in one :class:`Registry`, and configs, the CLI's ``choices=``
-and the tests ask the registry for the valid names:
-
-==========================  ================================  =====================================================
-registry                    module                            config key / argument (its settings)
-==========================  ================================  =====================================================
-``MODELS``                  ``stgraph.models.factory``        ``model.kind``
-``IMAGE_ENCODERS``          ``stgraph.models.image_encoders`` ``model.image_encoder.name`` (``.options``)
-``SPOT_ENCODERS``           ``stgraph.models.spot_encoders``  ``model.spot_encoder.name`` (``.options``)
-``LOSSES``                  ``stgraph.losses.registry``       ``loss.alignment`` (``loss.options``)
-``KNN_BACKENDS``            ``stgraph.retrieval.knn``         ``inference.backend`` (``inference.backend_options``)
-``SIMILARITIES``            ``stgraph.retrieval.knn``         ``inference.similarity`` (``.similarity_options``)
-``AGGREGATIONS``            ``stgraph.retrieval.impute``      ``inference.aggregation`` (``.aggregation_options``)
-``WEIGHT_DISTANCES``        ``stgraph.retrieval.impute``      ``inference.distance``
-``BASELINES``               ``stgraph.evaluation.baselines``  ``stgraph evaluate --baselines``
-``METRICS``                 ``stgraph.metrics.evaluate``      the columns of an evaluation report
-``READERS``                 ``stgraph.data.readers``          ``read_slide(path, format=...)``
-==========================  ================================  =====================================================
+and the tests ask the registry for the valid names. Which config key chooses from which registry is said once,
+in :data:`stgraph.config.schema.REGISTRY_OPTIONS`; ``stgraph components`` lists every registry with its
+entries (:mod:`stgraph.components`).
 
 An unknown name fails with the valid choices (:class:`UnknownNameError`, a ``KeyError`` and a
 ``ValueError``).

@@ -5,7 +5,7 @@ import scipy.sparse as sp
 import torch
 
 from stgraph.inference.smoothing import smooth_on_graph
-from stgraph.nn.context import NeighbourContext, neighbour_mean
+from stgraph.nn.context import neighbour_mean
 
 # Path graph 0 – 1 – 2 plus an isolated node 3 (edges both ways, one self loop that must be ignored).
 EDGES = torch.tensor([[0, 1, 1, 2, 2], [1, 0, 2, 1, 2]])
@@ -16,9 +16,6 @@ def test_neighbour_mean_by_hand():
     expected = torch.tensor([[3.0, 2.0], [3.0, 2.0], [3.0, 2.0], [7.0, 7.0]])
     # node 0: mean(x1); node 1: mean(x0, x2) = (3, 2); node 2: mean(x1), self loop ignored; node 3 alone.
     assert torch.equal(neighbour_mean(X, EDGES), expected)
-    out = NeighbourContext()(X, EDGES)
-    assert out.shape == (4, 4) and NeighbourContext.out_dim(2) == 4
-    assert torch.equal(out[:, :2], X) and torch.equal(out[:, 2:], expected)
 
 
 def test_smoothing_by_hand():

@@ -114,8 +114,3 @@ class SlideCollection(Mapping[str, AnnData]):
                     **kwargs) -> "SlideCollection":
         """Read HER2+ sections (default: the six imaged ones) with :func:`~stgraph.data.readers.read_her2st`."""
         return cls(read_her2st(root, s, **kwargs) for s in sections)
-
-    @classmethod
-    def from_paths(cls, paths: Iterable, **kwargs) -> "SlideCollection":
-        """Read each path with :func:`~stgraph.data.readers.read_slide`."""
-        return cls(read_slide(p, **kwargs) for p in paths)

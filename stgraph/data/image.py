@@ -9,7 +9,7 @@ import functools
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional, Protocol
+from typing import Iterator, Optional
 
 import numpy as np
 from anndata import AnnData
@@ -19,7 +19,6 @@ from ..keys import Key
 
 __all__ = [
     "IMAGE_SUFFIXES",
-    "FullResImage",
     "ArrayImage",
     "PILImage",
     "ScaledImage",
@@ -148,17 +147,9 @@ def thumbnail(path: Path, max_side: int) -> np.ndarray:
         img.close()
 
 
-class FullResImage(Protocol):
-    """A full-resolution RGB image that can be cropped without holding more than it must."""
-
-    shape: tuple[int, int, int]
-
-    def crop(self, x0: int, y0: int, x1: int, y1: int, pad_value: int = 255) -> np.ndarray:
-        ...
-
-
-def _to_rgb(region: np.ndarray) -> np.ndarray:
-    """(h, w[, c]) any integer/float image → (h, w, 3) uint8 (grey replicated, alpha dropped)."""
+def to_rgb(region: np.ndarray) -> np.ndarray:
+    """(h, w[, c]) any integer/float image → (h, w, 3) uint8 (grey replicated, alpha dropped; uint16 scaled,
+    floats in [0, 1] scaled): the one conversion of every image and whole-slide reader."""
     if region.ndim == 2:
         region = np.repeat(region[..., None], 3, axis=2)
     elif region.shape[2] == 1:
@@ -196,13 +187,13 @@ class ArrayImage:
         height, width = self.shape[:2]
         sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
         if sx1 > sx0 and sy1 > sy0:
-            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = _to_rgb(np.asarray(self.array[sy0:sy1, sx0:sx1]))
+            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = to_rgb(np.asarray(self.array[sy0:sy1, sx0:sx1]))
         return out
 
     def thumbnail(self, max_side: int) -> np.ndarray:
         """A strided downscale whose longest side is ≤ ``max_side`` (reads only the sampled pixels)."""
         step = max(1, int(np.ceil(max(self.shape[:2]) / max_side)))
-        return _to_rgb(np.asarray(self.array[::step, ::step]))
+        return to_rgb(np.asarray(self.array[::step, ::step]))
 
 
 class PILImage:

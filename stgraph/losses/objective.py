@@ -104,11 +104,6 @@ class Objective:
         return weights
 
     # ----------------------------------------------------------------------------------------- terms
-    def terms(self, model, batch: dict) -> dict[str, torch.Tensor]:
-        """Unweighted loss terms for one batch from ``model.encode_image`` / ``model.encode_spot``."""
-        image, spot = model.encode_image(batch), model.encode_spot(batch)
-        return self.terms_from(image, spot, batch.get("loss_index"))
-
     def terms_from(self, image, spot, idx: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """Unweighted loss terms from the two branches' :class:`~stgraph.models.contrastive.BranchOutput`
         (the rows may be a whole global batch gathered from several processes); ``idx``: the loss rows.
@@ -127,10 +122,6 @@ class Objective:
                 if name in self.hsic_branches:
                     terms[f"hsic_{name}"] = self.hsic(rows(out.inputs), rows(out.hidden), rows(out.emb))
         return terms
-
-    def __call__(self, model, batch: dict, epoch: Optional[int] = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """Weighted total and per-term logs (see :class:`~stgraph.losses.CompositeLoss`)."""
-        return CompositeLoss(self.weights(epoch))(self.terms(model, batch))
 
     def __repr__(self) -> str:
         return f"Objective({self.alignment.__class__.__name__}, weights={self.all_weights()})"

@@ -48,8 +48,9 @@ class BranchOutput:
 
 @MODELS.register("contrastive")
 class ContrastiveSTModel(STModel):
-    """Image and spot encoders projected into one joint space (the objective lives in
-    :class:`stgraph.losses.Objective`); ``model.kind: contrastive``, trained by the
+    """The two-branch model of BLEEP, HECLIP, mclSTExp and ST-GCHB: image and spot encoders in one joint space.
+
+    The objective lives in :class:`stgraph.losses.Objective`; ``model.kind: contrastive``, trained by the
     :class:`~stgraph.training.Trainer`, predicting by kNN retrieval from the reference.
 
     Parameters

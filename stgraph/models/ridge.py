@@ -246,7 +246,9 @@ def check_ridge_config(config) -> None:
 
 @MODELS.register("ridge")
 class RidgeSTModel(STModel):
-    """stgraph's regression method: cached (context) backbone features → :class:`RidgeRegressor` → expression.
+    """stgraph's method: cached multi-view backbone features → a reduced-rank ridge → expression.
+
+    Cached (context) backbone features → :class:`RidgeRegressor` → expression.
 
     Fitted in closed form (no epochs, no seed) and predicting expression itself (no kNN); its reference
     stores the PCA scores of the training features (``encode_image``) for inspection.

@@ -297,7 +297,9 @@ class SpotGraphRegressor(nn.Module):
 
 @MODELS.register("spot_graph")
 class SpotGraphSTModel(RidgeSTModel):
-    """``model.kind: spot_graph``: cached (context + neighbour) backbone features of each slide and its spot
+    """Learned graph regression on cached features: the ridge plus networks over spot-graph neighbours.
+
+    ``model.kind: spot_graph``: cached (context + neighbour) backbone features of each slide and its spot
     graph → :class:`SpotGraphRegressor` → expression. The ridge model with another head: its base ridge is
     ``model.ridge`` (one section for both kinds), its networks ``model.spot_graph``; it predicts expression
     directly, and its reference stores the base ridge's PCA scores of the training features.

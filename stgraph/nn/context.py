@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch_geometric.utils import remove_self_loops, scatter
 
-__all__ = ["NeighbourContext", "neighbour_mean"]
+__all__ = ["neighbour_mean"]
 
 
 def neighbour_mean(x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
@@ -25,23 +24,3 @@ def neighbour_mean(x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
     alone = count == 0
     mean = summed / count.clamp(min=1).unsqueeze(-1)
     return torch.where(alone.unsqueeze(-1), x, mean)
-
-
-class NeighbourContext(nn.Module):
-    r"""Concatenate each spot's features with the mean of its graph neighbours' (a 1-hop context view).
-
-    .. math:: \mathbf{h}_i = \big[\,\mathbf{x}_i \,\|\, \bar{\mathbf{x}}_i\,\big]
-
-    with :math:`\bar{\mathbf{x}}_i` from :func:`neighbour_mean`. Spots of a tissue region share expression
-    programmes, and a patch's neighbours show more of that region than the patch alone (TRIPLEX's
-    neighbour view, here without parameters so that cached backbone features stay cacheable).
-
-    Shapes: ``forward(x (N, F), edge_index (2, E)) → (N, 2F)``; ``out_dim(F) = 2F``.
-    """
-
-    @staticmethod
-    def out_dim(in_dim: int) -> int:
-        return 2 * int(in_dim)
-
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, neighbour_mean(x, edge_index)], dim=-1)

@@ -29,6 +29,7 @@ from ..retrieval.reference import ReferenceStore
 from ..runfolder import (LOCK_NAME, STATE_COMPLETE, STATE_TRAINING, Run, clean_stale_files, foreign_entries,
                          read_run_info, remove_run_tree, run_state, save_model, write_run_info)
 from ..utils import check_writable_dir, resolve_device, seed_everything
+from ..utils.io import current_umask
 from ..utils.lock import FolderLock, check_unlocked, is_locked
 from .distributed import DistEnv, DistributedError, barrier, init_distributed
 from .trainer import Trainer, TrainResult
@@ -307,7 +308,7 @@ def check_train_inputs(config, out: Optional[str | Path], force: bool = False, r
 
 def _swap_in(new: Path, final: Path) -> None:
     """Replace ``final`` by the complete run ``new``; the old run is removed only once the new one is in place."""
-    os.chmod(new, 0o777 & ~_umask())
+    os.chmod(new, 0o777 & ~current_umask())
     old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
     os.rmdir(old)
     os.replace(final, old)
@@ -317,12 +318,6 @@ def _swap_in(new: Path, final: Path) -> None:
         os.replace(old, final)
         raise
     remove_run_tree(old)  # its lock file last: a kill halfway leaves a folder the next writer can prove ours
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool, device: torch.device,

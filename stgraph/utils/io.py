@@ -23,7 +23,7 @@ class DestinationError(StgraphError, OSError):
     """An output path cannot be written (read-only folder, a folder where a file is expected, wrong suffix)."""
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -108,7 +108,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     try:
         yield tmp_path
         if tmp_path.exists():
-            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -23,7 +23,7 @@ from typing import Optional
 
 from ..errors import StgraphError
 
-__all__ = ["LOCK_NAME", "FolderLock", "FolderLockedError", "lock_owner", "is_locked", "check_unlocked"]
+__all__ = ["LOCK_NAME", "FolderLock", "FolderLockedError", "is_locked", "check_unlocked"]
 
 #: The lock file's name inside the owned folder.
 LOCK_NAME = ".stgraph.lock"
@@ -68,11 +68,6 @@ def _read_record(path: Path) -> Optional[dict]:
     except ValueError:
         return None
     return record if isinstance(record, dict) else None
-
-
-def lock_owner(folder: str | os.PathLike) -> Optional[dict]:
-    """The owner record in ``folder``'s lock file (``pid``, ``host``, ``started``, ``command``), or ``None``."""
-    return _read_record(Path(folder) / LOCK_NAME)
 
 
 def _describe(record: Optional[dict]) -> str:

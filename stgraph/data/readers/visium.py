@@ -69,6 +69,22 @@ def _probes_to_genes(adata: AnnData) -> AnnData:
     return AnnData(X=x, obs=probes.obs.copy(), var=var)
 
 
+def join_positions(adata: AnnData, positions: pd.DataFrame, matrix_path, positions_path, unit: str):
+    """The barcodes of a Space Ranger matrix joined to their positions (Visium spots, Visium HD bins), kept
+    where ``in_tissue`` is 1: ``(adata view, positions)`` in the matrix's order. A barcode without a position,
+    or no unit in tissue, is a :class:`SlideFormatError` naming both files."""
+    unknown = adata.obs_names[~adata.obs_names.isin(positions.index)]
+    if len(unknown):
+        raise SlideFormatError(f"{len(unknown)} barcode(s) of {matrix_path} are missing from the {unit} positions "
+                               f"in {positions_path}, e.g. {unknown[:3].tolist()}")
+    pos = positions.loc[adata.obs_names]
+    keep = pos["in_tissue"].to_numpy() == 1
+    adata, pos = adata[keep], pos.loc[keep]
+    if adata.n_obs == 0:
+        raise SlideFormatError(f"no {unit} of {matrix_path} is marked in_tissue in {positions_path}")
+    return adata, pos
+
+
 def _read_positions(path: Path) -> pd.DataFrame:
     header = 0 if path.name == "tissue_positions.csv" else None
     try:
@@ -174,17 +190,8 @@ def read_visium(
                                              Key.uns.metadata: {"source_matrix": str(matrix_path.resolve())}}}
         return _finish_obs(adata, library_id)
 
-    positions = _read_positions(positions_path)
-    unknown = adata.obs_names[~adata.obs_names.isin(positions.index)]
-    if len(unknown):
-        raise SlideFormatError(f"{len(unknown)} barcode(s) of {matrix_path} are missing from {positions_path}, "
-                               f"e.g. {unknown[:3].tolist()}")
-    pos = positions.loc[adata.obs_names]
-    in_tissue = pos["in_tissue"].to_numpy() == 1
-    adata = adata[in_tissue].copy()
-    pos = pos.loc[in_tissue]
-    if adata.n_obs == 0:
-        raise SlideFormatError(f"no spot of {matrix_path} is marked in_tissue in {positions_path}")
+    adata, pos = join_positions(adata, _read_positions(positions_path), matrix_path, positions_path, "spot")
+    adata = adata.copy()
     for col in ("in_tissue", "array_row", "array_col"):
         adata.obs[col] = pos[col].astype(int).to_numpy()
     adata.obsm[Key.obsm.spatial] = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)

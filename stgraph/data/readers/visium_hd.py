@@ -177,7 +177,7 @@ def read_visium_hd(path: str | os.PathLike, bin_size_um: int = 8, pool_um: Optio
         JSON; ``spot_diameter_fullres`` becomes pool_um / microns_per_pixel when pooled), ``metadata``
         {``microns_per_pixel``, ``bin_size_um``, ``pool_um``, ``source_matrix``}.
     """
-    from .visium import _read_10x_matrix
+    from .visium import _read_10x_matrix, join_positions
 
     root = Path(path)
     folder = _bin_folder(root, bin_size_um)
@@ -193,16 +193,7 @@ def read_visium_hd(path: str | os.PathLike, bin_size_um: int = 8, pool_um: Optio
     mpp = scalefactors.get("microns_per_pixel")
     bin_um = scalefactors.get("bin_size_um", float(bin_size_um))
 
-    adata = _read_10x_matrix(matrix_path)
-    unknown = adata.obs_names[~adata.obs_names.isin(positions.index)]
-    if len(unknown):
-        raise SlideFormatError(f"{len(unknown)} barcode(s) of {matrix_path} are missing from the bin positions "
-                               f"in {spatial_dir}, e.g. {unknown[:3].tolist()}")
-    pos = positions.loc[adata.obs_names]
-    keep = pos["in_tissue"].to_numpy() == 1
-    adata, pos = adata[keep], pos.loc[keep]
-    if adata.n_obs == 0:
-        raise SlideFormatError(f"no bin of {matrix_path} is marked in_tissue in {spatial_dir}")
+    adata, pos = join_positions(_read_10x_matrix(matrix_path), positions, matrix_path, spatial_dir, "bin")
     x = sp.csr_matrix(adata.X, dtype=np.float32)
     xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(np.float64)
     rows, cols = pos["array_row"].to_numpy(np.int64), pos["array_col"].to_numpy(np.int64)

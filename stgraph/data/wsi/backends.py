@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import SlideFormatError
+from ..image import to_rgb
 from .mpp import mpp_from_aperio_description, mpp_from_ome_xml, mpp_from_tiff_resolution, plausible_mpp
 
 __all__ = ["WSI_SUFFIXES", "OPENSLIDE_FIRST", "OPENSLIDE_ONLY", "OPENSLIDE_HINT", "openslide_available",
@@ -31,23 +32,6 @@ def openslide_available() -> bool:
         return False
     return True
 
-
-
-def _as_rgb(region: np.ndarray) -> np.ndarray:
-    """(h, w[, c]) integer/float image → (h, w, 3) uint8 (grey replicated, alpha dropped)."""
-    if region.ndim == 2:
-        region = region[..., None]
-    if region.shape[2] == 1:
-        region = np.repeat(region, 3, axis=2)
-    elif region.shape[2] > 3:
-        region = region[..., :3]
-    if region.dtype != np.uint8:
-        if region.dtype == np.uint16:
-            region = region / 257.0
-        elif np.issubdtype(region.dtype, np.floating) and region.size and region.max() <= 1.0:
-            region = region * 255.0
-        region = np.clip(np.rint(region), 0, 255).astype(np.uint8)
-    return region
 
 
 class TiffBackend:
@@ -101,7 +85,7 @@ class TiffBackend:
                     f"openslide: {OPENSLIDE_HINT})") if "imagecodecs" in str(err) else ""
             raise SlideFormatError(f"cannot decode level {level} of {self.path}: {err}{hint}") from err
         order = [kept.index("Y"), kept.index("X")] + [i for i, ax in enumerate(kept) if ax not in "YX"]
-        return _as_rgb(np.transpose(region, order))
+        return to_rgb(np.transpose(region, order))
 
     def mpp(self) -> tuple[Optional[float], str]:
         page = self.tif.pages[0]

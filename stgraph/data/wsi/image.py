@@ -13,8 +13,8 @@ reads only the tiles of the level and region asked for:
   ``.mrxs``, which is not a TIFF.
 
 Coordinates follow openslide: ``(x, y)`` = (column, row); a region is given by its top-left corner in
-**level-0 pixels** and its width/height in pixels of the level read. :meth:`WSIImage.crop` implements the
-:class:`~stgraph.data.image.FullResImage` protocol (level-0 box, padded outside the slide), so a
+**level-0 pixels** and its width/height in pixels of the level read. :meth:`WSIImage.crop` crops a level-0
+box padded outside the slide, as the full-resolution images of :mod:`stgraph.data.image` do, so a
 ``WSIImage`` can stand wherever a full-resolution image is cropped.
 
 The pixel size (``mpp``, µm per level-0 pixel) comes, in order, from the user's ``mpp=``, openslide's
@@ -151,7 +151,7 @@ class WSIImage:
         return self.read_level_region(level, int(round(x / ds)), int(round(y / ds)), w, h, pad_value)
 
     def crop(self, x0: int, y0: int, x1: int, y1: int, pad_value: int = 255) -> np.ndarray:
-        """Level-0 pixels ``[y0:y1, x0:x1]`` as (y1 − y0, x1 − x0, 3) uint8 (the ``FullResImage`` protocol)."""
+        """Level-0 pixels ``[y0:y1, x0:x1]`` as (y1 − y0, x1 − x0, 3) uint8, padded outside the slide."""
         return self.read_level_region(0, x0, y0, x1 - x0, y1 - y0, pad_value)
 
     def read_level_resized(self, level: int, out_width: int, out_height: int,
