@@ -67,6 +67,42 @@ def _primitives_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _batchnorm_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from stgraph.nn.norm import convert_global_batchnorm
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    full = torch.randn(7, 3, 2, 2) * 3 + 1
+    rows = [slice(0, 4), slice(4, 7)][rank]  # unequal slices of one global batch
+    bn, n = convert_global_batchnorm(torch.nn.BatchNorm2d(3))
+    x = full[rows].clone().requires_grad_(True)
+    y = bn(x)
+    (y * torch.arange(1.0, 4.0)[None, :, None, None]).pow(2).sum().backward()
+    torch.save({"y": y.detach(), "grad": x.grad, "running_var": bn.running_var, "weight_grad": bn.weight.grad,
+                "n": n}, f"{out}/bn{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_global_batchnorm_over_two_ranks_equals_batchnorm_over_the_whole_batch(tmp_path):
+    """Forward, running statistics and gradients of two ranks' slices equal one BatchNorm over the whole
+    batch (the weight's gradient is summed over ranks, as DDP's average of N × the loss gives)."""
+    mp.spawn(_batchnorm_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    full = (torch.randn(7, 3, 2, 2) * 3 + 1).requires_grad_(True)
+    bn = torch.nn.BatchNorm2d(3)
+    y = bn(full)
+    (y * torch.arange(1.0, 4.0)[None, :, None, None]).pow(2).sum().backward()
+    r0, r1 = (torch.load(tmp_path / f"bn{r}.pt") for r in (0, 1))
+    assert r0["n"] == 1
+    torch.testing.assert_close(torch.cat([r0["y"], r1["y"]]), y.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat([r0["grad"], r1["grad"]]), full.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(r0["running_var"], bn.running_var, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(r0["weight_grad"] + r1["weight_grad"], bn.weight.grad, rtol=1e-4, atol=1e-4)
+
+
 def test_gather_rows_and_ddp_unused_parameters(tmp_path):
     mp.spawn(_primitives_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     torch.manual_seed(0)
@@ -95,6 +131,10 @@ CASES = {
     "bleep": ("bleep.yaml", ["train.batch_size=48", "train.weight_decay=0.1"], []),
     # Spot batches within one slide (the transformer attends across them): whole jobs per rank.
     "mclstexp": ("mclstexp.yaml", ["train.batch_size=40", "train.weight_decay=0.1"], ["train.accumulate=2"]),
+    # Fine-tuning a backbone with BatchNorm (test_resnet) on spot batches across slides: each rank encodes a
+    # slice, and BatchNorm normalises over the whole global batch (GlobalBatchNorm), as one process does.
+    "bleep_finetune": ("bleep.yaml", ["train.batch_size=48", "model.image_encoder.freeze=none",
+                                      "model.image_encoder.cache_features=false"], []),
 }
 
 
@@ -140,6 +180,7 @@ def one_and_two(tmp_path_factory):
 
 
 def _assert_same_run(one: dict, two: dict) -> None:
+    rtol, atol = 1e-5, 1e-6
     h1, h2 = one["history"], two["history"]
     assert list(h1["split"]) == list(h2["split"]) and list(h1["epoch"]) == list(h2["epoch"])
     terms = [c for c in h1.columns if c not in ("epoch", "split", "seconds")]
@@ -147,15 +188,24 @@ def _assert_same_run(one: dict, two: dict) -> None:
         # rel 1e-5; the absolute 1e-5 is for the HSIC terms, differences of two nHSIC values that nearly
         # cancel (|term| ~ 3e-3): the float32 rounding of summing two jobs' gradients in another order
         # shows there at ~1e-6 absolute.
-        np.testing.assert_allclose(h2[c].to_numpy(float), h1[c].to_numpy(float), rtol=1e-5, atol=1e-5,
+        np.testing.assert_allclose(h2[c].to_numpy(float), h1[c].to_numpy(float), rtol=rtol, atol=max(atol, 1e-5),
                                    err_msg=c)
     for k, v in one["state"].items():
-        torch.testing.assert_close(two["state"][k], v, rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(two["state"][k], v, rtol=rtol, atol=atol, msg=lambda m: f"{k}: {m}")
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_processes_equal_one(one_and_two, name):
     one, two = one_and_two
+    if name == "bleep_finetune":
+        # Fine-tuning a BatchNorm backbone with Adam amplifies last-bit differences of the first steps (a
+        # gradient element near 0 whose sign flips moves by 2 × lr), so the two runs agree to a looser bound:
+        # training losses to 1.2e-4 relative in epoch 0 and 1e-5 in epoch 1 with GlobalBatchNorm, against 8.6e-4
+        # and 2.1e-2 with each rank normalising its own slice (measured; the bound below is 1e-3). Exactness of
+        # the normalisation itself: test_global_batchnorm_over_two_ranks_equals_batchnorm_over_the_whole_batch.
+        h1, h2 = (r[name]["history"].query("split == 'train'") for r in (one, two))
+        np.testing.assert_allclose(h2["total"].to_numpy(float), h1["total"].to_numpy(float), rtol=1e-3)
+        return
     _assert_same_run(one[name], two[name])
     if name == "stgchb":
         # The case is the one the hand-written reducer got wrong: epoch 0 trained DGI alone (no align term

@@ -79,14 +79,14 @@ class SpotGraphNet(nn.Module):
             dst = torch.cat([edge_index[1].to(h.device), loops])
         if self.neighbours == "mean":
             out = torch.zeros_like(h).index_add_(0, dst, h[src])
-            deg = torch.zeros(n, device=h.device).index_add_(0, dst, torch.ones_like(dst, dtype=h.dtype))
+            deg = torch.zeros(n, device=h.device, dtype=h.dtype).index_add_(0, dst, torch.ones_like(dst, dtype=h.dtype))
             return out / deg.clamp_min(1)[:, None]
         q, k, v = self.q(h), self.k(h), self.v(h)
         score = (q[dst] * k[src]).sum(-1) / h.shape[1] ** 0.5
         # Softmax over each destination's incoming edges (a segment softmax).
-        peak = torch.full((n,), -torch.inf, device=h.device).scatter_reduce(0, dst, score, "amax")
+        peak = torch.full((n,), -torch.inf, device=h.device, dtype=h.dtype).scatter_reduce(0, dst, score, "amax")
         w = torch.exp(score - peak[dst])
-        total = torch.zeros(n, device=h.device).index_add_(0, dst, w)
+        total = torch.zeros(n, device=h.device, dtype=h.dtype).index_add_(0, dst, w)
         w = w / total[dst]
         return torch.zeros_like(v).index_add_(0, dst, w[:, None] * v[src])
 

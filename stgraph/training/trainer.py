@@ -35,6 +35,7 @@ in float32), with a gradient scaler for ``fp16``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import dataclasses
 import math
 import time
@@ -140,6 +141,14 @@ class Trainer:
         leaves the heads out of the loss): DDP then marks the parameters no term reached as ready without a
         gradient, so their ``.grad`` stays ``None`` on every rank, as in one process."""
         switches = any(n > 0 for n in self.objective.dgi_pretrain_epochs.values())
+        if self.shard == "rows":
+            # Each rank encodes a slice of the global batch: BatchNorm must see the whole batch, as in one
+            # process (jobs keep per-job statistics, which is what one process accumulating them computes).
+            from ..nn.norm import convert_global_batchnorm
+
+            _, n = convert_global_batchnorm(self.model)
+            if n:
+                logging.getLogger(__name__).debug("%d BatchNorm layer(s) normalise over the global batch", n)
         device_ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
             if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(task, device_ids=device_ids,
