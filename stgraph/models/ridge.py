@@ -75,11 +75,18 @@ def select_ridge(z: np.ndarray, y_centred: np.ndarray, slide_ids: Sequence, alph
     scores)`` with ``scores`` (len(alphas), len(gene_ranks)). One (q × q) solve per inner fold and λ, one SVD
     of the inner targets per inner fold.
     """
+    import logging
+    import time
+
+    log = logging.getLogger("stgraph")
     ids = np.asarray(slide_ids)
     slides = list(dict.fromkeys(ids.tolist()))
     alphas, ranks = [float(a) for a in alphas], [int(r) for r in gene_ranks]
     scores = np.zeros((len(alphas), len(ranks)))
-    for held in slides:
+    start = time.perf_counter()
+    for i, held in enumerate(slides):
+        log.info("choosing ridge λ and gene rank (%d × %d candidates) by leave-one-slide-out: %d/%d, %s held "
+                 "out (%.0f s so far)", len(alphas), len(ranks), i + 1, len(slides), held, time.perf_counter() - start)
         inner, out = ids != held, ids == held
         zi, yi = z[inner], y_centred[inner] - y_centred[inner].mean(0)
         v_all = gene_programs(yi, max(ranks)) if any(r > 0 for r in ranks) else None

@@ -244,7 +244,11 @@ class SpotGraphRegressor(nn.Module):
             # The base ridge's (λ, rank) are chosen once, by its own LOSO over all the training slides; the
             # inner folds reuse them rather than repeating that search inside each one (K × (K − 1) fits).
             fixed = copy.deepcopy(self.ridge).fit(*self._prepare(slides))
+        import logging
+
         for held in range(len(slides)):
+            logging.getLogger("stgraph").info("choosing spot_graph epochs among %s by leave-one-slide-out: %d/%d, %s "
+                                              "held out", checkpoints, held + 1, len(slides), slides[held][3])
             inner = [s for i, s in enumerate(slides) if i != held]
             x, y, ids = self._prepare(inner)
             out_x, out_y = slides[held][0], slides[held][1]
