@@ -104,3 +104,38 @@ def test_training_features_come_from_the_store_without_cutting_patches(tiny_conf
     moved.obsm["spatial"] = moved.obsm["spatial"] + 1.0
     with pytest.raises(AssertionError, match="patches cut"):
         prepare.prepare_slide(moved, config, image_encoder=encoder)
+
+
+def test_every_image_encoder_setting_that_changes_features_changes_their_key(tiny_config, synthetic_slides, tmp_path):
+    """Each field of model.image_encoder either changes the feature store's key (varied here one at a time) or
+    is listed, with the reason, in NOT_IN_FEATURE_KEY (and then does not change the spot's key): a new setting
+    fails this test until it is classified. model_kwargs were once missing (a `global_pool: max` run reused
+    average-pooled features)."""
+    import copy
+    import dataclasses
+
+    from stgraph.config.schema import ImageEncoderConfig
+    from stgraph.preprocess.prepare import NOT_IN_FEATURE_KEY, feature_key
+
+    (tmp_path / "w.pth").write_bytes(b"weights")
+    varied = {"name": "another_encoder", "options": {"drop_rate": 0.1}, "backbone": "resnet18",
+              "pretrained": True, "weights": str(tmp_path / "w.pth"), "input_size": 64,
+              "model_kwargs": {"global_pool": "max"}, "architecture": "resnet18"}
+    fields = {f.name for f in dataclasses.fields(ImageEncoderConfig)}
+    assert fields == set(varied) | set(NOT_IN_FEATURE_KEY), "classify the new image encoder setting"
+    config = tiny_config("stgraph.yaml")
+    slide = synthetic_slides[0]
+    base = feature_key(slide, config)
+    for name, value in varied.items():
+        other = copy.deepcopy(config)
+        assert getattr(other.model.image_encoder, name) != value, name
+        setattr(other.model.image_encoder, name, value)
+        assert feature_key(slide, other) != base, f"model.image_encoder.{name} does not change the feature key"
+    for name in NOT_IN_FEATURE_KEY:
+        other = copy.deepcopy(config)
+        value = getattr(other.model.image_encoder, name)
+        setattr(other.model.image_encoder, name, (not value) if isinstance(value, bool) else 3.0)
+        assert feature_key(slide, other) == base, name
+    # the context view's own key holds its side: another context_scale, another key
+    assert feature_key(slide, config, patch_um=64.0, microns_per_pixel=1.0) != \
+        feature_key(slide, config, patch_um=96.0, microns_per_pixel=1.0)
