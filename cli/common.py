@@ -8,7 +8,7 @@ from pathlib import Path
 
 from stgraph.keys import Key
 
-__all__ = ["verbose_parent", "plugin_parent", "plugins_in", "with_cli_plugins", "slides_parent", "query_parent", "device_parent", "read_many", "read_query",
+__all__ = ["input_paths", "check_apart", "verbose_parent", "plugin_parent", "plugins_in", "with_cli_plugins", "slides_parent", "query_parent", "device_parent", "read_many", "read_query",
            "check_genes", "plot_maps", "log"]
 
 log = logging.getLogger("stgraph")
@@ -114,6 +114,61 @@ def device_parent() -> argparse.ArgumentParser:
     return p
 
 
+def _listed(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def input_paths(args, configs=()) -> list[str]:
+    """Every path a command reads: slides (files, folders, globs expanded), images, spot tables, sample
+    sheets and the paths they list, HER2+ data roots, the run (``--model``), config files and the files a
+    config names (gene lists, weights). An output is checked against them all (:func:`check_apart`)."""
+    import glob
+
+    out: list[str] = []
+    for name in ("data", "slide", "wsi", "counts", "spots", "image", "fullres_image", "her2st", "model", "pred",
+                 "config"):
+        for value in _listed(getattr(args, name, None)):
+            value = str(value)
+            out.append(value)
+            if any(ch in value for ch in "*?["):
+                out.extend(glob.glob(value))
+    sheet = getattr(args, "samples", None)
+    if sheet:
+        out.append(str(sheet))
+        try:
+            from stgraph.data.readers import parse_sample_sheet
+
+            for row in parse_sample_sheet(sheet):
+                out.extend(str(v) for k, v in row.items() if k != "sample_id")
+        except Exception:  # the sheet's own errors are reported when it is read
+            pass
+    for config in configs:
+        from stgraph.config.load import PATH_FIELDS
+
+        for section_path, attr in PATH_FIELDS:
+            node = config
+            for part in section_path.split("."):
+                node = getattr(node, part)
+            value = getattr(node, attr)
+            if isinstance(value, str) and Path(value).exists():
+                out.append(value)
+    return [p for p in out if Path(p).exists() or Path(p).is_symlink()]
+
+
+def check_apart(output, args, configs=(), what: str = "output", run_folder_ok: bool = False) -> None:
+    """Refuse an ``output`` that is, contains or lies inside one of the command's inputs (before any compute,
+    ``--force`` or not): :func:`stgraph.utils.io.check_apart` over :func:`input_paths`; first, unless
+    ``run_folder_ok`` (``train``'s own run folder), an output in or on a run folder, with that reason."""
+    from stgraph.utils.io import check_apart as _check
+    from stgraph.utils.io import check_not_in_run_folder
+
+    if not run_folder_ok:
+        check_not_in_run_folder(output, what)
+    _check(output, input_paths(args, configs), what=what)
+
+
 def read_many(args) -> list:
     """The slides of ``--data``, ``--samples``, ``--counts/--spots/--image`` groups and ``--her2st`` (ids
     checked unique). The sheet and the groups are checked whole before any slide is read."""
@@ -182,6 +237,10 @@ def plot_maps(pred, true, genes, path: Path, force: bool) -> None:
 
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists (use --force to replace it)")
+    if path.exists() or path.is_symlink():
+        from stgraph.utils.io import check_replaceable
+
+        check_replaceable(path)  # only a figure stgraph wrote is replaced
     check_genes(genes, pred.var_names, "the prediction's")
     if true is not None:
         from stgraph.data import pp

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import read_many, slides_parent, with_cli_plugins
+from .common import check_apart, read_many, slides_parent, with_cli_plugins
 
 __all__ = ["add_parser", "run"]
 
@@ -55,7 +55,11 @@ def run(args) -> int:
     for path in args.config:
         cfg = with_cli_plugins(load_config(path, overrides), args)
         check_pretrained_weights(cfg)  # before any slide is read
+        if cfg.name in configs:  # results are keyed by name: one would silently replace the other
+            raise ValueError(f"--config {path} and {paths[cfg.name]} are both named {cfg.name!r}: give each "
+                             "config its own name (the `name:` key, or name=... as an override)")
         configs[cfg.name], paths[cfg.name] = cfg, path
+    check_apart(args.out, args, list(configs.values()), what="results folder")
     ablations = ablation_pairs_by_base(paths)
     for pair in args.ablation:
         abl, _, full = pair.partition("=")

@@ -61,9 +61,15 @@ def run(args) -> int:
     except Exception as err:  # h5py's OSError, a truncated file, an .h5ad of another layout
         raise ValueError(f"--pred {pred_path}: not a readable .h5ad prediction ({type(err).__name__})") from None
     out = Path(args.out)
-    if out.exists() and not args.force:  # before the true slide is read
-        raise FileExistsError(f"{out} already exists (use --force to replace it)")
     truth = truth_args(args, pred)
+    from stgraph.utils import check_output_file
+
+    from .common import check_apart
+
+    check_apart(out, args, what="plot file")
+    if truth is not None:
+        check_apart(out, truth, what="plot file")
+    check_output_file(out, (".png", ".pdf", ".svg"), force=args.force, what="plot file")  # before the truth is read
     true = read_query(truth) if truth is not None else None
     plot_maps(pred, true, args.genes, out, force=args.force)
     return 0

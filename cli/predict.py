@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 from stgraph.config.schema import choices
 from stgraph.keys import Key
 
-from .common import check_genes, device_parent, plot_maps, query_parent, read_query
+from .common import check_apart, check_genes, device_parent, plot_maps, query_parent, read_query
 
 __all__ = ["add_parser", "run", "predict_and_write"]
 
@@ -152,7 +152,10 @@ def _outputs(slides: list, args) -> list:
         if dup:
             raise WSIPredictionError(f"several slides are named {dup}: their outputs would collide")
         pairs = [(s, out / f"{n}.{args.format}") for s, n in zip(slides, names)]
+    if len(pairs) > 1 or not out.suffix:
+        check_apart(out, args, what="output folder")
     for _, path in pairs:
+        check_apart(path, args)  # never onto an input slide, whatever --force says
         check_output_path(path, force=args.force)
         if getattr(args, "plot", None):
             from stgraph.utils import check_output_file
@@ -243,6 +246,7 @@ def run(args) -> int:
             loaded = _load(args)
             return predict_and_write(loaded, pairs, _predict_adata(args), force=args.force)
         args.slide = [str(slides[0])]
+    check_apart(args.out, args)  # never onto an input slide, whatever --force says
     out = check_output_path(args.out, force=args.force)
     if args.plot:
         from stgraph.utils import check_output_file

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from .common import log, read_many, slides_parent, with_cli_plugins
+from .common import check_apart, log, read_many, slides_parent, with_cli_plugins
 
 __all__ = ["add_parser", "run"]
 
@@ -54,6 +54,7 @@ def run(args) -> int:
     if args.nproc < 1:
         raise ValueError(f"--nproc must be ≥ 1, got {args.nproc}")
     config = with_cli_plugins(load_config(args.config, args.overrides), args)
+    check_apart(args.out, args, [config], what="run folder", run_folder_ok=True)  # never onto, into or around an input
     check_train_inputs(config, args.out, force=args.force, resume=args.resume)  # before reading any slide
     if args.nproc > 1:
         if env_world_size() > 1:

@@ -39,7 +39,8 @@ from .utils.lock import LOCK_NAME, is_locked
 
 __all__ = ["Run", "RUN_FILES", "CheckpointError", "ModelFolderError", "load_checkpoint", "save_model",
            "load_run", "read_run_info", "write_run_info", "run_state", "foreign_entries", "clean_stale_files",
-           "remove_run_tree", "STATE_TRAINING", "STATE_COMPLETE", "RUN_FOLDER_NAMES"]
+           "remove_run_tree", "STATE_TRAINING", "STATE_COMPLETE", "RUN_FOLDER_NAMES", "CHECKED_FILES", "file_records",
+           "verify_run_files"]
 
 #: Files a complete run folder holds; ``run.json`` is written last.
 RUN_FILES = ("config.yaml", "genes.txt", "model.pt", "reference.h5", "run.json")
@@ -152,6 +153,7 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
         hint = ("was training interrupted? resume it with `stgraph train --resume`"
                 if (run_dir / "checkpoints" / "last.pt").is_file() else "train it again")
         raise ModelFolderError(f"model folder {run_dir} is incomplete: missing {missing} ({hint})")
+    verify_run_files(run_dir, read_run_info(run_dir))  # before any file is read into memory
     try:
         state = load_checkpoint(run_dir / "model.pt")
         config = config_from_dict(state["config"])
@@ -168,6 +170,10 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
     if list(reference.genes) != list(preprocessor.genes):
         raise ModelFolderError(f"{run_dir}: reference.h5 genes differ from genes.txt")
     info = read_run_info(run_dir)
+    recorded = info.get("n_reference_spots")
+    if recorded is not None and int(recorded) != reference.n_spots:
+        raise ModelFolderError(f"{run_dir / 'reference.h5'} holds {reference.n_spots} spots where run.json records "
+                               f"{recorded}: the file was changed or replaced; restore it or train the run again")
     return Run(model, config, preprocessor, reference, None, run_dir, info=info)
 
 
@@ -182,6 +188,8 @@ RUN_FOLDER_NAMES = frozenset(RUN_FILES) | {"preprocess.json", "preprocess.npz", 
 CHECKPOINT_NAMES = frozenset({"best.pt", "last.pt"})
 #: :func:`~stgraph.utils.atomic_path`'s temporaries: ``.<name>.<random>.tmp``.
 _TMP = re.compile(r"^\.(?P<name>[^/]+?)\.[A-Za-z0-9_]+\.tmp$")
+#: The suffix of a build or swap folder of ours beside a run: ``.new-`` / ``.old-`` and mkdtemp's 8 characters.
+_LEFTOVER = re.compile(r"^\.(new|old)-[A-Za-z0-9_]{8}$")
 #: :func:`~stgraph.utils.io.check_writable_dir`'s probe files.
 _PROBE = re.compile(r"^\.stgraph-probe-[A-Za-z0-9_]+\.tmp$")
 
@@ -207,6 +215,38 @@ def read_run_info(run_dir: str | Path) -> dict:
 def write_run_info(run_dir: str | Path, info: dict) -> None:
     """Rewrite ``run.json`` atomically (a kill leaves the old or the new one, never half of either)."""
     atomic_write_text(Path(run_dir) / "run.json", json.dumps(info, indent=2, default=float))
+
+
+#: Run files whose size and SHA-256 ``run.json`` records (``"files"``) and :func:`load_run` checks.
+CHECKED_FILES = ("config.yaml", "genes.txt", "model.pt", "reference.h5")
+
+
+def file_records(run_dir: str | Path, names=CHECKED_FILES) -> dict:
+    """``{name: {"bytes": size, "sha256": hex}}`` of the run files that exist: what ``run.json`` records of the
+    files it describes, written last."""
+    from .utils.io import bytes_digest
+
+    run_dir = Path(run_dir)
+    return {n: {"bytes": (run_dir / n).stat().st_size, "sha256": bytes_digest(run_dir / n)}
+            for n in names if (run_dir / n).is_file()}
+
+
+def verify_run_files(run_dir: str | Path, info: dict) -> None:
+    """Refuse a run whose files are not those ``run.json`` describes (changed, replaced by another run's,
+    truncated or damaged after it was written), naming the file; runs written before the record are not
+    checked."""
+    from .utils.io import bytes_digest
+
+    run_dir = Path(run_dir)
+    for name, record in (info.get("files") or {}).items():
+        path = run_dir / name
+        if path.is_symlink():
+            raise ModelFolderError(f"{path} is a link: a run's files are its own; copy the run instead of linking")
+        if not path.is_file():
+            raise ModelFolderError(f"{path} is missing (run.json records it): the run is incomplete")
+        if path.stat().st_size != record.get("bytes") or bytes_digest(path) != record.get("sha256"):
+            raise ModelFolderError(f"{path} is not the file run.json records (changed, replaced, truncated or "
+                                   "damaged since the run was written): restore it or train the run again")
 
 
 def run_state(info: dict) -> str:
@@ -294,7 +334,11 @@ def clean_stale_files(run_dir: str | Path) -> list[Path]:
     if parent.is_dir():
         for which in ("new", "old"):
             for p in parent.glob(f".{run_dir.name}.{which}-*"):
-                if not p.is_dir() or p.is_symlink() or (which == "old" and not run_dir.exists()):
+                if p.is_symlink() and _LEFTOVER.match(p.name[len(run_dir.name) + 1:]):
+                    p.unlink()  # a link an earlier release's swap moved aside: the link only, never its target
+                    removed.append(p)
+                    continue
+                if not p.is_dir() or (which == "old" and not run_dir.exists()):
                     continue
                 entries = list(p.iterdir())
                 if entries and not ((p / LOCK_NAME).is_file() and not is_locked(p)):

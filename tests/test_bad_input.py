@@ -134,7 +134,16 @@ def test_output_file_checks(tmp_path):
     (tmp_path / "x.h5ad").write_text("")
     with pytest.raises(FileExistsError):
         check_output_file(tmp_path / "x.h5ad", (".h5ad",))
-    check_output_file(tmp_path / "x.h5ad", (".h5ad",), force=True)
+    # --force replaces only what stgraph wrote: the user's file (here an empty one) is refused, named
+    with pytest.raises(DestinationError, match="x.h5ad exists and is not an output stgraph wrote"):
+        check_output_file(tmp_path / "x.h5ad", (".h5ad",), force=True)
+    import anndata
+    import numpy as np
+
+    earlier = anndata.AnnData(np.zeros((2, 2), np.float32))
+    earlier.uns["stgraph"] = {"model": "run"}
+    earlier.write_h5ad(tmp_path / "earlier.h5ad")
+    check_output_file(tmp_path / "earlier.h5ad", (".h5ad",), force=True)
 
 
 # ---------------------------------------------------------------- 7. a failed first train does not block the retry

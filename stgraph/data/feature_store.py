@@ -6,9 +6,11 @@ A :class:`FeatureStore` is a folder (``<data.cache_dir>/features``) of HDF5 file
                                                                data, indices, indptr (CSR)  (sparse)
                                            attribute "key" on the group: the full key as JSON
 
-The key names everything the array depends on (backbone, weights identity — a file's SHA-256 or a hub id —,
-backbone input size, patch side and µm, the spot coordinates' hash, the image's identity, ...). Its digest
-names the file and the full key is compared on every open, so a changed key is a miss, never a stale hit.
+The key names everything the array depends on (backbone, weights identity — a file's content fingerprint or a
+hub id —, backbone input size, patch side and µm, the spot coordinates' hash, the image's content
+fingerprint, the encoder's settings, ...). Its digest names the file and the full key is compared on every
+open, so a changed key is a miss, never a stale hit. Every dataset carries a Fletcher-32 checksum per chunk:
+a damaged block fails its read (:class:`StoreDamagedError`, naming the file) and a cache user recomputes it.
 A file is built beside its final name and renamed onto it (:func:`~stgraph.utils.io.atomic_path`), so a
 reader sees a complete file or none. One file per slide rather than one group per slide in a shared file:
 HDF5 cannot swap one group of a file in atomically, and ranks or workers write different slides at once.
@@ -31,11 +33,30 @@ import scipy.sparse as sp
 
 from ..errors import StgraphError
 
-__all__ = ["FeatureStore", "StoredArray", "StoredCSR", "StoreKeyError", "weights_identity", "key_digest"]
+__all__ = ["FeatureStore", "StoredArray", "StoredCSR", "StoreKeyError", "StoreDamagedError", "weights_identity",
+           "key_digest", "STORE_FORMAT"]
 
 
 class StoreKeyError(StgraphError, KeyError):
     """No entry of this slide under this key in the store (a miss)."""
+
+
+class StoreDamagedError(StgraphError, OSError):
+    """A stored block fails its checksum (or cannot be read): the file is damaged, never used as it is."""
+
+
+#: Version of the files' layout, part of every key: files of earlier layouts (without checksums) are misses.
+STORE_FORMAT = 2
+
+
+def _checked(path: Path, read):
+    """``read()``, with a damaged block (HDF5's Fletcher-32 checksum, a truncated file) reported naming the
+    file instead of h5py's bare error."""
+    try:
+        return read()
+    except (OSError, RuntimeError) as err:
+        raise StoreDamagedError(f"feature store file {path} is damaged ({err}); delete it and it is recomputed "
+                                "on the next use") from None
 
 
 def key_digest(key: dict) -> str:
@@ -43,25 +64,18 @@ def key_digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-_WEIGHTS_HASHES: dict = {}
 
 
 def weights_identity(weights: Optional[Union[str, os.PathLike]], pretrained: bool = True) -> str:
-    """What backbone weights are, for a cache key: ``sha256:<16 hex>`` of a weights file's bytes (a file
-    replaced under the same name is a new identity), else the hub id / tag given, else ``imagenet`` or
-    ``random``. File hashes are memoised per (path, size, mtime) within the process."""
+    """What backbone weights are, for a cache key: a weights file's content fingerprint
+    (:func:`~stgraph.utils.io.file_fingerprint`: a file replaced under the same name is a new identity), else
+    the hub id / tag given, else ``imagenet`` or ``random``."""
     if weights:
         path = Path(weights).expanduser()
         if path.is_file():
-            st = path.stat()
-            memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-            if memo not in _WEIGHTS_HASHES:
-                h = hashlib.sha256()
-                with open(path, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(block)
-                _WEIGHTS_HASHES[memo] = "sha256:" + h.hexdigest()[:16]
-            return _WEIGHTS_HASHES[memo]
+            from ..utils.io import file_fingerprint
+
+            return file_fingerprint(path)
         return f"id:{weights}"
     return "imagenet" if pretrained else "random"
 
@@ -125,9 +139,9 @@ class StoredArray(_Handle):
         e.g. a slice of a larger buffer) when given: no intermediate copy."""
         ds = self._g()["x"]
         if out is None:
-            return ds[start:stop]
+            return _checked(self.path, lambda: ds[start:stop])
         if stop > start:
-            ds.read_direct(out, source_sel=np.s_[start:stop])
+            _checked(self.path, lambda: ds.read_direct(out, source_sel=np.s_[start:stop]))
         return out
 
     def __getitem__(self, rows) -> np.ndarray:
@@ -179,15 +193,15 @@ class StoredCSR(_Handle):
 
     def _ptr(self) -> np.ndarray:
         if self._indptr is None or self._pid != os.getpid():
-            self._indptr = self._g()["indptr"][:].astype(np.int64)
+            self._indptr = _checked(self.path, lambda: self._g()["indptr"][:].astype(np.int64))
         return self._indptr
 
     def read_range(self, start: int, stop: int) -> sp.csr_matrix:
         ptr = self._ptr()
         g = self._g()
         a, b = ptr[start], ptr[stop]
-        return sp.csr_matrix((g["data"][a:b], g["indices"][a:b], ptr[start:stop + 1] - a),
-                             shape=(stop - start, self.shape[1]))
+        data, indices = _checked(self.path, lambda: (g["data"][a:b], g["indices"][a:b]))
+        return sp.csr_matrix((data, indices, ptr[start:stop + 1] - a), shape=(stop - start, self.shape[1]))
 
     def __getitem__(self, rows) -> sp.csr_matrix:
         if isinstance(rows, slice):
@@ -220,8 +234,13 @@ class FeatureStore:
     def __init__(self, root: Union[str, os.PathLike]):
         self.root = Path(root)
 
+    @staticmethod
+    def _full(key: dict) -> dict:
+        """The key as stored: the caller's key and the layout version (:data:`STORE_FORMAT`)."""
+        return {**key, "store_format": STORE_FORMAT}
+
     def path(self, slide_id: str, key: dict) -> Path:
-        return self.root / f"{_safe(slide_id)}.{key_digest(key)}.h5"
+        return self.root / f"{_safe(slide_id)}.{key_digest(self._full(key))}.h5"
 
     def _meta(self, slide_id: str, key: dict):
         """``(shape, dtype, chunk_rows, sparse)`` of a valid entry, else ``None`` (missing, damaged, other key)."""
@@ -233,7 +252,7 @@ class FeatureStore:
         try:
             with h5py.File(path, "r") as f:
                 g = f[str(slide_id)]
-                if json.loads(g.attrs["key"]) != json.loads(json.dumps(key, sort_keys=True, default=str)):
+                if json.loads(g.attrs["key"]) != json.loads(json.dumps(self._full(key), sort_keys=True, default=str)):
                     return None
                 shape = tuple(int(s) for s in g.attrs["shape"])
                 if "x" in g:
@@ -272,16 +291,18 @@ class FeatureStore:
         path = self.path(slide_id, key)
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             g = f.create_group(str(slide_id))
-            g.attrs["key"] = json.dumps(key, sort_keys=True, default=str)
+            g.attrs["key"] = json.dumps(self._full(key), sort_keys=True, default=str)
             if sp.issparse(array):
                 m = sp.csr_matrix(array)
                 m.sort_indices()
                 if dtype is not None:
                     m = m.astype(dtype)
                 g.attrs["shape"] = np.asarray(m.shape, dtype=np.int64)
-                g.create_dataset("data", data=m.data)
-                g.create_dataset("indices", data=m.indices.astype(np.int32))
-                g.create_dataset("indptr", data=m.indptr.astype(np.int64))
+                # Every dataset chunked with a Fletcher-32 checksum per chunk: a damaged block fails its read.
+                for name, values in (("data", m.data), ("indices", m.indices.astype(np.int32)),
+                                     ("indptr", m.indptr.astype(np.int64))):
+                    g.create_dataset(name, data=values, chunks=True if len(values) else None,
+                                     fletcher32=bool(len(values)))
             else:
                 x = np.asarray(array)
                 if dtype is not None:
@@ -290,7 +311,7 @@ class FeatureStore:
                     raise ValueError(f"feature store: slide {slide_id!r} array must be (n, F, ...), got {x.shape}")
                 g.attrs["shape"] = np.asarray(x.shape, dtype=np.int64)
                 chunks = (max(1, min(int(chunk_rows), x.shape[0])),) + x.shape[1:] if x.size else None
-                g.create_dataset("x", data=x, chunks=chunks)
+                g.create_dataset("x", data=x, chunks=chunks, fletcher32=chunks is not None)
         return self.open(slide_id, key)
 
     def entries(self) -> list[Path]:

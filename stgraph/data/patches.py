@@ -72,9 +72,12 @@ def _cache_key(adata: AnnData, entry: dict, xy: np.ndarray, size: int, side: int
     if "fullres" in images:
         image_id = "inmemory:" + hash_array(images[Key.image.fullres])
     elif source:
+        from ..utils.io import file_fingerprint
+
         source = Path(source)
-        stat = source.stat() if source.is_file() else None
-        image_id = f"{source.resolve()}:{stat.st_size}:{int(stat.st_mtime)}" if stat else f"{source}:missing"
+        # The image's content, not its name, size and mtime: a file replaced under the same name, size and
+        # mtime (cp -p, rsync -t) is another image.
+        image_id = f"file:{file_fingerprint(source)}" if source.is_file() else f"{source}:missing"
     elif fallback is not None:
         image_id = f"{fallback[0]}:{fallback[2]!r}:" + hash_array(fallback[1])
     else:
@@ -87,7 +90,8 @@ def patch_key(adata: AnnData, size: int, patch_um: Optional[float] = None,
               microns_per_pixel: Optional[float] = None, pad_value: int = 255) -> dict:
     """What :func:`extract_patches` with these arguments depends on, without cutting a patch: the number of
     spots, output and crop side, pad value, the coordinates' hash and the image's identity (an in-memory
-    image's hash; an image file's path, size and mtime). Cache keys of patches and of their features."""
+    image's hash; an image file's content fingerprint, :func:`~stgraph.utils.io.file_fingerprint`). Cache keys
+    of patches and of their features."""
     lib, entry = slide_library(adata)
     xy = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)
     side = _crop_side(size, patch_um, microns_per_pixel, entry, _fullres_scale(entry))
@@ -98,8 +102,13 @@ def _read_cache(path: Path, key: dict, n: int, size: int) -> Optional[np.ndarray
     meta = path.with_suffix(".json")
     if not (path.is_file() and meta.is_file()):
         return None
+    from ..utils.io import bytes_digest
+
     try:
-        if json.loads(meta.read_text()) != key:
+        record = json.loads(meta.read_text())
+        if not isinstance(record, dict) or record.get("key") != key:
+            return None
+        if record.get("sha256") != bytes_digest(path):  # a damaged or replaced file: recomputed, never trusted
             return None
         patches = np.load(path)
     except (OSError, ValueError, json.JSONDecodeError):
@@ -113,10 +122,11 @@ def _read_cache(path: Path, key: dict, n: int, size: int) -> Optional[np.ndarray
 
 
 def _write_cache(path: Path, key: dict, patches: np.ndarray) -> None:
-    from ..utils.io import atomic_save_npy, atomic_write_text
+    from ..utils.io import atomic_save_npy, atomic_write_text, bytes_digest
 
     atomic_save_npy(path, patches)
-    atomic_write_text(path.with_suffix(".json"), json.dumps(key, indent=1))
+    # The key and the checksum of the bytes written, checked on every read.
+    atomic_write_text(path.with_suffix(".json"), json.dumps({"key": key, "sha256": bytes_digest(path)}, indent=1))
     import logging
 
     from ..utils.cache import folder_size

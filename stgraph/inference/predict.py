@@ -238,8 +238,10 @@ def check_output_path(path: str | Path, force: bool = False) -> Path:
         raise PredictionOutputError(f"output {path} is an existing folder, not a file")
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists (use --force to replace it)")
-    from ..utils.io import check_not_in_run_folder, check_writable_dir
+    from ..utils.io import check_not_in_run_folder, check_replaceable, check_writable_dir
 
+    if path.exists() or path.is_symlink():
+        check_replaceable(path)  # --force replaces an earlier prediction, never the user's other files
     check_writable_dir(path.parent, what=f"folder of output {path.name}")  # before any slide is read
     check_not_in_run_folder(path)
     return path
@@ -296,12 +298,12 @@ def extend_reference(loaded: Run, slides, save: bool = True,
         from ..utils.lock import FolderLock
 
         # One writer at a time: refused (naming the owner) while train/--force/--resume/extend writes it.
-        with FolderLock(loaded.run_dir):
-            return _extend_reference(loaded, slides, True, min_gene_overlap)
+        with FolderLock(loaded.run_dir) as lock:
+            return _extend_reference(loaded, slides, True, min_gene_overlap, lock)
     return _extend_reference(loaded, slides, save, min_gene_overlap)
 
 
-def _extend_reference(loaded: Run, slides, save: bool, min_gene_overlap: float) -> ReferenceStore:
+def _extend_reference(loaded: Run, slides, save: bool, min_gene_overlap: float, lock=None) -> ReferenceStore:
     store = loaded.reference
     if save and loaded.run_dir is not None:
         from ..runfolder import STATE_COMPLETE, clean_stale_files, read_run_info, run_state
@@ -332,18 +334,27 @@ def _extend_reference(loaded: Run, slides, save: bool, min_gene_overlap: float) 
         store = store.extend(emb, prepared.expr, list(store.genes), np.array([prepared.slide_id] * prepared.n_spots),
                              np.array(prepared.barcodes))
         added.append(str(prepared.slide_id))
-    loaded.reference = store
     if save and loaded.run_dir is not None:
         import shutil
 
-        from ..runfolder import write_run_info
+        from ..runfolder import file_records, read_run_info, verify_run_files, write_run_info
 
+        # Just before writing: the lock is still ours, and the run is still the one the counts came from.
+        lock.verify()
+        info = read_run_info(loaded.run_dir)
+        if info.get("n_reference_spots") != loaded.info.get("n_reference_spots"):
+            raise ModelFolderError(f"run {loaded.run_dir} changed while the slides were embedded (another writer "
+                                   "extended it): nothing was written; load it again and extend it")
+        verify_run_files(loaded.run_dir, info)
         current = Path(loaded.run_dir) / "reference.h5"
         with atomic_path(current.with_name("reference.prev.h5")) as tmp:
             shutil.copy2(current, tmp)
         store.save(current, overwrite=True)
+        lock.verify()
         info = {**info, "n_reference_spots": int(store.n_spots),
                 "extended_with": list(info.get("extended_with", [])) + added}
+        info["files"] = {**(info.get("files") or {}), **file_records(loaded.run_dir, ("reference.h5",))}
         write_run_info(loaded.run_dir, info)  # the provenance follows the reference it describes
         loaded.info = info
+    loaded.reference = store
     return store

@@ -85,8 +85,9 @@ def _backbone_id(run: Run) -> str:
 
 
 def _cache_file(cache_dir: Path, wsi, xy: np.ndarray, patch_um: float, target_mpp: float, run: Run) -> Path:
-    stat = Path(wsi.source).stat()
-    key = json.dumps({"image": str(Path(wsi.source).resolve()), "size": stat.st_size, "mtime": int(stat.st_mtime),
+    from ..utils.io import file_fingerprint
+
+    key = json.dumps({"image": file_fingerprint(wsi.source),
                       "mpp": wsi.mpp, "xy": hashlib.blake2b(np.ascontiguousarray(xy, np.float64).tobytes(),
                                                             digest_size=8).hexdigest(),
                       "patch_um": round(patch_um, 6), "target_mpp": round(target_mpp, 9),

@@ -23,8 +23,10 @@ def save_figure(fig, path: Union[str, os.PathLike], dpi: int = 120) -> Path:
     """
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
+    # PNGs say who wrote them: `--force` replaces only a figure stgraph wrote (utils.io.is_stgraph_output).
+    metadata = {"Software": "stgraph"} if fmt == "png" else None
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
     return path
 

@@ -439,8 +439,14 @@ def _cached_features(encoder, adata: AnnData, config, slide_id: str, device: str
     if store is not None:
         key = feature_key(adata, config, stage, patch_um, microns_per_pixel, encoder)
         if store.has(slide_id, key):
-            feats = store.open(slide_id, key).read_all()
-            if feats.shape[0] == adata.n_obs:
+            from ..data.feature_store import StoreDamagedError
+
+            try:
+                feats = store.open(slide_id, key).read_all()
+            except StoreDamagedError as err:
+                logging.getLogger("stgraph").warning("%s: recomputing it", err)
+                feats = None
+            if feats is not None and feats.shape[0] == adata.n_obs:
                 logging.getLogger(__name__).debug("feature store hit: %s", store.path(slide_id, key))
                 return feats
     pts = patches() if callable(patches) else patches

@@ -503,16 +503,49 @@ class FaissKNN(KNNBackend):
                 "max_points_per_centroid": self.max_points_per_centroid, "niter": self.niter,
                 "ivf_min_reference": self.ivf_min_reference, "faiss": getattr(self.faiss, "__version__", "")}
 
-    def write_index(self, path) -> None:
-        """Write the built index to ``path`` (``faiss.write_index``; the caller makes it atomic)."""
+    #: First bytes of a saved index: stgraph's header (identity and checksum), then faiss's own bytes.
+    INDEX_MAGIC = b"STGRAPH-FAISS-1\n"
+
+    def write_index(self, path, identity: str = "") -> None:
+        """Write the built index to ``path`` (the caller makes it atomic): a header naming ``identity`` (what
+        the index was built from: the embeddings' digest and the settings) and the SHA-256 of faiss's bytes,
+        then those bytes (``faiss.serialize_index``)."""
+        import hashlib
+        import json
+
         if self.index is None:
             raise RuntimeError("FaissKNN.write_index called before fit()")
-        self.faiss.write_index(self.index, str(path))
+        payload = self.faiss.serialize_index(self.index).tobytes()
+        header = json.dumps({"identity": identity, "sha256": hashlib.sha256(payload).hexdigest(),
+                             "bytes": len(payload)}).encode()
+        with open(path, "wb") as fh:
+            fh.write(self.INDEX_MAGIC + len(header).to_bytes(8, "little") + header)
+            fh.write(payload)
 
-    def read_index(self, path, n_reference: int, dim: int) -> "FaissKNN":
-        """Use the index saved at ``path`` for an (``n_reference``, ``dim``) reference instead of building one
-        (``faiss.read_index``). Raises ``ValueError`` when the file holds another shape of index."""
-        index = self.faiss.read_index(str(path))
+    def read_index(self, path, n_reference: int, dim: int, identity: str = "") -> "FaissKNN":
+        """Use the index saved at ``path`` for an (``n_reference``, ``dim``) reference instead of building one.
+        Raises ``ValueError`` when the file is not one :meth:`write_index` wrote for ``identity`` (another
+        run's index, an earlier format), when its bytes fail their checksum (overwritten or damaged), or when
+        it holds another shape of index: the caller rebuilds it."""
+        import hashlib
+        import json
+
+        with open(path, "rb") as fh:
+            data = fh.read()
+        magic = self.INDEX_MAGIC
+        if not data.startswith(magic) or len(data) < len(magic) + 8:
+            raise ValueError(f"{path}: not an index stgraph saved")
+        size = int.from_bytes(data[len(magic):len(magic) + 8], "little")
+        try:
+            header = json.loads(data[len(magic) + 8:len(magic) + 8 + size])
+        except ValueError:
+            raise ValueError(f"{path}: damaged index header") from None
+        payload = data[len(magic) + 8 + size:]
+        if header.get("identity") != identity:
+            raise ValueError(f"{path}: built from other embeddings or settings")
+        if len(payload) != header.get("bytes") or hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+            raise ValueError(f"{path}: its bytes fail their checksum (overwritten or damaged)")
+        index = self.faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
         if (int(index.ntotal), int(index.d)) != (int(n_reference), int(dim)):
             raise ValueError(f"{path}: index of {index.ntotal} × {index.d}, the reference is {n_reference} × {dim}")
         self.resolved_index = self._resolve_index(int(n_reference))

@@ -319,9 +319,13 @@ class ReferenceStore:
         source = self.__dict__.get("_source")
         if source is None or source[1] != id(self.embeddings):
             return None
-        settings = json.dumps(backend.settings(), sort_keys=True)
-        key = hashlib.sha256((self.embeddings_digest() + settings).encode()).hexdigest()[:20]
+        key = hashlib.sha256(self._index_identity(backend).encode()).hexdigest()[:20]
         return source[0].with_name(f"{source[0].name}.{key}.faiss")
+
+    def _index_identity(self, backend: FaissKNN) -> str:
+        """What a saved index is built from: the embeddings' digest and the backend's settings (recorded in
+        the index file and checked when it is read)."""
+        return self.embeddings_digest() + json.dumps(backend.settings(), sort_keys=True)
 
     def _saved_or_built(self, name: str, similarity: str, chunk_size: int, backend_options=None,
                         similarity_options=None) -> KNNBackend:
@@ -332,15 +336,18 @@ class ReferenceStore:
         path = self.index_path(backend) if isinstance(backend, FaissKNN) else None
         if path is None:
             return resolve_backend(backend, similarity, chunk_size, self.embeddings)
-        if path.is_file():
+        if path.is_file() and not path.is_symlink():
             try:
-                return backend.read_index(path, self.n_spots, self.dim)
-            except (RuntimeError, ValueError, OSError):
-                pass  # unreadable or of another shape: rebuilt and rewritten below
+                return backend.read_index(path, self.n_spots, self.dim, identity=self._index_identity(backend))
+            except (RuntimeError, ValueError, OSError) as err:
+                # another run's index, overwritten, damaged or of another shape: never used, rebuilt below
+                import logging
+
+                logging.getLogger("stgraph").info("saved kNN index not used (%s): rebuilding it", err)
         backend.fit(self.embeddings)
         try:
             with atomic_path(path) as tmp:
-                backend.write_index(tmp)
+                backend.write_index(tmp, identity=self._index_identity(backend))
             _remove_saved_indexes(path.with_name(_store_name(path)),
                                   keep=path)
         except OSError:

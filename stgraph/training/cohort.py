@@ -20,7 +20,7 @@ import torch
 from ..config import save_config
 from ..models import create_model
 from ..preprocess.cohort import fit_cohort_preprocessor, prepare_cohort
-from ..runfolder import STATE_COMPLETE, STATE_TRAINING, Run, save_model, write_run_info
+from ..runfolder import STATE_COMPLETE, STATE_TRAINING, Run, file_records, save_model, write_run_info
 from ..preprocess.prepare import PreparedSlide
 from ..preprocess.resolution import resolution_record
 from ..utils import resolve_device, seed_everything
@@ -116,6 +116,7 @@ def train_cohort(config, cohort, out: Optional[str | Path] = None, progress: Opt
     if run_dir is not None:
         save_model(run_dir / "model.pt", model, config, prep.spot_in_dim, result.best_epoch)
         reference.save(run_dir / "reference.h5", overwrite=True)
+        info["files"] = file_records(run_dir)  # sizes and checksums, checked by load_run
         write_run_info(run_dir, info)  # last, atomically: the run is complete
     return Run(model, config, prep, reference, result, run_dir, info=info)
 

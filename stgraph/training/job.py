@@ -26,8 +26,8 @@ from ..preprocess.embed import embed_slide
 from ..preprocess.prepare import PreparedSlide, fit_preprocessor, prepare_slide, uncorrected_expression
 from ..preprocess.resolution import training_resolution
 from ..retrieval.reference import ReferenceStore
-from ..runfolder import (LOCK_NAME, STATE_COMPLETE, STATE_TRAINING, Run, clean_stale_files, foreign_entries,
-                         read_run_info, remove_run_tree, run_state, save_model, write_run_info)
+from ..runfolder import (LOCK_NAME, STATE_COMPLETE, STATE_TRAINING, Run, clean_stale_files, file_records,
+                         foreign_entries, read_run_info, remove_run_tree, run_state, save_model, write_run_info)
 from ..utils import check_writable_dir, resolve_device, seed_everything
 from ..utils.io import current_umask
 from ..utils.lock import FolderLock, check_unlocked, is_locked
@@ -121,7 +121,8 @@ def _recover_interrupted_swap(out: Path) -> None:
     ``<name>``: put it back (unless its writer is alive: the swap is under way)."""
     if out.exists() or not out.parent.is_dir():
         return
-    olds = sorted(p for p in out.parent.glob(f".{out.name}.old-*") if p.is_dir() and not is_locked(p))
+    olds = sorted(p for p in out.parent.glob(f".{out.name}.old-*")
+                  if p.is_dir() and not p.is_symlink() and not is_locked(p))
     if olds:
         os.replace(olds[-1], out)
 
@@ -240,6 +241,8 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
     adatas = _slides_of(slides)
     if not adatas:
         raise ValueError("no training slides given")
+    if out is not None:
+        out = resolve_run_link(Path(out), force, resume)
     # Everything that can be checked is checked before any compute or any write.
     check_train_inputs(config, out, force, resume)
     _log_resolved_config(config)
@@ -275,7 +278,8 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
                 locks.append(FolderLock(run_dir, what="run build folder").acquire())
         start = time.perf_counter()
         try:
-            run = _train(config, adatas, run_dir, resume, progress, device, dist_env, preprocessed)
+            run = _train(config, adatas, run_dir, resume, progress, device, dist_env, preprocessed,
+                         verify=lambda: [lock.verify() for lock in locks])
             logging.getLogger(__name__).debug("trained %s on %d slide(s) in %.1f s on %s", config.name,
                                               len(adatas), time.perf_counter() - start, device)
         except BaseException:
@@ -283,6 +287,8 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
                 remove_run_tree(run_dir)
             raise
         if run_dir is not None and run_dir != final_dir:
+            for lock in locks:  # the old run and the build folder are still ours: nobody took them over
+                lock.verify()
             _swap_in(run_dir, final_dir)
             locks[-1].folder = final_dir  # the build folder's lock is now the run's
             run.run_dir = final_dir
@@ -291,6 +297,26 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
         for lock in locks:
             lock.release()
     return run
+
+
+def resolve_run_link(out: Path, force: bool = False, resume: bool = False) -> Path:
+    """The folder a run is written to when ``out`` is a symbolic link (``runs/latest``): its target, if that is
+    itself a stgraph run folder (the link stays, and the log says which run is replaced); a link to anything
+    else is refused. Writes and deletes never go through a link otherwise."""
+    if not out.is_symlink():
+        return out
+    target = Path(os.path.realpath(out))
+    if not target.is_dir():
+        raise NotARunFolderError(f"run folder {out} is a symbolic link to {target}, which is not a folder: stgraph "
+                                 "writes a run only into a real folder")
+    if not (force or resume):
+        return out  # the "already exists" checks name it
+    if not ((target / "run.json").is_file() and not foreign_entries(target)):
+        raise NotARunFolderError(f"run folder {out} is a symbolic link to {target}, which is not a stgraph run "
+                                 "folder: --force replaces only a run folder; stgraph does not write through links")
+    logging.getLogger("stgraph").warning("%s is a link to the run %s: %s that run (the link stays)", out, target,
+                                         "resuming" if resume else "replacing")
+    return target
 
 
 def check_train_inputs(config, out: Optional[str | Path], force: bool = False, resume: bool = False) -> None:
@@ -303,7 +329,7 @@ def check_train_inputs(config, out: Optional[str | Path], force: bool = False, r
     if config.data.cache_dir:
         check_writable_dir(config.data.cache_dir, what="cache folder (data.cache_dir)")
     if out is not None:
-        _check_out_dir(Path(out), force, resume)
+        _check_out_dir(resolve_run_link(Path(out), force, resume), force, resume)
 
 
 def _swap_in(new: Path, final: Path) -> None:
@@ -321,7 +347,7 @@ def _swap_in(new: Path, final: Path) -> None:
 
 
 def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool, device: torch.device,
-           dist_env: Optional[DistEnv] = None, preprocessed: Optional[tuple] = None) -> Run:
+           dist_env: Optional[DistEnv] = None, preprocessed: Optional[tuple] = None, verify=None) -> Run:
     dist_env = dist_env if dist_env is not None else DistEnv()
     writes = run_dir is not None and dist_env.is_main
     if writes and not resume:
@@ -373,6 +399,8 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
                                 expression=uncorrected_expression(config, preprocessor, expr, adatas))
 
     if run_dir is not None:
+        if verify is not None:
+            verify()  # the folder's lock is still this writer's before its final files are written
         if resume:  # the same config but for the resumable fields (e.g. more epochs)
             save_config(config, run_dir / "config.yaml")
         save_model(run_dir / "model.pt", model, config, preprocessor.spot_in_dim, result.best_epoch)
@@ -396,6 +424,7 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
             "torch": torch.__version__,
             "python": platform.python_version(),
         }
+        provenance["files"] = file_records(run_dir)  # sizes and checksums, checked by load_run
         write_run_info(run_dir, provenance)  # last, atomically: the run is complete
     return Run(model, config, preprocessor, reference, result, run_dir, info={"resolution": resolution})
 

@@ -16,7 +16,9 @@ import numpy as np
 from ..errors import StgraphError
 
 __all__ = ["atomic_path", "atomic_save_npy", "atomic_write_text", "check_writable_dir", "check_output_file",
-           "check_not_in_run_folder", "DestinationError"]
+           "check_not_in_run_folder", "DestinationError", "check_apart", "file_fingerprint", "bytes_digest",
+           "is_stgraph_output",
+           "FULL_HASH_BYTES"]
 
 
 class DestinationError(StgraphError, OSError):
@@ -74,20 +76,139 @@ def check_output_file(path: str | os.PathLike, suffixes: Optional[tuple[str, ...
         raise DestinationError(f"{what} {path} must end in {' or '.join(suffixes)}")
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists (use --force to replace it)")
+    if path.exists() or path.is_symlink():
+        check_replaceable(path)
     check_writable_dir(path.parent, what=f"folder of {what}")
     check_not_in_run_folder(path, what)
 
 
+def check_replaceable(path: str | os.PathLike) -> None:
+    """``--force`` replaces only an output stgraph wrote (:func:`is_stgraph_output`), never a link or another
+    file of the user's."""
+    path = Path(path)
+    if path.is_symlink():
+        raise DestinationError(f"{path} is a symbolic link: stgraph does not write through it; choose another path")
+    if not is_stgraph_output(path):
+        raise DestinationError(f"{path} exists and is not an output stgraph wrote: --force replaces only stgraph's "
+                               "own predictions and figures; move it or choose another path")
+
+
 def check_not_in_run_folder(path: str | os.PathLike, what: str = "output") -> None:
-    """Refuse an output inside (or onto) a stgraph run folder, whose files are stgraph's alone (``--force``
-    would refuse to replace a run that holds the user's files)."""
+    """Refuse an output inside (at any depth) or onto a stgraph run folder, whose files are stgraph's alone
+    (``--force`` would refuse to replace a run that holds the user's files); links are resolved first."""
     from .lock import LOCK_NAME
 
     path = Path(os.path.abspath(path))
-    for folder in (path, path.parent):
+    real = Path(os.path.realpath(path))
+    for folder in dict.fromkeys([path, *path.parents, real, *real.parents]):
         # run.json is written first (state: training) and model.pt last: a run still training is a run too.
         if folder.is_dir() and ((folder / "run.json").is_file() or (folder / LOCK_NAME).is_file()):
             raise DestinationError(f"{what} {path}: {folder} is a stgraph run folder; write outputs elsewhere")
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def check_apart(output: str | os.PathLike, inputs, what: str = "output") -> None:
+    """Refuse, before any compute, an ``output`` that is, contains or lies inside one of ``inputs`` (slides,
+    images, configs, gene lists, the run): both sides resolved (links followed), so a link or ``..`` cannot
+    hide the overlap. ``--force`` does not change this: an output never replaces what it was computed from."""
+    out = Path(os.path.realpath(os.path.abspath(output)))
+    for given in inputs:
+        if given is None:
+            continue
+        src = Path(os.path.realpath(os.path.abspath(given)))
+        if out == src:
+            how = "is"
+        elif _within(src, out):
+            how = "contains"
+        elif _within(out, src):
+            how = "lies inside"
+        else:
+            continue
+        raise DestinationError(f"{what} {output} {how} the input {given}: an output never replaces or mixes with "
+                               "what it is computed from; choose another path")
+
+
+def is_stgraph_output(path: str | os.PathLike) -> bool:
+    """Whether an existing file is an output stgraph wrote (so ``--force`` may replace it): a prediction
+    ``.h5ad`` (``uns['stgraph']``), its ``.csv`` / ``.parquet`` export (columns ``spot, x, y`` first), or a
+    figure whose PNG metadata says ``Software: stgraph``. Anything else is the user's."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".h5ad":
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                return "uns" in f and "stgraph" in f["uns"]
+        if suffix == ".csv":
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                return fh.readline().startswith("spot,x,y")
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(path).names
+            return names[:2] == ["x", "y"] and "spot" in names
+        if suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return str(getattr(im, "text", {}).get("Software", "")).startswith("stgraph")
+    except Exception:  # unreadable: not provably ours
+        return False
+    return False
+
+
+#: Files up to this size are hashed whole; larger ones (whole-slide images) by a sampled fingerprint.
+FULL_HASH_BYTES = 256 * 2 ** 20
+_FINGERPRINTS: dict = {}
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """A content identity of a file: ``sha256:<20 hex>`` of its bytes (up to :data:`FULL_HASH_BYTES`), or of
+    its size and 64 blocks of 1 MiB spread evenly over it (head and tail included) for larger files. Never
+    name, size and mtime alone: an image replaced under the same name, size and mtime (``cp -p``, ``rsync
+    -t``, tar) gets another identity. Memoised within the process by path, size, mtime, ctime and inode (ctime
+    cannot be set back by a copy)."""
+    import hashlib
+
+    path = Path(path)
+    st = path.stat()
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if memo in _FINGERPRINTS:
+        return _FINGERPRINTS[memo]
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        if st.st_size <= FULL_HASH_BYTES:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+            kind = "sha256"
+        else:
+            h.update(str(st.st_size).encode())
+            step = (st.st_size - (1 << 20)) / 63
+            for i in range(64):
+                fh.seek(int(i * step))
+                h.update(fh.read(1 << 20))
+            kind = "sampled-sha256"
+    out = f"{kind}:{h.hexdigest()[:20]}"
+    _FINGERPRINTS[memo] = out
+    return out
+
+
+def bytes_digest(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's whole bytes: the checksum stgraph records for an artefact it wrote and checks
+    on read (a run's files, a saved index, a cached array)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager

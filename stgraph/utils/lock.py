@@ -27,10 +27,18 @@ __all__ = ["LOCK_NAME", "FolderLock", "FolderLockedError", "is_locked", "check_u
 
 #: The lock file's name inside the owned folder.
 LOCK_NAME = ".stgraph.lock"
+#: Open flag that refuses to follow a symbolic link in the last path component (0 where the OS has none).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class FolderLockedError(StgraphError, RuntimeError):
     """Another process is writing the folder (or its lock record cannot be proven stale)."""
+
+
+def _is_regular(fd: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
 def _fcntl():
@@ -60,7 +68,12 @@ def _pid_alive(pid: int) -> bool:
 
 def _read_record(path: Path) -> Optional[dict]:
     try:
-        text = path.read_text()
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)  # never read through a link planted as the lock
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "r") as fh:
+            text = fh.read()
     except (OSError, UnicodeDecodeError):
         return None
     try:
@@ -96,13 +109,13 @@ def is_locked(folder: str | os.PathLike) -> bool:
 def _holder(folder: Path) -> Optional[dict]:
     """The record of a live holder of ``folder``'s lock ({} when unnamed), else ``None``."""
     path = folder / LOCK_NAME
-    if not path.is_file():
+    if not path.is_file() or path.is_symlink():
         return None
     record = _read_record(path)
     fcntl = _fcntl()
     if fcntl is not None:
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
         except OSError:
             return None
         try:
@@ -124,7 +137,16 @@ def check_unlocked(folder: str | os.PathLike, what: str = "run folder") -> None:
     record = _holder(folder)
     if record is not None:
         raise FolderLockedError(f"{what} {folder} is being written by {_describe(record)}; wait for it to "
-                                f"finish (or remove {folder / LOCK_NAME} if that process is gone)")
+                                f"finish{_other_host_hint(record, folder / LOCK_NAME)}")
+
+
+def _other_host_hint(record: Optional[dict], path: Path) -> str:
+    """Only a record from another host may need a person: its process cannot be checked from here. A live
+    writer on this host (its flock held) is never to be removed by hand, and a dead one's lock is taken over."""
+    if record and record.get("host") not in (None, socket.gethostname()):
+        return (f" (it runs on another host, which stgraph cannot check from here: only if that process has "
+                f"ended, remove {path})")
+    return ""
 
 
 class FolderLock:
@@ -139,6 +161,7 @@ class FolderLock:
         self.folder = Path(folder)
         self.what = what
         self._fd: Optional[int] = None
+        self._record: Optional[dict] = None
         self.stale: Optional[dict] = None  #: the record of a dead writer this lock took over, if any
 
     @property
@@ -154,7 +177,17 @@ class FolderLock:
             return self
         fcntl = _fcntl()
         for _ in range(10):  # the file may be unlinked by its releasing owner between open and flock
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                # Never through a link: a link planted as the lock would have the user's file truncated.
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)
+            except OSError as err:
+                if err.errno == errno.ELOOP or self.path.is_symlink():
+                    raise FolderLockedError(f"{self.path} is a symbolic link, not stgraph's lock file: stgraph never "
+                                            "writes through it; move it away") from None
+                raise
+            if not _is_regular(fd):
+                os.close(fd)
+                raise FolderLockedError(f"{self.path} is not a regular file: stgraph writes its lock there; move it away")
             try:
                 if fcntl is not None:
                     try:
@@ -176,7 +209,7 @@ class FolderLock:
                 if _live_foreign_record(record):
                     raise FolderLockedError(
                         f"{self.what} {self.folder} is recorded as being written by {_describe(record)}; wait for "
-                        f"it to finish (or remove {self.path} if that process is gone)")
+                        f"it to finish{_other_host_hint(record, self.path)}")
                 self.stale = record
                 mine = {"pid": os.getpid(), "host": socket.gethostname(),
                         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -184,13 +217,30 @@ class FolderLock:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, json.dumps(mine).encode(), 0)
                 os.fsync(fd)
-                self._fd = fd
+                self._fd, self._record = fd, mine
                 return self
             except BaseException:
                 if self._fd is None:
                     os.close(fd)
                 raise
         raise FolderLockedError(f"{self.what} {self.folder}: could not take {self.path} (it keeps changing)")
+
+    def verify(self) -> None:
+        """Raise :class:`FolderLockedError` unless the lock file is still this lock's: the same file (inode)
+        holding this writer's record. A writer calls it before each write and before its final swap, so a
+        lock removed or replaced meanwhile (by hand, or by a writer that took it over) stops it before it
+        writes anything more."""
+        if self._fd is None:
+            raise FolderLockedError(f"{self.what} {self.folder}: this process does not hold its lock")
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+            same = st.st_ino == os.fstat(self._fd).st_ino and st.st_dev == os.fstat(self._fd).st_dev
+        except FileNotFoundError:
+            same = False
+        if not same or _read_record(self.path) != self._record:
+            raise FolderLockedError(f"{self.what} {self.folder}: its lock {self.path} was removed or replaced while this "
+                                    f"process held it ({_describe(_read_record(self.path))} holds it now); nothing "
+                                    "more is written")
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
