@@ -179,8 +179,10 @@ def read_many(args) -> list:
                             getattr(args, "image", []) or [])
     sheet = parse_sample_sheet(args.samples) if getattr(args, "samples", None) else []
     slides = [read_slide(p) for p in args.data]
-    for row in sheet:
-        slides.append(read_slide(row["path"]) if "path" in row else
+    from stgraph.data.slide_id import set_slide_id
+
+    for row in sheet:  # the sheet's sample_id names the slide, whatever the file calls it
+        slides.append(set_slide_id(read_slide(row["path"]), row["sample_id"]) if "path" in row else
                       read_st_legacy(row["counts"], row["spots"], row["image"], slide_id=row["sample_id"]))
     slides += [read_st_legacy(*g) for g in groups]
     if args.her2st:

@@ -140,6 +140,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as err:
+        full = disk_full(err)
+        if full is None or args.verbose:
+            raise
+        print(f"error: {full}", file=sys.stderr)
+        return 2
+
+
+def disk_full(err: BaseException) -> Optional[str]:
+    """One line for an exception that is a full disk (errno 28 anywhere in its chain, or torch's and h5py's
+    words for it), naming the path when the error carries one; ``None`` for any other error."""
+    import errno
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        text = str(err)
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in text \
+                or "errno = 28" in text or "unexpected pos" in text:
+            where = getattr(err, "filename", None)
+            return (f"no space left on the device{f' writing {where}' if where else ''}: free some space (or "
+                    "point --out / data.cache_dir elsewhere) and run the command again; nothing half-written was "
+                    "kept")
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def console_main() -> int:

@@ -64,6 +64,10 @@ def add_parser(sub, parents) -> None:
                         "run's inference.backend)")
     p.add_argument("--plot", nargs="+", default=None, metavar="GENE",
                    help="also draw these genes' predicted maps to <out>.png")
+    p.add_argument("--allow-scale-mismatch", action="store_true",
+                   help="predict a slide whose pixel size is probably wrong (none stated while the run has one, a "
+                        "spot spacing over 2x from the training slides', a whole-slide tissue longer than a glass "
+                        "slide) instead of refusing it")
     p.set_defaults(func=run)
 
 
@@ -191,7 +195,8 @@ def _predict_adata(args, source: Optional[dict] = None):
         adata = read_slide(slide) if isinstance(slide, (str, Path)) else slide
         if args.mpp is not None:
             _set_mpp(adata, args.mpp)
-        pred = predict_slide(loaded, adata, progress=True, **_retrieval(args))
+        pred = predict_slide(loaded, adata, progress=True, allow_scale_mismatch=args.allow_scale_mismatch,
+                             **_retrieval(args))
         where = {"slide": str(Path(slide).resolve())} if isinstance(slide, (str, Path)) else source
         if where:
             pred.uns.setdefault(Key.uns.stgraph, {})[Key.uns.source_slide] = where
@@ -224,7 +229,8 @@ def _predict_wsi(args) -> int:
         return predict_wsi(loaded, slide, grid=grid, mpp=args.mpp, train_mpp=args.train_mpp, cache=args.cache,
                            min_saturation=args.min_saturation, min_area_um2=args.min_tissue_area,
                            cache_dir=args.cache_dir, chunk_size=args.chunk_size, progress=True,
-                           max_spots=args.max_spots, **_retrieval(args))
+                           max_spots=args.max_spots, allow_scale_mismatch=args.allow_scale_mismatch,
+                           **_retrieval(args))
 
     return predict_and_write(loaded, pairs, predict_one, force=args.force, plot=args.plot)
 

@@ -43,6 +43,9 @@ def _import(module: str, origin: str) -> None:
         return
     try:
         importlib.import_module(module)
+    except SystemExit as err:  # a module that exits at import would end the command with its status, silently
+        raise PluginError(f"plugin {module!r} ({origin}) called sys.exit({err.code!r}) while it was imported: a "
+                          "plugin registers components and returns") from None
     except Exception as err:  # noqa: BLE001 - any failure of a user's module is reported in one line
         raise PluginError(f"plugin {module!r} ({origin}) failed to import: {type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")) from err
@@ -74,6 +77,9 @@ def load_entry_points() -> list[str]:
             continue
         try:
             ep.load()
+        except SystemExit as err:
+            raise PluginError(f"plugin {ep.value!r} ({origin}) called sys.exit({err.code!r}) while it was "
+                              "imported: a plugin registers components and returns") from None
         except Exception as err:  # noqa: BLE001
             raise PluginError(f"plugin {ep.value!r} ({origin}) failed to import: {type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")) from err

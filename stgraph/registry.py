@@ -152,7 +152,25 @@ class Registry(Generic[T]):
         if missing:
             raise UnknownOptionError(f"{where}: {self.kind} {name!r} needs option(s) {missing}; "
                                      f"it accepts {list(accepted)}")
+        hints = self.annotations(name)
+        for key, value in options.items():
+            annotation = hints.get(key)
+            if annotation is not None and not _matches(value, annotation):
+                raise UnknownOptionError(f"{where}.{key}: {self.kind} {name!r} takes {_type_name(annotation)}, got "
+                                         f"{value!r} ({type(value).__name__})")
         return options
+
+    def annotations(self, name: str) -> dict[str, Any]:
+        """The entry's parameter annotations, resolved (``{}`` when they cannot be: a forward reference)."""
+        import typing
+
+        entry = self.get(name)
+        target = getattr(entry, "from_config", None) if inspect.isclass(entry) and hasattr(entry, "spec") else entry
+        target = target.__init__ if inspect.isclass(target) else target
+        try:
+            return typing.get_type_hints(target)
+        except Exception:  # NameError of an unresolvable annotation: no type check, names still are
+            return {}
 
     def summary(self, name: str) -> str:
         """The first line of the entry's docstring (``""`` when it has none)."""
@@ -191,6 +209,43 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+def _matches(value, annotation) -> bool:
+    """Whether a YAML-given option value fits a parameter annotation: int (not bool), float (int too), bool,
+    str, list / tuple / Sequence (a list), dict / Mapping, Optional / Union, Literal; anything else passes."""
+    import collections.abc as cabc
+    import typing
+
+    if annotation is typing.Any or annotation is inspect.Parameter.empty:
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        return any(_matches(value, a) for a in args)
+    if annotation is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    base = origin or annotation
+    if base in (list, tuple, cabc.Sequence, set, frozenset):
+        if not isinstance(value, (list, tuple)):
+            return False
+        return not args or all(_matches(v, args[0]) for v in value) if base is not tuple else True
+    if base in (dict, cabc.Mapping):
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def _plain(value) -> bool:

@@ -122,6 +122,9 @@ def save_model(path: Path, model, config, spot_in_dim: int, best_epoch: int) -> 
     """Write ``model.pt``: weights + the config and input width needed to rebuild the model (atomic)."""
     state = {"model": model.state_dict(), "config": config_to_dict(config), "spot_in_dim": spot_in_dim,
              "best_epoch": best_epoch, "format": 1}
+    from .utils.io import check_free_space
+
+    check_free_space(path, sum(t.numel() * t.element_size() for t in state["model"].values()), what="model")
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 

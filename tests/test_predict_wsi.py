@@ -256,13 +256,21 @@ def test_spot_query_at_another_resolution_is_resampled(run_dir, synthetic_slides
     ea, eb = a.obsm["X_stgraph"], b.obsm["X_stgraph"]
     cos = (ea * eb).sum(1) / (np.linalg.norm(ea, axis=1) * np.linalg.norm(eb, axis=1))
     assert np.median(cos) > 0.95
-    # Without a pixel size on the query the run keeps the pixel behaviour (and says so); --mpp supplies one.
+    # Without a pixel size on a query of a run that has one: refused before any feature (its patches would
+    # cover another area than in training), unless allowed (the pixel behaviour, said); --mpp supplies one.
+    from stgraph.preprocess.resolution import ScaleMismatchError
+
     del fine.uns["spatial"][lib]["metadata"]["microns_per_pixel"]
+    with pytest.raises(ScaleMismatchError, match="states no pixel size while the run was trained at 1 µm/px"):
+        predict_slide(run, fine)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="stgraph"):
-        c = predict_slide(run, fine)
+        c = predict_slide(run, fine, allow_scale_mismatch=True)
     assert "states no pixel size" in caplog.text and c.uns["stgraph"]["physical_resolution"] is False
     path = write_prediction(fine, tmp_path / "fine.h5ad")
+    rc = main(["predict", "--model", str(run_dir), "--slide", str(path), "--device", "cpu",
+               "--out", str(tmp_path / "p.h5ad")])
+    assert rc == 2 and "--mpp" in capsys.readouterr().err
     rc = main(["predict", "--model", str(run_dir), "--slide", str(path), "--mpp", "0.5", "--device", "cpu",
                "--out", str(tmp_path / "p.h5ad")])
     assert rc == 0, capsys.readouterr().err
@@ -294,11 +302,11 @@ def test_many_spot_slides_by_glob_and_device_options(run_dir, synthetic_slides, 
         write_prediction(s, folder / f"{next(iter(s.uns['spatial']))}.h5ad")
     out = tmp_path / "preds"
     rc = main(["predict", "--model", str(run_dir), "--slide", str(folder / "*.h5ad"), "--out", str(out),
-               "--device", "cpu"])
+               "--device", "cpu", "--mpp", "1"])
     assert rc == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["slide0.h5ad", "slide1.h5ad"]
     assert main(["predict", "--model", str(run_dir), "--slide", str(folder / "*.h5ad"), "--out", str(out),
-                 "--device", "cpu"]) == 2
+                 "--device", "cpu", "--mpp", "1"]) == 2
     assert "already exists" in capsys.readouterr().err
     parser = build_parser()
     assert parser.parse_args(["extend", "--model", "r", "--data", "d", "--device", "cpu"]).device == "cpu"
@@ -325,7 +333,7 @@ def test_fullres_image_goes_with_a_space_ranger_folder(run_dir, synthetic_slides
 
     monkeypatch.setattr(data_mod, "read_slide", fake_read_slide)
     rc = main(["predict", "--model", str(run_dir), "--slide", str(folder), "--fullres-image", "big.tif",
-               "--out", str(tmp_path / "p.h5ad"), "--device", "cpu"])
+               "--out", str(tmp_path / "p.h5ad"), "--device", "cpu", "--mpp", "1"])
     assert rc == 0, capsys.readouterr().err
     assert seen["format"] == "visium" and seen["fullres_image"] == "big.tif"
 

@@ -58,16 +58,80 @@ def _parse_yaml_file(path: Path) -> dict:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not a text (UTF-8) YAML file ({err.reason} at byte {err.start})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    data = load_yaml_text(text, str(path))
     if data is None:
         raise ConfigError(f"{path}: the config file is empty; start from one of configs/*.yaml "
                           "(e.g. `base: bleep.yaml` plus the keys you change)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+#: Limits of YAML that stgraph reads (configs, overrides, a run's config.yaml): its size, the values it
+#: expands to through aliases (a 1 KB "billion laughs" expands to billions), and its nesting depth.
+YAML_MAX_BYTES = 1 << 20
+YAML_MAX_VALUES = 200_000
+YAML_MAX_DEPTH = 64
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of ``[`` / ``{`` outside quotes and comments (a linear scan)."""
+    import re
+
+    clean = re.sub(r"'[^'\n]*'|\"(?:\\.|[^\"\\\n])*\"|#[^\n]*", "", text)
+    depth = best = 0
+    for ch in clean:
+        if ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return best
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)`` within :data:`YAML_MAX_BYTES`, :data:`YAML_MAX_VALUES` (counted with every
+    alias expanded, on the composed node graph, before anything is built) and :data:`YAML_MAX_DEPTH`; a
+    :class:`ConfigError` naming ``where`` otherwise, in well under a second."""
+    if len(text) > YAML_MAX_BYTES:
+        raise ConfigError(f"{where}: {len(text):,} characters of YAML, over the {YAML_MAX_BYTES:,} a config may hold")
+    if _flow_depth(text) > YAML_MAX_DEPTH:  # before the parser recurses into it
+        raise ConfigError(f"{where}: YAML nested deeper than {YAML_MAX_DEPTH} levels")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested deeper than {YAML_MAX_DEPTH} levels") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({err})") from None
+    if root is None:
+        return None
+    # Post-order over the node graph: an alias is the same node object, counted each time it is used.
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    stack, open_ = [(root, False)], set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        kids = ([c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode)
+                else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if done:
+            open_.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in kids)
+            depth[key] = 1 + max((depth[id(c)] for c in kids), default=0)
+            if size[key] > YAML_MAX_VALUES:
+                raise ConfigError(f"{where}: YAML that expands to over {YAML_MAX_VALUES:,} values through its aliases "
+                                  "(&anchor / *alias): refused")
+            if depth[key] > YAML_MAX_DEPTH:
+                raise ConfigError(f"{where}: YAML nested deeper than {YAML_MAX_DEPTH} levels")
+            continue
+        if key in size:
+            continue
+        if key in open_:
+            raise ConfigError(f"{where}: a YAML alias refers to a value that contains it (a cycle)")
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in kids if id(c) not in size)
+    return yaml.safe_load(text)
 
 
 def config_base(path) -> Optional[Path]:
@@ -97,7 +161,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     keys = [k for k in key.strip().split(".") if k]
     if not keys:
         raise ConfigError(f"override {text!r} has an empty key")
-    return keys, yaml.safe_load(raw) if raw.strip() else None
+    return keys, load_yaml_text(raw, f"override {key.strip()}") if raw.strip() else None
 
 
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:

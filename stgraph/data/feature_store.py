@@ -289,6 +289,10 @@ class FeatureStore:
         from ..utils.io import atomic_path
 
         path = self.path(slide_id, key)
+        from ..utils.io import check_free_space
+
+        check_free_space(path, array.data.nbytes if sp.issparse(array) else np.asarray(array).nbytes,
+                         what="feature store entry")
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             g = f.create_group(str(slide_id))
             g.attrs["key"] = json.dumps(self._full(key), sort_keys=True, default=str)

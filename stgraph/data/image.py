@@ -18,6 +18,8 @@ from .errors import SlideFormatError, require_file
 from ..keys import Key
 
 __all__ = [
+    "fullres_size",
+    "check_spots_on_image",
     "IMAGE_SUFFIXES",
     "ArrayImage",
     "PILImage",
@@ -46,6 +48,28 @@ def _no_pixel_limit() -> Iterator[None]:
         yield
     finally:
         Image.MAX_IMAGE_PIXELS = old
+
+
+class GreyscaleImageWarning(UserWarning):
+    """An image given as H&E has one channel: its patches will be grey in three channels, unlike any H&E."""
+
+
+_GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;L"}
+_WARNED_GREY: set = set()
+
+
+def warn_if_greyscale(path, mode_or_shape) -> None:
+    """Warn once per file, naming it, when an image is greyscale (a PIL mode, or an array shape without a
+    colour axis): it is converted to three equal channels, which no H&E training image looks like, so every
+    prediction from it is out of distribution."""
+    grey = (mode_or_shape in _GREY_MODES) if isinstance(mode_or_shape, str) else (
+        len(mode_or_shape) == 2 or (len(mode_or_shape) == 3 and mode_or_shape[2] in (1, 2)))
+    key = str(Path(path).resolve()) if path else ""
+    if grey and key not in _WARNED_GREY:
+        _WARNED_GREY.add(key)
+        warnings.warn(f"image {path} is greyscale ({mode_or_shape if isinstance(mode_or_shape, str) else 'one channel'}): "
+                      "H&E is a colour stain; its patches become three equal channels, unlike any training image, "
+                      "so predictions from it are out of distribution", GreyscaleImageWarning, stacklevel=3)
 
 
 def open_image(path: str | os.PathLike):
@@ -137,6 +161,7 @@ def thumbnail(path: Path, max_side: int) -> np.ndarray:
         return load_image_file(path).thumbnail(max_side)
     check_jpeg(path)
     img = open_image(path)
+    warn_if_greyscale(path, img.mode)
     try:
         with _no_pixel_limit():
             img.thumbnail((max_side, max_side))
@@ -306,9 +331,11 @@ def load_image_file(path: str | os.PathLike) -> ArrayImage | PILImage:
         array = _open_tiff(path)
         if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):
             raise SlideFormatError(f"TIFF image {path} is channel-first {array.shape}; expected (H, W, C)")
+        warn_if_greyscale(path, tuple(array.shape))
         return ArrayImage(array, source=str(path))
     check_jpeg(path)
     img = open_image(path)
+    warn_if_greyscale(path, img.mode)
     try:
         with _no_pixel_limit():
             img.load()  # decode once, now, so a corrupt file fails here with its name
@@ -318,6 +345,57 @@ def load_image_file(path: str | os.PathLike) -> ArrayImage | PILImage:
         img.close()
         raise SlideFormatError(f"cannot decode image {path}: {err}") from err
     return PILImage(img, source=str(path))
+
+
+def fullres_size(adata: AnnData) -> Optional[tuple[float, float, float]]:
+    """``(width, height, tolerance)`` of a slide's full-resolution image in its pixels, from what the slide
+    holds (no pixel decoded): ``metadata['fullres_shape']``, the source image file's header, an in-memory
+    ``fullres`` image, or a ``hires``/``lowres`` image and its scale factor (then only to about 2 %, the
+    tolerance). ``None`` when the slide has no image at all."""
+    try:
+        _, entry = slide_library(adata)
+    except Exception:  # no uns['spatial']
+        return None
+    meta, images, sf = entry.get(Key.uns.metadata, {}), entry.get(Key.uns.images, {}), entry.get(Key.uns.scalefactors, {})
+    shape = meta.get(Key.metadata.fullres_shape)
+    if shape is not None and len(shape) >= 2:
+        return float(shape[1]), float(shape[0]), 1.0
+    source = meta.get(Key.metadata.source_image_path)
+    if source and Path(source).is_file():
+        try:
+            w, h = image_size(source)
+            return float(w), float(h), 1.0
+        except SlideFormatError:
+            return None
+    if Key.image.fullres in images:
+        scale = float(sf.get(Key.scalefactor.fullres, 1.0)) or 1.0
+        h, w = np.asarray(images[Key.image.fullres]).shape[:2]
+        return w / scale, h / scale, 1.0 / scale
+    for name, key in ((Key.image.hires, Key.scalefactor.hires), (Key.image.lowres, Key.scalefactor.lowres)):
+        if name in images and sf.get(key):
+            h, w = np.asarray(images[name]).shape[:2]
+            scale = float(sf[key])
+            return w / scale, h / scale, 0.02 * max(w, h) / scale
+    return None
+
+
+def check_spots_on_image(adata: AnnData, source: str) -> None:
+    """Refuse (:class:`SlideFormatError`, naming ``source``) a slide with spot centres outside its image:
+    their patches would be padding, every such spot the same prediction. A slide without an image is left to
+    the steps that need one."""
+    size = fullres_size(adata)
+    if size is None or Key.obsm.spatial not in adata.obsm or adata.n_obs == 0:
+        return
+    w, h, tol = size
+    xy = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)
+    outside = (xy[:, 0] < -tol) | (xy[:, 0] > w + tol) | (xy[:, 1] < -tol) | (xy[:, 1] > h + tol)
+    if outside.any():
+        first = np.flatnonzero(outside)[:3]
+        examples = ", ".join(f"({xy[i, 0]:.1f}, {xy[i, 1]:.1f})" for i in first)
+        how = "all" if outside.all() else f"{int(outside.sum())} of {len(xy)}"
+        raise SlideFormatError(f"{source}: {how} spot centres lie outside its image of {w:.0f} × {h:.0f} px (width × "
+                               f"height), e.g. {examples}: obsm['spatial'] must be x, y in full-resolution pixels "
+                               "of the image (are the coordinates scaled, swapped or of another image?)")
 
 
 def slide_library(adata: AnnData) -> tuple[str, dict]:

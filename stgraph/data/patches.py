@@ -122,8 +122,9 @@ def _read_cache(path: Path, key: dict, n: int, size: int) -> Optional[np.ndarray
 
 
 def _write_cache(path: Path, key: dict, patches: np.ndarray) -> None:
-    from ..utils.io import atomic_save_npy, atomic_write_text, bytes_digest
+    from ..utils.io import atomic_save_npy, atomic_write_text, bytes_digest, check_free_space
 
+    check_free_space(path, patches.nbytes, what="patch cache entry")
     atomic_save_npy(path, patches)
     # The key and the checksum of the bytes written, checked on every read.
     atomic_write_text(path.with_suffix(".json"), json.dumps({"key": key, "sha256": bytes_digest(path)}, indent=1))

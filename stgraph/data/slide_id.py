@@ -28,6 +28,11 @@ def slide_id_of(adata: AnnData, default: Optional[str] = None) -> str:
 
 
 def set_slide_id(adata: AnnData, slide_id: str) -> AnnData:
-    """Write ``obs['slide_id']`` as a one-category categorical (in place); returns ``adata``."""
+    """Write ``obs['slide_id']`` as a one-category categorical (in place), and rename the slide's single
+    ``uns['spatial']`` library to it (the convention: the slide id is the library id); returns ``adata``."""
+    slide_id = str(slide_id)
     adata.obs[Key.obs.slide_id] = pd.Categorical([slide_id] * adata.n_obs, categories=[slide_id])
+    spatial = adata.uns.get(Key.uns.spatial)
+    if isinstance(spatial, dict) and len(spatial) == 1 and slide_id not in spatial:
+        adata.uns[Key.uns.spatial] = {slide_id: next(iter(spatial.values()))}
     return adata

@@ -40,7 +40,8 @@ def check_k(k: Optional[int]) -> None:
 
 def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
                   similarity: Optional[str] = None, aggregation: Optional[str] = None,
-                  backend: Optional[str] = None, progress: bool = False) -> AnnData:
+                  backend: Optional[str] = None, progress: bool = False,
+                  allow_scale_mismatch: bool = False) -> AnnData:
     """Predict the expression of every spot of ``adata`` from its image alone.
 
     Parameters
@@ -51,6 +52,10 @@ def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
         The query slide: spot centres in ``obsm['spatial']`` and its image; expression, if any, is ignored.
     k, similarity, aggregation, backend
         Override the run's ``inference`` settings.
+    allow_scale_mismatch
+        Predict a query whose pixel size is probably wrong (none stated while the run has one, or a spot
+        spacing far from the training slides'; :func:`~stgraph.preprocess.resolution.check_query_scale`)
+        instead of refusing it.
 
     Returns
     -------
@@ -62,6 +67,10 @@ def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
     if loaded.reference.kind != "image" and loaded.config.inference.reference == "image":
         raise ModelFolderError("the reference holds spot embeddings but the config asks for image retrieval")
     check_k(k)
+    from ..preprocess.resolution import check_query_scale
+
+    check_query_scale(loaded.resolution, adata, name=f"slide {slide_id_of(adata, default='query')!r}",
+                      allow=allow_scale_mismatch)  # before any feature is computed
 
     device = str(next(loaded.model.parameters()).device)
     config, provenance = query_config(loaded, adata)
@@ -92,7 +101,7 @@ def query_config(loaded: Run, adata: AnnData):
         if config.data.patch_um is not None:
             raise ValueError(f"the run cuts {config.data.patch_um:g} µm patches (data.patch_um) but the query "
                              "states no pixel size: pass --mpp (metadata['microns_per_pixel'])")
-        if physical:
+        if physical:  # allowed by --allow-scale-mismatch (check_query_scale refuses it otherwise)
             log.warning("the query states no pixel size (metadata['microns_per_pixel'], --mpp): its patches are "
                         "%d of its pixels, not resampled to the %s µm the run was trained on",
                         config.data.patch_size, res.get("patch_um"))
@@ -254,6 +263,11 @@ def write_prediction(adata: AnnData, path: str | Path, force: bool = False) -> P
     :func:`prediction_table` export.
     """
     path = check_output_path(path, force=True)
+    from ..utils.io import check_free_space
+
+    x = adata.X
+    check_free_space(path, (x.data.nbytes if hasattr(x, "data") and hasattr(x, "indices") else np.asarray(x).nbytes)
+                     + sum(np.asarray(v).nbytes for v in adata.obsm.values()), what="prediction")
     with atomic_path(path, overwrite=force) as tmp:
         if path.suffix == ".h5ad":
             adata.write_h5ad(tmp)

@@ -24,7 +24,8 @@ from ..errors import StgraphError
 from ..keys import Key
 from ..runfolder import Run
 from ..preprocess.prepare import PreparedSlide, needs_graph
-from ..preprocess.resolution import QueryResolution, query_resolution, require_physical_resolution
+from ..preprocess.resolution import (QueryResolution, check_tissue_extent, query_resolution,
+                                     require_physical_resolution)
 from ..data.transforms import grid_coordinates, normalize_batch, patch_batch
 from ..utils import atomic_save_npy, folder_size, prefetch, user_cache_dir
 from .predict import check_k, predict_prepared
@@ -157,7 +158,7 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
                 cache_dir: Optional[Union[str, os.PathLike]] = None, chunk_size: int = 256,
                 batch_size: int = 64, progress: bool = False, prefetch_chunks: int = 1,
                 train_mpp: Optional[float] = None, max_spots: Optional[int] = None,
-                **mask_kwargs) -> AnnData:
+                allow_scale_mismatch: bool = False, **mask_kwargs) -> AnnData:
     """Predict a whole-slide image's expression on a spot grid laid over its tissue.
 
     Parameters
@@ -182,6 +183,9 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
     max_spots
         Bound on the grid's spots (default :data:`~stgraph.data.wsi.grid.DEFAULT_MAX_SPOTS`), checked on an
         estimate from the tissue area before the grid, its features or its output are allocated.
+    allow_scale_mismatch
+        Predict a slide whose tissue, at its stated pixel size, is longer than tissue on a glass slide can be
+        (:func:`~stgraph.preprocess.resolution.check_tissue_extent`) instead of refusing it.
     **mask_kwargs
         Passed to :func:`stgraph.data.wsi.tissue.tissue_mask`.
 
@@ -235,6 +239,9 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
                 f"{w0 * wsi.mpp:.4g} × {h0 * wsi.mpp:.4g} µm); is the --grid pitch larger than the tissue?")
         meta = next(iter(adata.uns[Key.uns.spatial].values()))[Key.uns.metadata]
         pitch = float(meta["grid_pitch_um"])
+        spots = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)
+        extent = float((spots.max(0) - spots.min(0)).max()) * wsi.mpp + pitch
+        check_tissue_extent(extent, Path(wsi.source).name, wsi.mpp, allow=allow_scale_mismatch)  # before features
         log.info("grid %s: %d spots over the tissue, pitch %g µm", meta["grid_kind"], adata.n_obs, pitch)
         if pitch < res.patch_um:
             log.warning("the grid pitch (%g µm) is smaller than the patch (%g µm): neighbouring spots' patches "

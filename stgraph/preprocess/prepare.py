@@ -260,6 +260,15 @@ def fit_preprocessor(config, train_slides: Sequence[AnnData]) -> tuple[Preproces
     """
     if not train_slides:
         raise ValueError("no training slides given")
+    from ..data.errors import SlideFormatError
+
+    for i, ad in enumerate(train_slides):
+        counts = ad.layers.get(Key.layers.counts, ad.X)
+        total = counts.sum() if sp.issparse(counts) else np.asarray(counts).sum()
+        if ad.n_vars == 0 or ad.n_obs == 0 or not total > 0:
+            raise SlideFormatError(f"training slide {slide_id_of(ad, default=f'slide{i}')!r} has no expression "
+                                   f"({ad.n_obs} spots × {ad.n_vars} genes, {float(total):g} counts in all): every "
+                                   "training slide needs its counts")
     normed = [pp.log_normalised(ad) for ad in train_slides]
     genes = _select_genes(config, normed)
     if not genes:
@@ -485,6 +494,9 @@ def prepare_slide(adata: AnnData, config, preprocessor: Optional[Preprocessor] =
     slide_id = slide_id_of(adata, default="slide")
     if adata.n_obs == 0:
         raise ValueError(f"slide {slide_id!r} has no spots")
+    from ..data.image import check_spots_on_image
+
+    check_spots_on_image(adata, f"slide {slide_id!r}")  # before any patch is cut: every path, API included
     if expr is None and preprocessor is not None and adata.n_vars > 0:
         expr = preprocessor.expression(adata)
     spot_input = preprocessor.spot_input(expr) if (expr is not None and preprocessor is not None) else None

@@ -27,7 +27,8 @@ from ..errors import StgraphError
 from ..keys import Key
 
 __all__ = ["slide_mpp", "training_resolution", "QueryResolution", "query_resolution", "UnknownResolutionError",
-           "SAME_SCALE_TOLERANCE", "require_physical_resolution"]
+           "SAME_SCALE_TOLERANCE", "require_physical_resolution", "ScaleMismatchError", "spot_spacing_um",
+           "check_query_scale", "check_tissue_extent", "SCALE_FACTOR_LIMIT", "TISSUE_EXTENT_MM"]
 
 #: Relative pixel-size difference below which a query is not resampled (pixel sizes estimated from a spot
 #: array differ by ~0.5 % between sections of one scanner: HER2+ 289.9–291.0 px per 200 µm).
@@ -36,6 +37,71 @@ SAME_SCALE_TOLERANCE = 0.01
 
 class UnknownResolutionError(StgraphError, ValueError):
     """A run records no physical resolution where one is needed (whole-slide prediction)."""
+
+
+class ScaleMismatchError(StgraphError, ValueError):
+    """A query's pixel size is probably wrong: unknown while the run has one, or it puts the spot spacing or
+    the tissue far outside what is plausible (``--allow-scale-mismatch`` predicts anyway)."""
+
+
+#: A query whose spot spacing (µm) differs from every training slide's by more than this factor is refused.
+SCALE_FACTOR_LIMIT = 2.0
+#: The longest side tissue on a glass slide (75 × 25 mm) can span, mm: beyond it the pixel size is wrong.
+TISSUE_EXTENT_MM = 60.0
+
+
+def spot_spacing_um(adata, max_spots: int = 20000) -> Optional[float]:
+    """Median distance from a spot to its nearest neighbour, in µm (``None`` without a pixel size or with
+    fewer than two spots); at most ``max_spots`` spots are sampled (deterministically)."""
+    mpp = slide_mpp(adata)
+    xy = np.asarray(adata.obsm.get(Key.obsm.spatial, np.zeros((0, 2))), dtype=np.float64)
+    if mpp is None or len(xy) < 2:
+        return None
+    from scipy.spatial import cKDTree
+
+    sample = xy[:: max(1, len(xy) // max_spots)]
+    d, _ = cKDTree(xy).query(sample, k=2)
+    d = d[:, 1][d[:, 1] > 0]
+    return float(np.median(d) * mpp) if len(d) else None
+
+
+def check_query_scale(resolution: Optional[dict], adata, name: str = "the query", allow: bool = False) -> None:
+    """Refuse a query whose pixel size is probably wrong, before any compute (``allow``: only warn):
+
+    * the run knows the µm per pixel it was trained at, and the query states none (its patches would cover
+      another area than in training);
+    * its spots lie more than :data:`SCALE_FACTOR_LIMIT` × closer or farther apart (µm) than the training
+      slides' (a pixel size off by a factor, or another technology).
+    """
+    res = resolution or {}
+    problems = []
+    if res.get("patch_um") is not None and slide_mpp(adata) is None:
+        problems.append(f"{name} states no pixel size while the run was trained at "
+                        f"{res.get('microns_per_pixel') or res.get('patch_mpp'):.4g} µm/px ({res['patch_um']:.4g} µm "
+                        f"patches): pass --mpp (µm per pixel of the query image)")
+    train = [s for s in (res.get("spot_spacing_um") or []) if s]
+    spacing = spot_spacing_um(adata) if train else None
+    if spacing and (spacing > SCALE_FACTOR_LIMIT * max(train) or spacing < min(train) / SCALE_FACTOR_LIMIT):
+        problems.append(f"{name}'s spots are {spacing:.4g} µm apart at its stated {slide_mpp(adata):.4g} µm/px, the "
+                        f"training slides' {min(train):.4g}–{max(train):.4g} µm: is its pixel size right (--mpp)?")
+    if problems:
+        text = "; ".join(problems)
+        if not allow:
+            raise ScaleMismatchError(text + " (or --allow-scale-mismatch to predict anyway)")
+        log.warning("%s (predicting anyway: --allow-scale-mismatch)", text)
+
+
+def check_tissue_extent(extent_um: float, name: str, mpp: float, allow: bool = False) -> None:
+    """Refuse a whole slide whose tissue, at its stated pixel size, is longer than tissue on a glass slide can
+    be (:data:`TISSUE_EXTENT_MM`): the pixel size is then wrong (``allow``: only warn)."""
+    mm = extent_um / 1000.0
+    if mm <= TISSUE_EXTENT_MM:
+        return
+    text = (f"{name}: the tissue's longest side is {mm:.3g} mm at the stated {mpp:.4g} µm/px, longer than tissue "
+            f"on a 75 × 25 mm glass slide can be ({TISSUE_EXTENT_MM:g} mm): is the pixel size right (--mpp)?")
+    if not allow:
+        raise ScaleMismatchError(text + " (or --allow-scale-mismatch to predict anyway)")
+    log.warning("%s (predicting anyway: --allow-scale-mismatch)", text)
 
 log = logging.getLogger("stgraph")
 
@@ -50,8 +116,10 @@ def slide_mpp(adata) -> Optional[float]:
 
 
 def training_resolution(config, slides: Sequence) -> dict:
-    """The ``run.json`` ``"resolution"`` record of a run trained on ``slides`` (AnnData) with ``config``."""
-    return resolution_record(config, [slide_mpp(ad) for ad in slides])
+    """The ``run.json`` ``"resolution"`` record of a run trained on ``slides`` (AnnData) with ``config``, with
+    each training slide's spot spacing in µm (``spot_spacing_um``; ``None`` where the pixel size is unknown)."""
+    return {**resolution_record(config, [slide_mpp(ad) for ad in slides]),
+            "spot_spacing_um": [spot_spacing_um(ad) for ad in slides]}
 
 
 def resolution_record(config, mpps: Sequence) -> dict:

@@ -177,6 +177,10 @@ class ReferenceStore:
         import h5py
 
         path = Path(path)
+        from ..utils.io import check_free_space
+
+        expr = self.expression.data if self.is_sparse else self.expression
+        check_free_space(path, self.embeddings.nbytes + expr.nbytes, what="reference store")
         with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT_NAME
             f.attrs["version"] = FORMAT_VERSION

@@ -17,7 +17,7 @@ from ..errors import StgraphError
 
 __all__ = ["atomic_path", "atomic_save_npy", "atomic_write_text", "check_writable_dir", "check_output_file",
            "check_not_in_run_folder", "DestinationError", "check_apart", "file_fingerprint", "bytes_digest",
-           "is_stgraph_output",
+           "is_stgraph_output", "check_free_space", "DiskFullError",
            "FULL_HASH_BYTES"]
 
 
@@ -129,6 +129,29 @@ def check_apart(output: str | os.PathLike, inputs, what: str = "output") -> None
             continue
         raise DestinationError(f"{what} {output} {how} the input {given}: an output never replaces or mixes with "
                                "what it is computed from; choose another path")
+
+
+class DiskFullError(StgraphError, OSError):
+    """Not enough free space for an output, found before it is written."""
+
+
+#: Free space kept beyond an output's estimated size (file system metadata, other writers).
+FREE_SPACE_MARGIN = 64 * 2 ** 20
+
+
+def check_free_space(path: str | os.PathLike, nbytes: int, what: str = "output") -> None:
+    """Raise :class:`DiskFullError` naming ``path`` when its file system has less free space than ``nbytes``
+    (an output's estimated size) plus :data:`FREE_SPACE_MARGIN`, before anything is written."""
+    import shutil
+
+    base = _existing_ancestor(Path(path))
+    try:
+        free = shutil.disk_usage(base).free
+    except OSError:
+        return
+    if free < int(nbytes) + FREE_SPACE_MARGIN:
+        raise DiskFullError(f"{what} {path} needs about {nbytes / 2**20:.1f} MiB and {base} has {free / 2**20:.1f} MiB "
+                            "free: free some space or write elsewhere")
 
 
 def is_stgraph_output(path: str | os.PathLike) -> bool:

@@ -22,7 +22,7 @@ from anndata import AnnData
 
 from ...registry import Registry
 from ..errors import SlideFormatError, require_file
-from ..image import image_size, thumbnail
+from ..image import check_spots_on_image, image_size, thumbnail
 from ..slide_id import set_slide_id
 from ...keys import Key
 
@@ -102,6 +102,9 @@ def _counts_to_csr(counts: pd.DataFrame, path: Path) -> sp.csr_matrix:
         raise SlideFormatError(f"counts file {path} holds {n_neg} negative value(s) (gene(s) {genes}); "
                                "counts must be ≥ 0")
     warn_if_not_counts(values, f"counts file {path}")
+    if values.size and not values.sum() > 0:
+        raise SlideFormatError(f"counts file {path}: every count is 0 ({values.shape[0]} spots × {values.shape[1]} "
+                               "genes): no expression to learn from or to score against")
     return sp.csr_matrix(values.astype(np.float32))
 
 
@@ -163,6 +166,11 @@ def validate_slide(adata: AnnData, source: str = "slide") -> AnnData:
         if Key.layers.counts not in adata.layers:
             _check_non_negative(adata, data, source)
             warn_if_not_counts(data, f"{source}: X")
+        counts = adata.layers.get(Key.layers.counts, adata.X)
+        if not (counts.sum() if sp.issparse(counts) else np.asarray(counts).sum()) > 0:
+            raise SlideFormatError(f"{source}: every count is 0 ({adata.n_obs} spots × {adata.n_vars} genes): no "
+                                   "expression to learn from or to score against; is it the right matrix?")
+    check_spots_on_image(adata, source)
     if Key.obs.slide_id not in adata.obs:
         libs = list(adata.uns.get(Key.uns.spatial, {}))
         if len(libs) != 1:

@@ -94,6 +94,13 @@ class WSIImage:
         if w0 <= 0 or h0 <= 0:
             raise SlideFormatError(f"whole-slide image {path} has an empty level 0 ({w0} × {h0} px)")
         self.shape = (int(h0), int(w0), 3)
+        if isinstance(self._backend, TiffBackend):
+            array, axes = self._backend.levels[0]
+            channels = int(array.shape[axes.index("S")]) if "S" in axes else 1
+            if channels < 3:
+                from ..image import warn_if_greyscale
+
+                warn_if_greyscale(path, (int(h0), int(w0), channels) if channels > 1 else (int(h0), int(w0)))
         if isinstance(self._backend, OpenSlideBackend):
             self.level_downsamples = list(self._backend.downsamples)
         else:
