@@ -190,7 +190,7 @@ RUN_FOLDER_NAMES = frozenset(RUN_FILES) | {"preprocess.json", "preprocess.npz", 
 #: Names inside ``checkpoints/``.
 CHECKPOINT_NAMES = frozenset({"best.pt", "last.pt"})
 #: :func:`~stgraph.utils.atomic_path`'s temporaries: ``.<name>.<random>.tmp``.
-_TMP = re.compile(r"^\.(?P<name>[^/]+?)\.[A-Za-z0-9_]+\.tmp$")
+_TMP = re.compile(r"^\.(?P<name>[^/]+?)\.[A-Za-z0-9_-]+\.tmp$")
 #: The suffix of a build or swap folder of ours beside a run: ``.new-`` / ``.old-`` and mkdtemp's 8 characters.
 _LEFTOVER = re.compile(r"^\.(new|old)-[A-Za-z0-9_]{8}$")
 #: :func:`~stgraph.utils.io.check_writable_dir`'s probe files.

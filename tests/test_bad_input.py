@@ -553,3 +553,213 @@ def test_negative_counts_name_the_file_and_a_gene(tmp_path, synthetic_slides):
 
     with pytest.raises(SlideFormatError, match=r"S1.tsv.gz.*negative.*GB"):
         read_st_legacy(*paths)
+
+
+# ------------------------------------------------------------------ issue 29: inputs that are probably wrong
+@pytest.fixture
+def physical_run(tiny_config, synthetic_slides, tmp_path):
+    """A run trained on slides that state 1 µm/px (so it records a physical resolution and spot spacing)."""
+    slides = [s.copy() for s in synthetic_slides[:2]]
+    for s in slides:
+        for entry in s.uns["spatial"].values():
+            entry["metadata"] = dict(entry.get("metadata", {}), microns_per_pixel=1.0)
+    out = tmp_path / "runs" / "physical"
+    train_model(tiny_config("stgraph.yaml", "model.ridge.alpha_grid=[]", "model.ridge.gene_rank_grid=[]"), slides,
+                out=out)
+    return out
+
+
+def test_a_query_without_a_pixel_size_or_at_a_wrong_one_is_refused_before_compute(physical_run, synthetic_slides,
+                                                                                 tmp_path, capsys):
+    from cli.main import main
+
+    query = synthetic_slides[2].copy()
+    query.write_h5ad(tmp_path / "q.h5ad")
+    args = ["predict", "--model", str(physical_run), "--slide", str(tmp_path / "q.h5ad")]
+    assert main([*args, "--out", str(tmp_path / "a.h5ad")]) == 2
+    assert "states no pixel size while the run was trained at 1 µm/px" in capsys.readouterr().err
+    assert main([*args, "--mpp", "10", "--out", str(tmp_path / "b.h5ad")]) == 2  # spots 10x farther apart
+    err = capsys.readouterr().err
+    assert "spots are 320 µm apart" in err and "training slides' 32–32 µm" in err
+    assert not (tmp_path / "a.h5ad").exists() and not (tmp_path / "b.h5ad").exists()
+    assert main([*args, "--mpp", "10", "--allow-scale-mismatch", "--out", str(tmp_path / "c.h5ad")]) == 0
+    assert main([*args, "--mpp", "1", "--out", str(tmp_path / "d.h5ad")]) == 0
+
+
+def test_a_whole_slide_whose_pixel_size_makes_it_larger_than_a_glass_slide_is_refused(physical_run, tmp_path,
+                                                                                     capsys):
+    """A TIFF whose metadata says 10x its real pixel size: its tissue would span over 60 mm (27,833 spots of
+    meaningless work in the report); refused before any feature, allowed with the flag."""
+    from cli.main import main
+    from stgraph.data.wsi_synthetic import pink_texture, write_pyramidal_tiff
+
+    rng = np.random.default_rng(0)
+    img = np.full((1024, 1024, 3), 248, np.uint8)
+    img[50:974, 50:974] = pink_texture((924, 924), rng)
+    wsi = write_pyramidal_tiff(tmp_path / "s.tif", img, levels=2, mpp=70.0)  # 924 px × 70 µm ≈ 65 mm of tissue
+    code = main(["predict", "--model", str(physical_run), "--wsi", str(wsi), "--grid", "2000",
+                 "--out", str(tmp_path / "w.h5ad")])
+    err = capsys.readouterr().err
+    assert code == 2 and "longer than tissue on a 75 × 25 mm glass slide" in err and err.count("\n") == 1, err
+
+
+def test_spots_outside_the_image_are_refused_on_every_path(synthetic_slides, tmp_path):
+    from stgraph.data import read_slide
+    from stgraph.data.errors import SlideFormatError
+    from stgraph.preprocess.prepare import prepare_slide
+    from tests.conftest import CONFIGS, tiny_overrides
+    from stgraph.config import load_config
+
+    moved = synthetic_slides[0].copy()
+    moved.obsm["spatial"] = moved.obsm["spatial"] + 10_000  # all spots off the image
+    moved.write_h5ad(tmp_path / "moved.h5ad")
+    with pytest.raises(SlideFormatError, match="all spot centres lie outside its image"):
+        read_slide(tmp_path / "moved.h5ad")
+    cfg = load_config(CONFIGS / "bleep.yaml", tiny_overrides(tmp_path / "cache"))
+    with pytest.raises(SlideFormatError, match="spot centres lie outside"):  # an AnnData given to the API
+        prepare_slide(moved, cfg)
+
+
+def test_a_greyscale_image_is_named_in_a_warning(tmp_path):
+    from PIL import Image
+
+    from stgraph.data.image import GreyscaleImageWarning, load_image_file
+
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(tmp_path / "grey.png")
+    with pytest.warns(GreyscaleImageWarning, match="grey.png is greyscale"):
+        load_image_file(tmp_path / "grey.png")
+
+
+def test_evaluate_refuses_two_configs_of_one_name(tmp_path, capsys):
+    from cli.main import main
+    from tests.conftest import CONFIGS
+
+    copy = tmp_path / "stgraph_lr.yaml"
+    copy.write_text(f"base: {CONFIGS / 'stgraph.yaml'}\nmodel:\n  ridge:\n    alpha: 5.0\n")
+    assert main(["evaluate", "--config", str(CONFIGS / "stgraph.yaml"), str(copy), "--data", str(tmp_path),
+                 "--out", str(tmp_path / "eval")]) == 2
+    assert "are both named 'stgraph'" in capsys.readouterr().err
+
+
+def test_a_sheets_sample_id_names_its_slide(synthetic_slides, tmp_path):
+    import argparse
+
+    from cli.common import read_many
+
+    synthetic_slides[0].write_h5ad(tmp_path / "x.h5ad")
+    (tmp_path / "sheet.csv").write_text("sample_id,path\npatient7_A,x.h5ad\n")
+    args = argparse.Namespace(data=[], samples=str(tmp_path / "sheet.csv"), counts=[], spots=[], image=[], her2st=None,
+                              sections=None)
+    (slide,) = read_many(args)
+    assert set(slide.obs["slide_id"]) == {"patient7_A"} and list(slide.uns["spatial"]) == ["patient7_A"]
+
+
+def test_a_plugin_that_exits_at_import_is_an_error_naming_it(tmp_path, monkeypatch, capsys):
+    from cli.main import main
+
+    (tmp_path / "exiting_plugin.py").write_text("import sys\nsys.exit(0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["--plugin", "exiting_plugin", "configs"]) == 2
+    err = capsys.readouterr().err
+    assert "plugin 'exiting_plugin'" in err and "sys.exit(0)" in err
+
+
+@pytest.mark.parametrize("where", ["data:\n  include_genes: *g\n",
+                                   "model:\n  spot_encoder:\n    name: mlp\n    options:\n      hidden_dims: *g\n"])
+def test_a_yaml_alias_bomb_is_one_line_in_well_under_a_second(tmp_path, where):
+    import time
+
+    from stgraph.config import ConfigError, load_config
+    from tests.conftest import CONFIGS
+
+    levels = "".join(f"_{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefg", "bcdefgh"))
+    (tmp_path / "bomb.yaml").write_text(f"base: {CONFIGS / 'bleep.yaml'}\n_a: &a [x, x, x, x, x, x, x, x, x]\n"
+                                        + levels + where.replace("*g", "*h"))
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="expands to over 200,000 values"):
+        load_config(tmp_path / "bomb.yaml")
+    assert time.perf_counter() - start < 1.0
+
+
+def test_deep_nesting_and_a_huge_file_are_refused(tmp_path):
+    from stgraph.config import ConfigError, load_config
+
+    (tmp_path / "deep.yaml").write_text("name: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match="nested deeper than 64 levels"):
+        load_config(tmp_path / "deep.yaml")
+    (tmp_path / "big.yaml").write_text("name: x\n" + "# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match="characters of YAML, over"):
+        load_config(tmp_path / "big.yaml")
+    with pytest.raises(ConfigError, match="nested deeper"):
+        load_config(None, ["data.include_genes=" + "[" * 500 + "]" * 500])
+
+
+def test_an_option_of_the_wrong_type_is_refused_at_load(tmp_path):
+    from stgraph.config import ConfigError, load_config
+    from tests.conftest import CONFIGS
+
+    with pytest.raises(ConfigError, match=r"model.spot_encoder.options.heads: spot encoder 'transformer' takes int, "
+                                          r"got 2.5"):
+        load_config(CONFIGS / "mclstexp.yaml", ["model.spot_encoder.options.heads=2.5"])
+
+
+def test_an_all_zero_training_slide_is_refused_naming_it(tiny_config, synthetic_slides, tmp_path):
+    import scipy.sparse as sp
+
+    from stgraph.data import read_slide
+    from stgraph.data.errors import SlideFormatError
+
+    zero = synthetic_slides[1].copy()
+    zero.X = sp.csr_matrix(zero.shape, dtype=np.float32)
+    with pytest.raises(SlideFormatError, match="training slide 'slide1' has no expression"):
+        train_model(tiny_config("bleep.yaml"), [synthetic_slides[0], zero], out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made
+    zero.write_h5ad(tmp_path / "zero.h5ad")
+    with pytest.raises(SlideFormatError, match="every count is 0"):
+        read_slide(tmp_path / "zero.h5ad")
+
+
+def _tmpfs(path: Path, size: str):
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip() or 'not permitted'})")
+
+
+def test_a_full_disk_is_one_line_before_or_while_writing(finished_run, synthetic_slides, tmp_path, capsys):
+    import subprocess
+
+    from cli.main import main
+    from stgraph.utils.io import DiskFullError, check_free_space
+
+    small = tmp_path / "small"
+    _tmpfs(small, "1m")
+    try:
+        with pytest.raises(DiskFullError, match="needs about 100.0 MiB"):
+            check_free_space(small / "x.h5ad", 100 * 2 ** 20)
+        synthetic_slides[2].write_h5ad(tmp_path / "q.h5ad")
+        code = main(["predict", "--model", str(finished_run), "--slide", str(tmp_path / "q.h5ad"),
+                     "--out", str(small / "p.h5ad")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and ("MiB free" in err or "no space left" in err), err
+        assert not list(small.iterdir())  # nothing half-written left
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_enospc_deep_inside_a_library_is_named_in_one_line():
+    import errno
+
+    from cli.main import disk_full
+
+    inner = OSError(errno.ENOSPC, "No space left on device", "/data/cache/x.h5")
+    try:
+        try:
+            raise inner
+        except OSError as e:
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed") from e
+    except RuntimeError as outer:
+        assert disk_full(outer).startswith("no space left on the device writing /data/cache/x.h5")
+    assert disk_full(RuntimeError("something else")) is None

@@ -448,3 +448,326 @@ def test_outputs_are_refused_inside_a_run_that_is_still_training(tmp_path):
         with pytest.raises(DestinationError, match="stgraph run folder"):
             check_not_in_run_folder(folder / "pred.h5ad")
     check_not_in_run_folder(plain / "pred.h5ad")  # an ordinary folder is fine
+
+
+# ------------------------------------------------------------------ issue 29: nothing lost, nothing stale
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_predict_never_replaces_its_input_slides(finished_run, query_files, tmp_path, capsys, no_compute):
+    """An output that is, contains or lies inside an input is refused before anything is read, --force or not:
+    `--slide D/q0.h5ad --out D --force` and a glob over D with --out D replaced the inputs with predictions."""
+    from cli.main import main
+
+    folder = Path(query_files[0]).parent
+    before = _snapshot(folder)
+    for slides, out in (([query_files[0]], folder), ([str(folder / "q*.h5ad")], folder),
+                        ([query_files[0]], Path(query_files[0])), ([query_files[0]], folder / ".." / folder.name)):
+        assert main(["predict", "--model", str(finished_run), "--slide", *slides, "--out", str(out), "--force"]) == 2
+        err = capsys.readouterr().err
+        assert "never replaces or mixes with what it is computed from" in err and err.count("\n") == 1, err
+    assert _snapshot(folder) == before
+
+
+def test_force_replaces_only_stgraph_outputs(finished_run, query_files, tmp_path, capsys):
+    from cli.main import main
+
+    mine = tmp_path / "out" / "notes.h5ad"
+    mine.parent.mkdir()
+    mine.write_bytes(b"the user's own file")
+    assert main(["predict", "--model", str(finished_run), "--slide", query_files[0], "--out", str(mine), "--force"]) == 2
+    assert "not an output stgraph wrote" in capsys.readouterr().err and mine.read_bytes() == b"the user's own file"
+    pred = tmp_path / "out" / "pred.h5ad"
+    for _ in range(2):  # an earlier prediction is replaced
+        assert main(["predict", "--model", str(finished_run), "--slide", query_files[0], "--out", str(pred),
+                     "--force"]) == 0
+
+
+def test_a_lock_that_is_a_link_to_a_user_file_is_refused_and_the_file_kept(tmp_path):
+    from stgraph.utils.lock import LOCK_NAME, FolderLock, FolderLockedError
+
+    run, user = tmp_path / "run", tmp_path / "thesis.txt"
+    run.mkdir()
+    user.write_text("four years of work")
+    (run / LOCK_NAME).symlink_to(user)
+    with pytest.raises(FolderLockedError, match="symbolic link"):
+        FolderLock(run).acquire()
+    assert user.read_text() == "four years of work"
+
+
+def test_a_writer_that_lost_its_lock_writes_nothing_more(finished_run, synthetic_slides, monkeypatch):
+    """Two extends where the lock was removed in between: the first writer finds, just before writing, that its
+    lock is no longer its own, and stops (before: both exit 0 and the first slide vanished from the reference)."""
+    import stgraph.inference.predict as predict_mod
+    from stgraph.inference import extend_reference, load_run
+    from stgraph.utils.lock import LOCK_NAME, FolderLock, FolderLockedError
+
+    run = load_run(finished_run)
+    before = _snapshot(finished_run)
+    real = predict_mod.embed_slide
+
+    def embed_while_another_writer_takes_over(*a, **k):
+        (finished_run / LOCK_NAME).unlink()  # "removed as the refusal suggested"
+        FolderLock(finished_run).acquire()  # a second writer now owns the folder (this process's other lock)
+        return real(*a, **k)
+
+    monkeypatch.setattr(predict_mod, "embed_slide", embed_while_another_writer_takes_over)
+    with pytest.raises(FolderLockedError, match="was removed or replaced while this process held it"):
+        extend_reference(run, [synthetic_slides[2]])
+    after = _snapshot(finished_run)
+    after.pop(LOCK_NAME, None)
+    before.pop(LOCK_NAME, None)
+    assert after == before
+
+
+def test_the_refusal_of_a_live_writer_does_not_invite_removing_its_lock(tmp_path):
+    from stgraph.utils.lock import FolderLock, FolderLockedError, check_unlocked
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    proc, ready = _writer_in_child(_hold_lock, str(folder / "x"), str(folder))
+    try:
+        with pytest.raises(FolderLockedError) as err:
+            check_unlocked(folder)
+        assert "wait for it to finish" in str(err.value) and "remove" not in str(err.value)
+    finally:
+        _kill(proc)
+
+
+def _hold_lock(ready, _unused, folder):
+    from stgraph.utils.lock import FolderLock
+
+    FolderLock(Path(folder)).acquire()
+    Path(ready).write_text("ok")
+    time.sleep(60)
+
+
+def test_force_on_a_link_to_a_run_replaces_that_run_and_keeps_the_link(finished_run, tiny_config, synthetic_slides,
+                                                                      tmp_path):
+    latest = tmp_path / "runs" / "latest"
+    latest.symlink_to(finished_run)
+    old_created = json.loads((finished_run / "run.json").read_text())["created"]
+    train_model(tiny_config("bleep.yaml", "train.epochs=1", "data.harmony=false"), synthetic_slides[:2], out=latest,
+                force=True)
+    assert latest.is_symlink() and Path(os.path.realpath(latest)) == finished_run.resolve()
+    assert json.loads((finished_run / "run.json").read_text())["state"] == "complete"
+    assert not [p for p in latest.parent.iterdir() if p.name.startswith((".latest.", ".base."))]
+    # a link to something that is not a run is refused, and the target untouched
+    user = tmp_path / "userdir"
+    user.mkdir()
+    (user / "thesis.txt").write_text("x")
+    (tmp_path / "runs" / "mine").symlink_to(user)
+    from stgraph.training.job import NotARunFolderError
+
+    with pytest.raises(NotARunFolderError, match="not a stgraph run folder"):
+        train_model(tiny_config("bleep.yaml", "train.epochs=1"), synthetic_slides[:2], out=tmp_path / "runs" / "mine",
+                    force=True)
+    assert (user / "thesis.txt").read_text() == "x"
+    assert old_created  # the earlier run existed
+
+
+def test_cleanup_removes_a_leftover_link_of_an_earlier_swap_and_nothing_else(finished_run, tmp_path):
+    from stgraph.runfolder import clean_stale_files
+
+    left = finished_run.parent / f".{finished_run.name}.old-abcd1234"
+    left.symlink_to(tmp_path)
+    other = finished_run.parent / f".{finished_run.name}.old-notours"
+    other.symlink_to(tmp_path)
+    clean_stale_files(finished_run)
+    assert not left.is_symlink() and other.is_symlink() and tmp_path.is_dir()
+
+
+def test_evaluate_refuses_results_anywhere_inside_a_run(finished_run, query_files, capsys, no_compute):
+    from cli.main import main
+
+    assert main(["evaluate", "--config", "stgraph", "--data", *query_files, "--out",
+                 str(finished_run / "results" / "deep")]) == 2
+    assert "is a stgraph run folder" in capsys.readouterr().err
+
+
+def test_an_image_replaced_under_the_same_name_size_and_mtime_is_another_image(synthetic_slides, tmp_path):
+    """cp -p, tar and rsync -t keep name, size and mtime: the patch (and feature) key follows the content."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from stgraph.data.patches import patch_key
+    from stgraph.keys import Key
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(a)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(b)
+    assert a.stat().st_size == b.stat().st_size or True
+    slide = synthetic_slides[0].copy()
+    entry = next(iter(slide.uns[Key.uns.spatial].values()))
+    entry["images"] = {}
+    entry["metadata"] = {Key.metadata.source_image_path: str(a)}
+    first = patch_key(slide, 8)
+    stat = a.stat()
+    shutil.copyfile(b, a)
+    os.utime(a, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert patch_key(slide, 8)["image"] != first["image"]
+
+
+def test_a_damaged_feature_file_is_recomputed_never_used(tmp_path):
+    import numpy as np
+
+    from stgraph.data.feature_store import FeatureStore, StoreDamagedError
+
+    store = FeatureStore(tmp_path)
+    x = np.random.default_rng(0).normal(size=(600, 64)).astype(np.float32)
+    store.write("s", {"k": 1}, x, chunk_rows=100)
+    path = store.path("s", {"k": 1})
+    data = bytearray(path.read_bytes())
+    at = data.find(x[300].tobytes()[:16])  # a block in the middle of the data
+    assert at > 0
+    data[at:at + 8] = b"\x00" * 8
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreDamagedError, match=str(path.name)):
+        store.open("s", {"k": 1}).read_all()
+    np.testing.assert_array_equal(store.open("s", {"k": 1})[[0, 1]], x[[0, 1]])  # undamaged chunks still read
+
+
+def test_a_saved_index_that_was_overwritten_or_is_another_runs_is_rebuilt(tmp_path, caplog):
+    import logging
+
+    import numpy as np
+
+    pytest.importorskip("faiss")
+    from stgraph.retrieval.reference import ReferenceStore
+
+    rng = np.random.default_rng(0)
+    def store(seed):
+        r = np.random.default_rng(seed)
+        return ReferenceStore(embeddings=r.normal(size=(300, 8)).astype(np.float32),
+                              expression=r.random((300, 5)).astype(np.float32), genes=list("abcde"),
+                              slide_ids=np.array(["s"] * 300), spot_ids=np.arange(300).astype(str), kind="image")
+    a_path, b_path = tmp_path / "a" / "reference.h5", tmp_path / "b" / "reference.h5"
+    for s, p in ((store(0), a_path), (store(1), b_path)):
+        p.parent.mkdir()
+        s.save(p)
+    a = ReferenceStore.load(a_path)
+    q = rng.normal(size=(20, 8)).astype(np.float32)
+    exact = a.predict(q, k=5, backend="torch")
+    first = a.predict(q, k=5, backend="faiss")
+    index = next(a_path.parent.glob("reference.h5.*.faiss"))
+    np.testing.assert_allclose(first, exact, rtol=1e-5, atol=1e-6)
+    b = ReferenceStore.load(b_path)
+    b.predict(q, k=5, backend="faiss")
+    other = next(b_path.parent.glob("reference.h5.*.faiss"))
+    for damage in ("another run's", "overwritten"):
+        if damage == "another run's":
+            index.write_bytes(other.read_bytes())
+        else:
+            data = bytearray(index.read_bytes())
+            data[len(data) // 2: len(data) // 2 + 16] = b"\xff" * 16
+            index.write_bytes(bytes(data))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="stgraph"):
+            again = ReferenceStore.load(a_path).predict(q, k=5, backend="faiss")
+        assert "saved kNN index not used" in caplog.text, damage
+        np.testing.assert_allclose(again, exact, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_whose_files_differ_from_run_json_is_refused(finished_run, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from stgraph.retrieval.reference import ReferenceStore
+    from stgraph.runfolder import ModelFolderError, load_run
+
+    load_run(finished_run)
+    ref = ReferenceStore.load(finished_run / "reference.h5")
+    cut = ReferenceStore(embeddings=ref.embeddings[:100], expression=ref.expression[:100], genes=ref.genes,
+                         slide_ids=ref.slide_ids[:100], spot_ids=ref.spot_ids[:100], kind=ref.kind, meta=ref.meta)
+    shutil.copy2(finished_run / "reference.h5", tmp_path / "saved.h5")
+    cut.save(finished_run / "reference.h5", overwrite=True)
+    with pytest.raises(ModelFolderError, match="reference.h5 is not the file run.json records"):
+        load_run(finished_run)
+    shutil.copy2(tmp_path / "saved.h5", finished_run / "reference.h5")
+    with open(finished_run / "model.pt", "r+b") as fh:  # one byte flipped in the weights
+        fh.seek(fh.seek(0, 2) // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ModelFolderError, match="model.pt is not the file run.json records"):
+        load_run(finished_run)
+    assert np.isfinite(ref.embeddings).all()
+
+
+def _fill_features(ready, cache, config_path, slide_path, out):
+    import numpy as np
+
+    from stgraph.config import load_config
+    from stgraph.data import read_slide
+    from stgraph.models import create_image_encoder
+    from stgraph.preprocess.prepare import prepare_slide
+    from tests.conftest import tiny_overrides
+
+    cfg = load_config(config_path, tiny_overrides(Path(cache)))
+    Path(ready).write_text("ok")
+    feats = prepare_slide(read_slide(slide_path), cfg, image_encoder=create_image_encoder(cfg)).features
+    np.save(out, feats)
+
+
+@fork
+def test_two_processes_filling_the_feature_cache_at_once_both_finish_and_agree(synthetic_slides, tmp_path):
+    """Two writers of the same store entry at once: each builds beside and renames onto the final name, so
+    both finish, agree, and the entry left is complete (and read back equal)."""
+    import numpy as np
+
+    from tests.conftest import CONFIGS
+
+    torch_seeded = tmp_path / "slide.h5ad"
+    synthetic_slides[0].write_h5ad(torch_seeded)
+    cfg = str(CONFIGS / "stgraph.yaml")
+    procs = [_writer_in_child(_fill_features, str(tmp_path / "cache"), cfg, str(torch_seeded),
+                              str(tmp_path / f"f{i}.npy"))[0] for i in range(2)]
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    a, b = np.load(tmp_path / "f0.npy"), np.load(tmp_path / "f1.npy")
+    np.testing.assert_array_equal(a, b)
+    store = tmp_path / "cache" / "features"
+    assert not [p for p in store.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_predict_wsi_killed_again_and_again_leaves_no_partial_file(finished_run, tmp_path):
+    """kill -9 at five moments of `predict --wsi`: no partial output appears, the abandoned temporaries are
+    removed by the next run, and the last run completes the file."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from stgraph.data.wsi_synthetic import pink_texture, write_pyramidal_tiff
+
+    rng = np.random.default_rng(0)
+    img = np.full((1024, 1024, 3), 248, np.uint8)
+    img[200:800, 200:800] = pink_texture((600, 600), rng)
+    wsi = write_pyramidal_tiff(tmp_path / "s.tif", img, levels=2, mpp=1.0)
+    out = tmp_path / "preds" / "s.h5ad"
+    cmd = [sys.executable, "-m", "stgraph.cli", "predict", "--model", str(finished_run), "--wsi", str(wsi),
+           "--train-mpp", "1", "--grid", "40", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for delay in (1.0, 2.0, 3.0, 4.0, 5.0):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        if out.exists():  # it finished before the kill: the file is whole
+            import anndata
+
+            assert anndata.read_h5ad(out).n_obs > 0
+            out.unlink()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import anndata
+
+    assert anndata.read_h5ad(out).n_obs > 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["s.h5ad"]

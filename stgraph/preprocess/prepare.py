@@ -248,6 +248,20 @@ def preprocessing_key(config) -> str:
     return json.dumps(fields, sort_keys=True)
 
 
+def check_training_slides(train_slides: Sequence[AnnData]) -> None:
+    """Refuse, naming it, a training slide without spots, genes or any count (it would end in NaN targets
+    and a numerical library's paragraph much later)."""
+    from ..data.errors import SlideFormatError
+
+    for i, ad in enumerate(train_slides):
+        counts = ad.layers.get(Key.layers.counts, ad.X) if ad.n_vars else None
+        total = 0.0 if counts is None else float(counts.sum() if sp.issparse(counts) else np.asarray(counts).sum())
+        if ad.n_vars == 0 or ad.n_obs == 0 or not total > 0:
+            raise SlideFormatError(f"training slide {slide_id_of(ad, default=f'slide{i}')!r} has no expression "
+                                   f"({ad.n_obs} spots × {ad.n_vars} genes, {total:g} counts in all): every "
+                                   "training slide needs its counts")
+
+
 def fit_preprocessor(config, train_slides: Sequence[AnnData]) -> tuple[Preprocessor, dict[str, np.ndarray]]:
     """Fit gene selection, Harmony and PCA on the training slides.
 
@@ -260,15 +274,7 @@ def fit_preprocessor(config, train_slides: Sequence[AnnData]) -> tuple[Preproces
     """
     if not train_slides:
         raise ValueError("no training slides given")
-    from ..data.errors import SlideFormatError
-
-    for i, ad in enumerate(train_slides):
-        counts = ad.layers.get(Key.layers.counts, ad.X)
-        total = counts.sum() if sp.issparse(counts) else np.asarray(counts).sum()
-        if ad.n_vars == 0 or ad.n_obs == 0 or not total > 0:
-            raise SlideFormatError(f"training slide {slide_id_of(ad, default=f'slide{i}')!r} has no expression "
-                                   f"({ad.n_obs} spots × {ad.n_vars} genes, {float(total):g} counts in all): every "
-                                   "training slide needs its counts")
+    check_training_slides(train_slides)
     normed = [pp.log_normalised(ad) for ad in train_slides]
     genes = _select_genes(config, normed)
     if not genes:

@@ -23,7 +23,8 @@ from ..errors import StgraphError
 from ..models import create_model, model_spec
 from ..models.weights import check_pretrained_weights
 from ..preprocess.embed import embed_slide
-from ..preprocess.prepare import PreparedSlide, fit_preprocessor, prepare_slide, uncorrected_expression
+from ..preprocess.prepare import (PreparedSlide, check_training_slides, fit_preprocessor, prepare_slide,
+                                  uncorrected_expression)
 from ..preprocess.resolution import training_resolution
 from ..retrieval.reference import ReferenceStore
 from ..runfolder import (LOCK_NAME, STATE_COMPLETE, STATE_TRAINING, Run, clean_stale_files, file_records,
@@ -241,6 +242,7 @@ def train_model(config, slides, out: Optional[str | Path] = None, force: bool = 
     adatas = _slides_of(slides)
     if not adatas:
         raise ValueError("no training slides given")
+    check_training_slides(adatas)  # before the run folder is made
     if out is not None:
         out = resolve_run_link(Path(out), force, resume)
     # Everything that can be checked is checked before any compute or any write.

@@ -246,7 +246,10 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists (pass overwrite/--force to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_dead_temporaries(path)
+    # The writer's pid is in the name: a temporary whose writer was killed (kill -9 runs no cleanup) is
+    # provably ours and provably abandoned, and the next write of the same file removes it.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -257,6 +260,33 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_dead_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries :func:`atomic_path` left beside ``path`` when their writer died
+    (``.<name>.<pid>-<random>.tmp`` whose pid is no longer alive on this host); returns what was removed."""
+    import re
+
+    from .lock import _pid_alive
+
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)-[A-Za-z0-9_]+\.tmp$")
+    removed = []
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    for name in names:
+        m = pattern.match(name)
+        if m and not _pid_alive(int(m.group(1))):
+            p = path.parent / name
+            if p.is_file() and not p.is_symlink():
+                try:
+                    p.unlink()
+                    removed.append(p)
+                except OSError:
+                    pass
+    return removed
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
