@@ -64,6 +64,9 @@ def add_parser(sub, parents) -> None:
                         "run's inference.backend)")
     p.add_argument("--plot", nargs="+", default=None, metavar="GENE",
                    help="also draw these genes' predicted maps to <out>.png")
+    p.add_argument("--interval", type=float, default=None, metavar="LEVEL",
+                   help="also write per-spot prediction intervals at this level (e.g. 0.9) as layers lower/upper, "
+                        "calibrated on the training slides (default: the run's trust.interval)")
     p.add_argument("--allow-scale-mismatch", action="store_true",
                    help="predict a slide whose pixel size is probably wrong (none stated while the run has one, a "
                         "spot spacing over 2x from the training slides', a whole-slide tissue longer than a glass "
@@ -84,6 +87,9 @@ def _load(args):
 
     loaded = load_run(args.model, device=args.device)
     check_retrieval_options(loaded.config, **_retrieval(args))
+    from stgraph.inference.predict import check_interval
+
+    check_interval(loaded, args.interval)
     return loaded
 
 
@@ -196,7 +202,7 @@ def _predict_adata(args, source: Optional[dict] = None):
         if args.mpp is not None:
             _set_mpp(adata, args.mpp)
         pred = predict_slide(loaded, adata, progress=True, allow_scale_mismatch=args.allow_scale_mismatch,
-                             **_retrieval(args))
+                             interval=args.interval, **_retrieval(args))
         where = {"slide": str(Path(slide).resolve())} if isinstance(slide, (str, Path)) else source
         if where:
             pred.uns.setdefault(Key.uns.stgraph, {})[Key.uns.source_slide] = where
@@ -230,7 +236,7 @@ def _predict_wsi(args) -> int:
                            min_saturation=args.min_saturation, min_area_um2=args.min_tissue_area,
                            cache_dir=args.cache_dir, chunk_size=args.chunk_size, progress=True,
                            max_spots=args.max_spots, allow_scale_mismatch=args.allow_scale_mismatch,
-                           **_retrieval(args))
+                           interval=args.interval, **_retrieval(args))
 
     return predict_and_write(loaded, pairs, predict_one, force=args.force, plot=args.plot)
 

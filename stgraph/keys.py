@@ -16,6 +16,8 @@ class _Obs:
     array_row = "array_row"        # integer grid row
     array_col = "array_col"        # integer grid column
     in_tissue = "in_tissue"
+    ood_score = "ood_score"        # distance to the training spots over the typical unseen-slide distance (trust)
+    in_distribution = "in_distribution"  # bool: within the training slides' own out-of-slide distances
     filtered_barcodes = "filtered_barcodes"   # Space Ranger raw matrix: barcode passed filtering
 
 
@@ -29,6 +31,10 @@ class _Obsm:
 
 class _Var:
     gene_ids = "gene_ids"
+    expected_r = "expected_r"              # per-gene Pearson r expected on an unseen slide (trust)
+    expected_r_sd = "expected_r_sd"        # its spread over the held-out training slides
+    expected_r_slide = "expected_r_slide"  # the expectation adjusted to this slide's predicted variation
+    reliable = "reliable"                  # bool: both expectations reach trust.reliable_r
     filtered_probes = "filtered_probes"   # Visium probe-based matrix: probe passed filtering
 
 
@@ -39,6 +45,8 @@ class _Obsp:
 
 class _Layers:
     counts = "counts"              # raw counts kept by preprocessing
+    lower = "lower"                # per-spot prediction interval (trust), at uns['stgraph']['interval_level']
+    upper = "upper"
 
 
 class _Uns:

@@ -34,6 +34,7 @@ from .errors import StgraphError
 from .models import create_model
 from .preprocess.prepare import Preprocessor
 from .retrieval.reference import ReferenceStore, saved_index_store
+from .trust import TRUST_FILE, TrustRecord
 from .utils import atomic_path, atomic_write_text, resolve_device
 from .utils.lock import LOCK_NAME, is_locked
 
@@ -76,11 +77,16 @@ class Run:
         The provenance of ``run.json`` (training slides, ``resolution``, ...).
     run_dir
         The run folder, or ``None`` for an in-memory run.
+    trust
+        The :class:`~stgraph.trust.TrustRecord` (``trust.npz``: per-gene reliability, interval calibration,
+        the out-of-distribution reference), or ``None`` (switched off, one training slide, an older run).
     """
 
     def __init__(self, model, config, preprocessor: Preprocessor, reference: ReferenceStore,
-                 result: Optional[Any] = None, run_dir: Optional[Path] = None, info: Optional[dict] = None):
+                 result: Optional[Any] = None, run_dir: Optional[Path] = None, info: Optional[dict] = None,
+                 trust=None):
         self.model = model
+        self.trust = trust
         self.config = config
         self.preprocessor = preprocessor
         self.reference = reference
@@ -173,11 +179,19 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
     if list(reference.genes) != list(preprocessor.genes):
         raise ModelFolderError(f"{run_dir}: reference.h5 genes differ from genes.txt")
     info = read_run_info(run_dir)
+    trust = None
+    if (run_dir / TRUST_FILE).is_file():
+        try:
+            trust = TrustRecord.load(run_dir / TRUST_FILE)
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelFolderError(f"{run_dir / TRUST_FILE}: not a readable trust record ({err})") from err
+        if list(trust.genes) != list(preprocessor.genes):
+            raise ModelFolderError(f"{run_dir / TRUST_FILE}: its genes differ from genes.txt")
     recorded = info.get("n_reference_spots")
     if recorded is not None and int(recorded) != reference.n_spots:
         raise ModelFolderError(f"{run_dir / 'reference.h5'} holds {reference.n_spots} spots where run.json records "
                                f"{recorded}: the file was changed or replaced; restore it or train the run again")
-    return Run(model, config, preprocessor, reference, None, run_dir, info=info)
+    return Run(model, config, preprocessor, reference, None, run_dir, info=info, trust=trust)
 
 
 # ------------------------------------------------------------------------------------- state and ownership
@@ -186,7 +200,7 @@ STATE_TRAINING, STATE_COMPLETE = "training", "complete"
 
 #: Every name stgraph writes at the top of a run folder (anything else there is the user's).
 RUN_FOLDER_NAMES = frozenset(RUN_FILES) | {"preprocess.json", "preprocess.npz", "reference.prev.h5", "log.csv",
-                                           "loss_curve.png", "checkpoints", LOCK_NAME}
+                                           "trust.npz", "loss_curve.png", "checkpoints", LOCK_NAME}
 #: Names inside ``checkpoints/``.
 CHECKPOINT_NAMES = frozenset({"best.pt", "last.pt"})
 #: :func:`~stgraph.utils.atomic_path`'s temporaries: ``.<name>.<random>.tmp``.
@@ -221,7 +235,7 @@ def write_run_info(run_dir: str | Path, info: dict) -> None:
 
 
 #: Run files whose size and SHA-256 ``run.json`` records (``"files"``) and :func:`load_run` checks.
-CHECKED_FILES = ("config.yaml", "genes.txt", "model.pt", "reference.h5")
+CHECKED_FILES = ("config.yaml", "genes.txt", "model.pt", "reference.h5", "trust.npz")
 
 
 def file_records(run_dir: str | Path, names=CHECKED_FILES) -> dict:

@@ -62,6 +62,9 @@ def tiny_overrides(cache_dir: Path, epochs: int = 2) -> list[str]:
         "train.progress=false",
         "train.device=cpu",
         "inference.k=5",
+        # The trust record retrains a Trainer model once per training slide: tests that are not about it skip
+        # it (tests/test_trust.py switches it on).
+        "trust.reliability=false",
     ]
 
 

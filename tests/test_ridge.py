@@ -152,7 +152,8 @@ def test_nested_choice_finds_the_low_rank_and_a_sensible_penalty():
     assert model.chosen["gene_rank"] == 2
     assert model.chosen["alpha"] in (1e-2, 1.0)
     z = model.scores(torch.as_tensor(x, dtype=torch.float32)).numpy().astype(np.float64)
-    _, _, table = select_ridge(z, center_per_slide(y, ids), ids, (1e-2, 1.0, 1e5), (1, 2, 8, 0))
+    _, _, table, oof = select_ridge(z, center_per_slide(y, ids), ids, (1e-2, 1.0, 1e5), (1, 2, 8, 0), y=y)
+    assert oof.shape == y.shape and np.isfinite(oof).all()
     assert table.shape == (3, 4) and np.isfinite(table).all()
     # One training slide: nothing to choose with, the fixed values are used.
     single = RidgeRegressor(alpha=3.0, gene_rank=2, n_components=30, alphas=(1.0, 10.0), gene_ranks=(1, 0))

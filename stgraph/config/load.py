@@ -388,6 +388,15 @@ def validate_config(config: Config) -> Config:
     model.check_config(config)
     if not 0.0 <= config.inference.smoothing <= 1.0:
         raise ConfigError(f"inference.smoothing must be in [0, 1], got {config.inference.smoothing}")
+    tr = config.trust
+    if tr.interval is not None and not 0.5 <= tr.interval <= 0.99:
+        raise ConfigError(f"trust.interval must be a level in [0.50, 0.99] (or null), got {tr.interval}")
+    if not 0.5 <= tr.ood_quantile < 1.0:
+        raise ConfigError(f"trust.ood_quantile must be in [0.5, 1), got {tr.ood_quantile}")
+    if tr.ood_k < 1:
+        raise ConfigError(f"trust.ood_k must be ≥ 1, got {tr.ood_k}")
+    if not 0.0 < tr.ood_slide_fraction <= 1.0:
+        raise ConfigError(f"trust.ood_slide_fraction must be in (0, 1], got {tr.ood_slide_fraction}")
     if _reads(spec, "model.spot_encoder"):
         _check_graph_spot_encoder(config)
     _check_model_name(m.name)

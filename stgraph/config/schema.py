@@ -24,6 +24,7 @@ __all__ = [
     "LossConfig",
     "TrainConfig",
     "InferenceConfig",
+    "TrustConfig",
     "Config",
     "CHOICES",
     "REGISTRY_OPTIONS",
@@ -393,6 +394,30 @@ class InferenceConfig:
 
 
 @dataclass
+class TrustConfig:
+    """How far to trust a prediction (:mod:`stgraph.trust`), measured by leave-one-slide-out inside the
+    training slides and applied to every prediction.
+
+    ``reliability``: build the run's trust record (per-gene expected r, interval calibration, the
+    out-of-distribution reference). Models fitted in one call reuse their nested choice's out-of-slide
+    predictions (no extra fit); models trained by the Trainer train once more per training slide (K extra
+    trainings: ``false`` skips it, and predictions then carry no reliability, intervals or OOD flags).
+    ``reliable_r``: a gene is ``reliable`` on a slide when its expected r and its slide-adjusted expected r both
+    reach this. ``interval``: the level of the per-spot intervals ``predict`` writes by default (``null``: only
+    with ``--interval``). ``ood_k``, ``ood_quantile``: neighbours of the OOD distance, and the quantile of the
+    training slides' own out-of-slide distances beyond which a spot is out of distribution;
+    ``ood_slide_fraction``: a slide with more of its spots out of distribution is named in a warning.
+    """
+
+    reliability: bool = True
+    reliable_r: float = 0.3
+    interval: Optional[float] = None
+    ood_k: int = 10
+    ood_quantile: float = 0.975
+    ood_slide_fraction: float = 0.5
+
+
+@dataclass
 class Config:
     """A full experiment: data → model → loss → training → inference.
 
@@ -406,6 +431,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
 
 
 #: Valid values of the closed string options (the schema's ``Literal`` fields), checked at load time;

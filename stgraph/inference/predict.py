@@ -21,15 +21,28 @@ from ..utils import atomic_path
 from ..keys import Key
 from .smoothing import smooth_on_graph
 
-__all__ = ["predict_slide", "predict_prepared", "write_prediction", "prediction_table",
+__all__ = ["predict_slide", "predict_prepared", "write_prediction", "prediction_table", "apply_trust",
            "check_output_path", "PredictionOutputError", "extend_reference", "GeneOverlapError",
-           "MIN_GENE_OVERLAP", "check_k", "PredictionOptionError", "check_retrieval_options"]
+           "MIN_GENE_OVERLAP", "check_k", "PredictionOptionError", "check_retrieval_options", "check_interval"]
 
 
 
 
 class PredictionOptionError(StgraphError, ValueError):
     """A prediction option out of its range (``k`` < 1, ...)."""
+
+
+def check_interval(loaded: Run, interval: Optional[float]) -> None:
+    """An interval level is in [0.50, 0.99] and the run has a trust record to calibrate it; checked before any
+    feature is computed."""
+    level = interval if interval is not None else loaded.config.trust.interval
+    if level is None:
+        return
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.5 <= float(level) <= 0.99:
+        raise PredictionOptionError(f"--interval must be a level in [0.50, 0.99] (e.g. 0.9), got {level!r}")
+    if getattr(loaded, "trust", None) is None:
+        raise PredictionOptionError(f"--interval {level}: the run has no trust record to calibrate intervals "
+                                    f"({NO_TRUST})")
 
 
 def check_k(k: Optional[int]) -> None:
@@ -41,7 +54,7 @@ def check_k(k: Optional[int]) -> None:
 def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
                   similarity: Optional[str] = None, aggregation: Optional[str] = None,
                   backend: Optional[str] = None, progress: bool = False,
-                  allow_scale_mismatch: bool = False) -> AnnData:
+                  allow_scale_mismatch: bool = False, interval: Optional[float] = None) -> AnnData:
     """Predict the expression of every spot of ``adata`` from its image alone.
 
     Parameters
@@ -52,6 +65,9 @@ def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
         The query slide: spot centres in ``obsm['spatial']`` and its image; expression, if any, is ignored.
     k, similarity, aggregation, backend
         Override the run's ``inference`` settings.
+    interval
+        Also write per-spot prediction intervals at this level (``layers['lower'/'upper']``; default the run's
+        ``trust.interval``), calibrated on the training slides (:mod:`stgraph.trust`).
     allow_scale_mismatch
         Predict a query whose pixel size is probably wrong (none stated while the run has one, or a spot
         spacing far from the training slides'; :func:`~stgraph.preprocess.resolution.check_query_scale`)
@@ -67,6 +83,7 @@ def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
     if loaded.reference.kind != "image" and loaded.config.inference.reference == "image":
         raise ModelFolderError("the reference holds spot embeddings but the config asks for image retrieval")
     check_k(k)
+    check_interval(loaded, interval)
     from ..preprocess.resolution import check_query_scale
 
     check_query_scale(loaded.resolution, adata, name=f"slide {slide_id_of(adata, default='query')!r}",
@@ -77,7 +94,7 @@ def predict_slide(loaded: Run, adata: AnnData, k: Optional[int] = None,
     query = prepare_slide(adata, config, preprocessor=None, image_encoder=loaded.model.image_encoder,
                           device=device, progress=progress, with_graph=needs_graph(config, query=True))
     return predict_prepared(loaded, adata, query, k=k, similarity=similarity, aggregation=aggregation,
-                            backend=backend, provenance=provenance)
+                            backend=backend, provenance=provenance, interval=interval)
 
 
 def query_config(loaded: Run, adata: AnnData):
@@ -119,7 +136,8 @@ def query_config(loaded: Run, adata: AnnData):
 
 def predict_prepared(loaded: Run, adata: AnnData, query, k: Optional[int] = None,
                      similarity: Optional[str] = None, aggregation: Optional[str] = None,
-                     backend: Optional[str] = None, provenance: Optional[dict] = None) -> AnnData:
+                     backend: Optional[str] = None, provenance: Optional[dict] = None,
+                     interval: Optional[float] = None) -> AnnData:
     """Embed an already prepared query slide (:class:`~stgraph.preprocess.PreparedSlide`, features or patches),
     retrieve (or predict) its expression and build the output AnnData (see :func:`predict_slide`);
     ``provenance`` is merged into ``uns['stgraph']``."""
@@ -130,20 +148,10 @@ def predict_prepared(loaded: Run, adata: AnnData, query, k: Optional[int] = None
         check_retrieval_options(config, k=k, similarity=similarity, aggregation=aggregation, backend=backend)
     query_emb = embed_slide(loaded.model, query, "image")
     if spec.retrieves:
-        k = icfg.k if k is None else k
-        # A component's options belong to the configured component: one chosen here instead gets its defaults.
-        options = retrieval_options(icfg, similarity, aggregation, backend)
-        similarity = similarity or icfg.similarity
-        aggregation = aggregation or icfg.aggregation
-        backend = backend or icfg.backend
-        k_eff = min(k, loaded.reference.embeddings.shape[0])
-        pred = loaded.reference.predict(query_emb, k=k_eff, similarity=similarity, aggregation=aggregation,
-                                        backend=backend, chunk_size=icfg.chunk_size,
-                                        distance=icfg.distance, **options)
-        how = {"values": f"{EXPRESSION_UNITS}, the {aggregation} of the {k_eff} nearest reference profiles",
-               "reference_kind": loaded.reference.kind, "n_reference_spots": int(loaded.reference.n_spots),
-               "k": int(k_eff), "similarity": similarity, "aggregation": aggregation, "distance": icfg.distance,
-               "backend": backend}
+        pred, used = loaded.reference.predict_configured(query_emb, icfg, k, similarity, aggregation, backend)
+        how = {"values": f"{EXPRESSION_UNITS}, the {used['aggregation']} of the {used['k']} nearest reference "
+                         "profiles", "reference_kind": loaded.reference.kind,
+               "n_reference_spots": int(loaded.reference.n_spots), **used}
     else:
         pred = loaded.model.predict_prepared(query)
         how = {"values": f"{EXPRESSION_UNITS}, predicted by the model (model.kind {config.model.kind})"}
@@ -173,7 +181,63 @@ def predict_prepared(loaded: Run, adata: AnnData, query, k: Optional[int] = None
     }
     if provenance:
         out.uns[Key.uns.stgraph].update(provenance)
+    apply_trust(out, loaded, pred, query_emb, interval=interval)
     return out
+
+
+#: What a prediction says of a run without a trust record.
+NO_TRUST = ("no trust record: the run was trained with trust.reliability=false, on one slide, in several "
+            "processes, or before trust existed")
+
+
+def apply_trust(out: AnnData, loaded: Run, pred: np.ndarray, query_emb: np.ndarray,
+                interval: Optional[float] = None) -> None:
+    """Write the run's trust record (:mod:`stgraph.trust`) onto a prediction, in place:
+
+    * ``var``: ``expected_r``, ``expected_r_sd`` (over the held-out training slides), ``expected_r_slide``
+      (adjusted to this slide's predicted variation) and ``reliable`` (both ≥ ``trust.reliable_r``);
+    * ``obs``: ``ood_score`` and ``in_distribution``; ``uns['stgraph']['ood_fraction']``, and a warning naming
+      the slide when more than ``trust.ood_slide_fraction`` of its spots are out of distribution;
+    * with ``interval`` (or ``trust.interval``): ``layers['lower']`` / ``layers['upper']``, the conformal
+      interval at that level (``uns['stgraph']['interval_level']``).
+    """
+    import logging
+
+    from ..trust import intervals, ood_scores, slide_expected_r
+
+    info = out.uns[Key.uns.stgraph]
+    trust = getattr(loaded, "trust", None)
+    cfg = loaded.config.trust
+    level = interval if interval is not None else cfg.interval
+    if trust is None:
+        info["trust"] = NO_TRUST
+        if level is not None:
+            raise PredictionOptionError(f"--interval {level}: the run has no trust record to calibrate intervals "
+                                        f"({NO_TRUST})")
+        return
+    expected = trust.expected_r
+    slide = slide_expected_r(expected, trust.fold_pred_sd, pred)
+    out.var[Key.var.expected_r] = expected.astype(np.float32)
+    out.var[Key.var.expected_r_sd] = trust.expected_r_sd.astype(np.float32)
+    out.var[Key.var.expected_r_slide] = slide.astype(np.float32)
+    out.var[Key.var.reliable] = np.nan_to_num(np.minimum(expected, slide), nan=-1.0) >= cfg.reliable_r
+    score, inside = ood_scores(query_emb, trust.ood_reference, trust.ood_calibration, trust.ood_k, cfg.ood_quantile)
+    out.obs[Key.obs.ood_score] = score
+    out.obs[Key.obs.in_distribution] = inside
+    fraction = float(1.0 - inside.mean()) if len(inside) else 0.0
+    info.update({"trust": trust.method, "reliable_r": float(cfg.reliable_r), "n_reliable": int(out.var[Key.var.reliable].sum()),
+                 "ood_fraction": fraction, "ood_quantile": float(cfg.ood_quantile), "trust_folds": list(trust.fold_ids)})
+    if fraction > cfg.ood_slide_fraction:
+        name = slide_id_of(out, default=str(info.get("wsi") or "the query"))
+        logging.getLogger("stgraph").warning(
+            "slide %s looks unlike the training slides: %.0f%% of its spots are out of distribution (beyond the "
+            "%.3g quantile of the training slides' own distances); another tissue, stain, scanner or a non-tissue "
+            "image? Its predictions are not to be trusted", name, 100 * fraction, cfg.ood_quantile)
+        info["ood_warning"] = True
+    if level is not None:
+        lower, upper = intervals(pred, trust.scale, trust.quantiles, float(level))
+        out.layers[Key.layers.lower], out.layers[Key.layers.upper] = lower, upper
+        info["interval_level"] = float(level)
 
 
 def check_retrieval_options(config, **given) -> None:
@@ -184,20 +248,6 @@ def check_retrieval_options(config, **given) -> None:
         raise PredictionOptionError(
             f"{', '.join('--' + n for n in set_)}: the run's model (model.kind {config.model.kind}) predicts "
             "expression itself and retrieves nothing from its reference; leave retrieval options out")
-
-
-def retrieval_options(icfg, similarity: Optional[str] = None, aggregation: Optional[str] = None,
-                      backend: Optional[str] = None) -> dict:
-    """The ``inference.*_options`` of the configured similarity, aggregation and backend, for those not
-    replaced by another choice (``--similarity`` etc.), as keyword arguments of :func:`impute`."""
-    out = {}
-    for key, chosen, configured, options in (
-            ("similarity_options", similarity, icfg.similarity, icfg.similarity_options),
-            ("aggregation_options", aggregation, icfg.aggregation, icfg.aggregation_options),
-            ("backend_options", backend, icfg.backend, icfg.backend_options)):
-        if options and (chosen is None or chosen == configured):
-            out[key] = dict(options)
-    return out
 
 
 def _adjacency(slide):

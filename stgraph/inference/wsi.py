@@ -28,7 +28,7 @@ from ..preprocess.resolution import (QueryResolution, check_tissue_extent, query
                                      require_physical_resolution)
 from ..data.transforms import grid_coordinates, normalize_batch, patch_batch
 from ..utils import atomic_save_npy, folder_size, prefetch, user_cache_dir
-from .predict import check_k, predict_prepared
+from .predict import check_interval, check_k, predict_prepared
 
 __all__ = ["WSIPredictionError", "user_cache_dir", "parse_grid", "expand_slide_paths", "wsi_features",
            "predict_wsi"]
@@ -158,7 +158,7 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
                 cache_dir: Optional[Union[str, os.PathLike]] = None, chunk_size: int = 256,
                 batch_size: int = 64, progress: bool = False, prefetch_chunks: int = 1,
                 train_mpp: Optional[float] = None, max_spots: Optional[int] = None,
-                allow_scale_mismatch: bool = False, **mask_kwargs) -> AnnData:
+                allow_scale_mismatch: bool = False, interval: Optional[float] = None, **mask_kwargs) -> AnnData:
     """Predict a whole-slide image's expression on a spot grid laid over its tissue.
 
     Parameters
@@ -209,6 +209,7 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
 
     config = run.config
     require_physical_resolution(run.resolution, config, train_mpp)  # before the slide is opened
+    check_interval(run, interval)
     kind = parse_grid(grid)
     check_k(k)
     max_spots = DEFAULT_MAX_SPOTS if max_spots is None else int(max_spots)
@@ -277,4 +278,4 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
                       "target_mpp": float(res.target_mpp), "resample_factor": float(res.factor),
                       "physical_resolution": bool(res.physical), "level": int(level)}
     return predict_prepared(run, adata, query, k=k, similarity=similarity, aggregation=aggregation,
-                            backend=backend, provenance=provenance)
+                            backend=backend, provenance=provenance, interval=interval)

@@ -155,6 +155,18 @@ class STModel(nn.Module):
         """What the fit chose (e.g. the ridge's λ and rank), for ``run.json`` and the log; ``{}`` when nothing."""
         return {}
 
+    def out_of_slide(self):
+        """After ``fit``: (N, G) predictions of the training rows, each slide by the model fitted without it
+        (in the order of the slides given to ``fit``), when the fit made them anyway (a nested choice);
+        ``None`` otherwise, and the training job fits once more per training slide to get them
+        (:mod:`stgraph.trust`)."""
+        return None
+
+    @property
+    def out_of_slide_method(self) -> str:
+        """How :meth:`out_of_slide`'s predictions were made (recorded in the trust record)."""
+        return "refitted per held-out training slide"
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A buffer registered empty and filled by a fit takes the checkpoint's shape (on its own device).
         for name, buf in self._buffers.items():

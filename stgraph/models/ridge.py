@@ -65,15 +65,19 @@ def mean_gene_pearson(pred: np.ndarray, true: np.ndarray, empty: float = 0.0) ->
 
 
 def select_ridge(z: np.ndarray, y_centred: np.ndarray, slide_ids: Sequence, alphas: Sequence[float],
-                 gene_ranks: Sequence[int]) -> tuple[float, int, np.ndarray]:
+                 gene_ranks: Sequence[int], y: Optional[np.ndarray] = None) -> tuple[float, int, np.ndarray, np.ndarray]:
     r"""Choose (λ, gene rank) by leave-one-slide-out over the *training* slides (nested: the query never
     takes part). Each candidate is scored by the mean per-gene Pearson r on every held-out training slide,
     averaged over slides; ties go to the larger λ and the smaller rank (the simpler model).
 
     ``z`` (N, q) are the PCA scores of the standardised features (fitted on all training features: they never
-    see expression), ``y_centred`` (N, G) the targets centred per slide. Returns ``(alpha, gene_rank,
-    scores)`` with ``scores`` (len(alphas), len(gene_ranks)). One (q × q) solve per inner fold and λ, one SVD
-    of the inner targets per inner fold.
+    see expression), ``y_centred`` (N, G) the targets centred per slide. Returns ``(alpha, gene_rank, scores,
+    oof)`` with ``scores`` (len(alphas), len(gene_ranks)) and ``oof`` (N, G) the chosen candidate's
+    out-of-slide predictions of every training slide, on the scale of ``y`` (the un-centred targets: the held
+    slide's prediction plus the mean profile of the slides it was fitted on; ``y_centred`` when ``y`` is not
+    given), which the run's trust record is built from (:mod:`stgraph.trust`) without refitting the grid. One
+    (q × q) solve per inner fold and λ (one more for the chosen λ), one SVD of the inner targets per inner fold.
+    With one candidate and no ``y``, scores are still computed: the same code serves a fixed (λ, rank).
     """
     import logging
     import time
@@ -83,6 +87,7 @@ def select_ridge(z: np.ndarray, y_centred: np.ndarray, slide_ids: Sequence, alph
     slides = list(dict.fromkeys(ids.tolist()))
     alphas, ranks = [float(a) for a in alphas], [int(r) for r in gene_ranks]
     scores = np.zeros((len(alphas), len(ranks)))
+    folds = []  # per held-out slide: its rows, the inner gram and cross products, programs, offset
     start = time.perf_counter()
     for i, held in enumerate(slides):
         log.info("choosing ridge λ and gene rank (%d × %d candidates) by leave-one-slide-out: %d/%d, %s held "
@@ -91,6 +96,8 @@ def select_ridge(z: np.ndarray, y_centred: np.ndarray, slide_ids: Sequence, alph
         zi, yi = z[inner], y_centred[inner] - y_centred[inner].mean(0)
         v_all = gene_programs(yi, max(ranks)) if any(r > 0 for r in ranks) else None
         gram, cross = zi.T @ zi, zi.T @ yi
+        offset = (y[inner] if y is not None else y_centred[inner]).mean(0)
+        folds.append((out, gram, cross, v_all, offset))
         for ai, a in enumerate(alphas):
             pred = z[out] @ np.linalg.solve(gram + a * np.eye(len(gram)), cross)
             for ri, r in enumerate(ranks):
@@ -100,7 +107,12 @@ def select_ridge(z: np.ndarray, y_centred: np.ndarray, slide_ids: Sequence, alph
     order = [(ai, ri) for ai in sorted(range(len(alphas)), key=lambda i: -alphas[i])
              for ri in sorted(range(len(ranks)), key=lambda i: ranks[i] if ranks[i] > 0 else np.inf)]
     ai, ri = max(order, key=lambda k: scores[k])  # max keeps the first (simplest) of equal scores
-    return alphas[ai], ranks[ri], scores
+    alpha, rank = alphas[ai], ranks[ri]
+    oof = np.zeros_like(np.asarray(y_centred, dtype=np.float64))
+    for out, gram, cross, v_all, offset in folds:  # the chosen candidate's predictions: one solve per fold
+        p = z[out] @ np.linalg.solve(gram + alpha * np.eye(len(gram)), cross)
+        oof[out] = (p @ v_all[:, :rank] @ v_all[:, :rank].T if rank > 0 else p) + offset
+    return alpha, rank, scores, oof
 
 
 class RidgeRegressor(nn.Module):
@@ -190,8 +202,14 @@ class RidgeRegressor(nn.Module):
         z = xs @ comps
         y_bar = y_fit.mean(axis=0)
         alpha, rank = self.alpha, self.gene_rank
-        if (self.alphas or self.gene_ranks) and len(np.unique(ids)) >= 2:
-            alpha, rank, _ = select_ridge(z, y_fit, ids, self.alphas or (alpha,), self.gene_ranks or (rank,))
+        #: Out-of-slide predictions of the training rows (each slide by the ridge fitted on the others, at the
+        #: chosen λ and rank; un-centred) when there are two slides or more: the trust record's input.
+        self.oof = None
+        if len(np.unique(ids)) >= 2:
+            grid = bool(self.alphas or self.gene_ranks)
+            alpha, rank, _, self.oof = select_ridge(z, y_fit, ids, (self.alphas or (alpha,)) if grid else (alpha,),
+                                                    (self.gene_ranks or (rank,)) if grid else (rank,), y=y)
+            self.oof = np.maximum(self.oof, 0.0)  # as predictions are written
         self.chosen = {"alpha": alpha, "gene_rank": rank}
         w = np.linalg.solve(z.T @ z + alpha * np.eye(q), z.T @ (y_fit - y_bar))
         programs = gene_programs(y_fit, rank) if rank > 0 else np.zeros((0, 0))
@@ -321,6 +339,14 @@ class RidgeSTModel(STModel):
     def choices(self) -> dict:
         """What the fit chose (λ and gene rank; by LOSO when the config gives grids), for ``run.json``."""
         return dict(self.head.chosen)
+
+    def out_of_slide(self):
+        """The nested choice's out-of-slide predictions at the chosen (λ, rank): no extra fit."""
+        return self.ridge.oof
+
+    @property
+    def out_of_slide_method(self) -> str:
+        return "the ridge's nested (λ, rank) choice: each training slide predicted by the ridge fitted on the others"
 
     def _features(self, batch: dict) -> torch.Tensor:
         return batch["features"] if "features" in batch else self.image_encoder(batch["patch"])

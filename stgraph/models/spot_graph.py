@@ -376,6 +376,11 @@ class SpotGraphSTModel(RidgeSTModel):
         """What the fit chose: the base ridge's λ and gene rank, and the epochs (for ``run.json``)."""
         return {**self.head.ridge.chosen, "epochs": self.head.chosen_epochs}
 
+    @property
+    def out_of_slide_method(self) -> str:
+        return ("the base ridge's nested (λ, rank) choice (spot_graph's networks are not refitted per slide: its "
+                "reliability is its base ridge's, which it matches on HER2+)")
+
     @torch.no_grad()
     def predict_prepared(self, slide) -> np.ndarray:
         """A prepared query slide (features and spot graph) → (n, G) predicted expression."""

@@ -292,6 +292,23 @@ class ReferenceStore:
         return impute(query_emb, self.embeddings, self.expression, k=k, similarity=similarity,
                       aggregation=aggregation, backend=backend, **kwargs)
 
+    def predict_configured(self, query_emb, icfg, k: Optional[int] = None, similarity: Optional[str] = None,
+                           aggregation: Optional[str] = None, backend: Optional[str] = None):
+        """:meth:`predict` with a config's ``inference`` settings (``icfg``), any of ``k``, ``similarity``,
+        ``aggregation``, ``backend`` replacing the configured one (a component's ``*_options`` belong to the
+        configured component: one chosen here instead gets its defaults). Returns ``(prediction (Q, G),
+        settings used)``."""
+        k = icfg.k if k is None else k
+        options = retrieval_options(icfg, similarity, aggregation, backend)
+        similarity = similarity or icfg.similarity
+        aggregation = aggregation or icfg.aggregation
+        backend = backend or icfg.backend
+        k_eff = min(int(k), self.n_spots)
+        pred = self.predict(query_emb, k=k_eff, similarity=similarity, aggregation=aggregation, backend=backend,
+                            chunk_size=icfg.chunk_size, distance=icfg.distance, **options)
+        return pred, {"k": k_eff, "similarity": similarity, "aggregation": aggregation, "distance": icfg.distance,
+                      "backend": backend}
+
     def fitted_backend(self, name: str, similarity: str = "cosine", chunk_size: int = 4096,
                        backend_options=None, similarity_options=None) -> KNNBackend:
         """The kNN backend ``name`` fitted on these embeddings, built once and kept: predicting many slides
@@ -371,6 +388,20 @@ class ReferenceStore:
         adata.obsm[Key.obsm.reference_embedding] = self.embeddings.copy()
         adata.uns[Key.uns.reference] = {"kind": self.kind, "meta": json.dumps(self.meta)}
         return adata
+
+
+def retrieval_options(icfg, similarity: Optional[str] = None, aggregation: Optional[str] = None,
+                      backend: Optional[str] = None) -> dict:
+    """The ``inference.*_options`` of the configured similarity, aggregation and backend, for those not
+    replaced by another choice (``--similarity`` etc.), as keyword arguments of :func:`impute`."""
+    out = {}
+    for key, chosen, configured, options in (
+            ("similarity_options", similarity, icfg.similarity, icfg.similarity_options),
+            ("aggregation_options", aggregation, icfg.aggregation, icfg.aggregation_options),
+            ("backend_options", backend, icfg.backend, icfg.backend_options)):
+        if options and (chosen is None or chosen == configured):
+            out[key] = dict(options)
+    return out
 
 
 _INDEX_NAME = re.compile(r"^(?P<store>.+)\.(?P<key>[0-9a-f]{20})\.faiss$")

@@ -27,6 +27,7 @@ from ..preprocess.prepare import (PreparedSlide, check_training_slides, fit_prep
                                   uncorrected_expression)
 from ..preprocess.resolution import training_resolution
 from ..retrieval.reference import ReferenceStore
+from ..trust import TRUST_FILE
 from ..runfolder import (LOCK_NAME, STATE_COMPLETE, STATE_TRAINING, Run, clean_stale_files, file_records,
                          foreign_entries, read_run_info, remove_run_tree, run_state, save_model, write_run_info)
 from ..utils import check_writable_dir, resolve_device, seed_everything
@@ -397,8 +398,9 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
         return Run(model, config, preprocessor, None, result, None, info={"resolution": resolution})
     # The stored profiles are the uncorrected log1p(normalised) expression, whatever Harmony did to the
     # training targets (which are each slide's expr).
-    reference = build_reference(model, config, prepared, preprocessor.genes,
-                                expression=uncorrected_expression(config, preprocessor, expr, adatas))
+    uncorrected = uncorrected_expression(config, preprocessor, expr, adatas)
+    reference = build_reference(model, config, prepared, preprocessor.genes, expression=uncorrected)
+    trust = trust_record(config, model, prepared, uncorrected, preprocessor, device, dist_env)
 
     if run_dir is not None:
         if verify is not None:
@@ -407,6 +409,8 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
             save_config(config, run_dir / "config.yaml")
         save_model(run_dir / "model.pt", model, config, preprocessor.spot_in_dim, result.best_epoch)
         reference.save(run_dir / "reference.h5", overwrite=True)
+        if trust is not None:
+            trust.save(run_dir / TRUST_FILE)
         _plot_losses(run_dir)
         provenance = {
             "state": STATE_COMPLETE,
@@ -419,6 +423,7 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
             "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss,
             "choices": dict(model.choices),  # what a fit chose, e.g. the ridge's λ and rank chosen by LOSO
+            "trust": None if trust is None else trust.summary(config.trust.reliable_r),
             "resolution": resolution,
             "world_size": dist_env.world_size,
             "precision": config.train.precision,
@@ -428,7 +433,77 @@ def _train(config, adatas, run_dir: Optional[Path], resume: bool, progress: bool
         }
         provenance["files"] = file_records(run_dir)  # sizes and checksums, checked by load_run
         write_run_info(run_dir, provenance)  # last, atomically: the run is complete
-    return Run(model, config, preprocessor, reference, result, run_dir, info={"resolution": resolution})
+    return Run(model, config, preprocessor, reference, result, run_dir, info={"resolution": resolution},
+               trust=trust)
+
+
+def trust_record(config, model, prepared: Sequence[PreparedSlide], expression: Sequence[np.ndarray], preprocessor,
+                 device: torch.device, dist_env: Optional[DistEnv] = None):
+    """The run's :class:`~stgraph.trust.TrustRecord` (``trust.reliability``), or ``None`` (switched off, one
+    training slide, or a Trainer run in several processes).
+
+    Out-of-slide predictions of every training slide come from the model's own fit when it made them
+    (:meth:`~stgraph.models.STModel.out_of_slide`: the ridge's nested choice, no extra fit), else from one more
+    training per held-out slide, in memory, with the same config (for a Trainer model: K trainings, the
+    documented cost of ``trust.reliability`` for contrastive configs). Values are each slide's expression as
+    the model was fitted on it (``expression``: uncorrected log1p(counts per 10,000))."""
+    import time
+
+    from ..trust import build_trust
+
+    log = logging.getLogger("stgraph")
+    if not config.trust.reliability:
+        return None
+    if len(prepared) < 2:
+        log.info("trust: one training slide leaves none to hold out: no reliability, intervals or OOD record")
+        return None
+    spec = model_spec(config)
+    if spec.trainer and dist_env is not None and dist_env.enabled:
+        log.warning("trust: a run in several processes does not retrain per held-out slide; no trust record "
+                     "(train in one process, or set trust.reliability=false to silence this)")
+        return None
+    start = time.perf_counter()
+    oof = model.out_of_slide()
+    method = model.out_of_slide_method
+    if oof is not None:
+        # The fit's targets: each slide's expr (what its out-of-slide predictions are predictions of).
+        y = np.concatenate([s.expr for s in prepared])
+    else:
+        y = np.concatenate(list(expression))
+        oof = np.concatenate([_held_out_prediction(config, prepared, expression, h, preprocessor, device)
+                              for h in range(len(prepared))])
+        method = f"{method}: {len(prepared)} extra trainings"
+    embeddings = np.concatenate([embed_slide(model, s, "image") for s in prepared])
+    ids = np.concatenate([[s.slide_id] * s.n_spots for s in prepared])
+    record = build_trust(preprocessor.genes, y, oof, ids, embeddings, method, ood_k=config.trust.ood_k)
+    log.info("trust: expected per-gene r from %d held-out training slides (%s), %d of %d genes at r ≥ %g, "
+             "in %.1f s", len(prepared), method, int(np.sum(record.expected_r >= config.trust.reliable_r)),
+             len(record.genes), config.trust.reliable_r, time.perf_counter() - start)
+    return record
+
+
+def _held_out_prediction(config, prepared, expression, held: int, preprocessor, device) -> np.ndarray:
+    """Training slide ``held`` predicted by the same config trained on the other slides (in memory)."""
+    import time
+
+    start = time.perf_counter()
+    inner = [s for i, s in enumerate(prepared) if i != held]
+    seed_everything(config.train.seed)
+    model = create_model(config, preprocessor.spot_in_dim).to(device)
+    if model_spec(config).trainer:
+        Trainer(model, config, inner, run_dir=None, device=device).fit()
+    else:
+        model.fit(inner)
+    target = prepared[held]
+    if model_spec(config).retrieves:
+        reference = build_reference(model, config, inner, preprocessor.genes,
+                                    expression=[e for i, e in enumerate(expression) if i != held])
+        pred, _ = reference.predict_configured(embed_slide(model, target, "image"), config.inference)
+    else:
+        pred = model.predict_prepared(target)
+    logging.getLogger("stgraph").info("trust: %s predicted from the other training slides in %.1f s",
+                                      target.slide_id, time.perf_counter() - start)
+    return np.maximum(np.asarray(pred, dtype=np.float64), 0.0)
 
 
 def _started(config) -> dict:
