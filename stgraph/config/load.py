@@ -395,8 +395,8 @@ def validate_config(config: Config) -> Config:
         raise ConfigError(f"trust.ood_quantile must be in [0.5, 1), got {tr.ood_quantile}")
     if tr.ood_k < 1:
         raise ConfigError(f"trust.ood_k must be ≥ 1, got {tr.ood_k}")
-    if not 0.0 < tr.ood_slide_fraction <= 1.0:
-        raise ConfigError(f"trust.ood_slide_fraction must be in (0, 1], got {tr.ood_slide_fraction}")
+    if not 0.5 <= tr.ood_slide_quantile < 1.0:
+        raise ConfigError(f"trust.ood_slide_quantile must be in [0.5, 1), got {tr.ood_slide_quantile}")
     if _reads(spec, "model.spot_encoder"):
         _check_graph_spot_encoder(config)
     _check_model_name(m.name)

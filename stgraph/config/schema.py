@@ -406,7 +406,7 @@ class TrustConfig:
     reach this. ``interval``: the level of the per-spot intervals ``predict`` writes by default (``null``: only
     with ``--interval``). ``ood_k``, ``ood_quantile``: neighbours of the OOD distance, and the quantile of the
     training slides' own out-of-slide distances beyond which a spot is out of distribution;
-    ``ood_slide_fraction``: a slide with more of its spots out of distribution is named in a warning.
+    ``ood_slide_quantile``: a slide whose median spot lies beyond this quantile is named in a warning.
     """
 
     reliability: bool = True
@@ -414,7 +414,7 @@ class TrustConfig:
     interval: Optional[float] = None
     ood_k: int = 10
     ood_quantile: float = 0.975
-    ood_slide_fraction: float = 0.5
+    ood_slide_quantile: float = 0.9
 
 
 @dataclass

@@ -49,6 +49,10 @@ def check_results_dir(out_dir: str | Path, force: bool = False) -> None:
 
 SUMMARY_METRICS = ("pcc_acg", "pcc_heg50", "pcc_hvg50", "pcc_mg", "n_r_gt_0.3", "rmse", "mae", "ssim",
                    "hit_at_10")
+#: The trust columns (stgraph.trust.metrics) of the second summary table, for runs with a trust record.
+TRUST_SUMMARY = ("trust_spearman", "trust_spearman_slide", "reliable_n", "reliable_r", "reliable_gt_0.1",
+                 "unreliable_r", "coverage_80", "coverage_90", "coverage_95", "width_80", "width_90", "width_95",
+                 "ood_false_alarm")
 
 
 def _score(method: str, fold: Fold, pred: np.ndarray, true: np.ndarray, genes: Sequence[str],
@@ -110,6 +114,16 @@ def evaluate_fold(name: str, config, collection: SlideCollection, fold: Fold,
         written = anndata.read_h5ad(path)
     truth = pp.log_normalised(test)
     metrics = evaluate_prediction(written, truth, markers=markers)
+    if loaded.trust is not None and Key.var.expected_r in written.var:
+        # The trust itself, measured on the held-out slide's truth (coverage, reliability ranking, OOD).
+        from ..trust.metrics import trust_metrics
+
+        t = truth[written.obs_names, list(written.var_names)].X
+        t = np.asarray(t.toarray() if hasattr(t, "toarray") else t, dtype=np.float64)
+        metrics.update(trust_metrics(np.asarray(written.X, np.float64), t, loaded.trust,
+                                     written.var[Key.var.expected_r_slide].to_numpy(),
+                                     written.var[Key.var.reliable].to_numpy(),
+                                     written.obs[Key.obs.in_distribution].to_numpy()))
     extra = {"n_genes_model": written.n_vars, "train_seconds": round(t_train, 2), "predict_seconds": round(t_pred, 2),
              "best_epoch": run.result.best_epoch, "choices": json.dumps(run.model.choices, default=str)}
     row = {"method": name, "fold": fold.name, "test_slide": ",".join(fold.test_ids), **extra, **metrics}
@@ -381,6 +395,15 @@ def write_report(frame: pd.DataFrame, out: Path, collection: SlideCollection, fo
         head = "Mean ± sd over folds. "
     text = (head + "Pearson of the mean-profile baseline is undefined (constant prediction) and shown as nan.\n\n"
             + to_markdown_table(summary, metrics) + "\n")
+    trust_cols = [m for m in TRUST_SUMMARY if m in frame.columns]
+    if trust_cols and frame[trust_cols[0]].notna().any():
+        trusted = frame[frame[trust_cols[0]].notna()]
+        tsum = summarize_seeds(trusted, trust_cols) if n_seeds > 1 else summarize_folds(trusted[["method", "fold"] + trust_cols])
+        text += ("\nHow far to trust the predictions (stgraph.trust, measured on each held-out slide): Spearman of the "
+                 "expected per-gene r (run; adjusted to the slide) with the realised r; the genes flagged reliable, "
+                 "their mean realised r and the share above 0.1, the others' mean r; coverage of the 80/90/95 % "
+                 "intervals and their width over the training values' central interval; the share of spots "
+                 "flagged out of distribution.\n\n" + to_markdown_table(tsum, trust_cols) + "\n")
     if ablations:
         diff_metrics = [m for m in ("pcc_acg", "pcc_heg50", "pcc_hvg50", "rmse") if m in frame.columns]
         table = ablation_table(frame, ablations, diff_metrics)

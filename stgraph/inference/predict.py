@@ -197,13 +197,13 @@ def apply_trust(out: AnnData, loaded: Run, pred: np.ndarray, query_emb: np.ndarr
     * ``var``: ``expected_r``, ``expected_r_sd`` (over the held-out training slides), ``expected_r_slide``
       (adjusted to this slide's predicted variation) and ``reliable`` (both ≥ ``trust.reliable_r``);
     * ``obs``: ``ood_score`` and ``in_distribution``; ``uns['stgraph']['ood_fraction']``, and a warning naming
-      the slide when more than ``trust.ood_slide_fraction`` of its spots are out of distribution;
+      the slide when its median spot lies beyond ``trust.ood_slide_quantile`` of the training distances;
     * with ``interval`` (or ``trust.interval``): ``layers['lower']`` / ``layers['upper']``, the conformal
       interval at that level (``uns['stgraph']['interval_level']``).
     """
     import logging
 
-    from ..trust import intervals, ood_scores, slide_expected_r
+    from ..trust import intervals, ood_scores, slide_expected_r, slide_out_of_distribution
 
     info = out.uns[Key.uns.stgraph]
     trust = getattr(loaded, "trust", None)
@@ -221,19 +221,22 @@ def apply_trust(out: AnnData, loaded: Run, pred: np.ndarray, query_emb: np.ndarr
     out.var[Key.var.expected_r_sd] = trust.expected_r_sd.astype(np.float32)
     out.var[Key.var.expected_r_slide] = slide.astype(np.float32)
     out.var[Key.var.reliable] = np.nan_to_num(np.minimum(expected, slide), nan=-1.0) >= cfg.reliable_r
-    score, inside = ood_scores(query_emb, trust.ood_reference, trust.ood_calibration, trust.ood_k, cfg.ood_quantile)
+    score, inside = ood_scores(query_emb, trust.ood_reference, trust.ood_calibration, trust.ood_k, cfg.ood_quantile,
+                               scale=trust.ood_scale)
     out.obs[Key.obs.ood_score] = score
     out.obs[Key.obs.in_distribution] = inside
     fraction = float(1.0 - inside.mean()) if len(inside) else 0.0
     info.update({"trust": trust.method, "reliable_r": float(cfg.reliable_r), "n_reliable": int(out.var[Key.var.reliable].sum()),
                  "ood_fraction": fraction, "ood_quantile": float(cfg.ood_quantile), "trust_folds": list(trust.fold_ids)})
-    if fraction > cfg.ood_slide_fraction:
+    info["ood_median_score"] = float(np.median(score)) if len(score) else float("nan")
+    info["ood_warning"] = bool(slide_out_of_distribution(score, trust.ood_calibration, cfg.ood_slide_quantile))
+    if info["ood_warning"]:
         name = slide_id_of(out, default=str(info.get("wsi") or "the query"))
         logging.getLogger("stgraph").warning(
-            "slide %s looks unlike the training slides: %.0f%% of its spots are out of distribution (beyond the "
-            "%.3g quantile of the training slides' own distances); another tissue, stain, scanner or a non-tissue "
-            "image? Its predictions are not to be trusted", name, 100 * fraction, cfg.ood_quantile)
-        info["ood_warning"] = True
+            "slide %s looks unlike the training slides: its median spot lies beyond the %.3g quantile of the "
+            "training slides' own distances to each other (%.0f%% of its spots out of distribution); another "
+            "tissue, stain, scanner or a non-tissue image? Its predictions are not to be trusted",
+            name, cfg.ood_slide_quantile, 100 * fraction)
     if level is not None:
         lower, upper = intervals(pred, trust.scale, trust.quantiles, float(level))
         out.layers[Key.layers.lower], out.layers[Key.layers.upper] = lower, upper

@@ -11,9 +11,9 @@ applied to every prediction:
   distances the training slides themselves have to each other.
 """
 from .conformal import INTERVAL_LEVELS, calibrate_intervals, intervals
-from .ood import calibrate_ood, knn_distance, ood_scores
+from .ood import calibrate_ood, knn_distance, ood_scores, slide_out_of_distribution
 from .record import TRUST_FILE, TrustRecord, build_trust
 from .reliability import fold_gene_r, slide_expected_r
 
 __all__ = ["TrustRecord", "build_trust", "TRUST_FILE", "INTERVAL_LEVELS", "calibrate_intervals", "intervals",
-           "calibrate_ood", "knn_distance", "ood_scores", "fold_gene_r", "slide_expected_r"]
+           "calibrate_ood", "knn_distance", "ood_scores", "slide_out_of_distribution", "fold_gene_r", "slide_expected_r"]

@@ -11,7 +11,8 @@ log1p(counts per 10,000) is skewed: a spot predicted near zero varies less than 
 
 and the interval at level :math:`1-\alpha` for a query spot is
 :math:`[\max(0, \hat y - q_g\,(c_g + \hat y)),\ \hat y + q_g\,(c_g + \hat y)]` with :math:`q_g` the
-:math:`\lceil (n+1)(1-\alpha) \rceil / n` empirical quantile of the gene's scores (finite-sample correction).
+:math:`\lceil (n+1)(1-\alpha) \rceil`-th smallest of the gene's n scores (the finite-sample correction; the
+largest when that is beyond n).
 Quantiles are stored for the levels :data:`INTERVAL_LEVELS`; a level between two is served by the next higher
 (conservative).
 """
@@ -32,10 +33,11 @@ def calibrate_intervals(y: np.ndarray, oof: np.ndarray) -> tuple[np.ndarray, np.
     oof = np.maximum(np.asarray(oof, np.float64), 0.0)
     res = np.abs(y - oof)
     c = np.maximum(np.median(res, axis=0), 1e-3)
-    scores = res / (c + oof)
+    scores = np.sort(res / (c + oof), axis=0)
     n = scores.shape[0]
-    levels = np.minimum(1.0, np.ceil((n + 1) * INTERVAL_LEVELS) / n)
-    q = np.quantile(scores, levels, axis=0, method="higher")
+    # The ⌈(n + 1)·level⌉-th smallest score (split-conformal's finite-sample quantile); past n, the largest.
+    k = np.minimum(np.ceil((n + 1) * INTERVAL_LEVELS - 1e-9).astype(int), n)
+    q = scores[k - 1]
     return c.astype(np.float32), q.astype(np.float32)
 
 

@@ -37,8 +37,9 @@ class TrustRecord:
         (:mod:`stgraph.trust.conformal`).
     marginal
         (len(INTERVAL_LEVELS), 2, G): the training values' central intervals (for comparing widths).
-    ood_reference, ood_calibration, ood_k
-        Training spots' image embeddings (a sample of at most 20,000), the sorted out-of-slide kNN distances, k.
+    ood_reference, ood_calibration, ood_scale, ood_k
+        Training spots' whitened image embeddings (a sample of at most 20,000), the sorted out-of-slide kNN
+        distances, the per-dimension scale that whitens, k.
     method
         How the out-of-slide predictions were made (for the record and the docs).
     """
@@ -52,6 +53,7 @@ class TrustRecord:
     marginal: np.ndarray
     ood_reference: np.ndarray
     ood_calibration: np.ndarray
+    ood_scale: np.ndarray = None
     ood_k: int = 10
     method: str = ""
     info: dict = field(default_factory=dict)
@@ -90,6 +92,7 @@ class TrustRecord:
                      scale=self.scale, quantiles=self.quantiles, levels=INTERVAL_LEVELS, marginal=self.marginal,
                      ood_reference=self.ood_reference.astype(np.float32),
                      ood_calibration=self.ood_calibration.astype(np.float32), ood_k=np.int64(self.ood_k),
+                     ood_scale=np.asarray(self.ood_scale, np.float32),
                      meta=np.asarray(json.dumps({"method": self.method, "info": self.info})))
         return path
 
@@ -103,7 +106,7 @@ class TrustRecord:
                        fold_r=f["fold_r"].astype(np.float64), fold_pred_sd=f["fold_pred_sd"].astype(np.float64),
                        scale=f["scale"], quantiles=f["quantiles"], marginal=f["marginal"],
                        ood_reference=f["ood_reference"], ood_calibration=f["ood_calibration"],
-                       ood_k=int(f["ood_k"]), method=meta.get("method", ""), info=meta.get("info", {}))
+                       ood_scale=f["ood_scale"], ood_k=int(f["ood_k"]), method=meta.get("method", ""), info=meta.get("info", {}))
 
 
 def build_trust(genes: Sequence[str], y: np.ndarray, oof: np.ndarray, slide_ids: Sequence, embeddings: np.ndarray,
@@ -120,8 +123,9 @@ def build_trust(genes: Sequence[str], y: np.ndarray, oof: np.ndarray, slide_ids:
     fold_r = np.stack([fold_gene_r(oof[ids == s], y[ids == s]) for s in folds])
     fold_sd = np.mean([oof[ids == s].std(0) for s in folds], axis=0)
     scale, quantiles = calibrate_intervals(y, oof)
-    reference, calibration = calibrate_ood(embeddings, ids, ood_k)
+    reference, calibration, whiten = calibrate_ood(embeddings, ids, ood_k)
     return TrustRecord(genes=list(map(str, genes)), fold_ids=folds, fold_r=fold_r, fold_pred_sd=fold_sd,
                        scale=scale, quantiles=quantiles, marginal=marginal_quantiles(y),
-                       ood_reference=reference, ood_calibration=calibration, ood_k=int(ood_k), method=method,
+                       ood_reference=reference, ood_calibration=calibration, ood_scale=whiten, ood_k=int(ood_k),
+                       method=method,
                        info=dict(info or {}))
