@@ -231,7 +231,8 @@ def check_genes(genes, known, whose: str) -> None:
         raise KeyError(f"gene(s) {missing} are not among {whose} {len(known)} genes")
 
 
-def plot_maps(pred, true, genes, path: Path, force: bool) -> None:
+def plot_maps(pred, true, genes, path: Path, force: bool, interval_width: bool = False,
+              shared_scale: bool = False) -> None:
     """Predicted (and true) maps of ``genes`` over the H&E image, written to ``path``."""
     import matplotlib.pyplot as plt
 
@@ -244,10 +245,16 @@ def plot_maps(pred, true, genes, path: Path, force: bool) -> None:
 
         check_replaceable(path)  # only a figure stgraph wrote is replaced
     check_genes(genes, pred.var_names, "the prediction's")
+    if Key.var.reliable in pred.var:  # a map of a gene the run cannot predict reliably is drawn, and said so
+        shaky = [g for g in genes if not bool(pred.var.loc[g, Key.var.reliable])]
+        if shaky:
+            r = ", ".join(f"{g} (expected r {float(pred.var.loc[g, Key.var.expected_r]):.2f})" for g in shaky)
+            log.warning("unreliable gene(s) drawn: %s; `stgraph genes RUN --min-r 0.3` lists the reliable ones", r)
     if true is not None:
         from stgraph.data import pp
 
         true = pp.log_normalised(true)
-    fig = plot_genes(pred, genes, adata_true=true, path=path)
+    fig = plot_genes(pred, genes, adata_true=true, path=path, interval_width=interval_width,
+                     shared_scale=shared_scale)
     plt.close(fig)
     print(f"wrote {path}")

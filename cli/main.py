@@ -34,14 +34,14 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 from stgraph import __version__  # noqa: E402
 from stgraph.errors import StgraphError  # noqa: E402
 
-from . import components, configs, evaluate, extend, plot, predict, train  # noqa: E402
+from . import components, configs, evaluate, extend, genes, plot, predict, train  # noqa: E402
 from .common import log, plugin_parent, plugins_in, verbose_parent  # noqa: E402
 
 __all__ = ["main", "console_main", "build_parser", "parse_args", "COMMANDS"]
 
 #: Command name → its module (``benchmark`` is an alias of ``evaluate``).
 COMMANDS = {"train": train, "predict": predict, "extend": extend, "evaluate": evaluate, "benchmark": evaluate,
-            "plot": plot, "configs": configs, "components": components}
+            "plot": plot, "genes": genes, "configs": configs, "components": components}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "packages' stgraph.plugins entry points are imported too")
     sub = parser.add_subparsers(dest="command", required=True)
     parents = [verbose_parent(), plugin_parent()]  # every subcommand also accepts -v and --plugin after its name
-    for module in (train, predict, extend, evaluate, plot, configs, components):
+    for module in (train, predict, extend, evaluate, plot, genes, configs, components):
         module.add_parser(sub, parents)
     return parser
 

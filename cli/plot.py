@@ -22,6 +22,12 @@ def add_parser(sub, parents) -> None:
                    help="genes to draw, one row each (names as in the prediction's var_names)")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--force", action="store_true", help="replace an existing output PNG")
+    p.add_argument("--interval-width", action="store_true",
+                   help="add a panel per gene with the width of its prediction interval (a prediction made with "
+                        "--interval): where the prediction is least certain")
+    p.add_argument("--shared-scale", action="store_true",
+                   help="one colour range per gene over the predicted and true panels (default: each panel its own "
+                        "robust range, at least a quarter of the gene's usual range)")
     p.set_defaults(func=run)
 
 
@@ -71,5 +77,6 @@ def run(args) -> int:
         check_apart(out, truth, what="plot file")
     check_output_file(out, (".png", ".pdf", ".svg"), force=args.force, what="plot file")  # before the truth is read
     true = read_query(truth) if truth is not None else None
-    plot_maps(pred, true, args.genes, out, force=args.force)
+    plot_maps(pred, true, args.genes, out, force=args.force, interval_width=args.interval_width,
+              shared_scale=args.shared_scale)
     return 0

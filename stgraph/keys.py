@@ -35,6 +35,8 @@ class _Var:
     expected_r_sd = "expected_r_sd"        # its spread over the held-out training slides
     expected_r_slide = "expected_r_slide"  # the expectation adjusted to this slide's predicted variation
     reliable = "reliable"                  # bool: both expectations reach trust.reliable_r
+    train_low = "train_q01"                # the training values' 1st percentile (the gene's usual range)
+    train_high = "train_q99"               # and 99th percentile
     filtered_probes = "filtered_probes"   # Visium probe-based matrix: probe passed filtering
 
 

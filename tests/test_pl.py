@@ -55,28 +55,57 @@ def test_gene_maps_over_the_image(slide, tmp_path):
     assert len(maps) == 4  # 2 genes × (predicted, true)
     assert all(ax.get_images() for ax in maps)  # each over the H&E
     r = stats.pearsonr(np.asarray(pred.X)[:, 1], counts[:, 1])[0]
-    assert maps[2].get_title() == f"gene_1 predicted (Pearson r = {r:.2f})"
-    assert maps[3].get_title() == "gene_1 true"
+    assert maps[2].get_title().splitlines()[0] == f"gene_1 predicted · r = {r:.2f} here"
+    assert maps[3].get_title().splitlines()[0] == "gene_1 true"
+    assert maps[2].get_title().splitlines()[1] == f"mean {np.asarray(pred.X)[:, 1].mean():.2f}"
     np.testing.assert_allclose(maps[0].collections[0].get_offsets(), slide.obsm["spatial"])
     np.testing.assert_allclose(maps[0].collections[0].get_array(), np.asarray(pred.X)[:, 0])
-    # One colour scale per gene over both panels ([min, max] of the two), spots translucent over the H&E.
-    for row, g in enumerate(["gene_0", "gene_1"]):
-        col = lambda ad: np.asarray(ad[:, g].X.toarray() if hasattr(ad.X, "toarray") else ad[:, g].X).ravel()  # noqa: E731
-        both = np.concatenate([col(pred), col(slide)])
-        for ax in maps[2 * row: 2 * row + 2]:
-            assert ax.collections[0].get_clim() == pytest.approx((both.min(), both.max()))
-            assert ax.collections[0].get_alpha() < 1
+    assert all(ax.collections[0].get_alpha() < 1 for ax in maps)  # spots translucent over the H&E
     bars = [a for a in fig.axes if a not in maps]
-    assert len(bars) == 4 and all(b.get_ylabel() == "log1p normalised expression" for b in bars)
+    assert len(bars) == 4 and all(b.get_ylabel().startswith("log1p(counts per 10,000)") for b in bars)
+    plt.close(fig)
+    shared = plot_genes(pred, ["gene_0"], adata_true=slide, shared_scale=True)
+    both = np.concatenate([np.asarray(pred[:, "gene_0"].X).ravel(), slide[:, "gene_0"].X.toarray().ravel()])
+    for ax in _map_axes(shared):  # one colour range per gene: [min, max] over both panels
+        assert ax.collections[0].get_clim() == pytest.approx((both.min(), both.max()))
+    plt.close(shared)
+
+
+def test_each_panel_shows_its_own_pattern_but_never_stretches_noise(slide):
+    """Default: each panel its own robust range (a shrunken prediction keeps its visible pattern), at least a
+    quarter of the gene's usual range wide (a gene that hardly varies is drawn nearly flat, not vivid)."""
+    from stgraph.pl.spatial import MIN_SPAN
+
+    pred, _ = _noisy_prediction(slide)
+    shrunk = pred.copy()
+    shrunk.X = np.asarray(pred.X) * 0.1 + 1.0  # a prediction shrunk towards its mean, as a ridge's is
+    fig = plot_genes(shrunk, ["gene_0"], adata_true=slide)
+    pred_ax, true_ax = _map_axes(fig)
+    lo, hi = pred_ax.collections[0].get_clim()
+    values = np.asarray(shrunk[:, "gene_0"].X).ravel()
+    assert hi - lo < 0.5 * np.ptp(slide[:, "gene_0"].X.toarray())  # its own, narrower range: the pattern shows
+    assert "this panel's range" in fig.axes[-1].get_ylabel()
+    plt.close(fig)
+    flat = pred.copy()
+    flat.X = np.full(pred.shape, 0.02, np.float32) + np.random.default_rng(1).normal(0, 0.001, pred.shape).astype(np.float32)
+    flat.var["train_q01"], flat.var["train_q99"] = 0.0, 4.0  # the gene usually spans 0–4
+    fig = plot_genes(flat, ["gene_0"])
+    (ax,) = _map_axes(fig)
+    lo, hi = ax.collections[0].get_clim()
+    assert hi - lo >= MIN_SPAN * 4.0 - 1e-9  # noise of ±0.001 is not stretched over the whole colour map
+    assert "training 0.00–4.00" in ax.get_title()
     plt.close(fig)
 
 
-def test_gene_maps_per_panel_ranges_are_stated(slide):
+def test_an_unreliable_gene_is_marked_and_a_reliable_one_says_so(slide):
     pred, _ = _noisy_prediction(slide)
-    fig = plot_genes(pred, ["gene_0"], adata_true=slide, shared_scale=False)
-    pred_ax, true_ax = _map_axes(fig)
-    assert pred_ax.collections[0].get_clim() != true_ax.collections[0].get_clim()
-    assert all("own range" in a.get_ylabel() for a in fig.axes if a not in (pred_ax, true_ax))
+    pred.var["expected_r"] = [0.45, 0.02, 0.3, 0.3]
+    pred.var["reliable"] = [True, False, True, True]
+    fig = plot_genes(pred, ["gene_0", "gene_1"])
+    good, bad = _map_axes(fig)
+    assert good.get_title().endswith("expected r 0.45 · reliable")
+    assert bad.get_title().endswith("expected r 0.02 · UNRELIABLE") and bad.title.get_color() == "firebrick"
+    assert any(p.get_edgecolor()[:3] != (0, 0, 0) for p in bad.patches) and not good.patches
     plt.close(fig)
 
 
@@ -89,7 +118,7 @@ def test_gene_maps_scale_spots_to_the_hires_image(slide):
     (ax,) = _map_axes(fig)
     assert ax.get_images()[0].get_array().shape[:2] == entry["images"]["hires"].shape[:2]
     np.testing.assert_allclose(ax.collections[0].get_offsets(), 0.25 * slide.obsm["spatial"])
-    assert ax.get_title() == "gene_2 predicted"
+    assert ax.get_title().splitlines()[0] == "gene_2 predicted"
     plt.close(fig)
 
 

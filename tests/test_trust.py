@@ -162,3 +162,26 @@ def test_a_trainer_model_retrains_once_per_held_out_slide(synthetic_slides, tmp_
 
     with pytest.raises(PredictionOptionError, match="no trust record"):
         predict_slide(quiet, synthetic_slides[2], interval=0.9)
+
+
+def test_genes_lists_a_runs_genes_by_reliability_and_plots_warn_about_unreliable_ones(trusted, tmp_path, capsys,
+                                                                                    caplog):
+    import pandas as pd
+
+    from stgraph.cli.main import main
+    from stgraph.inference import write_prediction
+
+    run, slides, pred, tmp = trusted
+    assert main(["genes", str(tmp / "run"), "--min-r", "0.3", "--out", str(tmp_path / "g.csv")]) == 0
+    out = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "g.csv")
+    assert (table["expected_r"] >= 0.3).all() and list(table["expected_r"]) == sorted(table["expected_r"], reverse=True)
+    assert "genes reliable (expected r ≥ 0.3, from 3 held-out training slides" in out
+    write_prediction(pred, tmp_path / "p.h5ad")
+    worst = pred.var["expected_r"].idxmin()
+    with caplog.at_level(logging.WARNING, logger="stgraph"):
+        assert main(["plot", "--pred", str(tmp_path / "p.h5ad"), "--genes", worst, "--interval-width",
+                     "--out", str(tmp_path / "m.png")]) == 0
+    if not pred.var.loc[worst, "reliable"]:
+        assert f"unreliable gene(s) drawn: {worst}" in caplog.text
+    assert (tmp_path / "m.png").stat().st_size > 1000

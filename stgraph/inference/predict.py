@@ -221,6 +221,10 @@ def apply_trust(out: AnnData, loaded: Run, pred: np.ndarray, query_emb: np.ndarr
     out.var[Key.var.expected_r_sd] = trust.expected_r_sd.astype(np.float32)
     out.var[Key.var.expected_r_slide] = slide.astype(np.float32)
     out.var[Key.var.reliable] = np.nan_to_num(np.minimum(expected, slide), nan=-1.0) >= cfg.reliable_r
+    from ..trust.conformal import level_index
+
+    low, high = trust.marginal[level_index(0.98)]
+    out.var[Key.var.train_low], out.var[Key.var.train_high] = low.astype(np.float32), high.astype(np.float32)
     score, inside = ood_scores(query_emb, trust.ood_reference, trust.ood_calibration, trust.ood_k, cfg.ood_quantile,
                                scale=trust.ood_scale)
     out.obs[Key.obs.ood_score] = score
