@@ -56,6 +56,12 @@ def run(args) -> int:
     config = with_cli_plugins(load_config(args.config, args.overrides), args)
     check_apart(args.out, args, [config], what="run folder", run_folder_ok=True)  # never onto, into or around an input
     check_train_inputs(config, args.out, force=args.force, resume=args.resume)  # before reading any slide
+    from stgraph.models import model_spec
+
+    if args.nproc > 1 and not model_spec(config).trainer:
+        raise ValueError(f"--nproc {args.nproc}: model.kind {config.model.kind} is fitted in one call on one process "
+                         f"(no Trainer steps to share): {args.nproc} processes would fit the same model "
+                         f"{args.nproc} times; drop --nproc")
     if args.nproc > 1:
         if env_world_size() > 1:
             raise ValueError("--nproc inside a torchrun job: give one or the other")

@@ -20,7 +20,8 @@ MOBILENET = SHARED / "weights" / "mobilenetv2_100.imagenet.pth"
 # Configs name a timm model and `pretrained: true`; the shared ImageNet file is found the way a user's would
 # be, through the $STGRAPH_WEIGHTS folder (stgraph.models.weights), never by a path in a config.
 if MOBILENET.parent.is_dir():
-    os.environ.setdefault("STGRAPH_WEIGHTS", str(MOBILENET.parent))
+    # Set, not defaulted: the suite never depends on what the caller's environment points at.
+    os.environ["STGRAPH_WEIGHTS"] = str(MOBILENET.parent)
 
 METHOD_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml"))
 

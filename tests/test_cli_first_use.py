@@ -105,3 +105,9 @@ def test_shipped_configs_point_only_at_documents_that_exist():
     for path in sorted(CONFIGS.rglob("*.yaml")) + [REPO / "README.md", CONFIGS / "README.md"]:
         for doc in re.findall(r"docs/[\w./-]+\.md", path.read_text()):
             assert (REPO / doc).is_file(), f"{path.name} points to a missing {doc}"
+
+
+def test_nproc_with_a_model_fitted_in_one_call_is_refused_with_the_reason(tmp_path, capsys):
+    assert main(["train", "--config", "stgraph", "--nproc", "2", "--data", str(tmp_path), "--out",
+                 str(tmp_path / "run")]) == 2
+    assert "fitted in one call" in capsys.readouterr().err

@@ -115,3 +115,13 @@ def test_spot_graph_base_ridge_is_model_ridge_and_earlier_keys_move_there():
     for key, bad in (("base", "ridg"), ("neighbours", "atention")):
         with pytest.raises(ConfigError, match=f"model.spot_graph.{key}: '{bad}' is not one of"):
             load_config(CONFIGS / "stgraph_graph.yaml", [f"model.spot_graph.{key}={bad}"])
+
+
+def test_a_user_config_can_base_itself_on_a_shipped_config_by_name(tmp_path):
+    (tmp_path / "mine.yaml").write_text("base: cpu/stgchb\ntrain:\n  epochs: 7\n")
+    cfg = load_config(tmp_path / "mine.yaml")
+    assert cfg.train.epochs == 7 and cfg.model.spot_dgi.enabled  # the shipped ST-GCHB config underneath
+    (tmp_path / "stgraph.yaml").write_text("name: beside\nmodel:\n  kind: ridge\n  image_encoder:\n    freeze: all\n"
+                                           "    cache_features: true\ninference:\n  reference: image\n")
+    (tmp_path / "other.yaml").write_text("base: stgraph.yaml\n")
+    assert load_config(tmp_path / "other.yaml").name == "beside"  # a file beside the config wins

@@ -107,3 +107,19 @@ def test_ablation_pairs_by_base_takes_shipped_config_names():
     from stgraph.evaluation.stats import ablation_pairs_by_base
 
     assert ablation_pairs_by_base({"full": "stgchb", "no_hsic": "ablations/stgchb_no_hsic"}) == {"no_hsic": "full"}
+
+
+def test_two_folds_give_no_interval_and_no_effect():
+    """A t-interval over two folds rests on one degree of freedom: no interval and no "effect" below three."""
+    import pandas as pd
+
+    from stgraph.evaluation.stats import format_difference, paired_difference
+
+    frame = pd.DataFrame({"method": ["full", "full", "abl", "abl"], "fold": ["a", "b", "a", "b"],
+                          "seed": 0, "pcc_acg": [0.10, 0.12, 0.20, 0.21]})
+    got = paired_difference(frame, "abl", "full", "pcc_acg")
+    assert got["n_folds"] == 2 and got["effect"] is False
+    assert "too few folds for an interval: 2, at least 3 needed" in format_difference(got)
+    three = pd.concat([frame, pd.DataFrame({"method": ["full", "abl"], "fold": ["c", "c"], "seed": 0,
+                                            "pcc_acg": [0.11, 0.20]})])
+    assert paired_difference(three, "abl", "full", "pcc_acg")["effect"] is True

@@ -128,11 +128,13 @@ def test_train_cli_checks_weights_before_reading_slides_or_writing(nowhere, tmp_
     assert not out.exists() and not (tmp_path / "runs").exists()
 
 
-def test_shared_imagenet_file_found_through_the_lookup():
-    """The tests (conftest) and CI point $STGRAPH_WEIGHTS at the shared folder: the CPU configs find it."""
+def test_shared_imagenet_file_found_through_the_lookup(monkeypatch):
+    """$STGRAPH_WEIGHTS pointing at the shared folder: the CPU configs find the file there (set here, so the
+    test does not depend on what the caller's environment holds)."""
     require_shared(MOBILENET)
     from stgraph.config import load_config
     from stgraph.models.weights import check_pretrained_weights
 
+    monkeypatch.setenv("STGRAPH_WEIGHTS", str(MOBILENET.parent))
     source = check_pretrained_weights(load_config(CONFIGS / "cpu" / "bleep.yaml"))
     assert source.file.resolve() == MOBILENET.resolve()

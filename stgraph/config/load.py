@@ -41,7 +41,21 @@ def _read_yaml(path: Path, _chain: tuple = ()) -> dict:
         return data
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"{path}: base must be a file name, got {base!r}")
-    return deep_merge(_read_yaml((path.parent / base).resolve(), _chain + (path.resolve(),)), data)
+    return deep_merge(_read_yaml(_base_path(path, base), _chain + (path.resolve(),)), data)
+
+
+def _base_path(path: Path, base: str) -> Path:
+    """A ``base:`` file: beside the config, else a shipped config by name (``base: cpu/stgchb``, as
+    ``--config cpu/stgchb`` takes it); the file beside the config wins when both exist."""
+    from .shipped import shipped_dir
+
+    beside = (path.parent / base).resolve()
+    if beside.is_file():
+        return beside
+    for shipped in (shipped_dir() / base, shipped_dir() / f"{base}.yaml"):
+        if shipped.is_file():
+            return shipped.resolve()
+    return beside  # the missing-file error names it, as the config's base
 
 
 def _check_base_cycle(path: Path, chain: tuple) -> None:
@@ -139,7 +153,7 @@ def config_base(path) -> Optional[Path]:
     ``configs/ablations/stgchb_no_hsic.yaml`` an ablation of ``configs/stgchb.yaml``."""
     path = find_config(path)  # a file, or a shipped config by name, as load_config takes it
     base = _parse_yaml_file(path).get("base")
-    return None if base is None else (path.parent / base).resolve()
+    return None if base is None else _base_path(path, base)
 
 
 def deep_merge(base: Mapping, update: Mapping) -> dict:

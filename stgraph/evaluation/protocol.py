@@ -368,12 +368,31 @@ def cross_validate(configs: Mapping[str, object], collection: SlideCollection, f
     bar.close()
     frame = pd.DataFrame(rows)
     if out is not None:
-        write_report(frame, out, collection, folds[0], first_fold_predictions, ablations=ablations)
+        write_report(frame, out, collection, folds[0], first_fold_predictions, ablations=ablations, configs=configs)
     return frame
 
 
+def _setting(frame: pd.DataFrame, configs: Optional[Mapping[str, object]]) -> str:
+    """The first lines of a summary: what was evaluated (folds, seeds, epochs, genes), so a table is never read
+    without its conditions."""
+    folds = list(dict.fromkeys(frame["fold"].astype(str))) if "fold" in frame.columns else []
+    seeds = sorted(frame["seed"].dropna().astype(int).unique().tolist()) if "seed" in frame.columns else []
+    lines = [f"Folds ({len(folds)}): {', '.join(folds)}; training seeds: {', '.join(map(str, seeds)) or '-'}."]
+    for name, config in (configs or {}).items():
+        from ..models import model_spec
+
+        trained = (f"{config.train.epochs} epochs" if model_spec(config).trainer else "fitted in one call")
+        genes = config.data.genes if config.data.genes in ("hvg_union", "shared") else Path(config.data.genes).name
+        if "n_genes_model" in frame.columns and (frame["method"] == name).any():
+            counts = sorted(set(frame.loc[frame["method"] == name, "n_genes_model"].astype(int)))
+            genes += f", {'–'.join(map(str, (counts[0], counts[-1]))) if len(counts) > 1 else counts[0]} genes"
+        lines.append(f"- {name}: model.kind {config.model.kind}, {trained}, genes {genes}")
+    return "\n".join(lines) + "\n\n"
+
+
 def write_report(frame: pd.DataFrame, out: Path, collection: SlideCollection, fold: Fold,
-                 predictions: Mapping[str, tuple], ablations: Optional[Mapping[str, str]] = None) -> None:
+                 predictions: Mapping[str, tuple], ablations: Optional[Mapping[str, str]] = None,
+                 configs: Optional[Mapping[str, object]] = None) -> None:
     """results.csv/json, summary.md (mean ± sd over folds of the seed means; paired ablation differences),
     a per-fold PCC plot, best/worst gene maps."""
     import matplotlib.pyplot as plt
@@ -393,6 +412,7 @@ def write_report(frame: pd.DataFrame, out: Path, collection: SlideCollection, fo
     else:
         summary = summarize_folds(frame)
         head = "Mean ± sd over folds. "
+    head = _setting(frame, configs) + head
     text = (head + "Pearson of the mean-profile baseline is undefined (constant prediction) and shown as nan.\n\n"
             + to_markdown_table(summary, metrics) + "\n")
     trust_cols = [m for m in TRUST_SUMMARY if m in frame.columns]

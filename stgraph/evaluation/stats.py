@@ -101,7 +101,8 @@ def paired_difference(frame: pd.DataFrame, method: str, base: str, metric: str,
     d = (table.loc[method] - table.loc[base]).dropna().to_numpy(dtype=float)
     n = len(d)
     mean = float(d.mean()) if n else math.nan
-    if n < 2:
+    if n < MIN_FOLDS_FOR_INTERVAL:
+        # Two folds give a t-interval on one degree of freedom: wide, and too fragile to call an effect.
         return {"diff": mean, "lo": math.nan, "hi": math.nan, "sd": math.nan, "n_folds": n, "effect": False}
     sd = float(d.std(ddof=1))
     half = float(stats.t.ppf(1 - (1 - level) / 2, n - 1)) * sd / math.sqrt(n)
@@ -109,10 +110,16 @@ def paired_difference(frame: pd.DataFrame, method: str, base: str, metric: str,
     return {"diff": mean, "lo": lo, "hi": hi, "sd": sd, "n_folds": n, "effect": bool(lo > 0 or hi < 0)}
 
 
+#: The fewest paired folds an interval (and any "effect") is given for.
+MIN_FOLDS_FOR_INTERVAL = 3
+
+
 def format_difference(result: Mapping, floatfmt: str = "+.3f") -> str:
-    """``+0.012 [+0.004, +0.020]``, followed by "(no effect detected)" when the interval covers 0."""
+    """``+0.012 [+0.004, +0.020]``, followed by "(no effect detected)" when the interval covers 0; with fewer
+    than :data:`MIN_FOLDS_FOR_INTERVAL` paired folds, "too few folds for an interval"."""
     if not math.isfinite(result["lo"]):
-        return f"{result['diff']:{floatfmt}} (one fold: no interval)"
+        return (f"{result['diff']:{floatfmt}} (too few folds for an interval: {result['n_folds']}, at least "
+                f"{MIN_FOLDS_FOR_INTERVAL} needed)")
     text = f"{result['diff']:{floatfmt}} [{result['lo']:{floatfmt}}, {result['hi']:{floatfmt}}]"
     return text if result["effect"] else f"{text} ({NO_EFFECT})"
 
