@@ -108,6 +108,7 @@ def test_shipped_configs_point_only_at_documents_that_exist():
 
 
 def test_nproc_with_a_model_fitted_in_one_call_is_refused_with_the_reason(tmp_path, capsys):
-    assert main(["train", "--config", "stgraph", "--nproc", "2", "--data", str(tmp_path), "--out",
+    (tmp_path / "data").mkdir()
+    assert main(["train", "--config", "stgraph", "--nproc", "2", "--data", str(tmp_path / "data"), "--out",
                  str(tmp_path / "run")]) == 2
     assert "fitted in one call" in capsys.readouterr().err
