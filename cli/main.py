@@ -129,9 +129,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if failed is not None:
         return failed
     args = parse_args(argv)
-    import matplotlib
+    import os
 
-    matplotlib.use("Agg")  # the CLI only writes figures to files; the library leaves the backend to the user
+    # The CLI only writes figures to files (the library leaves the backend to the user); set for when
+    # matplotlib is first imported, so a command that draws nothing never imports it.
+    os.environ["MPLBACKEND"] = "Agg"
     configure_logging(args.verbose)
     try:
         return args.func(args)
@@ -171,6 +173,9 @@ def console_main() -> int:
     """The ``stgraph`` console script (and ``python -m stgraph.cli``): :func:`main` with SIGTERM turned into
     a clean exit. Only the program's own entry point installs that handler, never a caller of ``main``."""
     _exit_on_sigterm()
+    from stgraph.utils.threads import configure_threads
+
+    configure_threads()  # before torch is imported: idle OpenMP threads yield their core on a shared machine
     return main()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from stgraph.config.schema import choices
 from stgraph.keys import Key
 
 from .common import check_apart, check_genes, device_parent, plot_maps, query_parent, read_query
@@ -55,11 +54,13 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--k", type=int, default=None,
                    help="reference spots averaged per query spot (kNN retrieval; default: the run's inference.k)")
-    p.add_argument("--similarity", choices=choices("inference.similarity"), default=None,
-                   help="how query and reference embeddings are compared (default: the run's inference.similarity)")
-    p.add_argument("--aggregation", choices=choices("inference.aggregation"), default=None,
-                   help="how the k neighbours' expression is weighted (default: the run's inference.aggregation)")
-    p.add_argument("--backend", choices=choices("inference.backend"), default=None,
+    p.add_argument("--similarity", type=registered("inference.similarity"), default=None, metavar="NAME",
+                   help="how query and reference embeddings are compared (default: the run's inference.similarity; "
+                        "`stgraph components similarities` lists them)")
+    p.add_argument("--aggregation", type=registered("inference.aggregation"), default=None, metavar="NAME",
+                   help="how the k neighbours' expression is weighted (default: the run's inference.aggregation; "
+                        "`stgraph components aggregations`)")
+    p.add_argument("--backend", type=registered("inference.backend"), default=None, metavar="NAME",
                    help="kNN search: exact torch, FAISS, or auto (FAISS IVF for large references; default: the "
                         "run's inference.backend)")
     p.add_argument("--plot", nargs="+", default=None, metavar="GENE",
@@ -72,6 +73,24 @@ def add_parser(sub, parents) -> None:
                         "spot spacing over 2x from the training slides', a whole-slide tissue longer than a glass "
                         "slide) instead of refusing it")
     p.set_defaults(func=run)
+
+
+def registered(path: str):
+    """An argparse ``type`` that checks a name against the registry behind config option ``path`` when the
+    option is given (listing the choices in the parser would import every registry, and torch, for
+    ``--help``)."""
+    def check(value: str) -> str:
+        import argparse
+
+        from stgraph.config.schema import choices
+
+        valid = choices(path)
+        if value not in valid:
+            raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {', '.join(valid)})")
+        return value
+
+    check.__name__ = path.rsplit(".", 1)[-1]
+    return check
 
 
 def _retrieval(args) -> dict:

@@ -112,3 +112,15 @@ def test_nproc_with_a_model_fitted_in_one_call_is_refused_with_the_reason(tmp_pa
     assert main(["train", "--config", "stgraph", "--nproc", "2", "--data", str(tmp_path / "data"), "--out",
                  str(tmp_path / "run")]) == 2
     assert "fitted in one call" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["configs"], ["predict", "--help"]])
+def test_quick_commands_do_not_import_torch(argv):
+    """--help, --version and configs answer without importing torch (seconds on a loaded machine)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom stgraph.cli.main import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)") % (argv,)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout[-500:] + out.stderr[-500:]

@@ -1,11 +1,29 @@
-"""Keep torch's thread count when scanpy runs: its numba kernels reset the process's OpenMP pool."""
+"""Threads on a shared machine: keep torch's thread count when scanpy runs (its numba kernels reset the
+process's OpenMP pool), and let waiting OpenMP threads yield their core (:func:`configure_threads`)."""
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["keep_torch_threads"]
+__all__ = ["keep_torch_threads", "configure_threads", "SPIN_COUNT"]
+
+#: Iterations an idle OpenMP (libgomp) thread spins before it sleeps, when the user set no policy of their own:
+#: libgomp's default, 300,000, keeps a waiting thread on its core for about a millisecond, which on a machine
+#: shared with other torch processes turns every parallel region of a small model into a scheduler quantum
+#: (``benchmarks/results/contention.json``).
+SPIN_COUNT = "10000"
+
+
+def configure_threads() -> dict:
+    """Before torch is imported (the CLI's first step): unless the environment already says how OpenMP threads
+    wait (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``), make an idle one spin only :data:`SPIN_COUNT` times before
+    it sleeps. Returns what was set (libgomp reads these once, when torch loads it)."""
+    if "torch" in sys.modules or any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+        return {}
+    os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+    return {"GOMP_SPINCOUNT": SPIN_COUNT}
 
 
 @contextmanager
