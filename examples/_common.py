@@ -22,6 +22,20 @@ def tiny_overrides(cache_dir: Path, epochs: int = 2) -> list[str]:
     ]
 
 
+def run(main) -> None:
+    """Run an example's ``main`` as a command: a stgraph error (a missing weights file offline, a bad path)
+    is one ``error:`` line and exit status 2, as the ``stgraph`` command prints it, not a traceback."""
+    import sys
+
+    from stgraph.errors import StgraphError
+
+    try:
+        main()
+    except (StgraphError, FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--out", default="runs/examples", help="output folder")

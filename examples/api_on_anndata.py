@@ -4,11 +4,12 @@ Any AnnData in the stgraph convention works (raw counts in X, spot centres x, y 
 in obsm['spatial'], the image in uns['spatial'][library_id] as scanpy/squidpy store it). Here: synthetic
 slides, so the script runs anywhere.
 
-    python examples/api_on_anndata.py --tiny
+    python examples/api_on_anndata.py           # configs/cpu/bleep.yaml (frozen mobilenetv2_100 features)
+    python examples/api_on_anndata.py --tiny    # smoke test: a tiny random backbone
 """
 from pathlib import Path
 
-from _common import CONFIGS, parser, tiny_overrides
+from _common import CONFIGS, parser, run, tiny_overrides
 
 from stgraph.config import load_config
 from stgraph.data import make_synthetic_collection
@@ -29,7 +30,7 @@ def main(argv=None):
     overrides = ["data.genes=shared", "data.harmony=false"]
     if args.tiny:
         overrides = tiny_overrides(out / "cache") + overrides
-    config = load_config(CONFIGS / "bleep.yaml", overrides)
+    config = load_config(CONFIGS / "cpu" / "bleep.yaml", overrides)
 
     # 3. Train: fits preprocessing on the training slides only, trains, builds the reference, writes a run folder.
     run = train_model(config, train, out=out / "run", force=True)
@@ -45,4 +46,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,11 +1,12 @@
 """Leave-one-slide-out evaluation of two methods next to the baselines (untrained retrieval, ridge, mean
 profile), with the per-fold table, summary and figures written to --out.
 
-    python examples/evaluate_with_baselines.py --tiny
+    python examples/evaluate_with_baselines.py          # cpu/bleep and cpu/mclstexp, three folds
+    python examples/evaluate_with_baselines.py --tiny   # smoke test
 """
 from pathlib import Path
 
-from _common import CONFIGS, parser, tiny_overrides
+from _common import CONFIGS, parser, run, tiny_overrides
 
 from stgraph.config import load_config
 from stgraph.data import SlideCollection, make_synthetic_collection
@@ -18,7 +19,7 @@ def main(argv=None):
     collection = SlideCollection(make_synthetic_collection(n_slides=3, n_rows=10, n_cols=10, n_genes=40, spacing=32))
     base = (tiny_overrides(out / "cache") if args.tiny else []) + ["data.genes=shared", "data.harmony=false"]
     methods = ("bleep",) if args.tiny else ("bleep", "mclstexp")
-    configs = {name: load_config(CONFIGS / f"{name}.yaml", base) for name in methods}
+    configs = {name: load_config(CONFIGS / "cpu" / f"{name}.yaml", base) for name in methods}
     folds = make_folds(collection.ids)[:1] if args.tiny else make_folds(collection.ids)
     frame = cross_validate(configs, collection, folds, out_dir=out, baselines=True, progress=not args.tiny)
     print(frame[["method", "fold", "pcc_acg", "rmse"]].to_string(index=False))
@@ -26,4 +27,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,7 +1,8 @@
 """Plot a prediction with squidpy (when installed) and scanpy: a prediction is an ordinary AnnData with
 obsm['spatial'] and the input's uns['spatial'], so the usual spatial plots draw it over the H&E.
 
-    python examples/plot_with_scanpy.py --tiny
+    python examples/plot_with_scanpy.py          # trains with examples/api_on_anndata.py first
+    python examples/plot_with_scanpy.py --tiny   # smoke test
 """
 import warnings
 from pathlib import Path
@@ -11,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # a script writing files; in a notebook leave the backend alone
 import matplotlib.pyplot as plt  # noqa: E402
 import scanpy as sc  # noqa: E402
+from _common import run  # noqa: E402
 from api_on_anndata import main as train_and_predict  # noqa: E402
 
 from stgraph.keys import Key  # noqa: E402
@@ -63,4 +65,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

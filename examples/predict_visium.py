@@ -3,12 +3,14 @@
 Only the query's image and spot positions are used; its own counts, if any, are ignored. The prediction is
 written as .h5ad over the model's genes.
 
-    python examples/predict_visium.py --visium path/to/spaceranger/outs --model runs/bleep_her2st
-    python examples/predict_visium.py --tiny            # trains a tiny model first, on two HER2+ sections
+    python examples/predict_visium.py                   # trains cpu/bleep on two HER2+ sections, predicts visium_tiny
+    python examples/predict_visium.py --tiny            # the same with a tiny random backbone (smoke test)
+
+With your own data: ``--visium PATH/TO/spaceranger/outs --model RUN`` (a run folder from ``stgraph train``).
 """
 from pathlib import Path
 
-from _common import CONFIGS, HER2ST, parser, tiny_overrides
+from _common import CONFIGS, HER2ST, parser, run, tiny_overrides
 
 from stgraph.config import load_config
 from stgraph.data import read_slide
@@ -41,4 +43,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,11 +1,11 @@
 """Train on HER2+ breast-cancer sections and predict a held-out one (what `make demo` does, from Python).
 
-    python examples/train_predict_her2st.py --her2st ../shared/data/her2st             # CPU config
+    python examples/train_predict_her2st.py --her2st ../shared/data/her2st   # configs/cpu/bleep.yaml
     python examples/train_predict_her2st.py --tiny                                       # smoke test
 """
 from pathlib import Path
 
-from _common import CONFIGS, HER2ST, parser, tiny_overrides
+from _common import CONFIGS, HER2ST, parser, run, tiny_overrides
 
 from stgraph.config import load_config
 from stgraph.data.readers import read_her2st
@@ -39,4 +39,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -39,6 +39,20 @@ CLOSED_FORM_CONFIGS = [c for c in METHOD_CONFIGS if _closed_form(c)]
 TRAINED_CONFIGS = [c for c in METHOD_CONFIGS if c not in CLOSED_FORM_CONFIGS]
 
 
+def doc_workdir(tmp_path: Path) -> Path:
+    """A folder laid out as a user's checkout (``configs``, ``examples``, ``Makefile``, ``.venv`` linked to this
+    one's, ``../shared`` beside it), where the README's, the docs' and the examples' commands run exactly as
+    written, writing their ``runs/`` there and not into the repository."""
+    work = tmp_path / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    for name in ("configs", "examples", "benchmarks", "Makefile", "pyproject.toml", ".venv"):
+        if (REPO / name).exists() and not (work / name).exists():
+            (work / name).symlink_to(REPO / name)
+    if not (tmp_path / "shared").exists():
+        (tmp_path / "shared").symlink_to(SHARED)
+    return work
+
+
 def tiny_overrides(cache_dir: Path, epochs: int = 2) -> list[str]:
     """Overrides that keep a config's modules but shrink it to run in a second on a CPU."""
     return [

@@ -44,8 +44,9 @@ class ScaleMismatchError(StgraphError, ValueError):
     the tissue far outside what is plausible (``--allow-scale-mismatch`` predicts anyway)."""
 
 
-#: A query whose spot spacing (µm) differs from every training slide's by more than this factor is refused.
-SCALE_FACTOR_LIMIT = 2.0
+#: A query whose spot spacing (µm) differs from every training slide's by more than this factor is refused
+#: (above 2, so that Visium, 100 µm apart, and legacy ST, 200 µm apart, predict each other).
+SCALE_FACTOR_LIMIT = 2.5
 #: The longest side tissue on a glass slide (75 × 25 mm) can span, mm: beyond it the pixel size is wrong.
 TISSUE_EXTENT_MM = 60.0
 
@@ -71,7 +72,7 @@ def check_query_scale(resolution: Optional[dict], adata, name: str = "the query"
     * the run knows the µm per pixel it was trained at, and the query states none (its patches would cover
       another area than in training);
     * its spots lie more than :data:`SCALE_FACTOR_LIMIT` × closer or farther apart (µm) than the training
-      slides' (a pixel size off by a factor, or another technology).
+      slides' (a pixel size off by a factor).
     """
     res = resolution or {}
     problems = []

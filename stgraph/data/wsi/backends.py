@@ -112,6 +112,35 @@ class TiffBackend:
         self.tif.close()
 
 
+#: Image files read whole with Pillow (one level): an H&E photographed or exported as JPEG/PNG, predicted
+#: as a whole slide given its pixel size (``--mpp``).
+PILLOW_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp")
+
+
+class PillowBackend:
+    """A JPEG/PNG/any Pillow-readable image as a one-level slide, decoded once (a damaged JPEG is refused by
+    name, as the spot readers refuse it). Such files rarely state a pixel size: give it (``--mpp``)."""
+
+    name = "pillow"
+
+    def __init__(self, path: Path):
+        from ..image import load_image_file
+
+        self.image = load_image_file(path)  # PILImage: RGB, decoded once, crops from PIL's own buffer
+        self.path = path
+        width, height = self.image.pil.size
+        self.dimensions = [(int(width), int(height))]
+
+    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        return np.asarray(self.image.pil.crop((x, y, x + w, y + h)), dtype=np.uint8)
+
+    def mpp(self) -> tuple[Optional[float], str]:
+        return None, ""  # a JPEG's dpi is the camera's or the exporter's, not the slide's: never trusted
+
+    def close(self) -> None:
+        self.image.pil.close()
+
+
 class OpenSlideBackend:
     name = "openslide"
 

@@ -31,8 +31,8 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ..errors import SlideFormatError, require_file
-from .backends import OPENSLIDE_FIRST, OPENSLIDE_HINT, OPENSLIDE_ONLY, OpenSlideBackend, TiffBackend, \
-    openslide_available
+from .backends import (OPENSLIDE_FIRST, OPENSLIDE_HINT, OPENSLIDE_ONLY, PILLOW_SUFFIXES, OpenSlideBackend,
+                       PillowBackend, TiffBackend, openslide_available)
 from .mpp import MPP_RANGE, plausible_mpp
 
 __all__ = ["WSIImage", "open_wsi", "read_region_at_mpp", "iter_patches_at_mpp", "level_for_mpp"]
@@ -68,7 +68,7 @@ class WSIImage:
         µm per level-0 pixel (``None`` only with ``require_mpp=False``); :attr:`mpp_source` says where it
         came from (``"user"``, ``"Aperio ImageDescription MPP"``, …).
     backend
-        ``"tifffile"`` or ``"openslide"``.
+        ``"tifffile"``, ``"openslide"`` or ``"pillow"`` (JPEG, PNG, ...: one level, decoded once).
     """
 
     def __init__(self, path: str | os.PathLike, mpp: Optional[float] = None, backend: str = "auto",
@@ -77,16 +77,18 @@ class WSIImage:
         self.path = path
         self.source = str(path)
         suffix = path.suffix.lower()
-        if backend not in ("auto", "tifffile", "openslide"):
-            raise ValueError(f"backend must be 'auto', 'tifffile' or 'openslide', got {backend!r}")
+        if backend not in ("auto", "tifffile", "openslide", "pillow"):
+            raise ValueError(f"backend must be 'auto', 'tifffile', 'openslide' or 'pillow', got {backend!r}")
         if backend == "auto":
-            backend = "openslide" if (suffix in OPENSLIDE_FIRST and openslide_available()) else "tifffile"
+            backend = ("pillow" if suffix in PILLOW_SUFFIXES else
+                       "openslide" if (suffix in OPENSLIDE_FIRST and openslide_available()) else "tifffile")
         if backend == "tifffile" and suffix in OPENSLIDE_ONLY:
             raise SlideFormatError(f"{path}: {suffix} slides are read with openslide, which is not installed "
                                    f"({OPENSLIDE_HINT})")
         if backend == "openslide" and not openslide_available():
             raise SlideFormatError(f"{path}: backend='openslide' but openslide is not importable ({OPENSLIDE_HINT})")
-        self._backend = OpenSlideBackend(path) if backend == "openslide" else TiffBackend(path)
+        self._backend = (OpenSlideBackend(path) if backend == "openslide" else
+                         PillowBackend(path) if backend == "pillow" else TiffBackend(path))
         self.backend = backend
         self.level_dimensions: list[tuple[int, int]] = list(self._backend.dimensions)
         self.level_count = len(self.level_dimensions)
