@@ -201,3 +201,24 @@ def test_one_fold_of_evaluate_equals_train_predict_and_an_independent_score(tmp_
     assert main(["predict", "--model", str(tmp_path / "run"), "--slide", paths[2], "--out",
                  str(tmp_path / "pred.h5ad")]) == 0
     assert row["pcc_acg"] == pytest.approx(_by_hand_acg(tmp_path / "pred.h5ad", paths[2]), abs=1e-6)
+
+
+def test_a_gene_the_held_out_slide_did_not_measure_is_left_out_of_every_score(tiny_config, synthetic_slides):
+    """Slides of one study often carry different gene panels: a predicted gene the held-out slide lacks has no
+    truth, so methods and baselines alike score the genes it measured (not zeros for the missing one), and the
+    row counts what was left out. The trust columns are measured on the same genes."""
+    slides = [ad.copy() for ad in synthetic_slides]
+    test = slides[2]
+    dropped = str(test.var_names[0])
+    slides[2] = test[:, test.var_names[1:]].copy()
+    collection = SlideCollection(slides)
+    fold = [f for f in make_folds(collection.ids) if f.test_ids == [collection.ids[2]]]
+    configs = {"stgraph": tiny_config("stgraph.yaml", "data.harmony=false", "trust.reliability=true")}
+    with pytest.warns(UserWarning, match=f"not measured.*{dropped}"):
+        frame = cross_validate(configs, collection, fold, progress=False, baselines=True)
+    assert (frame["n_genes_unmeasured"] == 1).all()
+    assert (frame["n_genes"] == frame["n_genes_model"] - 1).all()
+    row = frame[frame["method"] == "stgraph"].iloc[0]
+    assert np.isfinite(row["pcc_acg"]) and 0 < row["coverage_90"] <= 1
+    ridge = frame[frame["method"] == "baseline:ridge"].iloc[0]
+    assert np.isfinite(ridge["pcc_acg"])

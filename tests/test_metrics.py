@@ -195,14 +195,19 @@ def test_evaluate_prediction_aligns_anndata_by_name():
     pa = anndata.AnnData(pred.astype(np.float32), var=pd.DataFrame(index=genes))
     ta = anndata.AnnData(true.astype(np.float32), var=pd.DataFrame(index=genes))
     out = evaluate_prediction(pa, ta)
-    assert set(out) == EVALUATE_KEYS
+    assert set(out) == EVALUATE_KEYS | {"n_genes_unmeasured"} and out["n_genes_unmeasured"] == 0
     json.dumps(out)  # flat and serialisable
     assert math.isnan(out["pcc_mg"])  # no markers
     assert out["pcc_acg"] == pytest.approx(np.nanmean(pearson_per_gene(pred, true)), abs=1e-5)
     shuffled = ta[:, genes[::-1]].copy()  # gene order does not matter, names do
     assert evaluate_prediction(pa, shuffled)["pcc_acg"] == pytest.approx(out["pcc_acg"], abs=1e-6)
-    with pytest.raises(KeyError, match="g11"):
-        evaluate_prediction(pa, ta[:, :11])
+    # A gene the true slide did not measure is not scored (not scored as zeros), and is counted.
+    with pytest.warns(UserWarning, match="1 predicted gene.*not measured.*g11"):
+        part = evaluate_prediction(pa, ta[:, :11])
+    assert part["n_genes"] == 11 and part["n_genes_unmeasured"] == 1
+    assert part["pcc_acg"] == pytest.approx(np.nanmean(pearson_per_gene(pred[:, :11], true[:, :11])), abs=1e-5)
+    with pytest.raises(ValueError, match="none of the predicted genes"):
+        evaluate_prediction(pa[:, :3], ta[:, 3:])
 
 
 def test_per_gene_table():

@@ -114,25 +114,27 @@ def evaluate_fold(name: str, config, collection: SlideCollection, fold: Fold,
         written = anndata.read_h5ad(path)
     truth = pp.log_normalised(test)
     metrics = evaluate_prediction(written, truth, markers=markers)
+    measured = set(map(str, truth.var_names))
+    scored = [g for g in map(str, written.var_names) if g in measured]  # the genes the held-out slide measured
     if loaded.trust is not None and Key.var.expected_r in written.var:
         # The trust itself, measured on the held-out slide's truth (coverage, reliability ranking, OOD).
         from ..trust.metrics import trust_metrics
 
-        t = truth[written.obs_names, list(written.var_names)].X
+        t = truth[written.obs_names, scored].X
         t = np.asarray(t.toarray() if hasattr(t, "toarray") else t, dtype=np.float64)
-        metrics.update(trust_metrics(np.asarray(written.X, np.float64), t, loaded.trust,
-                                     written.var[Key.var.expected_r_slide].to_numpy(),
-                                     written.var[Key.var.reliable].to_numpy(),
+        sub = written[:, scored]
+        metrics.update(trust_metrics(np.asarray(sub.X, np.float64), t, loaded.trust.select_genes(scored),
+                                     sub.var[Key.var.expected_r_slide].to_numpy(),
+                                     sub.var[Key.var.reliable].to_numpy(),
                                      written.obs[Key.obs.in_distribution].to_numpy()))
     extra = {"n_genes_model": written.n_vars, "train_seconds": round(t_train, 2), "predict_seconds": round(t_pred, 2),
              "best_epoch": run.result.best_epoch, "choices": json.dumps(run.model.choices, default=str)}
     row = {"method": name, "fold": fold.name, "test_slide": ",".join(fold.test_ids), **extra, **metrics}
     if not keep_predictions:
         return row, None
-    genes = list(written.var_names)
-    true = np.asarray(truth[written.obs_names, genes].X.toarray() if hasattr(truth.X, "toarray")
-                      else truth[written.obs_names, genes].X)
-    return row, (np.asarray(written.X), true, genes)
+    true = np.asarray(truth[written.obs_names, scored].X.toarray() if hasattr(truth.X, "toarray")
+                      else truth[written.obs_names, scored].X)
+    return row, (np.asarray(written[:, scored].X), true, scored)
 
 
 def with_seed(config, offset: int):
@@ -198,9 +200,15 @@ def baseline_fold(config, collection: SlideCollection, fold: Fold, markers: Opti
         fn = BASELINES.get(name)
         extra = {"train_slide_ids": train_ids} if getattr(fn, "needs_slide_ids", False) else {}
         preds[name] = fn(*inputs(fn)[:1], train_y, inputs(fn)[1], k=k, **extra)
-    rows = [_score(f"baseline:{name}", fold, p, true, prep.genes, markers, {"n_genes_model": len(prep.genes)})
-            for name, p in preds.items()]
-    kept = {name: (p, true, prep.genes) for name, p in preds.items()} if keep_predictions else {}
+    # Scored as the methods are: on the genes the held-out slide measured (align_prediction).
+    measured = set(map(str, test.var_names))
+    cols = np.asarray([i for i, g in enumerate(prep.genes) if str(g) in measured], dtype=np.int64)
+    genes = [prep.genes[i] for i in cols]
+    true = true[:, cols]
+    preds = {name: np.asarray(p)[:, cols] for name, p in preds.items()}
+    extra = {"n_genes_model": len(prep.genes), "n_genes_unmeasured": len(prep.genes) - len(genes)}
+    rows = [_score(f"baseline:{name}", fold, p, true, genes, markers, extra) for name, p in preds.items()]
+    kept = {name: (p, true, genes) for name, p in preds.items()} if keep_predictions else {}
     return rows, kept
 
 

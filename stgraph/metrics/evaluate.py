@@ -84,15 +84,23 @@ def evaluate_arrays(pred, true, gene_names: Sequence[str], markers: Optional[Seq
 
 
 def align_prediction(pred_adata, true_adata) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(pred, true, genes) over the prediction's genes and the spots both share (by obs name).
+    """(pred, true, genes) over the predicted genes the truth measured and the spots both share (by name).
 
-    Raises ``KeyError`` naming genes of the prediction that the truth lacks, ``ValueError`` when no spot is
-    shared.
+    A predicted gene the true slide did not measure has no truth: it is left out of the score, with a
+    warning that counts them (slides of one study often carry different gene panels). Raises
+    ``ValueError`` when no gene or no spot is shared.
     """
-    genes = list(pred_adata.var_names)
-    missing = [g for g in genes if g not in set(true_adata.var_names)]
+    import warnings
+
+    measured = set(map(str, true_adata.var_names))
+    genes = [g for g in map(str, pred_adata.var_names) if g in measured]
+    missing = pred_adata.n_vars - len(genes)
+    if not genes:
+        raise ValueError("the true slide measured none of the predicted genes (var_names)")
     if missing:
-        raise KeyError(f"{len(missing)} predicted gene(s) are missing from the true slide: {missing[:20]}")
+        unmeasured = [g for g in map(str, pred_adata.var_names) if g not in measured]
+        warnings.warn(f"{missing} predicted gene(s) not measured on the true slide are not scored: "
+                      f"{', '.join(unmeasured[:10])}{' …' if missing > 10 else ''}", UserWarning, stacklevel=2)
     spots = [s for s in pred_adata.obs_names if s in set(true_adata.obs_names)]
     if not spots:
         raise ValueError("the prediction and the true slide share no spot (obs_names)")
@@ -105,9 +113,12 @@ def align_prediction(pred_adata, true_adata) -> tuple[np.ndarray, np.ndarray, li
 def evaluate_prediction(pred_adata, true_adata, markers: Optional[Sequence[str]] = None, n_top: int = 50,
                         hit_t: int = 10) -> dict:
     """:func:`evaluate_arrays` on two AnnData (``true_adata.X`` must already be on the prediction's scale,
-    e.g. log-normalised), aligned by gene and spot names."""
+    e.g. log-normalised), aligned by gene and spot names; ``n_genes_unmeasured`` counts the predicted genes
+    the true slide did not measure (not scored)."""
     pred, true, genes = align_prediction(pred_adata, true_adata)
-    return evaluate_arrays(pred, true, genes, markers=markers, n_top=n_top, hit_t=hit_t)
+    out = evaluate_arrays(pred, true, genes, markers=markers, n_top=n_top, hit_t=hit_t)
+    out["n_genes_unmeasured"] = int(pred_adata.n_vars - len(genes))
+    return out
 
 
 def per_gene_table(pred, true, gene_names: Sequence[str], n_top: int = 50) -> pd.DataFrame:

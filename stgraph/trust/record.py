@@ -76,6 +76,17 @@ class TrustRecord:
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.nanstd(self.fold_r, axis=0)
 
+    def select_genes(self, genes: Sequence[str]) -> "TrustRecord":
+        """The record restricted to ``genes`` (a subset of :attr:`genes`, in the order given)."""
+        import dataclasses
+
+        index = {g: i for i, g in enumerate(self.genes)}
+        idx = np.asarray([index[str(g)] for g in genes], dtype=np.int64)
+        return dataclasses.replace(self, genes=[self.genes[i] for i in idx], fold_r=self.fold_r[:, idx],
+                                   fold_pred_sd=self.fold_pred_sd[idx], scale=np.asarray(self.scale)[idx],
+                                   quantiles=np.asarray(self.quantiles)[:, idx],
+                                   marginal=np.asarray(self.marginal)[..., idx])
+
     def summary(self, threshold: float) -> dict:
         """What ``run.json`` says of the record: folds, genes above ``threshold``, the median expected r."""
         r = self.expected_r
