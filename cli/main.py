@@ -1,4 +1,4 @@
-"""stgraph command line: train, predict, extend, evaluate (alias benchmark), plot, configs, components.
+"""stgraph command line: train, predict, extend, evaluate (alias benchmark), plot, genes, configs, components.
 
 Examples
 --------

@@ -24,8 +24,13 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--model", required=True, help="run folder written by `stgraph train`")
     w = p.add_argument_group("whole-slide images (no spatial transcriptomics: tissue detection + a spot grid)")
     w.add_argument("--wsi", nargs="+", default=None, metavar="SLIDE",
-                   help="whole-slide images (.tif/.tiff/.svs/.ndpi/...) or globs ('slides/*.svs'); with several, "
-                        "--out is a folder and gets one file per slide")
+                   help="whole-slide images (.tif/.tiff/.svs/.ndpi/..., or a JPEG/PNG with --mpp) or globs "
+                        "('slides/*.svs'); with several, --out is a folder: a cohort (manifest, resumable)")
+    w.add_argument("--wsi-sheet", default=None, metavar="CSV",
+                   help="a cohort sheet: columns path[, slide_id][, mpp]; --out is a folder with one file per slide "
+                        "and manifest.csv; a rerun skips finished slides, a failing slide is recorded and the "
+                        f"others go on (exit status {3} when some failed); under torchrun the slides are sharded "
+                        "over the processes")
     w.add_argument("--mpp", type=float, default=None,
                    help="µm per level-0 pixel when the file does not state it (overrides the file)")
     w.add_argument("--train-mpp", type=float, default=None, metavar="UM",
@@ -101,10 +106,14 @@ def _retrieval(args) -> dict:
 def _load(args):
     """The run of ``--model`` on ``--device``, with the command line's retrieval options checked against what
     its model does (refused for a model that predicts expression itself) before any slide is read."""
+    return _load_on(args, args.device)
+
+
+def _load_on(args, device):
     from stgraph.inference import load_run
     from stgraph.inference.predict import check_retrieval_options
 
-    loaded = load_run(args.model, device=args.device)
+    loaded = load_run(args.model, device=device)
     check_retrieval_options(loaded.config, **_retrieval(args))
     from stgraph.inference.predict import check_interval
 
@@ -230,12 +239,10 @@ def _predict_adata(args, source: Optional[dict] = None):
     return predict_one
 
 
-def _predict_wsi(args) -> int:
-    from stgraph.data.wsi import WSIImage
-    from stgraph.inference.wsi import parse_grid, predict_wsi
-    from stgraph.preprocess.resolution import require_physical_resolution
+def _wsi_options(args):
+    """The whole-slide options, checked before any slide is opened."""
+    from stgraph.inference.wsi import parse_grid
 
-    pairs = _wsi_outputs(args)
     grid = parse_grid(args.grid)
     if args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be ≥ 1, got {args.chunk_size}")
@@ -245,26 +252,93 @@ def _predict_wsi(args) -> int:
         raise ValueError(f"--min-tissue-area must be ≥ 0 µm², got {args.min_tissue_area}")
     if args.max_spots is not None and args.max_spots < 1:
         raise ValueError(f"--max-spots must be ≥ 1, got {args.max_spots}")
+
+    def predict_one(loaded, slide, mpp=None, slide_id=None, progress=True):
+        from stgraph.inference.wsi import predict_wsi
+
+        return predict_wsi(loaded, slide, grid=grid, mpp=mpp if mpp is not None else args.mpp,
+                           train_mpp=args.train_mpp, cache=args.cache, slide_id=slide_id,
+                           min_saturation=args.min_saturation, min_area_um2=args.min_tissue_area,
+                           cache_dir=args.cache_dir, chunk_size=args.chunk_size, progress=progress,
+                           max_spots=args.max_spots, allow_scale_mismatch=args.allow_scale_mismatch,
+                           interval=args.interval, **_retrieval(args))
+
+    return predict_one
+
+
+def _predict_wsi(args) -> int:
+    from stgraph.data.wsi import WSIImage
+    from stgraph.preprocess.resolution import require_physical_resolution
+
+    if args.wsi_sheet or _is_cohort(args):
+        return _predict_cohort(args)
+    pairs = _wsi_outputs(args)
+    predict_one = _wsi_options(args)
     for slide, _ in pairs:  # pixel size and readability of every slide before any compute
         WSIImage(slide, mpp=args.mpp).close()
     loaded = _load(args)
     require_physical_resolution(loaded.resolution, loaded.config, args.train_mpp)
-
-    def predict_one(loaded, slide):
-        return predict_wsi(loaded, slide, grid=grid, mpp=args.mpp, train_mpp=args.train_mpp, cache=args.cache,
-                           min_saturation=args.min_saturation, min_area_um2=args.min_tissue_area,
-                           cache_dir=args.cache_dir, chunk_size=args.chunk_size, progress=True,
-                           max_spots=args.max_spots, allow_scale_mismatch=args.allow_scale_mismatch,
-                           interval=args.interval, **_retrieval(args))
-
     return predict_and_write(loaded, pairs, predict_one, force=args.force, plot=args.plot)
+
+
+def _is_cohort(args) -> bool:
+    """Several whole slides, or an output folder: a cohort (manifest, resume, failures recorded)."""
+    from stgraph.inference.predict import OUTPUT_SUFFIXES
+    from stgraph.inference.wsi import expand_slide_paths
+
+    return Path(args.out).suffix not in OUTPUT_SUFFIXES or len(expand_slide_paths(args.wsi)) > 1
+
+
+def _predict_cohort(args) -> int:
+    """A cohort of whole slides into the --out folder (stgraph.inference.cohort); under torchrun, sharded."""
+    from stgraph.inference.cohort import (EXIT_SOME_FAILED, cohort_from_paths, predict_cohort, read_wsi_sheet)
+    from stgraph.inference.predict import OUTPUT_SUFFIXES
+    from stgraph.inference.wsi import WSIPredictionError, expand_slide_paths
+    from stgraph.preprocess.resolution import require_physical_resolution
+    from stgraph.utils import check_writable_dir
+    from stgraph.utils.distributed import init_distributed
+    from stgraph.utils.runtime import resolve_device
+
+    if args.wsi_sheet and args.wsi:
+        raise WSIPredictionError("--wsi-sheet replaces --wsi: give the slides in the sheet, or as paths")
+    if args.slide or args.image or args.spots or args.her2st or getattr(args, "counts", None):
+        raise WSIPredictionError("--wsi/--wsi-sheet replace --slide/--image/--spots/--counts/--her2st: give one "
+                                 "kind of query")
+    out = Path(args.out)
+    if out.suffix in OUTPUT_SUFFIXES or (out.exists() and not out.is_dir()):
+        raise WSIPredictionError(f"a cohort's --out is an output folder (one file per slide and manifest.csv), not {out}")
+    check_writable_dir(out, what="output folder")
+    check_apart(out, args, what="output folder")
+    slides = read_wsi_sheet(args.wsi_sheet) if args.wsi_sheet else cohort_from_paths(expand_slide_paths(args.wsi),
+                                                                                    args.mpp)
+    predict_one = _wsi_options(args)
+    resolved = resolve_device(args.device or "auto")
+    dist_env = init_distributed(resolved)
+    device = f"cuda:{dist_env.local_rank}" if dist_env.enabled and resolved.type == "cuda" else str(resolved)
+    loaded = _load_on(args, device)
+    require_physical_resolution(loaded.resolution, loaded.config, args.train_mpp)
+    summary = predict_cohort(loaded, slides, out, lambda run, s: predict_one(run, s.path, mpp=s.mpp, slide_id=s.slide_id,
+                                                                             progress=False),
+                             fmt=args.format, force=args.force, dist_env=dist_env)
+    if dist_env.is_main:
+        line = (f"cohort {out}: {len(summary['done'])} predicted, {len(summary['skipped'])} already done, "
+                f"{len(summary['failed'])} failed")
+        if summary["failed"]:
+            named = "; ".join(f"{s} ({summary['errors'][s]})" for s in summary["failed"][:10])
+            line += f": {named}{' ...' if len(summary['failed']) > 10 else ''}"
+        print(f"{line}; manifest {out / 'manifest.csv'}")
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    return EXIT_SOME_FAILED if summary["failed"] else 0
 
 
 def run(args) -> int:
     from stgraph.inference.predict import check_k, check_output_path
 
     check_k(args.k)  # before any slide is read or any feature computed
-    if args.wsi:
+    if args.wsi or args.wsi_sheet:
         return _predict_wsi(args)
     if args.slide:
         from stgraph.inference.wsi import expand_slide_paths

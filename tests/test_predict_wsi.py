@@ -188,7 +188,7 @@ def test_many_slides_by_glob_and_table_exports(run_dir, slides, tmp_path, capsys
     rc = main(["predict", "--model", str(run_dir), "--wsi", pattern, "--out", str(out), "--format", "csv",
                "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "b.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "b.csv", "manifest.csv"]  # a cohort's record
     table = pd.read_csv(out / "a.csv", index_col=0)
     assert list(table.columns[:4]) == ["x", "y", "array_row", "array_col"] and len(table) > 10
     # A single slide exported to one .csv file.
@@ -329,7 +329,7 @@ def test_fullres_image_goes_with_a_space_ranger_folder(run_dir, synthetic_slides
 
     def fake_read_slide(p, format=None, **kw):
         seen.update(path=p, format=format, **kw)
-        return synthetic_slides[2]
+        return synthetic_slides[2].copy()  # the CLI sets --mpp on what it read: never on the shared fixture
 
     monkeypatch.setattr(data_mod, "read_slide", fake_read_slide)
     rc = main(["predict", "--model", str(run_dir), "--slide", str(folder), "--fullres-image", "big.tif",
