@@ -44,7 +44,8 @@ LOAD_AT_START = os.getloadavg()
 
 def provenance() -> dict:
     """What a result file records besides its figures: the command that wrote it, the commit it ran
-    (``+dirty`` with uncommitted changes), and the machine's load average at the start and at the end."""
+    (``+dirty`` with uncommitted changes to anything but ``benchmarks/results``, which the benchmarks themselves
+    write), and the machine's load average at the start and at the end."""
     import subprocess
     import sys
 
@@ -52,7 +53,8 @@ def provenance() -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], cwd=repo,
                                capture_output=True, text=True, check=True).stdout.strip()
         commit += "+dirty" if dirty else ""
     except (OSError, subprocess.CalledProcessError):

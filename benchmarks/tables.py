@@ -1,0 +1,258 @@
+"""The README's result tables, generated from the committed result files (a figure is a file).
+
+Each table in README.md sits between ``<!-- table: NAME -->`` and ``<!-- /table -->``; :data:`TABLES` says how
+NAME is computed from ``benchmarks/results/``, and every table ends with a line naming its source files, the
+command that wrote them, the commit and the machine (from the result file's ``provenance`` and ``machine``).
+
+    python benchmarks/tables.py            # rewrite the tables in README.md
+    python benchmarks/tables.py --check    # exit 1 when README.md differs from the result files (a fast test)
+
+Mean ± sd over folds of the per-fold seed means, and paired differences with a 95 % Student-t interval over
+folds, are computed by :mod:`stgraph.evaluation.stats`, the same functions ``stgraph evaluate`` reports with.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+README = REPO / "README.md"
+
+#: Column labels of the metrics the tables show.
+LABELS = {"pcc_acg": "PCC all genes", "pcc_heg50": "PCC HEG-50", "pcc_hvg50": "PCC HVG-50", "rmse": "RMSE",
+          "ssim": "SSIM", "n_r_gt_0.3": "genes r > 0.3"}
+ACCURACY = ["pcc_acg", "pcc_heg50", "pcc_hvg50", "n_r_gt_0.3", "rmse", "ssim"]
+
+#: Method names in result files → what the README calls them.
+NAMES = {
+    "stgraph": "**stgraph** (`stgraph.yaml`: reduced-rank ridge)",
+    "stgraph_graph": "stgraph_graph (`stgraph_graph.yaml`: the ridge + a learned graph-attention residual)",
+    "stgraph-no_context_crop": "stgraph without the 2× context crop",
+    "stgraph-no_neighbours": "stgraph without neighbour features",
+    "stgraph-no_centering": "stgraph without per-slide centring",
+    "stgraph-full_rank": "stgraph at full rank (λ by LOSO)",
+    "stgraph-previous_ridge": "stgraph's previous ridge (full rank, λ = 3e4)",
+    "stgraph+smoothing": "stgraph + graph smoothing (α = 0.25)",
+    "bleep": "BLEEP", "heclip": "HECLIP", "mclstexp": "mclSTExp", "stgchb": "ST-GCHB",
+    "stgchb-no_nHSIC": "ST-GCHB without nHSIC", "stgchb-no_image_DGI": "ST-GCHB without image DGI",
+    "stgchb-no_gene_DGI": "ST-GCHB without gene DGI", "stgchb-no_PCA": "ST-GCHB without PCA (gene branch on expression)",
+    "stgchb-no_grad_clip": "ST-GCHB without gradient clipping",
+    "baseline:untrained_retrieval": "baseline: untrained retrieval",
+    "baseline:ridge": "baseline: features → PCA → ridge",
+    "baseline:kernel_ridge": "baseline: RBF kernel ridge on stgraph's features (γ, λ by LOSO)",
+    "baseline:mean_profile": "baseline: mean training profile",
+}
+
+
+def _name(method: str) -> str:
+    return NAMES.get(method, method)
+
+
+def _short(method: str) -> str:
+    """A name for difference tables: the label without its parenthesis."""
+    return _name(method).replace("**", "").split(" (`")[0]
+
+
+def _rows(folder: str) -> pd.DataFrame:
+    path = RESULTS / folder / "results.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the benchmark that writes it (see its JSON's command)")
+    return pd.read_csv(path)
+
+
+def _meta(name: str) -> dict:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _cell(mean: float, sd: float, fmt: str = ".3f") -> str:
+    if not math.isfinite(mean):
+        return "undefined"
+    return f"{mean:{fmt}} ± {sd:{fmt}}" if math.isfinite(sd) else f"{mean:{fmt}}"
+
+
+def _fmt_for(metric: str) -> str:
+    return ".1f" if metric.startswith("n_") or metric.endswith("_n") else ".3f"
+
+
+def _source(names: Sequence[str]) -> str:
+    parts = []
+    for name in names:
+        meta = _meta(name)
+        prov, machine = meta.get("provenance", {}), meta.get("machine", {})
+        where = f"`benchmarks/results/{name}.json`"
+        if (RESULTS / name).is_dir():
+            where += f" and `{name}/`"
+        if prov:
+            cpu = f"{machine.get('cpu', '?')}, {machine.get('cpu_count', '?')} cores"
+            gpu = "a CUDA GPU" if machine.get("cuda_available") else "no GPU"
+            where += (f": `{prov.get('command', '?')}` at {prov.get('commit', '?')}, {cpu}, {gpu}, "
+                      f"{meta.get('seconds', 0) / 60:.0f} min")
+        parts.append(where)
+    return "Source: " + "; ".join(parts) + "."
+
+
+def summary_table(folder: str, methods: Sequence[str], metrics: Sequence[str] = ACCURACY,
+                  extra: Sequence[tuple[str, str]] = ()) -> Callable[[], str]:
+    """Mean ± sd over folds (of the per-fold seed means) of ``metrics`` for ``methods`` of one results folder;
+    ``extra``: (folder, method) rows from other folders appended."""
+    def make() -> str:
+        from stgraph.evaluation.stats import summarize_seeds
+
+        lines = ["| method | " + " | ".join(LABELS.get(m, m) for m in metrics) + " | folds × seeds |",
+                 "| --- |" + " --- |" * (len(metrics) + 1)]
+        sources = [folder]
+        for src, method in [(folder, m) for m in methods] + list(extra):
+            rows = _rows(src)
+            if src not in sources:
+                sources.append(src)
+            rows = rows[rows["method"] == method]
+            if rows.empty:
+                raise KeyError(f"{src}/results.csv has no rows of {method!r}")
+            s = summarize_seeds(rows, metrics).loc[method]
+            cells = [_cell(s[(m, "mean")], s[(m, "sd")], _fmt_for(m)) for m in metrics]
+            lines.append(f"| {_name(method)} | " + " | ".join(cells) + f" | {int(s[('n_folds', '')])} × "
+                         f"{int(s[('n_seeds', '')])} |")
+        return "\n".join(lines) + "\n\n" + _source(sources)
+    return make
+
+
+def difference_table(folder: str, pairs: Sequence[tuple[str, str]],
+                     metrics: Sequence[str] = ("pcc_acg", "pcc_heg50")) -> Callable[[], str]:
+    """Paired differences (method − base) by fold with 95 % t-intervals, for ``pairs`` of one results folder."""
+    def make() -> str:
+        from stgraph.evaluation.stats import format_difference, paired_difference
+
+        rows = _rows(folder)
+        lines = ["| method | − | " + " | ".join(LABELS.get(m, m) for m in metrics) + " |",
+                 "| --- | --- |" + " --- |" * len(metrics)]
+        for method, base in pairs:
+            cells = [format_difference(paired_difference(rows, method, base, m)) for m in metrics]
+            lines.append(f"| {_short(method)} | {_short(base)} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n\n" + _source([folder])
+    return make
+
+
+TRUST = ["trust_spearman", "reliable_n", "reliable_r", "reliable_gt_0.1", "unreliable_r", "coverage_80",
+         "coverage_90", "coverage_95", "width_90", "ood_false_alarm"]
+LABELS.update({"trust_spearman": "Spearman(expected r, realised r)", "reliable_n": "genes flagged reliable",
+               "reliable_r": "their realised r", "reliable_gt_0.1": "share of them > 0.1",
+               "unreliable_r": "the others' r", "coverage_80": "80 % interval coverage",
+               "coverage_90": "90 % coverage", "coverage_95": "95 % coverage",
+               "width_90": "90 % width / training spread", "ood_false_alarm": "own spots flagged OOD"})
+
+
+def ood_table(name: str = "trust_her2st_ood") -> Callable[[], str]:
+    """Per shift: mean AUROC of the OOD score over the six held-out sections, mean share of spots flagged, and in
+    how many sections the slide warning fired; plus the unshifted sections' own false alarms."""
+    shifts = {"stain_moderate": "moderate stain change", "stain_strong": "strong stain change (hue +90°)",
+              "blur": "blur", "inverted": "colour inversion", "non_tissue": "non-tissue image"}
+
+    def make() -> str:
+        meta = _meta(name)
+        if not meta:
+            raise FileNotFoundError(f"benchmarks/results/{name}.json is missing")
+        frame = pd.DataFrame(meta["rows"])
+        n = len(frame)
+        lines = ["| held-out section shown as | AUROC (shifted vs own spots) | spots flagged | slide warned |",
+                 "| --- | --- | --- | --- |",
+                 f"| itself (no shift) | | {frame['false_alarm'].mean():.3f} | "
+                 f"{int(frame['slide_warning'].sum())} of {n} |"]
+        for key, label in shifts.items():
+            lines.append(f"| {label} | {_cell(frame[f'{key}_auroc'].mean(), frame[f'{key}_auroc'].std())} | "
+                         f"{_cell(frame[f'{key}_flagged'].mean(), frame[f'{key}_flagged'].std())} | "
+                         f"{int(frame[f'{key}_warning'].sum())} of {n} |")
+        return "\n".join(lines) + "\n\n" + _source([name])
+    return make
+
+
+LIST785 = "accuracy_her2st_list785"
+TABLES: dict[str, Callable[[], str]] = {
+    "accuracy_list785": summary_table(
+        LIST785, ["stgraph", "bleep", "heclip", "mclstexp", "stgchb", "baseline:kernel_ridge",
+                  "baseline:untrained_retrieval", "baseline:ridge", "baseline:mean_profile"],
+        extra=[("accuracy_her2st_list785_learned_s3", "stgraph_graph")]),
+    "ablations_list785": difference_table(
+        LIST785, [(m, "stgraph") for m in ("stgraph-full_rank", "stgraph-previous_ridge", "stgraph-no_context_crop",
+                                           "stgraph-no_neighbours", "stgraph-no_centering", "stgraph+smoothing")]
+        + [("stgraph", "baseline:kernel_ridge"), ("stgraph", "baseline:untrained_retrieval")]),
+    "learned_s3": difference_table(
+        "accuracy_her2st_list785_learned_s3", [("stgraph_graph", "stgraph"), ("stgraph", "stgraph-previous_ridge")],
+        metrics=("pcc_acg", "pcc_heg50", "pcc_hvg50")),
+    "patient": summary_table(
+        "accuracy_her2st_list785_patient", ["stgraph", "bleep", "heclip", "mclstexp", "stgchb",
+                                            "baseline:kernel_ridge", "baseline:untrained_retrieval", "baseline:ridge"],
+        metrics=["pcc_acg", "pcc_heg50", "rmse"],
+        extra=[("accuracy_her2st_list785_patient_learned_s3", "stgraph_graph")]),
+    "patient_learned_s3": difference_table(
+        "accuracy_her2st_list785_patient_learned_s3",
+        [("stgraph_graph", "stgraph"), ("stgraph", "stgraph-previous_ridge")]),
+    "stgchb_s3": summary_table(
+        "accuracy_her2st_list785_stgchb_s3", ["stgchb", "stgchb-no_nHSIC", "stgchb-no_image_DGI",
+                                              "stgchb-no_gene_DGI", "stgchb-no_PCA", "stgchb-no_grad_clip"],
+        metrics=["pcc_acg", "pcc_heg50", "pcc_hvg50", "rmse"]),
+    "stgchb_s3_diff": difference_table(
+        "accuracy_her2st_list785_stgchb_s3",
+        [(m, "stgchb") for m in ("stgchb-no_nHSIC", "stgchb-no_image_DGI", "stgchb-no_gene_DGI", "stgchb-no_PCA",
+                                 "stgchb-no_grad_clip")]),
+    "stgchb_s3_60ep": difference_table("accuracy_her2st_list785_stgchb_s3_60ep", [("stgchb-no_nHSIC", "stgchb")]),
+    "hvg": summary_table(
+        "accuracy_her2st_hvg", ["stgraph", "bleep", "heclip", "mclstexp", "stgchb", "baseline:untrained_retrieval",
+                                "baseline:ridge", "baseline:mean_profile"],
+        metrics=["pcc_acg", "pcc_heg50", "pcc_hvg50", "rmse"]),
+    "hvg_stgchb_s3": difference_table(
+        "accuracy_her2st_hvg_stgchb_s3", [(m, "stgchb") for m in ("stgchb-no_nHSIC", "stgchb-no_image_DGI",
+                                                                  "stgchb-no_gene_DGI")]),
+    "trust_list785": summary_table("trust_her2st_list785", ["stgraph", "stgraph_graph", "bleep"], metrics=TRUST),
+    "trust_shipped": summary_table("trust_her2st_shipped", ["stgraph"], metrics=["pcc_acg", "pcc_heg50"] + TRUST),
+    "trust_ood": ood_table(),
+}
+
+_BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+def render(text: str, only: Sequence[str] = ()) -> str:
+    """``text`` with every table block replaced by its freshly computed table (unknown names are an error)."""
+    def sub(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in TABLES:
+            raise KeyError(f"README table {name!r} is not in benchmarks/tables.py TABLES ({', '.join(TABLES)})")
+        if only and name not in only:
+            return m.group(0)
+        return m.group(1) + TABLES[name]() + "\n" + m.group(4)
+    return _BLOCK.sub(sub, text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 when README.md's tables differ from the results")
+    ap.add_argument("--only", nargs="+", default=(), help="these tables only")
+    ap.add_argument("--file", default=str(README), help="the Markdown file (default README.md)")
+    args = ap.parse_args(argv)
+    path = Path(args.file)
+    text = path.read_text()
+    new = render(text, args.only)
+    if args.check:
+        if new != text:
+            stale = [m.group("name") for m, n in zip(_BLOCK.finditer(text), _BLOCK.finditer(new))
+                     if m.group(0) != n.group(0)]
+            print(f"{path}: tables differ from benchmarks/results: {', '.join(stale)} "
+                  "(run python benchmarks/tables.py)", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        path.write_text(new)
+    print(f"{path}: {len(list(_BLOCK.finditer(new)))} tables from benchmarks/results")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
