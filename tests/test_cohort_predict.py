@@ -100,6 +100,11 @@ def test_a_sheet_is_checked_whole_before_any_slide(cohort, tmp_path, capsys):
     bad.write_text("file\nx.tif\n")
     assert main(["predict", "--model", str(run), "--wsi-sheet", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "needs a 'path' column" in capsys.readouterr().err
+    for bad_id in ("../outside", "manifest", ".hidden"):  # ids name files in the output folder, and only there
+        bad.write_text(f"slide_id,path\n{bad_id},x.tif\n")
+        assert main(["predict", "--model", str(run), "--wsi-sheet", str(bad), "--out", str(tmp_path / "o")]) == 2
+        assert "cannot name an output file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "outside.h5ad").exists()
 
 
 @pytest.mark.slow

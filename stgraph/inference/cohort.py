@@ -65,6 +65,14 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+def _check_id(sid: str, where: str) -> str:
+    """A slide id names its output file in the cohort folder: no folder parts, no hidden or reserved names."""
+    if "/" in sid or "\\" in sid or sid.startswith(".") or sid.lower() == Path(MANIFEST).stem:
+        raise CohortSheetError(f"{where}: slide id {sid!r} cannot name an output file in the cohort folder (no '/', "
+                               f"no leading '.', not {Path(MANIFEST).stem!r})")
+    return sid
+
+
 def read_wsi_sheet(sheet) -> list[CohortSlide]:
     """A cohort sheet (CSV): a ``path`` column (relative to the sheet's folder), optional ``slide_id`` (or
     ``sample_id``; default the file name) and ``mpp`` (µm per pixel, for slides that do not state it). Checked
@@ -88,7 +96,7 @@ def read_wsi_sheet(sheet) -> list[CohortSlide]:
         if not path:
             raise CohortSheetError(f"{where}: empty path")
         full = Path(path) if Path(path).is_absolute() else sheet.parent / path
-        sid = (row.get("slide_id") or row.get("sample_id") or "").strip() or _stem(full)
+        sid = _check_id((row.get("slide_id") or row.get("sample_id") or "").strip() or _stem(full), where)
         if sid in seen:
             raise CohortSheetError(f"{where}: slide id {sid!r} repeats line {seen[sid]} (ids name the outputs)")
         seen[sid] = i
@@ -109,7 +117,7 @@ def cohort_from_paths(paths: Sequence, mpp: Optional[float] = None) -> list[Coho
     slides, seen = [], {}
     for p in paths:
         p = Path(p)
-        sid = _stem(p)
+        sid = _check_id(_stem(p), str(p))
         if sid in seen:
             raise CohortSheetError(f"{p} and {seen[sid]} would both be named {sid!r}: give a cohort sheet with "
                                    "slide_id to tell them apart")

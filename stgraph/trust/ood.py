@@ -4,8 +4,7 @@ A spot's distance is the mean distance to its :math:`k` nearest training spots i
 space (the ridge's PCA scores of the standardised features; the contrastive image branch's joint-space
 embedding), each dimension divided by its sd over the training spots, shrunk towards the mean sd
 (:data:`WHITEN_SHRINK`; whitened: a shift along a direction the training slides hardly vary in counts as much as
-one along their main axes; on HER2+ this lifts the AUROC of a colour-inverted slide from 0.997 to 1.0 and flags
-87 % of its spots instead of 11 %). Calibration, on the
+one along their main axes, which is what a stain change or a colour inversion is). Calibration, on the
 training slides only: each training slide's spots against the *other* training slides' spots give the
 distances of spots from a slide the reference does not hold, :math:`D_{\text{cal}}`. A query spot's
 ``ood_score`` is its distance over the median of :math:`D_{\text{cal}}` (about 1 for a typical unseen
