@@ -126,8 +126,9 @@ def ood(collection, root, genes: str) -> None:
                                         "seconds": time.perf_counter() - t0})
 
 
-def cost(collection, root, genes: str) -> None:
-    """Training and prediction of stgraph.yaml on the C6 fold, with and without the trust record, 3 repeats."""
+def cost(collection, root, genes: str, methods) -> None:
+    """Training and prediction on the C6 fold, with and without the trust record: stgraph.yaml (which reuses its
+    nested choice's out-of-slide predictions) three times each, a Trainer model (BLEEP: K more trainings) once."""
     import statistics
 
     from stgraph.inference import predict_slide
@@ -136,26 +137,32 @@ def cost(collection, root, genes: str) -> None:
     fold = next(f for f in make_folds(collection.ids) if f.name == "C6")
     train = [collection[i] for i in fold.train_ids]
     test = collection[fold.test_ids[0]]
-    out = {}
-    for trust in (False, True):
-        cfg = load_config(REPO / "configs" / "stgraph.yaml", _gene_overrides(root, genes) + [
-            "train.progress=false", f"trust.reliability={str(trust).lower()}"])
-        train_model(cfg, train)  # features into the cache first: timed runs read them
-        t_train, t_pred = [], []
-        for _ in range(3):
-            t = time.perf_counter()
-            run = train_model(cfg, train)
-            t_train.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            predict_slide(run, test, interval=0.9 if trust else None)
-            t_pred.append(time.perf_counter() - t)
-        out["with_trust" if trust else "without_trust"] = {"train_s": statistics.median(t_train),
-                                                           "predict_s": statistics.median(t_pred),
-                                                           "train_all": t_train, "predict_all": t_pred}
-        print(out, flush=True)
-    out["train_ratio"] = out["with_trust"]["train_s"] / out["without_trust"]["train_s"]
-    out["predict_ratio"] = out["with_trust"]["predict_s"] / out["without_trust"]["predict_s"]
-    write_results("trust_her2st_cost", {"part": "cost", "genes": genes, "fold": "C6", **out})
+    result = {}
+    for name in methods:
+        out = {}
+        repeats = 3 if name == "stgraph" else 1
+        for trust in (False, True):
+            cfg = load_config(REPO / "configs" / METHODS[name], _gene_overrides(root, genes) + [
+                "train.progress=false", f"trust.reliability={str(trust).lower()}"])
+            if not trust:
+                train_model(cfg, train)  # features into the cache first: timed runs read them
+            t_train, t_pred = [], []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                run = train_model(cfg, train)
+                t_train.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                predict_slide(run, test, interval=0.9 if trust else None)
+                t_pred.append(time.perf_counter() - t)
+            out["with_trust" if trust else "without_trust"] = {"train_s": statistics.median(t_train),
+                                                               "predict_s": statistics.median(t_pred),
+                                                               "train_all": t_train, "predict_all": t_pred}
+        out["train_ratio"] = out["with_trust"]["train_s"] / out["without_trust"]["train_s"]
+        out["predict_ratio"] = out["with_trust"]["predict_s"] / out["without_trust"]["predict_s"]
+        print(name, out, flush=True)
+        result[name] = out
+    write_results("trust_her2st_cost", {"part": "cost", "genes": genes, "fold": "C6", "training_slides": len(train),
+                                        "methods": result})
 
 
 def main() -> None:
@@ -174,7 +181,7 @@ def main() -> None:
     if "ood" in args.part:
         ood(collection, root, "list785")
     if "cost" in args.part:
-        cost(collection, root, "list785")
+        cost(collection, root, "list785", [m for m in args.methods if m in ("stgraph", "bleep")])
     print(machine())
 
 
