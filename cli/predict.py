@@ -55,8 +55,9 @@ def add_parser(sub, parents) -> None:
                    help="refuse a grid estimated (from the tissue area, before anything is allocated) to exceed N "
                         "spots (default: 200000)")
     p.add_argument("--out", required=True,
-                   help="output .h5ad (or a .csv / .parquet table export); a folder with several --wsi slides")
-    p.add_argument("--force", action="store_true", help="replace an existing output file")
+                   help="output .h5ad (or a .csv / .parquet table export, or a SpatialData .zarr store with the H&E "
+                        "and one shape per spot); a folder with several --wsi slides")
+    p.add_argument("--force", action="store_true", help="replace an existing output file (or .zarr store) stgraph wrote")
     p.add_argument("--k", type=int, default=None,
                    help="reference spots averaged per query spot (kNN retrieval; default: the run's inference.k)")
     p.add_argument("--similarity", type=registered("inference.similarity"), default=None, metavar="NAME",

@@ -16,7 +16,8 @@ imports neither torch nor anndata):
 ``stgraph.load_run``        a run folder → :class:`~stgraph.runfolder.Run`
 ``stgraph.predict``         :func:`~stgraph.inference.predict_slide`: ``Run`` + slide → predicted AnnData
 ``stgraph.predict_wsi``     :func:`~stgraph.inference.wsi.predict_wsi`: ``Run`` + whole-slide image → AnnData
-``stgraph.write_prediction``  a prediction → ``.h5ad`` (or ``.csv`` / ``.parquet``)
+``stgraph.write_prediction``  a prediction → ``.h5ad`` (or ``.csv`` / ``.parquet`` / SpatialData ``.zarr``)
+``stgraph.write_spatialdata``  a prediction → a SpatialData ``.zarr`` store (H&E, shapes, table)
 ``stgraph.extend_reference``  add slides with expression to a run's reference, no retraining
 ``stgraph.make_folds``      leave-one-section-out (or patient-aware) folds of slide ids
 ``stgraph.evaluate``        :func:`~stgraph.evaluation.cross_validate`: configs × folds (+ baselines) → table
@@ -40,6 +41,7 @@ _API = {
     "predict": ("stgraph.inference.predict", "predict_slide"),
     "predict_wsi": ("stgraph.inference.wsi", "predict_wsi"),
     "write_prediction": ("stgraph.inference.predict", "write_prediction"),
+    "write_spatialdata": ("stgraph.inference.spatialdata_out", "write_spatialdata"),
     "extend_reference": ("stgraph.inference.predict", "extend_reference"),
     "make_folds": ("stgraph.evaluation.folds", "make_folds"),
     "evaluate": ("stgraph.evaluation.protocol", "cross_validate"),
@@ -60,6 +62,7 @@ if _TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is impor
     from .evaluation.protocol import cross_validate as evaluate
     from .inference.predict import extend_reference, write_prediction
     from .inference.predict import predict_slide as predict
+    from .inference.spatialdata_out import write_spatialdata
     from .inference.wsi import predict_wsi
     from .runfolder import load_run
     from .training.job import train_model as train

@@ -20,6 +20,7 @@ HOMES = {
     "predict": "stgraph.inference:predict_slide",
     "predict_wsi": "stgraph.inference.wsi:predict_wsi",
     "write_prediction": "stgraph.inference:write_prediction",
+    "write_spatialdata": "stgraph.inference.spatialdata_out:write_spatialdata",
     "extend_reference": "stgraph.inference:extend_reference",
     "make_folds": "stgraph.evaluation:make_folds",
     "evaluate": "stgraph.evaluation:cross_validate",

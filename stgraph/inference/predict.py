@@ -269,8 +269,9 @@ class PredictionOutputError(StgraphError, ValueError):
     """An output path stgraph cannot write (unknown suffix, a missing optional writer)."""
 
 
-#: Output suffixes ``write_prediction`` understands: the AnnData, or a table export.
-OUTPUT_SUFFIXES = (".h5ad", ".csv", ".parquet")
+#: Output suffixes ``write_prediction`` understands: the AnnData, a table export, or a SpatialData store (a
+#: ``.zarr`` folder, :mod:`stgraph.inference.spatialdata_out`).
+OUTPUT_SUFFIXES = (".h5ad", ".csv", ".parquet", ".zarr")
 
 
 def prediction_table(adata: AnnData) -> pd.DataFrame:
@@ -289,8 +290,8 @@ def prediction_table(adata: AnnData) -> pd.DataFrame:
 
 
 def check_output_path(path: str | Path, force: bool = False) -> Path:
-    """Validate an output path before any compute: a known suffix, parquet's writer importable, and no
-    existing file unless ``force``."""
+    """Validate an output path before any compute: a known suffix, parquet's (or spatialdata's) writer
+    importable, and no existing file (or ``.zarr`` store) unless ``force``."""
     path = Path(path)
     if path.suffix not in OUTPUT_SUFFIXES:
         raise PredictionOutputError(f"output must end in one of {', '.join(OUTPUT_SUFFIXES)}, got {path}")
@@ -300,7 +301,13 @@ def check_output_path(path: str | Path, force: bool = False) -> Path:
         except ImportError:
             raise PredictionOutputError(f"writing {path} needs pyarrow, which is not installed "
                                         "(pip install pyarrow), or write .csv or .h5ad instead") from None
-    if path.is_dir():
+    if path.suffix == ".zarr":
+        import importlib.util
+
+        if importlib.util.find_spec("spatialdata") is None:
+            raise PredictionOutputError(f"writing {path} needs spatialdata, which is not installed "
+                                        "(pip install 'stgraph[spatialdata]'), or write .h5ad instead")
+    elif path.is_dir():
         raise PredictionOutputError(f"output {path} is an existing folder, not a file")
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists (use --force to replace it)")
@@ -317,9 +324,14 @@ def write_prediction(adata: AnnData, path: str | Path, force: bool = False) -> P
     """Write ``adata`` to ``path`` atomically; refuse to replace an existing file unless ``force``.
 
     ``.h5ad``: the AnnData (plottable with ``sc.pl.spatial``); ``.csv`` / ``.parquet`` (needs pyarrow): the
-    :func:`prediction_table` export.
+    :func:`prediction_table` export; ``.zarr``: a SpatialData store with the H&E, one shape per spot and the
+    prediction as its table (needs spatialdata, :func:`~stgraph.inference.spatialdata_out.write_spatialdata`).
     """
     path = check_output_path(path, force=True)
+    if path.suffix == ".zarr":
+        from .spatialdata_out import write_spatialdata
+
+        return write_spatialdata(adata, path, force=force)
     from ..utils.io import check_free_space
 
     x = adata.X

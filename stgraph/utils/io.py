@@ -15,8 +15,8 @@ import numpy as np
 
 from ..errors import StgraphError
 
-__all__ = ["atomic_path", "atomic_save_npy", "atomic_write_text", "check_writable_dir", "check_output_file",
-           "check_not_in_run_folder", "DestinationError", "check_apart", "file_fingerprint", "bytes_digest",
+__all__ = ["atomic_path", "atomic_dir", "atomic_save_npy", "atomic_write_text", "check_writable_dir",
+           "check_output_file", "check_not_in_run_folder", "DestinationError", "check_apart", "file_fingerprint", "bytes_digest",
            "is_stgraph_output", "check_free_space", "DiskFullError",
            "FULL_HASH_BYTES"]
 
@@ -157,8 +157,11 @@ def check_free_space(path: str | os.PathLike, nbytes: int, what: str = "output")
 def is_stgraph_output(path: str | os.PathLike) -> bool:
     """Whether an existing file is an output stgraph wrote (so ``--force`` may replace it): a prediction
     ``.h5ad`` (``uns['stgraph']``), its ``.csv`` / ``.parquet`` export (columns ``spot, x, y`` first), or a
-    figure whose PNG metadata says ``Software: stgraph``. Anything else is the user's."""
+    figure whose PNG metadata says ``Software: stgraph``, or a SpatialData ``.zarr`` store whose root attributes
+    carry ``stgraph``. Anything else is the user's."""
     path = Path(path)
+    if path.is_dir() and not path.is_symlink() and path.suffix.lower() == ".zarr":
+        return _zarr_root_attrs(path).get("stgraph") is not None
     if path.is_symlink() or not path.is_file():
         return False
     suffix = path.suffix.lower()
@@ -184,6 +187,22 @@ def is_stgraph_output(path: str | os.PathLike) -> bool:
     except Exception:  # unreadable: not provably ours
         return False
     return False
+
+
+def _zarr_root_attrs(path: Path) -> dict:
+    """The root group attributes of a zarr store (v3 ``zarr.json`` or v2 ``.zattrs``); ``{}`` when unreadable."""
+    import json
+
+    for name, nested in (("zarr.json", True), (".zattrs", False)):
+        meta = path / name
+        if meta.is_file() and not meta.is_symlink():
+            try:
+                data = json.loads(meta.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return {}
+            attrs = data.get("attributes", {}) if nested and isinstance(data, dict) else data
+            return attrs if isinstance(attrs, dict) else {}
+    return {}
 
 
 #: Files up to this size are hashed whole; larger ones (whole-slide images) by a sampled fingerprint.
@@ -262,9 +281,48 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a path inside a temporary folder beside ``path`` (``.<name>.<pid>-<random>.tmp/<name>``) for an
+    output that is a folder (a ``.zarr`` store); when the block succeeds it is renamed onto ``path``.
+
+    An existing ``path`` (with ``overwrite``) is moved aside first and removed only once the new folder is in
+    place (moved back if that rename fails), so ``path`` holds the old output or the whole new one, never a
+    half-written one. The temporary folder is removed when the block fails; one left by a killed writer is
+    removed by the next write of the same path (:func:`remove_dead_temporaries`).
+    Raises ``FileExistsError`` (naming the folder) when ``path`` exists and ``overwrite`` is false.
+    """
+    import shutil
+
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass overwrite/--force to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(path)
+    work = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp"))
+    target = work / path.name
+    try:
+        yield target
+        if not target.exists():
+            raise FileNotFoundError(f"nothing was written to the temporary {target}")
+        old = None
+        if path.exists() or path.is_symlink():
+            old = work / f".old-{path.name}"
+            os.replace(path, old)
+        try:
+            os.replace(target, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+            raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def remove_dead_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Remove the temporaries :func:`atomic_path` left beside ``path`` when their writer died
-    (``.<name>.<pid>-<random>.tmp`` whose pid is no longer alive on this host); returns what was removed."""
+    """Remove the temporaries :func:`atomic_path` (files) and :func:`atomic_dir` (folders) left beside
+    ``path`` when their writer died (``.<name>.<pid>-<random>.tmp`` whose pid is no longer alive on this host);
+    returns what was removed."""
     import re
 
     from .lock import _pid_alive
@@ -280,12 +338,20 @@ def remove_dead_temporaries(path: str | os.PathLike) -> list[Path]:
         m = pattern.match(name)
         if m and not _pid_alive(int(m.group(1))):
             p = path.parent / name
-            if p.is_file() and not p.is_symlink():
+            if p.is_symlink():
+                continue
+            if p.is_file():
                 try:
                     p.unlink()
                     removed.append(p)
                 except OSError:
                     pass
+            elif p.is_dir():
+                import shutil
+
+                shutil.rmtree(p, ignore_errors=True)
+                if not p.exists():
+                    removed.append(p)
     return removed
 
 

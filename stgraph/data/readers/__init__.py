@@ -27,6 +27,7 @@ from .legacy_st import (HER2ST_IMAGED_SECTIONS, HER2ST_SPOT_DIAMETER_PX, read_he
 from .spot_csv import read_spot_csv
 from .hest import read_hest
 from .visium_hd import read_visium_hd
+from .spatialdata import read_spatialdata
 from .sample_sheet import SampleSheetError, parse_sample_sheet
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "read_spot_csv",
     "read_hest",
     "read_visium_hd",
+    "read_spatialdata",
     "read_slide",
     "validate_slide",
     "image_size",
@@ -61,6 +63,8 @@ def read_slide(path, format: Optional[str] = None, **kwargs) -> AnnData:
         - an ``.h5ad`` file → :func:`read_h5ad`;
         - a Space Ranger folder (a ``*_bc_matrix.h5`` or ``spatial/tissue_positions*.csv``) →
           :func:`read_visium`;
+        - a SpatialData store (a ``.zarr`` folder with ``tables``/``images``/``shapes``) →
+          :func:`read_spatialdata` (``table=``, ``image=``, ... in ``kwargs``);
         - a HER2+ root (``ST-cnts/``…) with ``section=…`` in ``kwargs`` → :func:`read_her2st`;
         - a legacy ST folder (one counts ``.tsv(.gz)``, one ``*_selection.tsv``, an optional image) or a
           ``(counts, spots[, image])`` tuple → :func:`read_st_legacy`.
@@ -77,7 +81,7 @@ def read_slide(path, format: Optional[str] = None, **kwargs) -> AnnData:
         return read_st_legacy(*path, **kwargs)
     path = Path(path)
     if not path.exists():
-        raise missing_file(path, "slide (.h5ad file, Space Ranger folder or legacy ST folder)")
+        raise missing_file(path, "slide (.h5ad file, Space Ranger folder, SpatialData .zarr store or legacy ST folder)")
     for name, reader in READERS.items():
         detect = getattr(reader, "detect", None)
         if detect is not None and detect(path, kwargs):
@@ -88,5 +92,6 @@ def read_slide(path, format: Optional[str] = None, **kwargs) -> AnnData:
     raise SlideFormatError(
         f"cannot tell the layout of {path}: looked for an .h5ad file, a Space Ranger folder "
         f"({' / '.join(_VISIUM_MATRICES)} or spatial/{' / '.join(_VISIUM_POSITIONS)}), a HER2+ root "
-        "(ST-cnts/ with section=...) and a legacy ST folder (*.tsv(.gz) counts + *_selection.tsv + image)"
+        "(ST-cnts/ with section=...), a SpatialData .zarr store (zarr.json + tables/ or images/) and a legacy ST "
+        "folder (*.tsv(.gz) counts + *_selection.tsv + image)"
     )
