@@ -39,8 +39,8 @@ def add_parser(sub, parents) -> None:
     w.add_argument("--grid", default="visium", metavar="visium|st|UM",
                    help="spot grid: Visium hex (100 µm pitch, 55 µm spots), legacy ST (200 µm, 100 µm spots) "
                         "or a square pitch in µm (default: visium)")
-    w.add_argument("--format", choices=["h5ad", "csv", "parquet"], default="h5ad",
-                   help="file type written into an output folder (several slides)")
+    w.add_argument("--format", choices=["h5ad", "csv", "parquet", "zarr"], default="h5ad",
+                   help="file type written into an output folder (several slides; zarr: SpatialData stores)")
     w.add_argument("--cache", action="store_true",
                    help="keep the slide's features in the user cache dir and reuse them (size is logged)")
     w.add_argument("--cache-dir", default=None, metavar="DIR",

@@ -145,3 +145,21 @@ def test_a_cohort_killed_midway_and_rerun_predicts_each_slide_once(cohort, tmp_p
     for name, mtime in first.items():  # finished before the kill: not predicted again
         assert (out / name).stat().st_mtime_ns == mtime
     assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "s0.h5ad", "s1.h5ad", "s2.h5ad", "s3.h5ad"]
+
+
+def test_a_cohort_written_as_spatialdata_stores(cohort, tmp_path, capsys):
+    """--format zarr: one SpatialData store per slide; a rerun finds the stores done."""
+    sd = pytest.importorskip("spatialdata")
+    from stgraph.cli.main import main
+
+    run, sheet = cohort
+    two = tmp_path / "two.csv"
+    two.write_text("slide_id,path\n" + "".join(f"s{i},{sheet.parent / f's{i}.tif'}\n" for i in range(2)))
+    out = tmp_path / "preds"
+    args = ["predict", "--model", str(run), "--wsi-sheet", str(two), "--grid", "40", "--out", str(out),
+            "--format", "zarr"]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "s0.zarr", "s1.zarr"]
+    store = sd.read_zarr(out / "s0.zarr")
+    assert int(_manifest(out)["s0"]["spots"]) == next(iter(store.tables.values())).n_obs
+    assert main(args) == 0 and "0 predicted, 2 already done" in capsys.readouterr().out

@@ -215,7 +215,7 @@ def predict_cohort(run, slides: Sequence[CohortSlide], out_dir, predict_one: Cal
     records = read_manifest(out_dir)
     output = {s.slide_id: out_dir / f"{s.slide_id}.{fmt}" for s in slides}
     done_before = {s.slide_id for s in slides if not force and records.get(s.slide_id, {}).get("status") == "done"
-                   and output[s.slide_id].is_file()}
+                   and output[s.slide_id].exists()}  # a file, or a .zarr store's folder
     todo = [s for s in slides if s.slide_id not in done_before]
     # Every rank estimates a slice of the areas; all of them plan the same shards from the gathered list.
     mine = [i for i in range(len(todo)) if i % dist_env.world_size == dist_env.rank]
