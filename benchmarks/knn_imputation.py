@@ -246,12 +246,19 @@ def main(argv=None) -> int:
                   f"+ imputation {r['impute_s']:.2f} s = {r['total_s']:.2f} s")
     for folder in {r["folder"] for r in rows if r.get("saved")}:
         shutil.rmtree(folder, ignore_errors=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import provenance
+
+    extra = {}
     if args.only_saved and args.output.is_file():
-        # Keep the other rows of the earlier full run; replace its saved-run rows.
-        earlier = json.loads(args.output.read_text())["results"]
-        rows = [r for r in earlier if not r.get("saved")] + rows
+        # Keep the other rows of the earlier full run (with that run's machine and command); replace its
+        # saved-run rows.
+        earlier = json.loads(args.output.read_text())
+        rows = [r for r in earlier["results"] if not r.get("saved")] + rows
+        extra = {"other_rows_from": {"machine": earlier.get("machine"),
+                                     "provenance": earlier.get("provenance", "not recorded")}}
     payload = {"benchmark": "knn_imputation", "dim": DIM, "n_genes": N_GENES, "similarity": "cosine",
-               "machine": machine(), "results": rows}
+               "machine": machine(), "provenance": provenance(), **extra, "results": rows}
     write_json_atomically(args.output, payload)
     print(f"\nwritten to {args.output}")
     return 0
