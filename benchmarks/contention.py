@@ -8,11 +8,12 @@ settings stgraph can choose:
 
 * ``default``: torch's own (a thread per core, libgomp's spin-waiting);
 * ``passive``: ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep when they wait);
-* ``stgraph``: what the CLI does now (:func:`stgraph.utils.threads.configure_threads`).
+* ``stgraph``: what the CLI does now (:func:`stgraph.utils.threads.configure_threads`);
+* ``spin<N>``: ``GOMP_SPINCOUNT=N`` (idle threads spin N times, then sleep).
 
 Writes ``benchmarks/results/contention.json``. Run it alone on the machine (nothing else CPU-heavy)::
 
-    python benchmarks/contention.py [--epochs 30]
+    python benchmarks/contention.py [--epochs 30] [--policies default passive stgraph spin1000]
 """
 from __future__ import annotations
 
@@ -50,7 +51,9 @@ print(json.dumps({"epoch_seconds": h, "threads": torch.get_num_threads()}))
 
 
 def _env(policy: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if policy.startswith("spin"):
+        env["GOMP_SPINCOUNT"] = policy[len("spin"):]
     if policy == "passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     if policy == "stgraph":
@@ -71,12 +74,13 @@ def _run(n: int, policy: str, root: Path, cache: Path, epochs: int) -> list[dict
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--policies", nargs="+", default=["default", "passive", "stgraph", "spin1000", "spin100"])
     args = ap.parse_args()
     root = SHARED / "data" / "her2st"
     cache = Path(os.environ.get("STGRAPH_CACHE_DIR", "/tmp/stgraph-contention-cache"))
     _run(1, "default", root, cache, 1)  # fill the feature cache: every timed run reads it
     rows = []
-    for policy in ("default", "passive", "stgraph"):
+    for policy in args.policies:
         for n in (1, 3):
             t0 = time.perf_counter()
             results = _run(n, policy, root, cache, args.epochs)
@@ -86,7 +90,7 @@ def main() -> None:
                          "epoch_seconds": results[0]["epoch_seconds"]})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "epoch_seconds"}), flush=True)
     summary = {}
-    for policy in ("default", "passive", "stgraph"):
+    for policy in args.policies:
         alone = next(r for r in rows if r["policy"] == policy and r["processes"] == 1)["median_epoch_s"]
         shared = next(r for r in rows if r["policy"] == policy and r["processes"] == 3)["median_epoch_s"]
         summary[policy] = {"alone_s": alone, "beside_two_s": shared, "slowdown": shared / alone}

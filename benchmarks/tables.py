@@ -181,18 +181,20 @@ def _load(name: str) -> dict:
     return meta
 
 
-def _where(name: str) -> str:
-    """``file`` (CPU, cores; the command when the file records one)."""
-    meta = _load(name)
-    machine, prov = meta.get("machine", {}), meta.get("provenance", {})
+def _where(name: str, part: dict | None = None) -> str:
+    """``file`` (CPU, cores; the command when the file records one); ``part``: the machine and provenance of the
+    rows quoted, where a file keeps rows of an earlier run beside its own."""
+    meta = part if part is not None else _load(name)
+    machine, prov = meta.get("machine") or {}, meta.get("provenance") or {}
+    prov = prov if isinstance(prov, dict) else {}
     cpu = f"{machine.get('cpu', '?')}, {machine.get('cpu_count', '?')} cores"
     cmd = f"; `{prov['command']}` at {prov.get('commit', '?')}" if prov.get("command") else "; command not recorded"
     return f"`{name}.json` ({cpu}{cmd})"
 
 
-def _line(what: str, figure: str, name: str) -> str:
+def _line(what: str, figure: str, name: str, part: dict | None = None) -> str:
     """One row of the speed table: the step, its figures, and the file (with machine and command) they are from."""
-    return f"| {what} | {figure} | {_where(name)} |"
+    return f"| {what} | {figure} | {_where(name, part)} |"
 
 
 def _gib(mib: float) -> str:
@@ -233,6 +235,7 @@ def _row_speed() -> list[str]:
 def _row_knn() -> list[str]:
     d = _load("knn_imputation")
     rows = d["results"]
+    earlier = d.get("other_rows_from")  # rows kept from an earlier run, with its machine and command
 
     def pick(**kw):
         return [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
@@ -243,14 +246,14 @@ def _row_knn() -> list[str]:
         cells = "; ".join(f"{r['backend']} {r.get('resolved_index', r['index'])} {r['impute_s']:.2f} s"
                           + (f" (+ build {r['build_s']:.2f} s, recall@50 {r['recall_at_k']:.3f})"
                              if "recall_at_k" in r else "") for r in small)
-        out.append(f"| kNN imputation, 1e3 queries × 1e5 reference, k = 50, d = 256, 785 genes | {cells} | "
-                   f"{_where('knn_imputation')} |")
+        out.append(_line("kNN imputation, 1e3 queries × 1e5 reference, k = 50, d = 256, 785 genes", cells,
+                         "knn_imputation", earlier))
     big = [r for r in pick(n_query=10000, n_ref=100000) if not r.get("saved")]
     if big:
         cells = "; ".join(f"{r['backend']} ({r.get('resolved_index', r['index'])}, {r.get('data', 'clustered')}) "
                           f"{r['impute_s']:.1f} s + build {r['build_s']:.1f} s"
                           + (f", recall@50 {r['recall_at_k']:.3f}" if "recall_at_k" in r else "") for r in big)
-        out.append(f"| kNN imputation, 1e4 queries × 1e5 reference | {cells} | {_where('knn_imputation')} |")
+        out.append(_line("kNN imputation, 1e4 queries × 1e5 reference", cells, "knn_imputation", earlier))
     saved = pick(saved="build") + pick(saved="read")
     if saved:
         cells = "; ".join(f"index {'built' if r['saved'] == 'build' else 'read from the run folder'}: total "
@@ -339,9 +342,11 @@ def _row_contention() -> list[str]:
     if not _meta("contention"):
         return []
     d = _load("contention")
-    what = "the demo's epoch (cpu/bleep, cached features) alone and beside two more trainings, by thread policy (median)"
-    return [_line(what, "; ".join(f"{r['policy']} ×{r['processes']}: {r['median_epoch_s']:.3f} s" for r in d["rows"]),
-                  "contention")]
+    what = ("the demo's epoch (cpu/bleep, cached features; median) alone → beside two more of the same trainings, "
+            "by OpenMP wait policy")
+    cells = "; ".join(f"{p}: {r['alone_s']:.3f} → {r['beside_two_s']:.3f} s (×{r['slowdown']:.1f})"
+                      for p, r in d["summary"].items())
+    return [_line(what, cells, "contention")]
 
 
 def speed_table() -> str:
@@ -384,13 +389,6 @@ TABLES: dict[str, Callable[[], str]] = {
         [(m, "stgchb") for m in ("stgchb-no_nHSIC", "stgchb-no_image_DGI", "stgchb-no_gene_DGI", "stgchb-no_PCA",
                                  "stgchb-no_grad_clip")]),
     "stgchb_s3_60ep": difference_table("accuracy_her2st_list785_stgchb_s3_60ep", [("stgchb-no_nHSIC", "stgchb")]),
-    "hvg": summary_table(
-        "accuracy_her2st_hvg", ["stgraph", "bleep", "heclip", "mclstexp", "stgchb", "baseline:untrained_retrieval",
-                                "baseline:ridge", "baseline:mean_profile"],
-        metrics=["pcc_acg", "pcc_heg50", "pcc_hvg50", "rmse"]),
-    "hvg_stgchb_s3": difference_table(
-        "accuracy_her2st_hvg_stgchb_s3", [(m, "stgchb") for m in ("stgchb-no_nHSIC", "stgchb-no_image_DGI",
-                                                                  "stgchb-no_gene_DGI")]),
     "trust_list785": summary_table("trust_her2st_list785", ["stgraph", "stgraph_graph", "bleep"], metrics=TRUST),
     "trust_shipped": summary_table("trust_her2st_shipped", ["stgraph"], metrics=["pcc_acg", "pcc_heg50"] + TRUST),
     "trust_ood": ood_table(),
