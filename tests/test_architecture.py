@@ -140,9 +140,12 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
                                           ("stgraph.runfolder", "stgraph.training"),
                                           ("stgraph.runfolder", "stgraph.inference"),
                                           ("stgraph.retrieval", "stgraph.preprocess"),
+                                          ("stgraph.trust", "stgraph.runfolder"),
+                                          ("stgraph.trust", "stgraph.training"),
+                                          ("stgraph.trust", "stgraph.inference"),
                                           ("stgraph.data", "stgraph.preprocess")])
 def test_layers_import_only_the_layers_below(lower, upper):
-    """docs/architecture.md's order: preprocess → runfolder → training | inference (every import counted)."""
+    """docs/architecture.md's order: preprocess, trust → runfolder → training | inference (every import counted)."""
     graph = _subpackage_graph(top_level_only=False)
     assert lower in graph and upper not in _reachable(graph, lower)
 

@@ -124,3 +124,22 @@ def test_quick_commands_do_not_import_torch(argv):
             "print('torch' in sys.modules)") % (argv,)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout[-500:] + out.stderr[-500:]
+
+
+def test_the_cli_lets_idle_openmp_threads_sleep_unless_the_user_chose_a_policy():
+    """configure_threads runs before torch loads: it sets GOMP_SPINCOUNT, and never overrides a user's own
+    OMP_WAIT_POLICY or GOMP_SPINCOUNT (benchmarks/contention.py measures why)."""
+    import os
+    import subprocess
+    import sys
+
+    from stgraph.utils.threads import SPIN_COUNT
+
+    code = ("import os; from stgraph.utils.threads import configure_threads; configure_threads(); "
+            "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
+    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    run = lambda env: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,  # noqa: E731
+                                     text=True, check=True).stdout.split()
+    assert run(base) == [SPIN_COUNT, "None"]
+    assert run({**base, "OMP_WAIT_POLICY": "ACTIVE"}) == ["None", "ACTIVE"]
+    assert run({**base, "GOMP_SPINCOUNT": "5"}) == ["5", "None"]

@@ -86,6 +86,7 @@ def _batchnorm_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned gloo processes; make test keeps the one spawn that checks every model kind
 def test_global_batchnorm_over_two_ranks_equals_batchnorm_over_the_whole_batch(tmp_path):
     """Forward, running statistics and gradients of two ranks' slices equal one BatchNorm over the whole
     batch (the weight's gradient is summed over ranks, as DDP's average of N × the loss gives)."""
@@ -103,6 +104,7 @@ def test_global_batchnorm_over_two_ranks_equals_batchnorm_over_the_whole_batch(t
     torch.testing.assert_close(r0["weight_grad"] + r1["weight_grad"], bn.weight.grad, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # two spawned gloo processes
 def test_gather_rows_and_ddp_unused_parameters(tmp_path):
     mp.spawn(_primitives_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     torch.manual_seed(0)

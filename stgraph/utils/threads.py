@@ -9,11 +9,12 @@ from typing import Iterator
 
 __all__ = ["keep_torch_threads", "configure_threads", "SPIN_COUNT"]
 
-#: Iterations an idle OpenMP (libgomp) thread spins before it sleeps, when the user set no policy of their own:
-#: libgomp's default, 300,000, keeps a waiting thread on its core for about a millisecond, which on a machine
-#: shared with other torch processes turns every parallel region of a small model into a scheduler quantum
-#: (``benchmarks/results/contention.json``).
-SPIN_COUNT = "10000"
+#: Iterations an idle OpenMP (libgomp) thread spins before it sleeps, when the user set no policy of their own.
+#: libgomp's default (300,000) keeps waiting threads on their cores, which on a machine shared with other torch
+#: processes turns every parallel region of a small model into a wait for the scheduler; sleeping at once
+#: (``OMP_WAIT_POLICY=PASSIVE``) slows a process running alone. ``benchmarks/results/contention.json`` measures
+#: the demo's epoch alone and beside two more trainings for each setting; 1,000 keeps both close to the best.
+SPIN_COUNT = "1000"
 
 
 def configure_threads() -> dict:
