@@ -385,6 +385,38 @@ def test_auto_index_switches_to_ivf_on_large_references_and_recalls_the_exact_ne
     torch.testing.assert_close(small.search(query, k)[1], exact, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("similarity", ["cosine", "l2"])
+def test_queries_grouped_by_ivf_cell_get_exactly_the_neighbours_of_an_ungrouped_search(similarity, monkeypatch):
+    ref = clustered_embeddings(3000)
+    query = clustered_embeddings(700, seed=2)
+    ivf = FaissKNN(similarity, index="ivf", nlist=40, nprobe=3).fit(ref)
+    assert ivf._cell_order(ivf._as_faiss_input(torch.from_numpy(query))) is not None  # grouped at this size
+    scores, rows = ivf.search(query, 10)
+    monkeypatch.setattr(FaissKNN, "GROUP_QUERIES_FROM", 10 ** 9)
+    assert ivf._cell_order(ivf._as_faiss_input(torch.from_numpy(query))) is None
+    plain_scores, plain_rows = ivf.search(query, 10)
+    # nprobe 3 of 40 is approximate: equal results can only come from giving each query its own answer back
+    torch.testing.assert_close(rows, plain_rows, rtol=0, atol=0)
+    torch.testing.assert_close(scores, plain_scores, rtol=0, atol=0)
+    _, exact = FaissKNN(similarity, index="flat").fit(ref).search(query, 10)
+    assert not torch.equal(rows, exact)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_all_finite_agrees_with_an_elementwise_check(dtype):
+    from stgraph.retrieval.knn import all_finite
+
+    big = np.full((1000, 50), np.finfo(dtype).max, dtype=dtype)  # finite, and its float32 sum would overflow
+    assert all_finite(big) and all_finite(np.zeros((0, 3), dtype))
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.ones((30, 7), dtype)
+        x[17, 3] = bad
+        assert not all_finite(x)
+    both = np.ones(10, dtype)
+    both[[2, 5]] = [np.inf, -np.inf]
+    assert not all_finite(both)
+
+
 def test_reference_store_builds_its_index_once_and_predicts_like_a_fresh_backend():
     from stgraph.retrieval.reference import ReferenceStore
 

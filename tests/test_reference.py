@@ -26,6 +26,17 @@ def make_store(n_per_slide=12, slides=("A1", "B1"), dim=6, sparse=False, seed=0)
     )
 
 
+def mapped(a) -> bool:
+    """Whether an array's memory is a file mapping (anywhere down its chain of bases)."""
+    import mmap
+
+    while a is not None:
+        if isinstance(a, (np.memmap, mmap.mmap)):
+            return True
+        a = getattr(a, "base", None)
+    return False
+
+
 def dense(x):
     return x.toarray() if sp.issparse(x) else x
 
@@ -80,6 +91,39 @@ def test_truncated_file_raises_reference_store_error_naming_the_file(tmp_path):
     path = make_store(n_per_slide=200).save(tmp_path / "cut.h5")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ReferenceStoreError, match="cut.h5"):
+        ReferenceStore.load(path)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_loaded_store_is_mapped_from_the_file_and_never_writes_to_it(tmp_path, sparse):
+    store = make_store(n_per_slide=50, sparse=sparse)
+    path = store.save(tmp_path / "ref.h5")
+    loaded = ReferenceStore.load(path)
+    emb = loaded.embeddings
+    assert mapped(emb) and emb.flags.writeable  # copy-on-write: no up-front read
+    values = loaded.expression.data if sparse else loaded.expression
+    values[:] = -1.0
+    emb[:] = 0.0
+    again = ReferenceStore.load(path)
+    np.testing.assert_array_equal(again.embeddings, store.embeddings)
+    np.testing.assert_array_equal(dense(again.expression), dense(store.expression))
+
+
+def test_a_compressed_store_is_read_rather_than_mapped(tmp_path):
+    store = make_store(n_per_slide=50)
+    loaded = ReferenceStore.load(store.save(tmp_path / "ref.h5", compression="gzip"))
+    assert not mapped(loaded.embeddings)
+    np.testing.assert_array_equal(loaded.embeddings, store.embeddings)
+    np.testing.assert_array_equal(loaded.expression, store.expression)
+
+
+def test_a_file_cut_inside_the_expression_is_refused_before_mapping_it(tmp_path):
+    path = make_store(n_per_slide=400).save(tmp_path / "cut.h5")
+    with h5py.File(path, "r") as f:
+        offset = f["expression"].id.get_offset()
+    data = path.read_bytes()
+    path.write_bytes(data[: offset + 16])
     with pytest.raises(ReferenceStoreError, match="cut.h5"):
         ReferenceStore.load(path)
 

