@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "knn_imputation.json"
 DIM, N_GENES, K, N_CLUSTERS = 256, 785, 50, 200
 REPEATS = 2  # the best of two: other processes share the cores
+SAVED_READ_RUNS = 5  # fresh processes for the first prediction from a saved run (the median is reported)
 
 
 def cases(quick: bool) -> list[dict]:
@@ -244,11 +245,19 @@ def main(argv=None) -> int:
     for case in cases(args.quick):
         if args.only_saved and not case.get("saved"):
             continue
-        proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True,
-                              text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"benchmark case {case} failed:\n{proc.stderr}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        runs = []
+        # a saved-run read is one cold first prediction per process: it runs in SAVED_READ_RUNS fresh
+        # processes and the median run is reported (all totals kept)
+        for _ in range(SAVED_READ_RUNS if case.get("saved") == "read" else 1):
+            proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True,
+                                  text=True, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"benchmark case {case} failed:\n{proc.stderr}")
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        row = sorted(runs, key=lambda r: r["total_s"])[len(runs) // 2]
+        if len(runs) > 1:
+            row["total_s_runs"] = [r["total_s"] for r in runs]
+        rows.append(row)
         print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(format_table(rows))
@@ -256,7 +265,9 @@ def main(argv=None) -> int:
         if r.get("saved"):
             print(f"saved run, index {r['saved']}: store load {r['load_s']:.2f} s + index {r['build_s']:.2f} s "
                   f"+ imputation {r['impute_s']:.2f} s = {r['total_s']:.2f} s"
-                  + (f", recall@{r['k']} {r['recall_at_k']:.3f}" if "recall_at_k" in r else ""))
+                  + (f", recall@{r['k']} {r['recall_at_k']:.3f}" if "recall_at_k" in r else "")
+                  + (f" (median of {len(r['total_s_runs'])} processes: {r['total_s_runs']})"
+                     if "total_s_runs" in r else ""))
     for folder in {r["folder"] for r in rows if r.get("saved")}:
         shutil.rmtree(folder, ignore_errors=True)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
