@@ -261,6 +261,73 @@ def test_fine_tuning_reads_patches_by_region(tiny_config, tiff_slide, synthetic_
     assert np.isfinite(loss).all() and loss[-1] != loss[0]
 
 
+def _identifiable_slides(tmp_path):
+    """Two stored slides whose rows say who they are: features (slide, row), expression slide·1000 + row + 1
+    in column row % 3, coords (row, row)."""
+    import scipy.sparse as sp
+
+    from stgraph.data.feature_store import FeatureStore
+    from stgraph.preprocess.cohort import StoredSlide
+
+    store = FeatureStore(tmp_path)
+    slides = []
+    for i, n in enumerate([37, 50]):
+        rows = np.arange(n)
+        feats = np.stack([np.full(n, i), rows], 1).astype(np.float16)
+        expr = sp.csr_matrix((i * 1000.0 + rows + 1, (rows, rows % 3)), shape=(n, 3), dtype=np.float32)
+        f = store.write(f"s{i}", {"f": i}, feats, chunk_rows=8)
+        e = store.write(f"s{i}", {"e": i}, expr)
+        slides.append(StoredSlide(f"s{i}", n, f, e, e, np.stack([rows, rows], 1)))
+    return slides
+
+
+def _check_identities(batch) -> tuple:
+    slide, row = batch["features"][:, 0].long(), batch["features"][:, 1].long()
+    assert batch["features"].dtype == torch.float32 and batch["spot_input"].dtype == torch.float32
+    assert torch.equal(batch["coords"][:, 0], row)
+    assert torch.equal(batch["spot_input"].sum(1), (slide * 1000 + row + 1).float())
+    assert torch.equal(batch["spot_input"].argmax(1), row % 3)
+    return list(zip(slide.tolist(), row.tolist()))
+
+
+def test_worker_ring_buffers_are_reused_and_every_row_arrives_once_with_its_own_expression(tmp_path):
+    """Two workers, many more items than ring slots: the buffers are refilled (sequence numbers pass the ring
+    size) and still every batch pairs each spot's features with its own expression and coordinates."""
+    from stgraph.training.stream import PREFETCH, RING_SLOTS
+
+    slides = _identifiable_slides(tmp_path)
+    plan = block_plan([(i, a, min(a + 8, s.n_spots)) for i, s in enumerate(slides) for a in range(0, s.n_spots, 8)],
+                      batch_size=4, buffer_blocks=1, rng=np.random.default_rng(2), shuffle=True, drop_last=False)
+    assert len(plan) > 2 * RING_SLOTS
+    loader = torch.utils.data.DataLoader(BlockBatches(slides, plan), batch_size=None, num_workers=2,
+                                         prefetch_factor=PREFETCH)
+    seen, seqs, kept = [], [], []
+    for item in loader:
+        kept.append(item)  # as CohortSource.steps keeps them: the buffers arrive again as the same mapping
+        seqs.append(item["seq"])
+        for batch in buffer_batches(item, "cpu"):
+            seen += _check_identities(batch)
+    assert max(seqs) >= RING_SLOTS  # each worker refilled its buffers
+    assert sorted(seen) == [(i, r) for i, n in enumerate([37, 50]) for r in range(n)]
+
+
+def test_a_ring_buffer_refilled_while_its_batches_are_cut_fails_loudly(tmp_path):
+    from stgraph.training.stream import StreamBufferReused
+
+    slides = _identifiable_slides(tmp_path)
+    plan = block_plan([(0, 0, 16), (1, 0, 16)], batch_size=8, buffer_blocks=2, rng=np.random.default_rng(0),
+                      shuffle=True, drop_last=False)
+    item = BlockBatches(slides, plan)[0]
+    header = item["buffer"][:8].view(torch.int64)
+    header[0], item["seq"] = 7, 7  # as a worker writes it
+    assert len(list(buffer_batches(item, "cpu"))) == 4  # untouched: no complaint
+    batches = buffer_batches(item, "cpu")
+    next(batches)
+    header[0] = 11  # the worker's next use of this buffer
+    with pytest.raises(StreamBufferReused, match="item 7 was refilled"):
+        list(batches)
+
+
 def test_streamed_batches_pair_each_spots_features_with_its_own_expression(tmp_path):
     import scipy.sparse as sp
 

@@ -18,6 +18,7 @@ runs the same number of steps (the smallest shard's).
 """
 from __future__ import annotations
 
+import collections
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 
 from ..preprocess.cohort import StoredSlide
 
-__all__ = ["BlockBatches", "CohortSource", "block_plan", "buffer_batches"]
+__all__ = ["BlockBatches", "CohortSource", "StreamBufferReused", "block_plan", "buffer_batches", "item_arrays"]
 
 
 def block_plan(blocks: Sequence[tuple[int, int, int]], batch_size: int, buffer_blocks: int,
@@ -52,12 +53,29 @@ def block_plan(blocks: Sequence[tuple[int, int, int]], batch_size: int, buffer_b
     return plan
 
 
+#: Prefetched items per ``DataLoader`` worker (its ``prefetch_factor``).
+PREFETCH = 2
+#: Output buffers each worker cycles through: the items it may have queued (``PREFETCH``), the one the training
+#: process is cutting into batches and the one it is filling.
+RING_SLOTS = PREFETCH + 2
+
+
 class BlockBatches(torch.utils.data.Dataset):
-    """Item ``j`` = buffer ``j`` of a :func:`block_plan`, read from the store and kept as compact as stored
-    (what crosses from a worker to the training process): ``features`` (n, F) in the stored dtype (e.g.
-    float16), the spot input as ``spot_input`` (n, P) float32 when dense or ``spot_csr`` (indptr, indices,
-    data, width) when it is the sparse expression, ``coords`` (n, 2) long, and ``batches``, the row
-    positions of each batch. :func:`buffer_batches` cuts the model's batches from it."""
+    """Item ``j`` = buffer ``j`` of a :func:`block_plan`, read from the store into one byte buffer as compact as
+    stored (what crosses from a worker to the training process): ``item["buffer"]`` holds, at the offsets of
+    ``item["layout"]`` ({name: (offset, shape, dtype)}), ``features`` (n, F) in the stored dtype (e.g.
+    float16), ``coords`` (n, 2) int64, the spot input as ``spot_input`` (n, P) float32 when dense or
+    ``indptr``/``indices``/``data`` (CSR of width ``item["width"]``) when it is the sparse expression, all in
+    read order, and ``order``, the plan's batch positions: batch ``i`` is rows ``order[bounds[i]:bounds[i +
+    1]]``. :func:`item_arrays` reads the arrays back, :func:`buffer_batches` cuts the model's batches.
+
+    Where the time goes (``benchmarks/cohort_memory.py``): the rows are read straight into the buffer, and
+    in a worker the buffer is one of :data:`RING_SLOTS` shared-memory buffers that the worker reuses, so the
+    training process maps each once and receives one handle per item. Faulting in fresh pages for every item
+    (in the worker, and again when the training process maps them) cost more than reading the rows. The
+    buffer's first 8 bytes hold the item's sequence number (``item["seq"]``), written before any data;
+    :func:`buffer_batches` checks it is unchanged once it has cut the item's batches, so a buffer refilled too
+    early fails loudly instead of training on mixed rows."""
 
     def __init__(self, slides: Sequence[StoredSlide], plan: list):
         self.slides, self.plan = list(slides), plan
@@ -65,51 +83,158 @@ class BlockBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.plan)
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_ring", None)
+        return state
+
+    def _buffer(self, nbytes: int) -> tuple[torch.Tensor, int]:
+        """A byte buffer of at least ``nbytes`` and the item's sequence number (-1 outside a worker): fresh in
+        this process, or the next shared-memory slot of this worker's ring (grown when too small), its first
+        8 bytes already holding the number."""
+        if torch.utils.data.get_worker_info() is None:
+            return torch.from_numpy(np.empty(nbytes, np.uint8)), -1
+        ring = self.__dict__.setdefault("_ring", {"slots": [None] * RING_SLOTS, "seq": 0})
+        seq = ring["seq"]
+        ring["seq"] += 1
+        slot = ring["slots"][seq % RING_SLOTS]
+        if slot is None or len(slot) < nbytes:
+            slot = ring["slots"][seq % RING_SLOTS] = _shared_bytes(nbytes + nbytes // 8)
+        slot[:_HEADER].view(torch.int64)[0] = seq  # before any data: see the class's note
+        return slot, seq
+
     def __getitem__(self, j: int) -> dict:
         import scipy.sparse as sp
 
         blocks, batches = self.plan[j]
         f0 = self.slides[blocks[0][0]].features
-        feats = torch.empty((sum(b - a for _, a, b in blocks),) + tuple(f0.shape[1:]),
-                            dtype=getattr(torch, f0.dtype.name))
-        if torch.utils.data.get_worker_info() is not None:
-            feats.share_memory_()  # filled in place: the hand-over to the training process copies nothing
-        view, pos = feats.numpy(), 0
-        spots, coords = [], []
-        for i, a, b in blocks:
-            s = self.slides[i]
-            s.features.read_range(a, b, out=view[pos:pos + b - a])  # straight into the batch buffer
-            pos += b - a
-            spots.append(s.spot_input.read_range(a, b))
-            coords.append(s.coords[a:b])
-        item = {"features": feats,
-                "coords": torch.from_numpy(np.concatenate(coords).astype(np.int64, copy=False)),
-                "batches": [torch.as_tensor(p, dtype=torch.long) for p in batches]}
+        row_shape = tuple(f0.shape[1:])
+        n = sum(b - a for _, a, b in blocks)
+        spots = [self.slides[i].spot_input.read_range(a, b) for i, a, b in blocks]
+        specs = {"features": ((n,) + row_shape, f0.dtype), "coords": ((n, 2), np.dtype(np.int64)),
+                 "order": ((sum(len(p) for p in batches),), np.dtype(np.int64))}
         if sp.issparse(spots[0]):
-            # The blocks' CSR parts joined by hand (cheaper than sp.vstack's checks): indptr offsets add up.
-            offsets = np.cumsum([0] + [m.nnz for m in spots[:-1]])
-            indptr = np.concatenate([[0]] + [m.indptr[1:].astype(np.int64) + o for m, o in zip(spots, offsets)])
-            item["spot_csr"] = (torch.from_numpy(indptr), torch.from_numpy(np.concatenate([m.indices for m in spots])),
-                                torch.from_numpy(np.concatenate([m.data for m in spots])), spots[0].shape[1])
+            nnz = sum(m.nnz for m in spots)
+            specs.update(indptr=((n + 1,), np.dtype(np.int64)), indices=((nnz,), spots[0].indices.dtype),
+                         data=((nnz,), spots[0].data.dtype))
         else:
-            item["spot_input"] = torch.from_numpy(np.concatenate(spots).astype(np.float32, copy=False))
+            specs["spot_input"] = ((n,) + spots[0].shape[1:], np.dtype(np.float32))
+        layout, nbytes = _layout(specs)
+        buffer, seq = self._buffer(nbytes)
+        item = {"buffer": buffer, "layout": layout, "seq": seq,
+                "bounds": np.cumsum([0] + [len(p) for p in batches]).tolist()}
+        out = {name: a.numpy() for name, a in item_arrays(item).items()}
+        np.concatenate(batches, out=out["order"])
+        pos = nz = 0
+        for (i, a, b), m in zip(blocks, spots):
+            s = self.slides[i]
+            s.features.read_range(a, b, out=out["features"][pos:pos + b - a])  # straight into the buffer
+            out["coords"][pos:pos + b - a] = s.coords[a:b]
+            if "indptr" in out:
+                # The blocks' CSR parts joined in place (cheaper than sp.vstack's checks): offsets add up.
+                out["indptr"][pos + 1:pos + b - a + 1] = m.indptr[1:] + nz
+                out["indices"][nz:nz + m.nnz] = m.indices
+                out["data"][nz:nz + m.nnz] = m.data
+                nz += m.nnz
+            else:
+                out["spot_input"][pos:pos + b - a] = m
+            pos += b - a
+        if "indptr" in out:
+            out["indptr"][0] = 0
+            item["width"] = spots[0].shape[1]
         return item
+
+
+_HEADER = 64  # bytes before the first array: the sequence number, and the arrays' alignment
+
+
+def _layout(specs: dict) -> tuple[dict, int]:
+    """Offsets of the arrays in ``specs`` ({name: (shape, dtype)}) in one buffer, each 64-byte aligned."""
+    layout, offset = {}, _HEADER
+    for name, (shape, dtype) in specs.items():
+        layout[name] = (offset, tuple(int(x) for x in shape), np.dtype(dtype).str)
+        offset += -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // _HEADER) * _HEADER
+    return layout, offset
+
+
+def item_arrays(item: dict) -> dict:
+    """The arrays of a :class:`BlockBatches` item, as tensors viewing its buffer."""
+    buffer, out = item["buffer"], {}
+    for name, (offset, shape, dtype) in item["layout"].items():
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        out[name] = buffer[offset:offset + nbytes].view(torch.from_numpy(np.empty(0, dtype)).dtype).view(shape)
+    return out
+
+
+def _shared_bytes(nbytes: int) -> torch.Tensor:
+    """An uninitialised byte tensor in shared memory (``share_memory_`` on an ordinary tensor would copy it)."""
+    storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(max(int(nbytes), 1))
+    return torch.empty(0, dtype=torch.uint8).set_(storage._untyped_storage, 0, (max(int(nbytes), 1),))
+
+
+def _csr_rows(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, width: int):
+    """``rows -> dense float32 (len(rows), width)`` of a CSR matrix given by its arrays: scipy's own C++ row
+    gather and densification (``scipy.sparse._sparsetools``) without the per-call checks of ``csr[rows]
+    .toarray()``, which cost as much as the work on batch-sized calls; the public path where those are
+    missing."""
+    import scipy.sparse as sp
+
+    try:
+        from scipy.sparse import _sparsetools
+
+        row_index, todense = _sparsetools.csr_row_index, _sparsetools.csr_todense
+    except (ImportError, AttributeError):  # pragma: no cover - another scipy layout
+        csr = sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, width))
+        return lambda rows: csr[rows].toarray().astype(np.float32, copy=False)
+    index = np.int64 if len(data) >= 2 ** 31 - 1 else np.int32
+    indptr, indices = indptr.astype(index, copy=False), indices.astype(index, copy=False)
+    data = data.astype(np.float32, copy=False)
+
+    def dense(rows: np.ndarray) -> np.ndarray:
+        rows = rows.astype(index, copy=False)
+        ptr = np.zeros(len(rows) + 1, index)
+        np.cumsum(indptr[rows + 1] - indptr[rows], out=ptr[1:])
+        cols, vals = np.empty(ptr[-1], index), np.empty(ptr[-1], np.float32)
+        row_index(len(rows), rows, indptr, indices, data, cols, vals)
+        out = np.zeros((len(rows), width), np.float32)
+        todense(len(rows), width, ptr, cols, vals, out)
+        return out
+
+    return dense
+
+
+class StreamBufferReused(RuntimeError):
+    """A worker refilled a stream buffer while its batches were still being cut (a ring too small)."""
 
 
 def buffer_batches(item: dict, device) -> Iterator[dict]:
     """The model's batches of one :class:`BlockBatches` item, on ``device``: ``features`` float32, dense
-    ``spot_input`` float32, ``coords`` long."""
+    ``spot_input`` float32, ``coords`` long. Each batch's rows are gathered out of the item (a worker's
+    buffer is refilled later, so nothing yielded views it) in their stored width and widened on the device
+    (float16 features cross to a GPU at half the bytes)."""
     import scipy.sparse as sp
 
-    csr = None
-    if "spot_csr" in item:
-        indptr, indices, data, width = item["spot_csr"]
-        csr = sp.csr_matrix((data.numpy(), indices.numpy(), indptr.numpy()), shape=(len(indptr) - 1, width))
-    for p in item["batches"]:
-        spot = torch.from_numpy(csr[p.numpy()].toarray()) if csr is not None else item["spot_input"][p]
-        yield {"features": item["features"][p].to(device, non_blocking=True).float(),
+    arrays = item_arrays(item)
+    dense_rows = None
+    if "indptr" in arrays:
+        dense_rows = _csr_rows(arrays["indptr"].numpy(), arrays["indices"].numpy(), arrays["data"].numpy(),
+                               item["width"])
+    features, coords, order = arrays["features"].numpy(), arrays["coords"].numpy(), arrays["order"].numpy()
+    bounds = item["bounds"]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        rows = order[a:b]
+        spot = torch.from_numpy(dense_rows(rows) if dense_rows is not None
+                                else np.take(arrays["spot_input"].numpy(), rows, axis=0, mode="clip"))
+        feats = torch.from_numpy(np.take(features, rows, axis=0, mode="clip")).to(device, non_blocking=True)
+        yield {"features": feats.float() if feats.dtype != torch.float32 else feats,
                "spot_input": spot.to(device, non_blocking=True),
-               "coords": item["coords"][p].to(device, non_blocking=True)}
+               "coords": torch.from_numpy(np.take(coords, rows, axis=0, mode="clip")).to(device, non_blocking=True)}
+    if item["seq"] >= 0:
+        now = int(item["buffer"][:_HEADER].view(torch.int64)[0])
+        if now != item["seq"]:
+            raise StreamBufferReused(f"stream buffer of item {item['seq']} was refilled (item {now}) before its "
+                                     "batches were cut: the worker ring is smaller than the items in flight")
 
 
 class CohortSource:
@@ -164,7 +289,7 @@ class CohortSource:
     def loader(self, plan: list) -> torch.utils.data.DataLoader:
         workers = self.tcfg.num_workers
         return torch.utils.data.DataLoader(BlockBatches(self.slides, plan), batch_size=None, shuffle=False,
-                                           num_workers=workers, prefetch_factor=2 if workers else None,
+                                           num_workers=workers, prefetch_factor=PREFETCH if workers else None,
                                            pin_memory=self.tcfg.pin_memory and self.device.type == "cuda")
 
     def steps(self, train: bool, epoch: int) -> Iterator[tuple[dict, Optional[list[int]]]]:
@@ -180,7 +305,11 @@ class CohortSource:
             dist.all_reduce(n, op=dist.ReduceOp.MIN)  # every rank runs the same number of collective steps
             limit, sizes = int(n), [self.local_batch] * world
         done = 0
+        # The last items of every worker stay referenced: a worker's ring buffer arriving again is then the
+        # mapping this process already has (torch's shared-memory cache holds them weakly), not a new one.
+        recent = collections.deque(maxlen=RING_SLOTS * max(1, self.tcfg.num_workers))
         for item in self.loader(plan):
+            recent.append(item)
             for batch in buffer_batches(item, self.device):
                 if limit is not None and done >= limit:
                     return
