@@ -8,7 +8,7 @@ from pathlib import Path
 
 from stgraph.keys import Key
 
-__all__ = ["input_paths", "check_apart", "verbose_parent", "plugin_parent", "plugins_in", "with_cli_plugins", "slides_parent", "query_parent", "device_parent", "read_many", "read_query",
+__all__ = ["input_paths", "check_apart", "verbose_parent", "plugin_parent", "plugins_in", "with_cli_plugins", "slides_parent", "query_parent", "device_parent", "read_many", "read_query", "reader_options",
            "check_genes", "plot_maps", "log"]
 
 log = logging.getLogger("stgraph")
@@ -73,8 +73,32 @@ def slides_parent() -> argparse.ArgumentParser:
     g.add_argument("--spots", action="append", default=[], metavar="TSV",
                    help="with --counts: the section's spot selection .tsv")
     g.add_argument("--image", action="append", default=[], metavar="IMG", help="with --counts: the section's H&E")
+    _read_option(g, "--data")
     _her2st(g)
     return p
+
+
+def _read_option(g, paths: str) -> None:
+    g.add_argument("--read", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"a reader option for the {paths} paths, repeatable: for an .h5ad not in the stgraph "
+                        "convention x=COL y=COL (or spatial_key=KEY), axis_order=yx, coordinates=um, image=IMG, "
+                        "mpp=UM, slide_id=ID; for a SpatialData store table=, image=, coordinate_system=, "
+                        "region=, microns_per_pixel= (docs/spatialdata.md)")
+
+
+def reader_options(args) -> dict:
+    """The ``--read KEY=VALUE`` options as keyword arguments for :func:`stgraph.data.read_slide` (values stay
+    strings: each reader converts and checks its own)."""
+    out: dict = {}
+    for item in getattr(args, "read", None) or []:
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--read {item!r}: expected KEY=VALUE (e.g. --read x=x_centroid)")
+        if key in out:
+            raise ValueError(f"--read {key}= given twice")
+        out[key] = value
+    return out
 
 
 def _legacy_groups(counts: list, spots: list, images: list) -> list[tuple[Path, Path, Path]]:
@@ -104,6 +128,7 @@ def query_parent() -> argparse.ArgumentParser:
     g.add_argument("--counts", metavar="TSV", default=None,
                    help="a legacy ST section's counts .tsv(.gz), with --spots SELECTION.tsv and --image IMG")
     g.add_argument("--section", metavar="ID", help="with --her2st: the section to read")
+    _read_option(g, "--slide")
     _her2st(g)
     return p
 
@@ -134,6 +159,8 @@ def input_paths(args, configs=()) -> list[str]:
             out.append(value)
             if any(ch in value for ch in "*?["):
                 out.extend(glob.glob(value))
+    for value in reader_options(args).values():  # --read image=IMG names an input too
+        out.append(str(value))
     sheet = getattr(args, "samples", None)
     if sheet:
         out.append(str(sheet))
@@ -178,11 +205,14 @@ def read_many(args) -> list:
     groups = _legacy_groups(getattr(args, "counts", []) or [], getattr(args, "spots", []) or [],
                             getattr(args, "image", []) or [])
     sheet = parse_sample_sheet(args.samples) if getattr(args, "samples", None) else []
-    slides = [read_slide(p) for p in args.data]
+    options = reader_options(args)
+    if options and not (args.data or any("path" in row for row in sheet)):
+        raise ValueError("--read options go with slide paths (--data PATH... or a sample sheet's path column)")
+    slides = [read_slide(p, **options) for p in args.data]
     from stgraph.data.slide_id import set_slide_id
 
     for row in sheet:  # the sheet's sample_id names the slide, whatever the file calls it
-        slides.append(set_slide_id(read_slide(row["path"]), row["sample_id"]) if "path" in row else
+        slides.append(set_slide_id(read_slide(row["path"], **options), row["sample_id"]) if "path" in row else
                       read_st_legacy(row["counts"], row["spots"], row["image"], slide_id=row["sample_id"]))
     slides += [read_st_legacy(*g) for g in groups]
     if args.her2st:
@@ -199,6 +229,9 @@ def read_query(args):
     from stgraph.data import read_slide
     from stgraph.data.readers import read_her2st, read_spot_csv
 
+    options = reader_options(args)
+    if options and not args.slide:
+        raise ValueError("--read options go with --slide PATH")
     if args.her2st and args.section:
         return read_her2st(args.her2st, args.section)
     if getattr(args, "counts", None):
@@ -218,8 +251,8 @@ def read_query(args):
 
             if not is_visium(Path(path)):
                 raise ValueError(f"--fullres-image goes with a Space Ranger folder; {path} is not one")
-            return read_slide(path, format="visium", fullres_image=args.fullres_image)
-        return read_slide(path)
+            return read_slide(path, format="visium", fullres_image=args.fullres_image, **options)
+        return read_slide(path, **options)
     raise ValueError("give the query slide with --slide PATH, --image IMG --spots CSV, "
                      "or --her2st ROOT --section ID")
 

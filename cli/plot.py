@@ -48,6 +48,7 @@ def truth_args(args, pred):
     source = dict((pred.uns.get(Key.uns.stgraph) or {}).get(Key.uns.source_slide) or {})
     if "slide" in source:
         args.slide = [str(source["slide"])]
+        args.read = [str(x) for x in source.get("read", [])]  # the reader options it was predicted with
     elif "her2st" in source and "section" in source:
         args.her2st, args.section = str(source["her2st"]), str(source["section"])
     else:

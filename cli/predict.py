@@ -226,13 +226,19 @@ def _predict_adata(args, source: Optional[dict] = None):
     from stgraph.data import read_slide
     from stgraph.inference import predict_slide
 
+    from .common import reader_options
+
+    options = reader_options(args)
+
     def predict_one(loaded, slide):
-        adata = read_slide(slide) if isinstance(slide, (str, Path)) else slide
+        adata = read_slide(slide, **options) if isinstance(slide, (str, Path)) else slide
         if args.mpp is not None:
             _set_mpp(adata, args.mpp)
         pred = predict_slide(loaded, adata, progress=True, allow_scale_mismatch=args.allow_scale_mismatch,
                              interval=args.interval, **_retrieval(args))
         where = {"slide": str(Path(slide).resolve())} if isinstance(slide, (str, Path)) else source
+        if where and "slide" in where and options:
+            where = {**where, "read": [f"{k}={v}" for k, v in options.items()]}  # to read it back the same way
         if where:
             pred.uns.setdefault(Key.uns.stgraph, {})[Key.uns.source_slide] = where
         return pred

@@ -74,7 +74,7 @@ def read_slide(path, format: Optional[str] = None, **kwargs) -> AnnData:
         Passed to the chosen reader.
     """
     if format is not None:
-        return READERS.get(format)(path, **kwargs)
+        return _call(READERS.get(format), format, path, kwargs)
     if isinstance(path, (tuple, list)):
         if len(path) not in (2, 3):
             raise ValueError(f"a legacy ST slide is (counts, spots[, image]); got {len(path)} paths")
@@ -85,7 +85,7 @@ def read_slide(path, format: Optional[str] = None, **kwargs) -> AnnData:
     for name, reader in READERS.items():
         detect = getattr(reader, "detect", None)
         if detect is not None and detect(path, kwargs):
-            return reader(path, **kwargs)
+            return _call(reader, name, path, kwargs)
     if path.is_file():
         raise SlideFormatError(f"cannot read slide file {path}: only .h5ad files are slides on their own "
                                "(other layouts are folders)")
@@ -95,3 +95,18 @@ def read_slide(path, format: Optional[str] = None, **kwargs) -> AnnData:
         "(ST-cnts/ with section=...), a SpatialData .zarr store (zarr.json + tables/ or images/) and a legacy ST "
         "folder (*.tsv(.gz) counts + *_selection.tsv + image)"
     )
+
+
+def _call(reader, name: str, path, kwargs: dict):
+    """``reader(path, **kwargs)``, an option the reader does not take refused by name with the ones it does
+    (before a file is opened: ``--read KEY=VALUE`` on the command line lands here)."""
+    import inspect
+
+    params = list(inspect.signature(reader).parameters.values())[1:]
+    if kwargs and not any(p.kind == p.VAR_KEYWORD for p in params):
+        accepted = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        unknown = [k for k in kwargs if k not in accepted]
+        if unknown:
+            raise SlideFormatError(f"{path}: the {name!r} reader takes no option {unknown[0]!r}; its options: "
+                                   f"{', '.join(accepted) or 'none'}")
+    return reader(path, **kwargs)

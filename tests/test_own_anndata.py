@@ -1,0 +1,108 @@
+"""Your own AnnData and images without a converter: explicit reader options (coordinate columns or key, axis
+order, micrometres, image file, pixel size) in Python and as ``--read KEY=VALUE`` on the command line."""
+from __future__ import annotations
+
+import anndata
+import numpy as np
+import pytest
+from PIL import Image
+
+from stgraph.data import read_slide
+from stgraph.data.errors import SlideFormatError
+
+MPP = 0.5
+
+
+def _foreign(slide, folder, name: str):
+    """``slide`` as a user's file from elsewhere: centres as obs columns in µm, no obsm['spatial'], no
+    uns['spatial'], the H&E beside it as a PNG."""
+    lib = next(iter(slide.uns["spatial"]))
+    image = folder / f"{name}.png"
+    Image.fromarray(slide.uns["spatial"][lib]["images"]["fullres"]).save(image)
+    ad = slide.copy()
+    ad.obs["x_centroid"] = ad.obsm["spatial"][:, 0] * MPP
+    ad.obs["y_centroid"] = ad.obsm["spatial"][:, 1] * MPP
+    ad.obsm["cell_rc"] = ad.obsm["spatial"][:, ::-1].copy()
+    del ad.obsm["spatial"], ad.uns["spatial"], ad.obs["slide_id"]
+    path = folder / f"{name}.h5ad"
+    ad.write_h5ad(path)
+    return path, image
+
+
+def test_columns_in_micrometres_and_a_separate_image_read_into_the_convention(tmp_path, synthetic_slides):
+    slide = synthetic_slides[0]
+    path, image = _foreign(slide, tmp_path, "cells")
+    ad = read_slide(path, x="x_centroid", y="y_centroid", coordinates="um", image=image, mpp=MPP)
+    np.testing.assert_allclose(ad.obsm["spatial"], slide.obsm["spatial"])
+    lib = ad.obs["slide_id"].iloc[0]
+    assert lib == "cells" and ad.uns["spatial"][lib]["metadata"]["microns_per_pixel"] == MPP
+    assert ad.uns["spatial"][lib]["metadata"]["source_image_path"] == str(image.resolve())
+    # the same centres as (row, column) pixels under another obsm key
+    yx = read_slide(path, spatial_key="cell_rc", axis_order="yx", image=image, mpp=MPP, slide_id="s1")
+    np.testing.assert_allclose(yx.obsm["spatial"], slide.obsm["spatial"])
+    assert yx.obs["slide_id"].iloc[0] == "s1"
+
+
+def test_a_file_without_coordinates_names_its_candidates_and_the_options(tmp_path, synthetic_slides):
+    path, _ = _foreign(synthetic_slides[0], tmp_path, "cells")
+    with pytest.raises(SlideFormatError) as err:
+        read_slide(path)
+    msg = str(err.value)
+    assert "no obsm['spatial']" in msg and "x_centroid" in msg and "y_centroid" in msg and "cell_rc" in msg
+    assert "--read x=x_centroid --read y=y_centroid" in msg and "coordinates='um'" in msg
+
+
+@pytest.mark.parametrize("options, needle", [
+    ({"x": "x_um", "y": "y_centroid"}, "no obs column 'x_um'"),
+    ({"x": "x_centroid"}, "both x= and y="),
+    ({"x": "x_centroid", "y": "y_centroid", "coordinates": "um"}, "needs mpp="),
+    ({"spatial_key": "nope"}, "no obsm['nope']"),
+    ({"x": "x_centroid", "y": "y_centroid", "mpp": "-1"}, "positive number"),
+    ({"x": "x_centroid", "y": "y_centroid", "axis_order": "zx"}, "axis_order"),
+    ({"x": "x_centroid", "y": "y_centroid", "coordinates": "um", "mpp": "0.05", "image": None}, None),
+    ({"x_col": "x_centroid"}, "takes no option 'x_col'"),
+])
+def test_bad_options_name_the_file_and_the_problem(tmp_path, synthetic_slides, options, needle):
+    path, image = _foreign(synthetic_slides[0], tmp_path, "cells")
+    if needle is None:  # centres 10x too far for the image: refused against it
+        with pytest.raises(SlideFormatError, match="outside image"):
+            read_slide(path, **{**options, "image": image})
+        return
+    with pytest.raises(SlideFormatError, match="cells.h5ad") as err:
+        read_slide(path, **options)
+    assert needle in str(err.value)
+
+
+def test_the_command_line_trains_predicts_and_plots_foreign_files_with_read_options(tmp_path, synthetic_slides,
+                                                                                     capsys):
+    from cli.main import main
+    from tests.conftest import CONFIGS, tiny_overrides
+
+    paths = [_foreign(s, tmp_path, f"cells{i}") for i, s in enumerate(synthetic_slides)]
+    read = ["--read", "x=x_centroid", "--read", "y=y_centroid", "--read", "coordinates=um",
+            "--read", f"mpp={MPP}"]
+    run = tmp_path / "run"
+    train_files = []  # trained on files in the convention; the query is a file from elsewhere
+    for i, s in enumerate(synthetic_slides[:2]):
+        p = tmp_path / f"train{i}.h5ad"
+        s.write_h5ad(p)
+        train_files.append(str(p))
+    assert main(["train", "--config", str(CONFIGS / "bleep.yaml"), "--data", *train_files, "--out", str(run),
+                 *tiny_overrides(tmp_path / "cache", epochs=1), "data.harmony=false"]) == 0
+    path, image = paths[2]
+    out = tmp_path / "pred.h5ad"
+    assert main(["predict", "--model", str(run), "--slide", str(path), "--out", str(out), *read,
+                 "--read", f"image={image}"]) == 0
+    pred = anndata.read_h5ad(out)
+    np.testing.assert_allclose(pred.obsm["spatial"], synthetic_slides[2].obsm["spatial"])
+    assert [str(x) for x in pred.uns["stgraph"]["source_slide"]["read"]][:2] == ["x=x_centroid", "y=y_centroid"]
+    png = tmp_path / "maps.png"
+    assert main(["plot", "--pred", str(out), "--true", "--genes", "gene_3", "--out", str(png)]) == 0
+    assert png.stat().st_size > 1000
+    capsys.readouterr()
+    assert main(["predict", "--model", str(run), "--slide", str(path), "--out", str(tmp_path / "p2.h5ad"),
+                 "--read", "x_col=x_centroid"]) == 2
+    assert "takes no option 'x_col'" in capsys.readouterr().err
+    assert main(["predict", "--model", str(run), "--slide", str(path), "--out", str(tmp_path / "p3.h5ad"),
+                 "--read", "x"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
