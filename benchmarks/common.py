@@ -42,12 +42,10 @@ def peak_rss_mb() -> float:
 LOAD_AT_START = os.getloadavg()
 
 
-def provenance() -> dict:
-    """What a result file records besides its figures: the command that wrote it, the commit it ran
-    (``+dirty`` with uncommitted changes to anything but ``benchmarks/results``, which the benchmarks themselves
-    write), and the machine's load average at the start and at the end."""
+def _commit() -> str:
+    """The checked-out commit, ``+dirty`` with uncommitted changes to anything but ``benchmarks/results`` (which
+    the benchmarks themselves write)."""
     import subprocess
-    import sys
 
     repo = Path(__file__).resolve().parents[1]
     try:
@@ -56,10 +54,22 @@ def provenance() -> dict:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
                                 ":(exclude)benchmarks/results"], cwd=repo,
                                capture_output=True, text=True, check=True).stdout.strip()
-        commit += "+dirty" if dirty else ""
+        return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {"command": " ".join(["python", *sys.argv]), "commit": commit,
+        return "unknown"
+
+
+#: The code that ran: the commit when this process started (not when it ends: a long benchmark should not be
+#: marked dirty by edits made while it ran).
+COMMIT_AT_START = _commit()
+
+
+def provenance() -> dict:
+    """What a result file records besides its figures: the command that wrote it, the commit it ran (as the
+    benchmark started) and the machine's load average at the start and at the end."""
+    import sys
+
+    return {"command": " ".join(["python", *sys.argv]), "commit": COMMIT_AT_START,
             "load_at_start": [round(x, 2) for x in LOAD_AT_START],
             "load_at_end": [round(x, 2) for x in os.getloadavg()],
             "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "STGRAPH_WEIGHTS") if k in os.environ}}

@@ -241,6 +241,9 @@ def main(argv=None) -> int:
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import provenance  # records the commit as the run starts
+
     rows = []
     for case in cases(args.quick):
         if args.only_saved and not case.get("saved"):
@@ -270,9 +273,6 @@ def main(argv=None) -> int:
                      if "total_s_runs" in r else ""))
     for folder in {r["folder"] for r in rows if r.get("saved")}:
         shutil.rmtree(folder, ignore_errors=True)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import provenance
-
     extra = {}
     if args.only_saved and args.output.is_file():
         # Keep the other rows of the earlier full run (with that run's machine and command); replace its
