@@ -21,6 +21,7 @@ class _Obs:
     filtered_barcodes = "filtered_barcodes"   # Space Ranger raw matrix: barcode passed filtering
     unit_area_px2 = "unit_area_px2"  # area of a cell/bin polygon, full-resolution px² (SpatialData reader)
     unit_area_um2 = "unit_area_um2"  # the same in µm², when the pixel size is known
+    n_units = "n_units"            # units (cells, bins, spots) pooled into a pseudo-spot
 
 
 class _Obsm:
@@ -85,7 +86,7 @@ class _Metadata:
     unit_shape = "unit_shape"      # what a unit is: "circle" (spot), "square" (bin) or "polygon" (cell)
     bin_size_px = "bin_size_px"    # side of a square bin, full-resolution px
     bin_size_um = "bin_size_um"    # side of a square bin, µm (Visium HD, SpatialData squares with a known pixel size)
-    pool_um = "pool_um"            # side of a pooled Visium HD pseudo-spot, µm
+    pool_um = "pool_um"            # side of a pooled pseudo-spot, µm (Visium HD bins, pp.pool_pseudospots)
     grid_lattice = "grid_lattice"  # whole-slide grid: "hex" or "square"
     grid_pitch_um = "grid_pitch_um"  # whole-slide grid: centre-to-centre distance, µm
     source_store = "source_store"  # the SpatialData .zarr store a slide was read from

@@ -106,3 +106,48 @@ def test_the_command_line_trains_predicts_and_plots_foreign_files_with_read_opti
     assert main(["predict", "--model", str(run), "--slide", str(path), "--out", str(tmp_path / "p3.h5ad"),
                  "--read", "x"]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def _with_mpp(slide, mpp: float):
+    ad = slide.copy()
+    lib = next(iter(ad.uns["spatial"]))
+    ad.uns["spatial"][lib]["metadata"]["microns_per_pixel"] = mpp
+    return ad, lib
+
+
+@pytest.mark.parametrize("mpp, size_um", [(0.5, 48.0), (0.2125, 55.0)])
+def test_pseudospots_are_exact_squares_in_micrometres_holding_the_counts_of_their_units(synthetic_slides, mpp,
+                                                                                        size_um):
+    from stgraph.data.pp import pool_pseudospots
+
+    slide, lib = _with_mpp(synthetic_slides[0], mpp)
+    pooled = pool_pseudospots(slide, size_um)
+    xy_um = slide.obsm["spatial"] * mpp
+    cell = np.floor(xy_um / size_um).astype(int)  # (col, row) of every unit, by hand
+    counts = slide.X.toarray()
+    assert pooled.X.sum() == counts.sum() and pooled.obs["n_units"].sum() == slide.n_obs
+    for i in range(pooled.n_obs):
+        r, c = pooled.obs["array_row"].iloc[i], pooled.obs["array_col"].iloc[i]
+        members = (cell[:, 0] == c) & (cell[:, 1] == r)
+        np.testing.assert_array_equal(pooled.X[i].toarray()[0], counts[members].sum(0))
+        # the square's centre, exactly on the µm grid
+        np.testing.assert_allclose(pooled.obsm["spatial"][i] * mpp, [(c + 0.5) * size_um, (r + 0.5) * size_um],
+                                   rtol=0, atol=1e-9)
+    meta = pooled.uns["spatial"][lib]
+    assert meta["scalefactors"]["spot_diameter_fullres"] == pytest.approx(size_um / mpp, rel=1e-12)
+    assert meta["metadata"]["unit_shape"] == "square" and meta["metadata"]["pool_um"] == size_um
+    assert "fullres" in meta["images"] and pooled.obs["slide_id"].iloc[0] == lib
+
+
+def test_pseudospots_need_the_pixel_size_and_read_slide_pools_on_request(tmp_path, synthetic_slides):
+    from stgraph.data.pp import pool_pseudospots
+
+    with pytest.raises(SlideFormatError, match="pixel size"):
+        pool_pseudospots(synthetic_slides[0], 55)  # the synthetic slide records none
+    slide, _ = _with_mpp(synthetic_slides[0], 0.5)
+    path = tmp_path / "s.h5ad"
+    slide.write_h5ad(path)
+    pooled = read_slide(path, pseudospot_um="48")  # a string, as --read passes it
+    assert pooled.n_obs < slide.n_obs and pooled.X.sum() == slide.X.sum()
+    with pytest.raises(SlideFormatError, match="s.h5ad"):
+        read_slide(path, pseudospot_um="big")

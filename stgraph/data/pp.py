@@ -32,6 +32,7 @@ __all__ = [
     "align_genes",
     "run_pca",
     "harmony_correct",
+    "pool_pseudospots",
 ]
 
 
@@ -318,3 +319,71 @@ def harmony_correct(slides: Sequence[AnnData], key: str = "slide_id", n_pcs: int
         out.append(x_corr[start:stop])
         start = stop
     return out
+
+
+def pool_pseudospots(adata: AnnData, size_um: float, origin_um: tuple[float, float] = (0.0, 0.0),
+                     min_units: int = 1) -> AnnData:
+    """Pool units (cells, bins, spots) into square pseudo-spots of exactly ``size_um`` µm on a µm grid.
+
+    The grid is laid in micrometres, not in pixels: square ``(i, j)`` covers
+    :math:`x_{\\mu m} \\in [o_x + j s, o_x + (j + 1) s)`, :math:`y_{\\mu m} \\in [o_y + i s, o_y + (i + 1) s)` with
+    :math:`x_{\\mu m} = x_{px} \\cdot \\mathrm{mpp}`, so a 55 µm pseudo-spot is 55 µm whatever the pixel size (a
+    grid in whole pixels from an estimated scale drifts). A unit belongs to the square holding its centre;
+    counts are summed.
+
+    Parameters
+    ----------
+    adata
+        A slide in the stgraph convention with its pixel size (``uns['spatial'][slide]['metadata']
+        ['microns_per_pixel']``) and raw counts (``layers['counts']`` when present, else ``X``).
+    size_um
+        The side of a pseudo-spot in µm.
+    origin_um
+        The grid's corner (x, y) in µm of the image frame.
+    min_units
+        Pseudo-spots holding fewer units are left out.
+
+    Returns
+    -------
+    AnnData
+        One row per pseudo-spot: ``X`` summed counts (CSR float32), ``obsm['spatial']`` the square's centre in
+        pixels, ``obs['array_row'|'array_col']`` its grid indices, ``obs['n_units']``; the slide's image and
+        scale, with ``spot_diameter_fullres`` = the side in pixels, ``metadata['unit_shape'] = 'square'``,
+        ``metadata['pool_um']`` (= ``bin_size_um``) and ``bin_size_px``.
+    """
+    from .readers.visium_hd import pool_bins
+
+    size_um = float(size_um)
+    if not (np.isfinite(size_um) and size_um > 0):
+        raise ValueError(f"pseudo-spot size must be a positive number of µm, got {size_um}")
+    slide = slide_id_of(adata)
+    entry = dict(adata.uns.get(Key.uns.spatial, {}).get(slide, {}))
+    metadata = dict(entry.get(Key.uns.metadata, {}))
+    mpp = metadata.get(Key.metadata.microns_per_pixel)
+    if mpp is None or not float(mpp) > 0:
+        raise SlideFormatError(f"slide {slide!r}: pseudo-spots of {size_um:g} µm need its pixel size "
+                               "(uns['spatial'][slide]['metadata']['microns_per_pixel']; mpp= when reading it)")
+    mpp = float(mpp)
+    xy_um = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64) * mpp
+    col = np.floor((xy_um[:, 0] - float(origin_um[0])) / size_um).astype(np.int64)
+    row = np.floor((xy_um[:, 1] - float(origin_um[1])) / size_um).astype(np.int64)
+    counts = adata.layers[Key.layers.counts] if Key.layers.counts in adata.layers else adata.X
+    pooled, block_row, block_col, members = pool_bins(counts, row - row.min(), col - col.min(), factor=1)
+    block_row, block_col = block_row + row.min(), block_col + col.min()
+    n_units = np.bincount(members, minlength=pooled.shape[0])
+    keep = n_units >= int(min_units)
+    centre_um = np.stack([float(origin_um[0]) + (block_col[keep] + 0.5) * size_um,
+                          float(origin_um[1]) + (block_row[keep] + 0.5) * size_um], 1)
+    obs = pd.DataFrame({Key.obs.array_row: block_row[keep], Key.obs.array_col: block_col[keep],
+                        Key.obs.n_units: n_units[keep]},
+                       index=[f"ps_{r}_{c}" for r, c in zip(block_row[keep], block_col[keep])])
+    out = AnnData(X=sp.csr_matrix(pooled[keep], dtype=np.float32), obs=obs, var=adata.var.copy())
+    out.obsm[Key.obsm.spatial] = centre_um / mpp
+    scalefactors = dict(entry.get(Key.uns.scalefactors, {}))
+    scalefactors[Key.scalefactor.spot_diameter] = size_um / mpp
+    metadata.update({Key.metadata.unit_shape: "square", Key.metadata.pool_um: size_um,
+                     Key.metadata.bin_size_um: size_um, Key.metadata.bin_size_px: size_um / mpp})
+    out.uns[Key.uns.spatial] = {slide: {**entry, Key.uns.scalefactors: scalefactors, Key.uns.metadata: metadata}}
+    from .slide_id import set_slide_id
+
+    return set_slide_id(out, slide)

@@ -71,8 +71,18 @@ def read_slide(path, format: Optional[str] = None, **kwargs) -> AnnData:
     format
         A name in :data:`READERS` to skip auto-detection (an unknown name fails with the valid choices).
     **kwargs
-        Passed to the chosen reader.
+        Passed to the chosen reader, except ``pseudospot_um``: the units read (cells, bins, spots) are pooled
+        into square pseudo-spots of exactly that many µm (:func:`stgraph.data.pp.pool_pseudospots`).
     """
+    pseudospot_um = kwargs.pop("pseudospot_um", None)
+    if pseudospot_um is not None:
+        from ..pp import pool_pseudospots
+
+        try:
+            size = float(pseudospot_um)
+        except (TypeError, ValueError):
+            raise SlideFormatError(f"{path}: pseudospot_um must be a number of µm, got {pseudospot_um!r}") from None
+        return pool_pseudospots(read_slide(path, format=format, **kwargs), size)
     if format is not None:
         return _call(READERS.get(format), format, path, kwargs)
     if isinstance(path, (tuple, list)):
