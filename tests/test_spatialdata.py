@@ -146,6 +146,51 @@ def test_polygons_become_centroids_with_areas_and_squares_bins(tmp_path):
     assert "unit_area_px2" not in got.obs
 
 
+def test_a_table_annotating_labels_gives_cells_at_their_centroids_with_their_areas(tmp_path):
+    """A segmentation mask (as spatialdata-io's Xenium reader writes) at half the image's resolution: each label
+    id a cell at the centroid of its pixels, mapped onto the image by the labels' transformation."""
+    import anndata as ad
+    import scipy.sparse as sp
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel, Labels2DModel, TableModel
+    from spatialdata.transformations import Identity, Scale
+
+    from stgraph.data.errors import SlideFormatError
+    from stgraph.data.readers import read_slide
+
+    mask = np.zeros((64, 64), np.int32)
+    mask[10:20, 20:30] = 5  # a 10 × 10 square: centroid (25, 15) in mask pixels
+    yy, xx = np.mgrid[:64, :64]
+    disk = (yy - 40) ** 2 + (xx - 40) ** 2 <= 36
+    mask[disk] = 9
+    mask[60, 3] = 2  # one pixel
+    labels = Labels2DModel.parse(mask, dims=("y", "x"), transformations={"global": Scale([2, 2], axes=("y", "x"))},
+                                 scale_factors=[2])
+    image = Image2DModel.parse(np.full((3, 128, 128), 200, np.uint8), dims=("c", "y", "x"),
+                               transformations={"global": Identity()})
+    ids = [9, 2, 5]
+    table = ad.AnnData(sp.csr_matrix(np.array([[1, 0], [0, 2], [3, 3]], np.float32)),
+                       obs=pd.DataFrame({"region": pd.Categorical(["cell_labels"] * 3), "cell_id": ids},
+                                        index=["a", "b", "c"]))
+    table = TableModel.parse(table, region="cell_labels", region_key="region", instance_key="cell_id")
+    path = _write(sd.SpatialData(images={"he": image}, labels={"cell_labels": labels}, tables={"table": table}),
+                  tmp_path / "xenium_like.zarr")
+    got = read_slide(path, microns_per_pixel=0.2125)
+    ys, xs = np.nonzero(disk)
+    np.testing.assert_allclose(got.obsm["spatial"], 2 * np.array([[xs.mean() + 0.5, ys.mean() + 0.5],
+                                                                  [3.5, 60.5], [25.0, 15.0]]))
+    np.testing.assert_allclose(got.obs["unit_area_px2"], 4 * np.array([disk.sum(), 1, 100]))
+    np.testing.assert_array_equal(got.X.toarray(), [[1, 0], [0, 2], [3, 3]])
+    assert got.uns["spatial"]["xenium_like"]["metadata"]["unit_shape"] == "polygon"
+
+    table.obs["cell_id"] = [9, 2, 77]  # a row whose label is not in the mask
+    path = _write(sd.SpatialData(images={"he": image}, labels={"cell_labels": labels}, tables={"table": table}),
+                  tmp_path / "missing.zarr")
+    with pytest.raises(SlideFormatError, match=r"missing\.zarr, element 'cell_labels'.*1 table row\(s\) have no "
+                                               r"shape with their 'cell_id', e\.g\. \[77\]"):
+        read_slide(path)
+
+
 def test_errors_name_the_store_and_the_element(synthetic_slides, tmp_path):
     import spatialdata as sd
     from spatialdata.models import Labels2DModel, TableModel
@@ -193,8 +238,7 @@ def test_errors_name_the_store_and_the_element(synthetic_slides, tmp_path):
     on_labels.uns["spatialdata_attrs"]["region"] = "cells"
     path = _write(sd.SpatialData(images={"he": image}, labels={"cells": labels}, tables={"table": on_labels}),
                   tmp_path / "labels.zarr")
-    with pytest.raises(SlideFormatError, match=r"labels\.zarr, element 'cells'.*labels are not supported yet; "
-                                               r"convert to shapes with spatialdata.to_polygons"):
+    with pytest.raises(SlideFormatError, match=r"labels\.zarr, element 'cells'.*the labels hold no cell"):
         read_slide(path)
 
 

@@ -8,7 +8,8 @@ read from three of them:
 * the **shapes** element the table annotates (its ``spatialdata_attrs``: ``region``, ``region_key``,
   ``instance_key``), matched to the table's rows by the instance key, never by row order:
   circles → spot centres and diameter; axis-aligned squares of one size → bin centres and bin size;
-  other polygons → cell centroids and areas (``obs['unit_area_px2']``, ``obs['unit_area_um2']``);
+  other polygons → cell centroids and areas (``obs['unit_area_px2']``, ``obs['unit_area_um2']``); or the
+  **labels** element (a segmentation mask) it annotates → each label's centroid and area, matched by label id;
 * the **image** (the H&E): its full-resolution level (``scale0``) → ``uns['spatial'][slide_id]['images']``.
 
 Coordinates are mapped with the elements' coordinate transformations (affine) into the pixel frame of the
@@ -166,6 +167,41 @@ def _unit_geometry(shapes, where: str):
     raise SlideFormatError(f"{where}: geometry types {sorted(types)} are not supported (circles or polygons)")
 
 
+def _label_geometry(element, where: str, block_pixels: int = 1 << 22):
+    """(label ids, centroids (n, 2) as x, y, areas in pixels) of a labels element's full-resolution level, in
+    its own coordinates (pixel ``(row i, column j)`` covers ``[j, j + 1) × [i, i + 1)``, so a centroid is the
+    mean of ``j + 0.5`` and ``i + 0.5``). Read by blocks of rows (about ``block_pixels`` pixels each), so a
+    whole-slide mask never sits in memory at once; 0 is the background."""
+    from xarray import DataTree
+
+    if isinstance(element, DataTree):
+        from spatialdata import get_pyramid_levels
+
+        element = get_pyramid_levels(element, n=0)
+    dims = tuple(element.dims)
+    if dims != ("y", "x"):
+        raise SlideFormatError(f"{where} is a labels element with dims {dims}; stgraph reads 2-d (y, x) labels")
+    data, height = element.data, int(element.sizes["y"])
+    step = max(1, block_pixels // max(1, int(element.sizes["x"])))
+    parts = []
+    for y0 in range(0, height, step):
+        try:
+            block = np.asarray(data[y0:y0 + step])
+        except Exception as err:  # zarr / dask raise several types for damaged chunks
+            raise SlideFormatError(f"cannot read {where}: {err}") from err
+        rows, cols = np.nonzero(block)
+        if not len(rows):
+            continue
+        uniq, inv = np.unique(block[rows, cols], return_inverse=True)
+        parts.append(pd.DataFrame({"n": np.bincount(inv), "sx": np.bincount(inv, weights=cols + 0.5),
+                                   "sy": np.bincount(inv, weights=rows + (y0 + 0.5))}, index=uniq))
+    if not parts:
+        raise SlideFormatError(f"{where}: the labels hold no cell (every pixel is 0, the background)")
+    agg = pd.concat(parts).groupby(level=0, sort=True).sum()
+    n = agg["n"].to_numpy(np.float64)
+    return agg.index.to_numpy(), np.column_stack([agg["sx"].to_numpy() / n, agg["sy"].to_numpy() / n]), n
+
+
 def _match_rows(table: AnnData, shapes, instance_key: str, where: str) -> np.ndarray:
     """Position in ``shapes`` of each table row, by the instance key."""
     if instance_key not in table.obs:
@@ -270,7 +306,8 @@ def read_spatialdata(path: str | os.PathLike, table: Optional[str] = None, image
     ``microns_per_pixel``: spatialdata-io's Xenium ``global`` system, for one, is in morphology-image pixels,
     0.2125 µm each).
 
-    Labels elements are not read (convert them with ``spatialdata.to_polygons``); points are not read.
+    A table annotating a labels element (a segmentation mask, as spatialdata-io's Xenium reader writes) gives
+    cells at their label's centroid with its area; points are not read.
     """
     store = Path(path)
     if not store.is_dir():
@@ -306,26 +343,31 @@ def read_spatialdata(path: str | os.PathLike, table: Optional[str] = None, image
         raise SlideFormatError(f"{where_table} annotates {len(regions)} elements {regions}; choose one with region=NAME"
                                if regions else f"{where_table} annotates no element (its region is empty)")
     where = f"SpatialData store {store}, element {element_name!r}"
-    if element_name in sdata.labels:
-        raise SlideFormatError(f"{where} (annotated by table {table_name!r}) is a labels element: labels are not "
-                               "supported yet; convert to shapes with spatialdata.to_polygons")
-    if element_name not in sdata.shapes:
-        raise SlideFormatError(f"{where_table} annotates {element_name!r}, which is not a shapes element of the store "
-                               f"(shapes: {list(sdata.shapes) or 'none'})")
+    is_labels = element_name in sdata.labels
+    if not is_labels and element_name not in sdata.shapes:
+        raise SlideFormatError(f"{where_table} annotates {element_name!r}, which is neither a shapes nor a labels "
+                               f"element of the store (shapes: {list(sdata.shapes) or 'none'}; labels: "
+                               f"{list(sdata.labels) or 'none'})")
     if region_key in t.obs:
         rows = t.obs[region_key].astype(str).to_numpy() == element_name
         if not rows.all():
             t = t[rows]
     if t.n_obs == 0:
         raise SlideFormatError(f"{where_table} has no row for {element_name!r}")
-    shapes = sdata.shapes[element_name]
-    pos = _match_rows(t, shapes, instance_key, f"{where} (table {table_name!r})")
-    xy_el, unit, size = _unit_geometry(shapes.iloc[pos], where)
+    if is_labels:  # a segmentation mask: each label id is a cell, at its centroid with its pixel area
+        element = sdata.labels[element_name]
+        ids, xy_all, area_all = _label_geometry(element, where)
+        pos = _match_rows(t, pd.DataFrame(index=pd.Index(ids)), instance_key, f"{where} (table {table_name!r})")
+        xy_el, unit, size = xy_all[pos], "polygon", area_all[pos]
+    else:
+        element = sdata.shapes[element_name]
+        pos = _match_rows(t, element, instance_key, f"{where} (table {table_name!r})")
+        xy_el, unit, size = _unit_geometry(element.iloc[pos], where)
 
     image_name = _choose("image", list(sdata.images), image, store,
                          "stgraph predicts expression from the H&E image, which must be in the store")
     where_pair = f"SpatialData store {store}, element {element_name!r} and image {image_name!r}"
-    cs, to_frame, image_to_cs, frame = _frame(_affines(shapes), _affines(sdata.images[image_name]),
+    cs, to_frame, image_to_cs, frame = _frame(_affines(element), _affines(sdata.images[image_name]),
                                               coordinate_system, where_pair)
     pixels = _read_image(sdata.images[image_name], f"image {image_name!r} of SpatialData store {store}")
     xy = _apply(to_frame, xy_el)
