@@ -331,6 +331,18 @@ def _row_cohort_memory() -> list[str]:
     return [_line(what, figure, "cohort_memory")]
 
 
+def _row_spatialdata_read() -> list[str]:
+    if not _meta("spatialdata_read"):
+        return []
+    d = _load("spatialdata_read")
+    r, b = d["read"], d["build"]
+    what = (f"reading a SpatialData store of {r['n_obs']:,} cells (circles, a {r['n_vars']}-gene CSR table with "
+            f"{b['nnz']:,} non-zeros; {b['store_bytes'] / 1e6:.0f} MB) with `read_slide`, spatialdata's import included")
+    figure = (f"{r['read_seconds']:.1f} s, peak RSS {_gib(r['peak_rss_mib'])}, counts kept sparse; the < 60 s / "
+              f"< 4 GiB target is {'met' if d['summary']['target_met'] else 'not met'}")
+    return [_line(what, figure, "spatialdata_read")]
+
+
 def _row_finetune() -> list[str]:
     d = _load("finetune_epoch")
     what = f"last-stage fine-tuning epoch, HER2+ {', '.join(d['sections'])} ({d['n_spots']} spots, batch {d['batch_size']})"
@@ -363,7 +375,8 @@ def _row_contention() -> list[str]:
 
 def speed_table() -> str:
     rows = (_row_patches() + _row_speed() + _row_knn() + _row_wsi() + _row_cohort_predict() + _row_trust_cost()
-            + _row_contention() + _row_ddp() + _row_cohort_memory() + _row_finetune())
+            + _row_contention() + _row_ddp() + _row_cohort_memory() + _row_finetune()
+            + _row_spatialdata_read())
     return "\n".join(["| step | figure | file |", "| --- | --- | --- |", *rows])
 
 
