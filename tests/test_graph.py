@@ -136,3 +136,29 @@ def test_her2st_grid_degrees():
     assert deg[interior].min() == 4 and deg[interior].max() == 8
     assert np.bincount(deg[interior], minlength=9)[4:].tolist() == [17, 33, 73, 33, 10]
     assert np.bincount(deg, minlength=9).tolist() == [0, 2, 5, 28, 50, 66, 88, 34, 10]
+
+
+def test_a_radius_in_micrometres_reaches_the_same_tissue_distance_on_slides_of_different_pixel_sizes():
+    """Two slides of one tissue layout (units 10 µm apart) imaged at 0.5 and 0.25 µm/px: a 12 µm radius links
+    each unit to its 4 grid neighbours on both; the same radius in pixels would not."""
+    xy_um = _grid(spacing=10.0)
+    ad = _adata(np.concatenate([xy_um / 0.5, xy_um / 0.25]), ["a"] * len(xy_um) + ["b"] * len(xy_um))
+    ad.uns["spatial"] = {s: {"metadata": {"microns_per_pixel": m}} for s, m in (("a", 0.5), ("b", 0.25))}
+    conn = spatial_graph(ad, radius_um=12.0, copy=True)
+    n = len(xy_um)
+    a, b = conn[:n, :n], conn[n:, n:]
+    assert (a != b).nnz == 0 and a.sum() == 2 * (4 * 4 + 5 * 3)  # horizontal + vertical grid edges, both ways
+    assert conn[:n, n:].nnz == 0
+    by_pixels = spatial_graph(ad, radius=24.0, copy=True)  # 12 µm on slide a only
+    assert (by_pixels[:n, :n] != a).nnz == 0 and by_pixels[n:, n:].nnz == 0
+    del ad.uns["spatial"]["b"]["metadata"]["microns_per_pixel"]
+    with pytest.raises(ValueError, match="slide 'b'.*pixel size"):
+        spatial_graph(ad, radius_um=12.0, copy=True)
+
+
+def test_a_graph_radius_in_pixels_and_in_micrometres_together_is_refused(tiny_config):
+    from stgraph.config.load import ConfigError
+
+    with pytest.raises(ConfigError, match="radius_um"):
+        tiny_config("stgchb.yaml", "data.graph.radius=20", "data.graph.radius_um=10")
+    assert tiny_config("stgchb.yaml", "data.graph.radius_um=10").data.graph.radius_um == 10

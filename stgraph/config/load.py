@@ -504,6 +504,11 @@ def _check_ranges(config: Config, spec) -> None:
         positive.append(("data.graph.radius", d.graph.radius))
     if d.graph.radius_factor is not None:
         positive.append(("data.graph.radius_factor", d.graph.radius_factor))
+    if d.graph.radius_um is not None:
+        positive.append(("data.graph.radius_um", d.graph.radius_um))
+        if d.graph.radius is not None:
+            raise ConfigError("data.graph.radius (pixels) and data.graph.radius_um (µm) are two answers to one "
+                              "question: give one")
     for key, value in positive:
         if not value > 0:
             raise ConfigError(f"{key} must be > 0, got {value}")

@@ -122,11 +122,13 @@ def choices(path: str) -> tuple[str, ...] | None:
 class GraphConfig:
     """Spot graph built per slide: ``A_ij = 1`` iff ``‖p_i − p_j‖ < R``.
 
-    ``R`` is ``radius`` pixels when given, else ``radius_factor`` × the median nearest-neighbour spacing.
-    ``knn`` adds each spot's k nearest neighbours; ``self_loops`` adds ``A_ii = 1``.
+    ``R`` is ``radius`` pixels when given, else ``radius_um`` µm (per slide, with its pixel size: a cell graph
+    reaching the same tissue distance on every slide), else ``radius_factor`` × the median nearest-neighbour
+    spacing. ``knn`` adds each spot's k nearest neighbours; ``self_loops`` adds ``A_ii = 1``.
     """
 
     radius: Optional[float] = None
+    radius_um: Optional[float] = None
     radius_factor: Optional[float] = 1.5
     knn: Optional[int] = None
     self_loops: bool = False

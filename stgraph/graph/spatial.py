@@ -116,6 +116,18 @@ def _first_k_per_row(rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
     return np.stack([rows[keep], cols[keep]], 1)
 
 
+def _microns_per_pixel(adata: AnnData, idx: np.ndarray) -> float:
+    """The pixel size of the slide holding rows ``idx`` (a ``radius_um`` needs it)."""
+    slide = (str(adata.obs[Key.obs.slide_id].iloc[idx[0]]) if Key.obs.slide_id in adata.obs
+             else next(iter(adata.uns.get(Key.uns.spatial, {})), None))
+    entry = adata.uns.get(Key.uns.spatial, {}).get(slide, {}) if slide is not None else {}
+    mpp = entry.get(Key.uns.metadata, {}).get(Key.metadata.microns_per_pixel)
+    if mpp is None or not float(mpp) > 0:
+        raise ValueError(f"slide {slide!r}: a graph radius in µm needs the slide's pixel size "
+                         "(uns['spatial'][slide]['metadata']['microns_per_pixel'])")
+    return float(mpp)
+
+
 def _slide_groups(adata: AnnData) -> list[np.ndarray]:
     if Key.obs.slide_id not in adata.obs:
         return [np.arange(adata.n_obs)]
@@ -130,6 +142,7 @@ def spatial_graph(
     knn: Optional[int] = None,
     self_loops: bool = False,
     copy: bool = False,
+    radius_um: Optional[float] = None,
 ) -> sp.csr_matrix:
     """Build the spot graph of a slide (or of each slide of a concatenation, with no edge between slides).
 
@@ -138,7 +151,11 @@ def spatial_graph(
     adata
         ``obsm['spatial']`` (n, 2) pixel coordinates; ``obs['slide_id']`` when it holds several slides.
     radius
-        ``R`` in pixels (takes precedence over ``radius_factor``).
+        ``R`` in pixels (takes precedence over ``radius_um`` and ``radius_factor``).
+    radius_um
+        ``R`` in µm, converted per slide with its pixel size (``uns['spatial'][slide]['metadata']
+        ['microns_per_pixel']``): a cell graph whose reach is the same tissue distance on every slide
+        (takes precedence over ``radius_factor``).
     radius_factor
         ``R = radius_factor × median_spacing`` computed per slide (default
         :data:`DEFAULT_RADIUS_FACTOR` = 1.5 when none of ``radius``, ``radius_factor``, ``knn`` is given).
@@ -158,7 +175,7 @@ def spatial_graph(
     (n, n) CSR float32 0/1 connectivities. Unless ``copy``, also written to
     ``obsp['spatial_connectivities']``, ``obsp['spatial_distances']`` and ``uns['spatial_neighbors']``.
     """
-    if radius is None and radius_factor is None and not knn:
+    if radius is None and radius_um is None and radius_factor is None and not knn:
         radius_factor = DEFAULT_RADIUS_FACTOR
     if Key.obsm.spatial not in adata.obsm:
         raise ValueError("adata has no obsm['spatial'] (spot centres in pixels)")
@@ -167,6 +184,8 @@ def spatial_graph(
     rows, cols, vals, drows, dcols, dvals, radii = [], [], [], [], [], [], []
     for idx in _slide_groups(adata):
         r = radius
+        if r is None and radius_um is not None:
+            r = float(radius_um) / _microns_per_pixel(adata, idx)
         if r is None and radius_factor is not None:
             r = radius_factor * median_spacing(xy[idx]) if len(idx) > 1 else None
         radii.append(None if r is None else float(r))
@@ -185,6 +204,7 @@ def spatial_graph(
             "connectivities_key": "spatial_connectivities",
             "distances_key": "spatial_distances",
             "params": {"coord_type": "generic", "radius": radii[0] if len(radii) == 1 else radii,
+                       "radius_um": radius_um,
                        "radius_factor": radius_factor, "knn": knn, "self_loops": bool(self_loops)},
         }
     return conn

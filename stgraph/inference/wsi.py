@@ -260,7 +260,7 @@ def predict_wsi(run: Run, path: Union[str, os.PathLike], grid: Union[str, float]
 
             g = config.data.graph
             edge_index = to_edge_index(spatial_graph(adata, radius=g.radius, radius_factor=g.radius_factor,
-                                                     knn=g.knn, self_loops=g.self_loops))
+                                                     knn=g.knn, self_loops=g.self_loops, radius_um=g.radius_um))
         if cfg.context_scale is not None:
             s = float(cfg.context_scale)
             ctx = wsi_features(run, wsi, xy, res.patch_um * s, res.target_mpp * s, desc=f"context {name}",

@@ -539,7 +539,7 @@ def prepare_slide(adata: AnnData, config, preprocessor: Optional[Preprocessor] =
         g = config.data.graph
         # copy=True: preparing a slide leaves the caller's AnnData (a user's query slide) as it was.
         adj = spatial_graph(adata, radius=g.radius, radius_factor=g.radius_factor, knn=g.knn,
-                            self_loops=g.self_loops, copy=True)
+                            self_loops=g.self_loops, copy=True, radius_um=g.radius_um)
         edge_index = to_edge_index(adj)
     if features is not None:
         features = _context_features(adata, features, config, image_encoder, slide_id, device, progress,
