@@ -278,16 +278,6 @@ class KNNBackend(abc.ABC):
             raise RuntimeError(self._too_few_message(k))
         return scores, indices
 
-    #: Fewest queries for which :meth:`_search` groups the queries by IVF cell first.
-    GROUP_QUERIES_FROM = 512
-
-    def _cell_order(self, x: np.ndarray) -> Optional[np.ndarray]:
-        """The queries' order grouped by nearest IVF cell (``None`` when not an IVF index or few queries)."""
-        if self.resolved_index != "ivf" or len(x) < self.GROUP_QUERIES_FROM:
-            return None
-        _, cell = self.index.quantizer.search(x, 1)
-        return np.argsort(cell[:, 0], kind="stable")
-
     def _too_few_message(self, k: int) -> str:
         return f"{type(self).__name__} found fewer than k={k} neighbours for some queries"
 
