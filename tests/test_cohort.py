@@ -311,6 +311,26 @@ def test_worker_ring_buffers_are_reused_and_every_row_arrives_once_with_its_own_
     assert sorted(seen) == [(i, r) for i, n in enumerate([37, 50]) for r in range(n)]
 
 
+def test_a_ring_one_slot_deep_is_caught(tmp_path, monkeypatch):
+    """The ring's depth is what keeps a buffer from being refilled while the training process cuts it: one
+    slot (no room for the prefetched items) mixes rows, which the identity checks or the buffer's sequence
+    number catch."""
+    from stgraph.training import stream
+
+    monkeypatch.setattr(stream, "RING_SLOTS", 1)  # the workers fork with it
+    slides = _identifiable_slides(tmp_path)
+    plan = block_plan([(i, a, min(a + 8, s.n_spots)) for i, s in enumerate(slides) for a in range(0, s.n_spots, 8)],
+                      batch_size=4, buffer_blocks=1, rng=np.random.default_rng(2), shuffle=True, drop_last=False)
+    loader = torch.utils.data.DataLoader(BlockBatches(slides, plan), batch_size=None, num_workers=2,
+                                         prefetch_factor=stream.PREFETCH)
+    with pytest.raises((stream.StreamBufferReused, AssertionError)):
+        kept = []
+        for item in loader:
+            kept.append(item)
+            for batch in buffer_batches(item, "cpu"):
+                _check_identities(batch)
+
+
 def test_a_ring_buffer_refilled_while_its_batches_are_cut_fails_loudly(tmp_path):
     from stgraph.training.stream import StreamBufferReused
 

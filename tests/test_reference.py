@@ -118,13 +118,19 @@ def test_a_compressed_store_is_read_rather_than_mapped(tmp_path):
     np.testing.assert_array_equal(loaded.expression, store.expression)
 
 
-def test_a_file_cut_inside_the_expression_is_refused_before_mapping_it(tmp_path):
+def test_a_dataset_reaching_past_the_end_of_its_file_is_refused_before_mapping_it(tmp_path, monkeypatch):
+    """HDF5 refuses a truncated file when opening it; the size check guards the mapping itself (a file that
+    shrank after opening): the store's file reports fewer bytes than the expression's extent."""
+    import os
+
+    from stgraph.retrieval import reference
+
     path = make_store(n_per_slide=400).save(tmp_path / "cut.h5")
     with h5py.File(path, "r") as f:
-        offset = f["expression"].id.get_offset()
-    data = path.read_bytes()
-    path.write_bytes(data[: offset + 16])
-    with pytest.raises(ReferenceStoreError, match="cut.h5"):
+        cut = f["expression"].id.get_offset() + 8  # the file as if it ended inside the expression
+    real = os.path.getsize
+    monkeypatch.setattr(reference.os.path, "getsize", lambda p: cut if str(p) == str(path) else real(p))
+    with pytest.raises(ReferenceStoreError, match=r"cut\.h5.*truncated: /expression ends at byte"):
         ReferenceStore.load(path)
 
 

@@ -209,6 +209,11 @@ class ReferenceStore:
 
         Raises ``FileNotFoundError`` for a missing file and :class:`ReferenceStoreError` (naming the file)
         for one that is not HDF5, truncated, lacks a required entry or holds inconsistent arrays.
+
+        The embeddings and expression of a store :meth:`save` wrote are memory-mapped from the file
+        (copy-on-write; read into memory on Windows): the store holds the file open while it lives, and the
+        file must not be rewritten in place meanwhile. stgraph never does (``save`` writes a new file and
+        renames it over the old one, which leaves a loaded store intact).
         """
         import h5py
 
@@ -452,7 +457,7 @@ def _read_array(dset, path: Path) -> np.ndarray:
     offset = dset.id.get_offset()
     native = dset.dtype.isnative
     if (offset is None or dset.chunks is not None or dset.compression is not None or dset.size == 0
-            or dset.dtype.kind not in "fiu" or not native):
+            or dset.dtype.kind not in "fiu" or not native or os.name == "nt"):  # Windows locks mapped files
         return dset[()]
     end = offset + dset.size * dset.dtype.itemsize
     if end > os.path.getsize(path):

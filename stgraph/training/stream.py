@@ -55,8 +55,9 @@ def block_plan(blocks: Sequence[tuple[int, int, int]], batch_size: int, buffer_b
 
 #: Prefetched items per ``DataLoader`` worker (its ``prefetch_factor``).
 PREFETCH = 2
-#: Output buffers each worker cycles through: the items it may have queued (``PREFETCH``), the one the training
-#: process is cutting into batches and the one it is filling.
+#: Output buffers each worker cycles through. In order and dealt round-robin, a worker has at most ``PREFETCH``
+#: items dispatched and not yet taken (the one it is filling among them) besides the one the training process is
+#: cutting into batches: ``PREFETCH + 1`` in use, one slot more as a margin.
 RING_SLOTS = PREFETCH + 2
 
 
@@ -82,11 +83,6 @@ class BlockBatches(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.plan)
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop("_ring", None)
-        return state
 
     def _buffer(self, nbytes: int) -> tuple[torch.Tensor, int]:
         """A byte buffer of at least ``nbytes`` and the item's sequence number (-1 outside a worker): fresh in
@@ -116,7 +112,7 @@ class BlockBatches(torch.utils.data.Dataset):
         if sp.issparse(spots[0]):
             nnz = sum(m.nnz for m in spots)
             specs.update(indptr=((n + 1,), np.dtype(np.int64)), indices=((nnz,), spots[0].indices.dtype),
-                         data=((nnz,), spots[0].data.dtype))
+                         data=((nnz,), np.result_type(*(m.data for m in spots))))
         else:
             specs["spot_input"] = ((n,) + spots[0].shape[1:], np.dtype(np.float32))
         layout, nbytes = _layout(specs)
@@ -132,7 +128,9 @@ class BlockBatches(torch.utils.data.Dataset):
             out["coords"][pos:pos + b - a] = s.coords[a:b]
             if "indptr" in out:
                 # The blocks' CSR parts joined in place (cheaper than sp.vstack's checks): offsets add up.
-                out["indptr"][pos + 1:pos + b - a + 1] = m.indptr[1:] + nz
+                ptr = out["indptr"][pos + 1:pos + b - a + 1]
+                ptr[:] = m.indptr[1:]  # widened to int64 first: a block's own int32 offsets plus nz could wrap
+                ptr += nz
                 out["indices"][nz:nz + m.nnz] = m.indices
                 out["data"][nz:nz + m.nnz] = m.data
                 nz += m.nnz
@@ -208,12 +206,16 @@ class StreamBufferReused(RuntimeError):
     """A worker refilled a stream buffer while its batches were still being cut (a ring too small)."""
 
 
-def buffer_batches(item: dict, device) -> Iterator[dict]:
+def buffer_batches(item: dict, device, pin: bool = False) -> Iterator[dict]:
     """The model's batches of one :class:`BlockBatches` item, on ``device``: ``features`` float32, dense
     ``spot_input`` float32, ``coords`` long. Each batch's rows are gathered out of the item (a worker's
     buffer is refilled later, so nothing yielded views it) in their stored width and widened on the device
-    (float16 features cross to a GPU at half the bytes)."""
-    import scipy.sparse as sp
+    (float16 features cross to a GPU at half the bytes); ``pin``: the gathered rows go through page-locked
+    memory (``train.pin_memory`` on a GPU)."""
+
+    def move(x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(x)
+        return (t.pin_memory() if pin else t).to(device, non_blocking=True)
 
     arrays = item_arrays(item)
     dense_rows = None
@@ -224,12 +226,12 @@ def buffer_batches(item: dict, device) -> Iterator[dict]:
     bounds = item["bounds"]
     for a, b in zip(bounds[:-1], bounds[1:]):
         rows = order[a:b]
-        spot = torch.from_numpy(dense_rows(rows) if dense_rows is not None
-                                else np.take(arrays["spot_input"].numpy(), rows, axis=0, mode="clip"))
-        feats = torch.from_numpy(np.take(features, rows, axis=0, mode="clip")).to(device, non_blocking=True)
+        spot = (dense_rows(rows) if dense_rows is not None
+                else np.take(arrays["spot_input"].numpy(), rows, axis=0, mode="clip"))
+        feats = move(np.take(features, rows, axis=0, mode="clip"))
         yield {"features": feats.float() if feats.dtype != torch.float32 else feats,
-               "spot_input": spot.to(device, non_blocking=True),
-               "coords": torch.from_numpy(np.take(coords, rows, axis=0, mode="clip")).to(device, non_blocking=True)}
+               "spot_input": move(spot),
+               "coords": move(np.take(coords, rows, axis=0, mode="clip"))}
     if item["seq"] >= 0:
         now = int(item["buffer"][:_HEADER].view(torch.int64)[0])
         if now != item["seq"]:
@@ -290,7 +292,10 @@ class CohortSource:
         workers = self.tcfg.num_workers
         return torch.utils.data.DataLoader(BlockBatches(self.slides, plan), batch_size=None, shuffle=False,
                                            num_workers=workers, prefetch_factor=PREFETCH if workers else None,
-                                           pin_memory=self.tcfg.pin_memory and self.device.type == "cuda")
+                                           # no pinning of items: it would copy every ring buffer out of
+                                           # its shared slot (and defeat the reuse); batches are gathered
+                                           # into ordinary memory anyway
+                                           pin_memory=False)
 
     def steps(self, train: bool, epoch: int) -> Iterator[tuple[dict, Optional[list[int]]]]:
         """``(batch on the device, sizes)`` as :meth:`Trainer._local_steps` yields them."""
@@ -307,10 +312,11 @@ class CohortSource:
         done = 0
         # The last items of every worker stay referenced: a worker's ring buffer arriving again is then the
         # mapping this process already has (torch's shared-memory cache holds them weakly), not a new one.
-        recent = collections.deque(maxlen=RING_SLOTS * max(1, self.tcfg.num_workers))
+        recent = collections.deque(maxlen=RING_SLOTS * self.tcfg.num_workers)
+        pin = bool(self.tcfg.pin_memory) and self.device.type == "cuda"
         for item in self.loader(plan):
             recent.append(item)
-            for batch in buffer_batches(item, self.device):
+            for batch in buffer_batches(item, self.device, pin=pin):
                 if limit is not None and done >= limit:
                     return
                 done += 1
