@@ -82,8 +82,9 @@ def _read_option(g, paths: str) -> None:
     g.add_argument("--read", action="append", default=[], metavar="KEY=VALUE",
                    help=f"a reader option for the {paths} paths, repeatable: for an .h5ad not in the stgraph "
                         "convention x=COL y=COL (or spatial_key=KEY), axis_order=yx, coordinates=um, image=IMG, "
-                        "mpp=UM, slide_id=ID; for a SpatialData store table=, image=, coordinate_system=, "
-                        "region=, microns_per_pixel= (docs/spatialdata.md)")
+                        "mpp=UM, spot_diameter_um=UM, slide_id=ID; for a SpatialData store table=, image=, "
+                        "coordinate_system=, region=, microns_per_pixel=; for any reader pseudospot_um=UM "
+                        "(docs/spatialdata.md)")
 
 
 def reader_options(args) -> dict:

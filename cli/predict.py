@@ -238,7 +238,9 @@ def _predict_adata(args, source: Optional[dict] = None):
                              interval=args.interval, **_retrieval(args))
         where = {"slide": str(Path(slide).resolve())} if isinstance(slide, (str, Path)) else source
         if where and "slide" in where and options:
-            where = {**where, "read": [f"{k}={v}" for k, v in options.items()]}  # to read it back the same way
+            # to read it back the same way, from any folder: values naming a file are recorded absolute
+            where = {**where, "read": [f"{k}={Path(v).resolve() if Path(v).exists() else v}"
+                                       for k, v in options.items()]}
         if where:
             pred.uns.setdefault(Key.uns.stgraph, {})[Key.uns.source_slide] = where
         return pred
@@ -346,6 +348,8 @@ def run(args) -> int:
 
     check_k(args.k)  # before any slide is read or any feature computed
     if args.wsi or args.wsi_sheet:
+        if getattr(args, "read", None):
+            raise ValueError("--read options are for --slide paths; a whole slide takes --mpp (and --grid)")
         return _predict_wsi(args)
     if args.slide:
         from stgraph.inference.wsi import expand_slide_paths

@@ -151,3 +151,36 @@ def test_pseudospots_need_the_pixel_size_and_read_slide_pools_on_request(tmp_pat
     assert pooled.n_obs < slide.n_obs and pooled.X.sum() == slide.X.sum()
     with pytest.raises(SlideFormatError, match="s.h5ad"):
         read_slide(path, pseudospot_um="big")
+
+
+def test_options_keep_the_files_image_and_pixel_size_and_command_line_text_is_typed(tmp_path, synthetic_slides):
+    """A new slide id or a new image keeps what the file had (its image, its pixel size); ``--read`` text
+    becomes the type each reader's option takes."""
+    from stgraph.data.readers import read_slide as read
+
+    slide, lib = _with_mpp(synthetic_slides[0], 0.5)
+    path = tmp_path / "own.h5ad"
+    slide.write_h5ad(path)
+    renamed = read(path, slide_id="renamed")
+    entry = renamed.uns["spatial"]["renamed"]
+    assert "fullres" in entry["images"] and entry["metadata"]["microns_per_pixel"] == 0.5
+    image = tmp_path / "he.png"
+    Image.fromarray(slide.uns["spatial"][lib]["images"]["fullres"]).save(image)
+    assert read(path, image=image).uns["spatial"][lib]["metadata"]["microns_per_pixel"] == 0.5
+    with pytest.raises(SlideFormatError, match="axis_order goes with spatial_key"):
+        read(path, x="array_col", y="array_row", axis_order="yx")
+    with pytest.raises(SlideFormatError, match="spot_diameter_um=.*must be a float"):
+        read(path, spot_diameter_um="wide")
+
+
+def test_command_line_text_becomes_each_readers_own_types():
+    import inspect
+
+    from stgraph.data.readers import _typed
+    from stgraph.data.readers.visium_hd import read_visium_hd
+
+    params = inspect.signature(read_visium_hd).parameters
+    assert _typed("16", params["pool_um"], "p") == 16.0 and _typed("false", params["load_images"], "p") is False
+    assert _typed("8", params["bin_size_um"], "p") == 8
+    with pytest.raises(SlideFormatError, match="load_images='maybe' must be a bool"):
+        _typed("maybe", params["load_images"], "p")

@@ -182,6 +182,12 @@ def test_a_table_annotating_labels_gives_cells_at_their_centroids_with_their_are
     np.testing.assert_allclose(got.obs["unit_area_px2"], 4 * np.array([disk.sum(), 1, 100]))
     np.testing.assert_array_equal(got.X.toarray(), [[1, 0], [0, 2], [3, 3]])
     assert got.uns["spatial"]["xenium_like"]["metadata"]["unit_shape"] == "polygon"
+    # read in blocks of a row each: the same cells (the blocks' sums meet across rows)
+    from stgraph.data.readers.spatialdata import _label_geometry
+
+    whole, blocks = _label_geometry(labels, "m"), _label_geometry(labels, "m", block_pixels=64)
+    for a, b in zip(whole, blocks):
+        np.testing.assert_allclose(a, b)
 
     table.obs["cell_id"] = [9, 2, 77]  # a row whose label is not in the mask
     path = _write(sd.SpatialData(images={"he": image}, labels={"cell_labels": labels}, tables={"table": table}),

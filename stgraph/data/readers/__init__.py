@@ -11,6 +11,8 @@ One file per format, each registered in :data:`READERS` with ``@register_reader(
 """
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 from typing import Optional
 
@@ -119,4 +121,30 @@ def _call(reader, name: str, path, kwargs: dict):
         if unknown:
             raise SlideFormatError(f"{path}: the {name!r} reader takes no option {unknown[0]!r}; its options: "
                                    f"{', '.join(accepted) or 'none'}")
+        by_name = {p.name: p for p in params}
+        kwargs = {k: _typed(v, by_name[k], path) if isinstance(v, str) else v for k, v in kwargs.items()}
     return reader(path, **kwargs)
+
+
+def _typed(value: str, param, path):
+    """A command-line option's text as the type the reader's parameter takes (its default's type, else its
+    annotation: bool, int or float); text for text and paths."""
+    import inspect
+
+    default = param.default
+    kind = type(default) if isinstance(default, (bool, int, float)) else None
+    if kind is None and param.annotation is not inspect.Parameter.empty:
+        words = set(re.findall(r"[A-Za-z]+", str(param.annotation)))
+        if not words & {"str", "PathLike", "Path"}:
+            kind = next((t for t in (bool, int, float) if t.__name__ in words), None)
+    if kind is None:
+        return value
+    try:
+        if kind is bool:
+            text = value.strip().lower()
+            if text not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return text in ("true", "1", "yes")
+        return kind(value)
+    except ValueError:
+        raise SlideFormatError(f"{path}: option {param.name}={value!r} must be a {kind.__name__}") from None

@@ -93,15 +93,12 @@ def read_h5ad(path: str | os.PathLike, spatial_key: Optional[str] = None, x: Opt
         raise SlideFormatError(f"{path}: coordinates must be 'pixels' or 'um', got {coordinates!r}")
     mpp = _positive(mpp, "mpp", path)
     spot_diameter_um = _positive(spot_diameter_um, "spot_diameter_um", path)
-    if coordinates == "um" and mpp is None:
-        raise SlideFormatError(f"{path}: coordinates='um' needs mpp= (µm per pixel of the image) to place the "
-                               "centres on it")
-    if spot_diameter_um is not None and mpp is None:
-        raise SlideFormatError(f"{path}: spot_diameter_um needs mpp= to be converted to pixels")
     if (x is None) != (y is None):
         raise SlideFormatError(f"{path}: give both x= and y= (obs columns of the centres)")
     if x is not None and spatial_key is not None:
         raise SlideFormatError(f"{path}: give the centres either as x=/y= obs columns or as spatial_key=, not both")
+    if x is not None and axis_order != "xy":
+        raise SlideFormatError(f"{path}: x= and y= already name the axes; axis_order goes with spatial_key=")
     try:
         adata = anndata.read_h5ad(path)
     except (OSError, KeyError, ValueError) as err:
@@ -112,16 +109,23 @@ def read_h5ad(path: str | os.PathLike, spatial_key: Optional[str] = None, x: Opt
         if Key.obsm.spatial not in adata.obsm:
             raise SlideFormatError(_no_coordinates_message(path, adata))
         return validate_slide(adata, source=str(path))
+    own = _own_slide_id(adata)
+    old = dict(adata.uns.get(Key.uns.spatial, {}).get(own, {})) if own else {}  # before the id may change
+    if mpp is None:  # the file's own pixel size, if it states one
+        mpp = old.get(Key.uns.metadata, {}).get(Key.metadata.microns_per_pixel)
+    if coordinates == "um" and mpp is None:
+        raise SlideFormatError(f"{path}: coordinates='um' needs mpp= (µm per pixel of the image) to place the "
+                               "centres on it")
+    if spot_diameter_um is not None and mpp is None:
+        raise SlideFormatError(f"{path}: spot_diameter_um needs mpp= to be converted to pixels")
     xy = _centres(adata, path, spatial_key, x, y)
     if axis_order == "yx":
         xy = xy[:, ::-1]
     if coordinates == "um":
         xy = xy / mpp
     adata.obsm[Key.obsm.spatial] = np.ascontiguousarray(xy, dtype=np.float64)
-    own = _own_slide_id(adata)
     slide_id = str(slide_id) if slide_id is not None else (own or Path(path).name.removesuffix(".h5ad"))
     _finish_obs(adata, slide_id)
-    old = dict(adata.uns.get(Key.uns.spatial, {}).get(own, {})) if own else {}
     diameter = (spot_diameter_um / mpp if spot_diameter_um is not None
                 else old.get(Key.uns.scalefactors, {}).get(Key.scalefactor.spot_diameter))
     if image is not None:
@@ -200,7 +204,8 @@ def _xy_pair(columns: list[str]) -> Optional[tuple[str, str]]:
 
 def _no_coordinates_message(path: Path, adata: AnnData) -> str:
     columns = [c for c in adata.obs.columns if _COORDINATE_NAMES.match(str(c))]
-    keys = [k for k in adata.obsm if np.ndim(adata.obsm[k]) == 2 and np.shape(adata.obsm[k])[1] == 2]
+    keys = [k for k in adata.obsm if np.ndim(adata.obsm[k]) == 2 and np.shape(adata.obsm[k])[1] == 2
+            and re.search(r"spatial|coord|centroid|pixel|pxl|xy|_rc$|loc", str(k), re.IGNORECASE)]
     found = []
     if columns:
         found.append(f"obs columns that look like coordinates: {columns[:8]}")
