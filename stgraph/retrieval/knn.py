@@ -571,14 +571,14 @@ class FaissKNN(KNNBackend):
     #: Fewest queries for which :meth:`_search` groups the queries by IVF cell first.
     GROUP_QUERIES_FROM = 512
 
-    def _cell_order(self, x: np.ndarray):
-        """``(order, cells, cell scores)``: the queries grouped by nearest IVF cell and each query's ``nprobe``
-        cells (the coarse search, done once and handed to the index); ``None`` when not an IVF index or few
-        queries."""
+    def _cell_order(self, x: np.ndarray) -> Optional[np.ndarray]:
+        """The queries' order grouped by nearest IVF cell (``None`` when not an IVF index or few queries).
+        The index repeats this coarse search with ``nprobe`` cells; handing it over (``search_preassigned``)
+        was measured slower, as that path parallelises less."""
         if self.resolved_index != "ivf" or len(x) < self.GROUP_QUERIES_FROM:
             return None
-        cell_scores, cells = self.index.quantizer.search(x, int(self.index.nprobe))
-        return np.argsort(cells[:, 0], kind="stable"), cells, cell_scores
+        _, cell = self.index.quantizer.search(x, 1)
+        return np.argsort(cell[:, 0], kind="stable")
 
     def _too_few_message(self, k: int) -> str:
         return (f"faiss {self.resolved_index} index found fewer than k={k} neighbours for some queries; raise "
@@ -589,16 +589,14 @@ class FaissKNN(KNNBackend):
         if self.resolved_index == "hnsw":
             self.index.hnsw.efSearch = max(self.ef_search, k)
         x = self._as_faiss_input(query)
-        grouped = self._cell_order(x)
-        if grouped is None:
+        order = self._cell_order(x)
+        if order is None:
             scores, indices = self.index.search(x, k)
         else:
             # queries grouped by their nearest IVF cell: each thread scans lists its previous queries left
             # in cache (the same neighbours per query, about twice as fast on a 1e5-row reference)
-            order, cells, cell_scores = grouped
             scores, indices = np.empty((len(x), k), np.float32), np.empty((len(x), k), np.int64)
-            scores[order], indices[order] = self.index.search_preassigned(x[order], k, cells[order],
-                                                                          cell_scores[order])
+            scores[order], indices[order] = self.index.search(x[order], k)
         if self._is_l2:
             scores = np.sqrt(np.maximum(scores, 0))
         return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)), torch.from_numpy(
